@@ -1,0 +1,7 @@
+"""peerkd: federated peer distillation on Flower — students exchange logits, not weights."""
+
+from peerkd.env import set_quiet_env
+
+set_quiet_env()
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""peerkd's Flower ClientApp: one student on one private shard.
+
+The student persists across rounds in ``context.state``. The world (data, splits,
+partition) is rebuilt from the spec in each message's config and cached per process, so
+nothing but logits (or weights, for fedavg) crosses the wire. Handlers:
+
+- ``train``: local CE epochs; with weights in the message (fedavg), start from and
+  reply with weights.
+- ``train.distill``: CE + α·T²·KL toward the targets in the message, then reply with
+  fresh logits on the transfer set (one round trip per round).
+- ``query.logits``: logits on the transfer set only.
+- ``evaluate``: accuracy and loss on the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+import peerkd  # noqa: F401  (sets the no-telemetry environment)
+from peerkd import protocol as P
+from peerkd.codec import decode_logits, encode_logits
+from peerkd.models import build_model
+from peerkd.training import evaluate, pick_device, predict_logits, train_model
+from peerkd.world import World, WorldSpec, build_world
+
+app = ClientApp()
+
+_STATE_WEIGHTS = "student"
+_STATE_META = "student-meta"
+
+
+@dataclass
+class Student:
+    """This node's view of the run: its world, identity and model."""
+
+    world: World
+    client: int
+    arch: str
+    model: nn.Module
+    device: torch.device
+    config: ConfigRecord
+
+    @property
+    def seed(self) -> int:
+        """A per-client, per-round seed for batch order."""
+        spec = self.world.spec
+        return spec.seed * 1_000_003 + self.client * 1_009 + int(self.config.get(P.CFG_ROUND, 0))
+
+
+def _load_student(msg: Message, context: Context) -> Student:
+    config = msg.content[P.KEY_CONFIG]
+    spec = WorldSpec.from_config(dict(config))
+    world = build_world(spec)
+    client = int(context.node_config[P.NODE_PARTITION_ID])
+    if not 0 <= client < spec.num_clients:
+        raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
+    students = str(config[P.CFG_STUDENTS]).split(",")
+    arch = str(context.node_config.get(P.NODE_STUDENT, students[client % len(students)]))
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny models: 1 thread per actor is ~7x faster under load
+    model = build_model(arch, world.data.input_shape, world.num_classes, seed=spec.seed * 1000 + client)
+    meta = context.state.get(_STATE_META)
+    if meta is not None and meta["arch"] == arch and _STATE_WEIGHTS in context.state:
+        model.load_state_dict(context.state[_STATE_WEIGHTS].to_torch_state_dict())
+    return Student(world, client, arch, model.to(device), device, config)
+
+
+def _save_student(s: Student, context: Context) -> None:
+    context.state[_STATE_WEIGHTS] = ArrayRecord(s.model.state_dict())
+    context.state[_STATE_META] = ConfigRecord({"arch": s.arch})
+
+
+def _train(s: Student, targets=None, alpha: float = 0.0, temperature: float = 1.0) -> tuple[float, float]:
+    """Train for the configured epochs; return (train loss, seconds)."""
+    x, y = s.world.private(s.client)
+    t0 = time.perf_counter()
+    loss = train_model(
+        s.model, x, y, epochs=int(s.config[P.CFG_EPOCHS]), lr=float(s.config[P.CFG_LR]),
+        batch_size=int(s.config[P.CFG_BATCH_SIZE]), seed=s.seed, transfer_x=s.world.transfer_x,
+        targets=targets, alpha=alpha, temperature=temperature, device=s.device,
+    )
+    return loss, time.perf_counter() - t0
+
+
+def _metrics(s: Student, **extra: float) -> MetricRecord:
+    acc, loss = evaluate(s.model, *s.world.split("test"), device=s.device)
+    n = len(s.world.partitions[s.client])
+    return MetricRecord({P.METRIC_PARTITION: s.client, P.METRIC_NUM_EXAMPLES: n, P.METRIC_TEST_ACC: acc, P.METRIC_TEST_LOSS: loss, **extra})
+
+
+def _reply(msg: Message, s: Student, records: dict) -> Message:
+    content = RecordDict({**records, P.KEY_INFO: ConfigRecord({"arch": s.arch})})
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local CE epochs; weights in and out when the message carries them (fedavg)."""
+    s = _load_student(msg, context)
+    weights_in = P.KEY_ARRAYS in msg.content
+    if weights_in:
+        s.model.load_state_dict(msg.content[P.KEY_ARRAYS].to_torch_state_dict())
+    loss, secs = _train(s)
+    _save_student(s, context)
+    records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})}
+    if weights_in:
+        records[P.KEY_ARRAYS] = ArrayRecord(s.model.state_dict())
+    return _reply(msg, s, records)
+
+
+@app.train("distill")
+def distill(msg: Message, context: Context) -> Message:
+    """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
+    s = _load_student(msg, context)
+    shape = (len(s.world.transfer_x), s.world.num_classes)
+    targets = decode_logits(msg.content[P.KEY_TARGETS], shape) if P.KEY_TARGETS in msg.content else None
+    loss, secs = _train(s, targets, float(s.config[P.CFG_ALPHA]), float(s.config[P.CFG_TEMPERATURE]))
+    _save_student(s, context)
+    records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})}
+    if bool(s.config.get(P.CFG_REPLY_LOGITS, True)):
+        records[P.KEY_LOGITS] = encode_logits(predict_logits(s.model, s.world.transfer_x, s.device))
+    return _reply(msg, s, records)
+
+
+@app.query("logits")
+def query_logits(msg: Message, context: Context) -> Message:
+    """This student's logits on the transfer set."""
+    s = _load_student(msg, context)
+    logits = encode_logits(predict_logits(s.model, s.world.transfer_x, s.device))
+    return _reply(msg, s, {P.KEY_LOGITS: logits, P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: s.client})})
+
+
+@app.evaluate()
+def evaluate_student(msg: Message, context: Context) -> Message:
+    """Accuracy and loss of this student on the test split."""
+    s = _load_student(msg, context)
+    return _reply(msg, s, {P.KEY_METRICS: _metrics(s)})

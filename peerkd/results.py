@@ -1,0 +1,80 @@
+"""The results contract (DESIGN §5): ``config.yaml``, ``metrics.jsonl`` appended as the run
+goes, ``summary.json`` written last. Pure summaries here; the writer is the only I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
+SUMMARY_KEYS = (
+    "strategy", "dataset", "num_clients", "rounds", "seed", "acc_mean", "acc_worst", "acc_std",
+    "teacher_acc", "bytes_up", "bytes_down", "wall_s", "per_client",
+)
+
+
+def accuracy_stats(accs: list[float]) -> dict[str, float | None]:
+    """Mean, worst (minimum) and population std of client accuracies; None when empty.
+
+    ``accuracy_stats([0.5, 0.7, 0.9]) == {"acc_mean": 0.7, "acc_worst": 0.5, "acc_std": 0.1633}``
+    """
+    if not accs:
+        return {"acc_mean": None, "acc_worst": None, "acc_std": None}
+    a = np.asarray(accs, dtype=np.float64)
+    return {"acc_mean": float(a.mean()), "acc_worst": float(a.min()), "acc_std": float(a.std())}
+
+
+class RunWriter:
+    """Writes one run's directory. Every metrics line is flushed when written, so a killed
+    run keeps all it finished; the summary is replaced atomically."""
+
+    def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any]):
+        import yaml
+
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / SUMMARY_FILE).unlink(missing_ok=True)  # a rerun is unfinished until it ends
+        (self.dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        self._metrics = open(self.dir / METRICS_FILE, "w", encoding="utf-8")
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one JSON object to metrics.jsonl and flush it to disk."""
+        self._metrics.write(json.dumps(_clean(row)) + "\n")
+        self._metrics.flush()
+        os.fsync(self._metrics.fileno())
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write summary.json (atomically) and close the metrics file."""
+        tmp = self.dir / (SUMMARY_FILE + ".tmp")
+        tmp.write_text(json.dumps(_clean(summary), indent=2))
+        os.replace(tmp, self.dir / SUMMARY_FILE)
+        self._metrics.close()
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl file, skipping a torn last line left by a killed run."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,187 @@
+"""peerkd's Flower ServerApp: drives rounds through the Grid, validates replies, measures.
+
+Per round: the rule builds one Message per node; replies are screened (client errors,
+malformed metrics, wrong-shaped or non-finite logits or weights are rejected and logged,
+the round goes on with the rest); the rule aggregates; every client's accuracy, the bytes
+of every serialised array sent and received, and the clock go to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+import peerkd  # noqa: F401  (sets the no-telemetry environment)
+from peerkd import protocol as P
+from peerkd.codec import CodecError, array_bytes
+from peerkd.results import RunWriter, accuracy_stats
+from peerkd.training import pick_device
+from peerkd.world import WorldSpec, build_world
+
+log = logging.getLogger("peerkd")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's settings below the strategy: the world and the clients' training."""
+
+    world: WorldSpec = field(default_factory=WorldSpec)
+    rounds: int = 20
+    students: tuple[str, ...] = ("mlp64",)
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 32
+    round_timeout: float = 600.0  # seconds to wait for a round's replies
+    wait_timeout: float = 120.0  # seconds to wait for nodes to connect at start
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Node ids once ``expected`` have connected; after ``timeout`` go on with those present."""
+    deadline = time.monotonic() + timeout
+    while len(ids := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            if not ids:
+                raise RuntimeError(f"no node connected within {timeout:g} s (expected {expected})")
+            log.warning("only %d of %d nodes connected after %g s; going on with them", len(ids), expected, timeout)
+            break
+        time.sleep(0.1)
+    return ids
+
+
+def screen_reply(reply: Message, strategy, num_clients: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The reply's metrics if it is well-formed, else None and the reason it was rejected."""
+    if reply.has_error():
+        return None, f"client error: {reply.error.reason}"
+    content = reply.content
+    metrics = content.get(P.KEY_METRICS)
+    if not isinstance(metrics, MetricRecord):
+        return None, "no metrics record"
+    values = dict(metrics)
+    client = values.get(P.METRIC_PARTITION)
+    if not isinstance(client, int) or not 0 <= client < num_clients:
+        return None, f"{P.METRIC_PARTITION} {client!r} outside 0..{num_clients - 1}"
+    acc = values.get(P.METRIC_TEST_ACC)
+    if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
+        return None, f"{P.METRIC_TEST_ACC} {acc!r} outside [0, 1]"
+    try:
+        strategy.check_reply(content)
+    except CodecError as exc:
+        return None, str(exc)
+    return values, None
+
+
+def run_federation(grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_round: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run all rounds of ``strategy`` on the nodes of ``grid``; write and return the summary."""
+    t_start = time.perf_counter()
+    world = build_world(spec.world)
+    device = pick_device()
+    from strategies.base import ServerContext
+
+    ctx = ServerContext(world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size)
+    run_metrics = strategy.setup(ctx)
+    writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
+    wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
+    base_config = {
+        **spec.world.to_config(), P.CFG_STUDENTS: ",".join(spec.students),
+        P.CFG_EPOCHS: spec.epochs, P.CFG_LR: spec.lr, P.CFG_BATCH_SIZE: spec.batch_size,
+    }
+    latest: dict[int, dict[str, Any]] = {}
+    totals = Counter()
+    for rnd in range(1, spec.rounds + 1):
+        row = _run_round(grid, spec, strategy, writer, rnd, base_config, latest)
+        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "rejected")})
+        row["wall_s"] = time.perf_counter() - t_start
+        writer.log(row)
+        log.info("[%s] round %d/%d  acc mean %.3f worst %.3f  %d replies  %.1f s", strategy.name, rnd, spec.rounds,
+                 row["acc_mean"] or 0, row["acc_worst"] or 0, row["replies"], row["round_s"])
+        if on_round:
+            on_round(row)
+    per_client = [
+        {"client": c, "arch": r["arch"], "acc": r["acc"], "loss": r["loss"], "round": r["round"]}
+        for c, r in sorted(latest.items())
+    ]
+    summary = {
+        "strategy": strategy.name, "dataset": world.data.name, "num_clients": spec.world.num_clients,
+        "rounds": spec.rounds, "seed": spec.world.seed,
+        **accuracy_stats([r["acc"] for r in per_client]),
+        "teacher_acc": run_metrics.get("teacher_acc"),
+        "bytes_up": totals["bytes_up"], "bytes_down": totals["bytes_down"],
+        "wall_s": time.perf_counter() - t_start,
+        "per_client": per_client,
+        "acc_by_arch": _by_arch(per_client),
+        "rejected_replies": totals["rejected"],
+        "students": list(spec.students),
+    }
+    writer.finish(summary)
+    return summary
+
+
+def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    node_ids = sorted(grid.get_node_ids())  # nodes that joined late take part from now on
+    config = ConfigRecord({**base_config, P.CFG_ROUND: rnd})
+    messages = list(strategy.configure_round(rnd, node_ids, config, grid))
+    down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
+    replies = list(grid.send_and_receive(messages, timeout=spec.round_timeout))
+    accepted, rejected, seen = [], [], set()
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        up = 0 if reply.has_error() else array_bytes(reply.content)
+        values, reason = screen_reply(reply, strategy, spec.world.num_clients)
+        if values is not None and values[P.METRIC_PARTITION] in seen:
+            values, reason = None, f"duplicate {P.METRIC_PARTITION} {values[P.METRIC_PARTITION]}"
+        if values is None:
+            log.warning("[%s] round %d: rejected reply from node %d: %s", strategy.name, rnd, node, reason)
+            rejected.append({"node_id": node, "reason": reason, "bytes_up": up})
+            continue
+        seen.add(values[P.METRIC_PARTITION])
+        accepted.append((reply, values, up))
+    round_metrics = strategy.aggregate_round(rnd, [r for r, _, _ in accepted])
+    rows = []
+    for reply, values, up in accepted:
+        node = reply.metadata.src_node_id
+        acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values[P.METRIC_TEST_LOSS])
+        info = reply.content.get(P.KEY_INFO)
+        row = {
+            "type": "client", "round": rnd, "client": values[P.METRIC_PARTITION], "node_id": node,
+            "arch": str(info["arch"]) if isinstance(info, ConfigRecord) and "arch" in info else None,
+            "acc": acc, "loss": loss, "train_loss": values.get(P.METRIC_TRAIN_LOSS),
+            "train_s": values.get(P.METRIC_TRAIN_S), "num_examples": values.get(P.METRIC_NUM_EXAMPLES),
+            "bytes_up": up, "bytes_down": down.get(node, 0),
+        }
+        writer.log(row)
+        rows.append(row)
+        latest[row["client"]] = row
+    answered = {r.metadata.src_node_id for r in replies}
+    return {
+        "type": "round", "round": rnd, **accuracy_stats([r["acc"] for r in rows]),
+        "replies": len(rows), "rejected": len(rejected), "rejections": rejected,
+        "missing": sorted(set(down) - answered),
+        "bytes_up": sum(r["bytes_up"] for r in rows) + sum(r["bytes_up"] for r in rejected),
+        "bytes_down": sum(down.values()), "round_s": time.perf_counter() - t0, **round_metrics,
+    }
+
+
+def _by_arch(per_client: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    groups: dict[str, list[float]] = {}
+    for r in per_client:
+        groups.setdefault(str(r["arch"]), []).append(r["acc"])
+    return {arch: {**accuracy_stats(accs), "clients": len(accs)} for arch, accs in sorted(groups.items())}
+
+
+def make_server_app(spec: RunSpec, strategy, out_dir: str, config: dict[str, Any], on_round=None) -> ServerApp:
+    """A ServerApp bound to one run's settings (used by ``peerkd run`` and the tests)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, spec, strategy, RunWriter(out_dir, config), on_round)
+
+    return server

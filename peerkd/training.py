@@ -1,0 +1,100 @@
+"""Training and evaluation of one model on arrays. No I/O, no Flower: callers own both."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peerkd.losses import distillation_loss
+
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    """``cuda`` when asked for or (``auto``) when this process was given a GPU, else ``cpu``."""
+    if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def train_model(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    transfer_x: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    alpha: float = 0.0,
+    temperature: float = 1.0,
+    device: torch.device | None = None,
+) -> float:
+    """Train with Adam on CE over ``(x, y)``, plus α·T²·KL toward ``targets`` on ``transfer_x``.
+
+    Each step pairs a private batch with a transfer batch. An epoch is one pass over the
+    larger of the two sets; the smaller one is cycled, so a tiny private shard still sees
+    the whole transfer set each epoch.
+
+    Returns
+    -------
+    float
+        Mean training loss over the last epoch.
+    """
+    device = device or torch.device("cpu")
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    distill = targets is not None and transfer_x is not None and alpha > 0 and len(transfer_x) > 0
+    if distill:
+        pt, tt = torch.as_tensor(transfer_x, device=device), torch.as_tensor(targets, device=device)
+    n_steps = math.ceil(max(len(x), len(transfer_x) if distill else 0) / batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    last = 0.0
+    for _ in range(epochs):
+        priv = _cycled_batches(len(x), batch_size, n_steps, gen)
+        pub = _cycled_batches(len(transfer_x), batch_size, n_steps, gen) if distill else None
+        total = 0.0
+        for step in range(n_steps):
+            bi = priv[step].to(device)
+            out_priv = model(xt[bi])
+            out_pub = tgt = None
+            if pub is not None:
+                bj = pub[step].to(device)
+                out_pub, tgt = model(pt[bj]), tt[bj]
+            loss = distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        last = total / n_steps
+    return last
+
+
+def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """``n_steps`` index batches over ``0..n-1``, reshuffling each time the data runs out."""
+    reps = math.ceil(n_steps * batch_size / n) if n else 0
+    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(max(reps, 1))])
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_steps)]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device | None = None, batch_size: int = 2048) -> np.ndarray:
+    """Logits of ``model`` on ``x`` as a float32 ``(N, C)`` array."""
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    xt = torch.as_tensor(x)
+    outs = [model(xt[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | None = None) -> tuple[float, float]:
+    """Accuracy in [0, 1] and mean cross-entropy of ``model`` on ``(x, y)``."""
+    logits = torch.as_tensor(predict_logits(model, x, device))
+    labels = torch.as_tensor(y)
+    acc = float((logits.argmax(dim=1) == labels).float().mean())
+    return acc, float(F.cross_entropy(logits, labels))

@@ -1,0 +1,1 @@
+"""Experiment layer: Hydra configs, the ``peerkd`` command and its runners."""

@@ -1,0 +1,173 @@
+"""The ``peerkd`` command: ``peerkd run|compare key=value ...`` (Hydra overrides).
+
+Errors a user can fix print one line, ``peerkd: error: <field>: <problem> (allowed: ...)``,
+and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import peerkd  # noqa: F401  (sets the no-telemetry environment first)
+
+CONF_DIR = Path(__file__).parent / "conf"
+USAGE = """usage: peerkd COMMAND [key=value ...]
+
+commands:
+  run      one exchange rule on one world, e.g.
+           peerkd run strategy=peer data=digits num_clients=10 rounds=20 seed=0 out=runs/peer
+  compare  several rules on the same worlds over seeds (default: local, fedavg, teacher, peer
+           on mnist5k, 10 clients, Dirichlet alpha 0.3, seeds 0,1,2), e.g.
+           peerkd compare data=mnist5k seeds=[0,1,2] out=runs/cmp
+
+Config keys and defaults: simulations/config.py, or `peerkd run --cfg job`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``peerkd`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        return _fail(f"command: unknown value {command!r} (allowed: {', '.join(COMMANDS)})")
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from peerkd.errors import ConfigError
+
+    show_cfg = "--cfg" in overrides
+    overrides = [o for o in overrides if o not in ("--cfg", "job")]
+    try:
+        cfg = _compose(command, overrides)
+        if show_cfg:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        _setup_logging(cfg.verbose)
+        return COMMANDS[command](cfg)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        return _fail(_hydra_message(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted; finished runs and rounds are on disk", code=130)
+
+
+def _compose(command: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from simulations.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name=command, overrides=overrides)
+
+
+def _run(cfg) -> int:
+    from omegaconf import OmegaConf
+
+    from simulations.config import check_resources, to_run_spec, to_strategy
+    from simulations.runner import run_one
+
+    spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
+    resources = check_resources(cfg.resources)
+    out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_one(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), resources)
+    teacher = "" if summary["teacher_acc"] is None else f"  teacher {summary['teacher_acc']:.3f}"
+    print(f"{summary['strategy']}: accuracy mean {summary['acc_mean']:.3f}  worst {summary['acc_worst']:.3f}  "
+          f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "
+          f"{summary['wall_s']:.0f} s\nresults: {out}")
+    return 0
+
+
+def _compare(cfg) -> int:
+    from omegaconf import OmegaConf
+
+    from simulations.config import check_resources, to_run_spec, to_strategy
+    from simulations.report import TABLE_HEADER, table_cells
+    from simulations.runner import compare
+
+    if not cfg.rules:
+        from peerkd.errors import ConfigError
+        from strategies import RULES
+
+        raise ConfigError("rules", "needs at least one rule", RULES)
+    if not cfg.seeds:
+        from peerkd.errors import ConfigError
+
+        raise ConfigError("seeds", "needs at least one seed", "a list of integers, e.g. [0,1,2]")
+    runs = [(rule, seed, to_run_spec(cfg, seed), to_strategy(cfg.strategy, rule)) for seed in cfg.seeds for rule in cfg.rules]
+    for _, _, spec, strategy in runs:  # refuse a bad pair before the first run starts
+        strategy.check(spec.students, spec.world.num_clients)
+    resources = check_resources(cfg.resources)
+    out = cfg.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.perf_counter()
+    rows = compare(runs, out, OmegaConf.to_container(cfg, resolve=True), resources, list(cfg.rules))
+    _print_table(rows, TABLE_HEADER, table_cells)
+    print(f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s; results: {out} (comparison.md, comparison.csv, runs.csv)")
+    return 0
+
+
+def _print_table(rows, header, cells) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*cells(row))
+    Console().print(table)
+
+
+COMMANDS = {"run": _run, "compare": _compare}
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    ours = logging.getLogger("peerkd")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    # Flower logs a deprecation notice and per-round chatter; keep its errors only.
+    logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
+def _hydra_message(exc: Exception) -> str:
+    """One line from a Hydra/OmegaConf error, naming the field and the allowed values."""
+    text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ else "")
+    if m := re.search(r"Could not find '([\w.]+)/([^']*)'", text):
+        group, value = m.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        return f"{group}: unknown value {value!r} (allowed: {', '.join(options)})"
+    if m := re.search(r"Key '\w+' not in '(\w+)'\s*\n\s*full_key: ([\w.]+)", text):
+        schema, key = m.groups()
+        return f"{key}: unknown setting (allowed: {', '.join(_schema_fields(schema))})"
+    if m := re.search(r"^(.*)\n\s*full_key: ([\w.\[\]]+)", str(exc.__cause__ or exc), flags=re.M):
+        return f"{m.group(2)}: {m.group(1).strip()}"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _schema_fields(schema: str) -> list[str]:
+    import dataclasses
+
+    from simulations import config
+
+    cls = getattr(config, schema, None)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"peerkd: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Structured configs (Hydra) and their validation: the edge where config stops.
+
+Everything below ``to_run_spec`` / ``to_strategy`` takes plain typed arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from peerkd.data import BUILTIN_DATASETS
+from peerkd.errors import ConfigError, check_choice, check_range
+from peerkd.models import MODELS
+from peerkd.partition import PARTITIONS
+from peerkd.server_app import RunSpec
+from peerkd.world import WorldSpec
+from strategies import RULES, build_strategy
+from strategies.base import DistillationStrategy
+
+
+@dataclass
+class DataConf:
+    name: str = "mnist5k"  # digits | mnist5k | mnist1d | file
+    path: Optional[str] = None  # .npz (x, y) or .csv, with data=file
+    label: str = "label"  # label column of a CSV file
+    test_frac: float = 0.2
+    public_frac: float = 0.1  # transfer set: inputs shared, labels never used
+    server_frac: float = 0.1  # labelled, for the central teacher only
+
+
+@dataclass
+class PartitionConf:
+    name: str = "dirichlet"  # iid | dirichlet | shard
+    alpha: float = 0.3  # Dirichlet concentration
+    classes_per_client: int = 2  # shard
+    min_size: int = 10  # fewest private samples per client
+
+
+@dataclass
+class StrategyConf:
+    name: str = "peer"  # local | fedavg | teacher | peer
+    alpha: float = 1.0  # weight of the KD term
+    temperature: float = 4.0  # KD temperature T (loss scaled by T^2)
+    teacher: str = "auto"  # teacher model (auto: cnn_large for images, mlp256x2 for flat data)
+    teacher_epochs: int = 30
+
+
+@dataclass
+class TrainConf:
+    epochs: int = 2  # local epochs per round
+    lr: float = 1e-3  # Adam
+    batch_size: int = 32
+
+
+@dataclass
+class ResourcesConf:
+    num_cpus: float = 1.0  # per client actor
+    num_gpus: float = 0.0  # per client actor; fractions pack several clients on one GPU
+
+
+@dataclass
+class RunConf:
+    strategy: StrategyConf = field(default_factory=StrategyConf)
+    data: DataConf = field(default_factory=DataConf)
+    partition: PartitionConf = field(default_factory=PartitionConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    resources: ResourcesConf = field(default_factory=ResourcesConf)
+    num_clients: int = 10
+    rounds: int = 20
+    seed: int = 0
+    students: list[str] = field(default_factory=lambda: ["mlp64"])  # assigned round-robin
+    out: Optional[str] = None  # results directory (default runs/<command>-<time>)
+    round_timeout: float = 600.0
+    verbose: bool = False
+
+
+@dataclass
+class CompareConf(RunConf):
+    rules: list[str] = field(default_factory=lambda: ["local", "fedavg", "teacher", "peer"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+GROUPS: dict[str, tuple[type, dict[str, dict[str, Any]]]] = {
+    "strategy": (StrategyConf, {name: {"name": name} for name in RULES}),
+    "data": (DataConf, {name: {"name": name} for name in (*BUILTIN_DATASETS, "file")}),
+    "partition": (PartitionConf, {name: {"name": name} for name in PARTITIONS}),
+}
+
+
+def register() -> None:
+    """Put the schemas and every group option into Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConf)
+    cs.store(name="compare_schema", node=CompareConf)
+    for group, (schema, options) in GROUPS.items():
+        for name, values in options.items():
+            cs.store(group=group, name=name, node=schema(**values))
+
+
+def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
+    """Validate a composed config and turn it into a plain RunSpec."""
+    d, p, t = cfg.data, cfg.partition, cfg.train
+    check_range("num_clients", cfg.num_clients, 1)
+    check_range("rounds", cfg.rounds, 1)
+    check_range("train.epochs", t.epochs, 1)
+    check_range("train.lr", t.lr, 0.0, 10.0, low_open=True)
+    check_range("train.batch_size", t.batch_size, 1)
+    check_range("round_timeout", cfg.round_timeout, 0.0, low_open=True)
+    students = tuple(check_choice("students", s, MODELS) for s in cfg.students)
+    if not students:
+        raise ConfigError("students", "needs at least one model", MODELS)
+    check_choice("data", d.name, GROUPS["data"][1])
+    world = WorldSpec(
+        dataset=d.name, data_path=d.path or "", data_label=d.label, test_frac=d.test_frac,
+        public_frac=d.public_frac, server_frac=d.server_frac, partition=p.name, alpha=p.alpha,
+        classes_per_client=p.classes_per_client, min_size=p.min_size,
+        num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed,
+    )
+    return RunSpec(world=world, rounds=cfg.rounds, students=students, epochs=t.epochs, lr=t.lr,
+                   batch_size=t.batch_size, round_timeout=cfg.round_timeout)
+
+
+def to_strategy(s: StrategyConf, rule: str | None = None) -> DistillationStrategy:
+    """Validate strategy settings and instantiate the rule (``rule`` overrides ``s.name``)."""
+    name = check_choice("strategy", rule or s.name, RULES)
+    check_range("strategy.alpha", s.alpha, 0.0, 100.0)
+    check_range("strategy.temperature", s.temperature, 0.0, 100.0, low_open=True)
+    check_choice("strategy.teacher", s.teacher, ("auto", *MODELS))
+    check_range("strategy.teacher_epochs", s.teacher_epochs, 1)
+    return build_strategy(name, alpha=s.alpha, temperature=s.temperature, model=s.teacher, epochs=s.teacher_epochs)
+
+
+def check_resources(r: ResourcesConf) -> dict[str, float]:
+    """Validated client resources for Flower's simulation backend."""
+    check_range("resources.num_cpus", r.num_cpus, 0.0, low_open=True)
+    check_range("resources.num_gpus", r.num_gpus, 0.0)
+    if r.num_gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("resources.num_gpus", f"{r.num_gpus:g} asked for, but no CUDA device is visible", "0 on this machine")
+    return {"num_cpus": float(r.num_cpus), "num_gpus": float(r.num_gpus)}

@@ -1,0 +1,66 @@
+"""FedAvg (McMahan et al., AISTATS 2017): the weight-sharing baseline, on Flower's own FedAvg.
+
+Messages and weighted averaging are Flower's ``flwr.serverapp.strategy.FedAvg``
+(``configure_train`` / ``aggregate_train``). Students must share one architecture. Every
+client ends the round holding the new global model, so each client's accuracy is the
+global model's accuracy on the test split, measured at the server.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAvg
+
+from peerkd.codec import CodecError, check_weights
+from peerkd.errors import ConfigError
+from peerkd.models import build_model
+from peerkd.protocol import KEY_ARRAYS, KEY_METRICS, METRIC_NUM_EXAMPLES
+from peerkd.training import evaluate
+from strategies.base import DistillationStrategy, ServerContext
+
+
+class FederatedAveraging(DistillationStrategy):
+    """Weights in, averaged weights out; refuses heterogeneous students."""
+
+    name = "fedavg"
+
+    def __init__(self) -> None:
+        self.flower = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
+
+    def check(self, students: tuple[str, ...], num_clients: int) -> None:
+        if len(set(students)) > 1:
+            raise ConfigError("students", f"fedavg averages weights, so all clients need one architecture; got {list(students)}", "a single model name, e.g. students=[mlp64]")
+
+    def setup(self, ctx: ServerContext) -> dict[str, float]:
+        super().setup(ctx)
+        world = ctx.world
+        self.model = build_model(ctx.students[0], world.data.input_shape, world.num_classes, seed=ctx.seed)
+        self.arrays = ArrayRecord(self.model.state_dict())
+        self.acc, self.loss = evaluate(self.model, *world.split("test"), device=ctx.device)
+        return {}
+
+    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> list[Message]:
+        return list(self.flower.configure_train(server_round, self.arrays, ConfigRecord(dict(config)), grid))
+
+    def check_reply(self, content: RecordDict) -> None:
+        check_weights(content.get(KEY_ARRAYS, ArrayRecord()), self.arrays)
+        n = content[KEY_METRICS].get(METRIC_NUM_EXAMPLES) if KEY_METRICS in content else None
+        if not isinstance(n, (int, float)) or n <= 0:
+            raise CodecError(f"{METRIC_NUM_EXAMPLES} must be a positive number, got {n!r}")
+
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
+        try:
+            arrays, _ = self.flower.aggregate_train(server_round, replies)
+        except InconsistentMessageReplies as exc:  # keep the last global model
+            arrays = None
+            self.failure = str(exc)
+        if arrays is not None:
+            self.arrays = arrays
+            self.model.load_state_dict(arrays.to_torch_state_dict())
+            self.acc, self.loss = evaluate(self.model, *self.ctx.world.split("test"), device=self.ctx.device)
+        return {"global_acc": self.acc}
+
+    def client_accuracy(self, metrics: dict[str, float]) -> tuple[float, float]:
+        return self.acc, self.loss

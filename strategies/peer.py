@@ -1,0 +1,41 @@
+"""Peer mutual learning: Deep Mutual Learning (Zhang et al., CVPR 2018), federated.
+
+No teacher. Each round every client distills toward the mean of the *other* clients'
+logits on the shared transfer set (leave-one-out mean), with loss
+CE + α·T²·KL(peers ‖ student), then replies with its fresh logits. Round 1 has no peer
+logits yet, so it is CE alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Message
+
+from peerkd.codec import decode_logits
+from peerkd.errors import ConfigError
+from peerkd.protocol import KEY_LOGITS
+from strategies.aggregation import peer_targets
+from strategies.base import LogitDistillation, ServerContext
+
+
+class PeerMutualLearning(LogitDistillation):
+    """DML over Flower: targets are the leave-one-out mean of peers' last logits."""
+
+    name = "peer"
+    wants_logits = True
+
+    def check(self, students: tuple[str, ...], num_clients: int) -> None:
+        if num_clients < 2:
+            raise ConfigError("num_clients", "peer learning needs at least 2 clients", "an integer >= 2")
+
+    def setup(self, ctx: ServerContext) -> dict[str, float]:
+        self.logits: dict[int, np.ndarray] = {}
+        return super().setup(ctx)
+
+    def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
+        return peer_targets(self.logits, node_ids)
+
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
+        # Only this round's senders count: a node that dropped out stops teaching.
+        self.logits = {m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies}
+        return {"peers": float(len(self.logits))}
