@@ -26,7 +26,9 @@ def preflight(spec: RunSpec, strategy) -> None:
     strategy.check(spec.students, spec.world.num_clients)
 
 
-def run_one(spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
+def run_one(
+    spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, Any], resources: dict[str, float], client_app=None,
+) -> dict[str, Any]:
     """Run one rule on one world in Flower's simulation engine; return its summary.
 
     Parameters
@@ -41,10 +43,13 @@ def run_one(spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, Any]
         The resolved config, written as config.yaml.
     resources : dict
         Client resources for the Ray backend (``num_cpus``, ``num_gpus``).
+    client_app : flwr.clientapp.ClientApp | None
+        The clients' app (default: peerkd's); tests pass faulty ones.
     """
     from flwr.simulation import run_simulation
 
-    from peerkd.client_app import app as client_app
+    if client_app is None:
+        from peerkd.client_app import app as client_app
 
     preflight(spec, strategy)
     server = make_server_app(spec, strategy, str(out_dir), config)

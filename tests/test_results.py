@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from peerkd.results import RunWriter, accuracy_stats, read_jsonl
+from simulations.report import compare_table, markdown_table
+
+
+def test_accuracy_stats_by_hand():
+    # mean 0.7, worst 0.5, population std sqrt(((-.2)^2 + 0 + .2^2) / 3) = 0.163299
+    s = accuracy_stats([0.5, 0.7, 0.9])
+    assert s["acc_mean"] == pytest.approx(0.7)
+    assert s["acc_worst"] == pytest.approx(0.5)
+    assert s["acc_std"] == pytest.approx(0.163299, abs=1e-6)
+    assert accuracy_stats([]) == {"acc_mean": None, "acc_worst": None, "acc_std": None}
+
+
+def test_writer_appends_as_it_goes_and_survives_a_torn_line(tmp_path):
+    w = RunWriter(tmp_path / "run", {"strategy": {"name": "peer"}})
+    w.log({"type": "round", "round": 1, "acc_mean": float("nan")})
+    # Readable before the run ends: a killed run keeps what it finished.
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert rows == [{"type": "round", "round": 1, "acc_mean": None}]
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"type": "rou')  # a kill mid-write
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
+    w.finish({"acc_mean": 0.5})
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"acc_mean": 0.5}
+    assert "peer" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def _summary(rule, seed, acc, worst, up, down, teacher=None):
+    return {"strategy": rule, "seed": seed, "acc_mean": acc, "acc_worst": worst, "teacher_acc": teacher,
+            "bytes_up": up, "bytes_down": down, "wall_s": 10.0 + seed, "rounds": 2, "num_clients": 5}
+
+
+def test_compare_table_by_hand():
+    # Prepare: two seeds per rule.
+    runs = [
+        _summary("local", 0, 0.50, 0.30, 0, 0), _summary("local", 1, 0.60, 0.40, 0, 0),
+        _summary("peer", 0, 0.70, 0.50, 20_000, 10_000), _summary("peer", 1, 0.80, 0.70, 40_000, 30_000),
+    ]
+    # Execute
+    rows = compare_table(runs, ["local", "peer", "teacher"])
+    # Assert: mean, sample std (ddof=1) of [0.7, 0.8] = 0.070711; bytes per client per round in KB:
+    # up (20,000 / (2·5) + 40,000 / (2·5)) / 2 / 1000 = 3.0; down (1,000 + 3,000) / 2 / 1000 = 2.0.
+    assert [r["rule"] for r in rows] == ["local", "peer"]  # no teacher runs, no row
+    peer = rows[1]
+    assert peer["acc_mean"] == pytest.approx(0.75)
+    assert peer["acc_mean_std"] == pytest.approx(0.070711, abs=1e-6)
+    assert peer["acc_worst"] == pytest.approx(0.60)
+    assert peer["kb_up_per_round"] == pytest.approx(3.0)
+    assert peer["kb_down_per_round"] == pytest.approx(2.0)
+    assert peer["wall_s"] == pytest.approx(10.5)
+    md = markdown_table(rows)
+    assert "| peer | 0.750 ± 0.071 | 0.600 ± 0.141 | – | 3.0 / 2.0 | 10 |" in md
