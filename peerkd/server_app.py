@@ -185,3 +185,58 @@ def make_server_app(spec: RunSpec, strategy, out_dir: str, config: dict[str, Any
         run_federation(grid, spec, strategy, RunWriter(out_dir, config), on_round)
 
     return server
+
+
+# --- `flwr run .` entry point -------------------------------------------------------
+# The repo root is a Flower app (pyproject [tool.flwr.app]); its flat run config
+# (`--run-config "strategy='teacher' rounds=5"`) maps onto the same structured config as
+# `peerkd run`, and is validated by the same functions.
+RUN_CONFIG_KEYS = {
+    "strategy": "strategy.name", "alpha": "strategy.alpha", "temperature": "strategy.temperature",
+    "teacher": "strategy.teacher", "teacher-epochs": "strategy.teacher_epochs",
+    "data": "data.name", "data-path": "data.path", "data-label": "data.label",
+    "test-frac": "data.test_frac", "public-frac": "data.public_frac", "server-frac": "data.server_frac",
+    "partition": "partition.name", "partition-alpha": "partition.alpha",
+    "classes-per-client": "partition.classes_per_client", "min-size": "partition.min_size",
+    "epochs": "train.epochs", "lr": "train.lr", "batch-size": "train.batch_size",
+    "num-clients": "num_clients", "rounds": "rounds", "seed": "seed", "students": "students",
+    "out": "out", "round-timeout": "round_timeout",
+}
+
+
+def config_from_run_config(run_config: dict[str, Any]):
+    """The validated structured config (``simulations.config.RunConf``) for a flat run config."""
+    from omegaconf import OmegaConf
+
+    from peerkd.errors import ConfigError
+    from simulations.config import RunConf
+
+    cfg = OmegaConf.structured(RunConf)
+    for key, value in run_config.items():
+        if key not in RUN_CONFIG_KEYS:
+            raise ConfigError(key, "unknown run-config key", RUN_CONFIG_KEYS)
+        if key == "students":
+            value = [s.strip() for s in str(value).split(",") if s.strip()]
+        OmegaConf.update(cfg, RUN_CONFIG_KEYS[key], value, merge=False)
+    return cfg
+
+
+app = ServerApp()
+
+
+@app.main()
+def flower_main(grid: Grid, context: Context) -> None:
+    """ServerApp for `flwr run .`: settings from the run config, results under ``out``."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from simulations.config import to_run_spec, to_strategy
+
+    logging.getLogger("peerkd").setLevel(logging.INFO)
+    cfg = config_from_run_config(dict(context.run_config))
+    spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
+    out = Path(cfg.out or f"runs/flwr-{context.run_id}").resolve()
+    log.info("peerkd: %s on %s, %d clients, %d rounds; results in %s", strategy.name, spec.world.dataset,
+             spec.world.num_clients, spec.rounds, out)
+    run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)))

@@ -123,7 +123,10 @@ def _print_table(rows, header, cells) -> None:
     table = Table(*header)
     for row in rows:
         table.add_row(*cells(row))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # logs and CI: don't wrap the table at 80 columns
+        console = Console(width=120)
+    console.print(table)
 
 
 COMMANDS = {"run": _run, "compare": _compare}
