@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
+PROVENANCE_FILE = "provenance.json"
+PACKAGES = ("peerkd", "flwr", "flwr-datasets", "torch", "numpy", "ray", "hydra-core", "scikit-learn", "mlxtend", "mnist1d")
 SUMMARY_KEYS = (
     "strategy", "dataset", "num_clients", "rounds", "seed", "acc_mean", "acc_worst", "acc_std",
     "teacher_acc", "bytes_up", "bytes_down", "wall_s", "per_client",
@@ -40,6 +42,7 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / SUMMARY_FILE).unlink(missing_ok=True)  # a rerun is unfinished until it ends
         (self.dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        (self.dir / PROVENANCE_FILE).write_text(json.dumps(provenance(), indent=2))
         self._metrics = open(self.dir / METRICS_FILE, "w", encoding="utf-8")
 
     def log(self, row: dict[str, Any]) -> None:
@@ -54,6 +57,35 @@ class RunWriter:
         tmp.write_text(json.dumps(_clean(summary), indent=2))
         os.replace(tmp, self.dir / SUMMARY_FILE)
         self._metrics.close()
+
+
+def provenance() -> dict[str, Any]:
+    """Package versions, Python, machine and the git revision of the peerkd source tree."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    src = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "packages": versions, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "git_revision": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+    }
 
 
 def _clean(obj: Any) -> Any:

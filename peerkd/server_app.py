@@ -198,6 +198,7 @@ RUN_CONFIG_KEYS = {
     "test-frac": "data.test_frac", "public-frac": "data.public_frac", "server-frac": "data.server_frac",
     "partition": "partition.name", "partition-alpha": "partition.alpha",
     "classes-per-client": "partition.classes_per_client", "min-size": "partition.min_size",
+    "samples-per-client": "partition.samples_per_client",
     "epochs": "train.epochs", "lr": "train.lr", "batch-size": "train.batch_size",
     "num-clients": "num_clients", "rounds": "rounds", "seed": "seed", "students": "students",
     "out": "out", "round-timeout": "round_timeout",

@@ -33,6 +33,7 @@ class WorldSpec:
     alpha: float = 0.3
     classes_per_client: int = 2
     min_size: int = 10
+    samples_per_client: int = 0  # cap each private shard at this many samples (0: no cap)
     num_clients: int = 10
     seed: int = 0
 
@@ -87,4 +88,11 @@ def build_world(spec: WorldSpec) -> World:
         data.y[splits.pool], spec.num_clients, spec.partition, alpha=spec.alpha,
         classes_per_client=spec.classes_per_client, min_size=spec.min_size, seed=spec.seed,
     )
+    if spec.samples_per_client > 0:
+        parts = cap_shards(parts, spec.samples_per_client, rng)
     return World(spec, data, splits, tuple(parts))
+
+
+def cap_shards(parts: list[np.ndarray], cap: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Keep a seeded random ``cap`` samples of each shard that has more (data-scarcity studies)."""
+    return [np.sort(rng.choice(p, cap, replace=False)) if len(p) > cap else p for p in parts]

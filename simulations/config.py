@@ -36,6 +36,7 @@ class PartitionConf:
     alpha: float = 0.3  # Dirichlet concentration
     classes_per_client: int = 2  # shard
     min_size: int = 10  # fewest private samples per client
+    samples_per_client: int = 0  # cap each private shard (data-scarcity studies); 0 = no cap
 
 
 @dataclass
@@ -116,6 +117,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         dataset=d.name, data_path=d.path or "", data_label=d.label, test_frac=d.test_frac,
         public_frac=d.public_frac, server_frac=d.server_frac, partition=p.name, alpha=p.alpha,
         classes_per_client=p.classes_per_client, min_size=p.min_size,
+        samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
         num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed,
     )
     return RunSpec(world=world, rounds=cfg.rounds, students=students, epochs=t.epochs, lr=t.lr,

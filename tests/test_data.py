@@ -101,3 +101,14 @@ def test_world_gives_each_client_its_own_disjoint_shard():
     assert not set(np.concatenate(shards)) & set(w.splits.test) & set(w.splits.public)
     x, y = w.private(2)
     assert len(x) == len(y) == len(w.partitions[2])
+
+
+def test_samples_per_client_caps_shards_with_a_seeded_subset():
+    from peerkd.world import cap_shards
+
+    parts = [np.arange(10), np.arange(10, 13)]
+    capped = cap_shards(parts, 4, np.random.default_rng(0))
+    assert [len(p) for p in capped] == [4, 3]  # the short shard is kept whole
+    assert set(capped[0]) <= set(range(10))
+    w = build_world(WorldSpec(dataset="digits", num_clients=4, partition="iid", samples_per_client=25, seed=1))
+    assert [len(p) for p in w.partitions] == [25] * 4

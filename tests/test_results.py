@@ -55,3 +55,11 @@ def test_compare_table_by_hand():
     assert peer["wall_s"] == pytest.approx(10.5)
     md = markdown_table(rows)
     assert "| peer | 0.750 ± 0.071 | 0.600 ± 0.141 | – | 3.0 / 2.0 | 10 |" in md
+
+
+def test_every_run_directory_records_versions_and_git_revision(tmp_path):
+    RunWriter(tmp_path / "r", {}).finish({})
+    prov = json.loads((tmp_path / "r" / "provenance.json").read_text())
+    assert prov["packages"]["flwr"].startswith("1.39")
+    assert prov["packages"]["torch"] is not None
+    assert prov["git_revision"] is None or len(prov["git_revision"]) == 40
