@@ -8,6 +8,10 @@ nothing but logits (or weights, for fedavg) crosses the wire. Handlers:
   reply with weights.
 - ``train.distill``: CE + α·T²·KL toward the targets in the message, then reply with
   fresh logits on the transfer set (one round trip per round).
+- ``train.digest``: fit the targets on the transfer set (KD alone), then CE epochs
+  (DS-FL, FedMD); reply with logits, or probabilities if asked.
+- ``train.fd``: CE + KD toward per-class targets on the private data; reply with
+  per-class mean logits and label counts (federated distillation, no transfer set).
 - ``query.logits``: logits on the transfer set only.
 - ``evaluate``: accuracy and loss on the test split.
 """
@@ -18,7 +22,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -26,7 +31,7 @@ import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.codec import decode_logits, encode_logits
 from peerkd.models import build_model
-from peerkd.training import evaluate, pick_device, predict_logits, train_model
+from peerkd.training import class_mean_logits, distill_only, evaluate, pick_device, predict_logits, train_model
 from peerkd.world import World, WorldSpec, build_world
 
 app = ClientApp()
@@ -95,9 +100,24 @@ def _metrics(s: Student, **extra: float) -> MetricRecord:
     return MetricRecord({P.METRIC_PARTITION: s.client, P.METRIC_NUM_EXAMPLES: n, P.METRIC_TEST_ACC: acc, P.METRIC_TEST_LOSS: loss, **extra})
 
 
-def _reply(msg: Message, s: Student, records: dict) -> Message:
+def _finish(msg: Message, s: Student, context: Context, loss: float, secs: float, records: dict | None = None) -> Message:
+    """Save the student, evaluate it, and reply with metrics plus what the config asks for."""
+    _save_student(s, context)
+    records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs}), **(records or {})}
+    if bool(s.config.get(P.CFG_REPLY_LOGITS, False)):
+        logits = predict_logits(s.model, s.world.transfer_x, s.device)
+        if bool(s.config.get(P.CFG_REPLY_PROBS, False)):
+            logits = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
+        records[P.KEY_LOGITS] = encode_logits(logits)
+    if bool(s.config.get(P.CFG_REPLY_PROBE, False)):
+        records[P.KEY_PROBE] = encode_logits(predict_logits(s.model, s.world.split("server")[0], s.device))
     content = RecordDict({**records, P.KEY_INFO: ConfigRecord({"arch": s.arch})})
     return Message(content, reply_to=msg)
+
+
+def _transfer_targets(msg: Message, s: Student):
+    shape = (len(s.world.transfer_x), s.world.num_classes)
+    return decode_logits(msg.content[P.KEY_TARGETS], shape) if P.KEY_TARGETS in msg.content else None
 
 
 @app.train()
@@ -108,25 +128,56 @@ def train(msg: Message, context: Context) -> Message:
     if weights_in:
         s.model.load_state_dict(msg.content[P.KEY_ARRAYS].to_torch_state_dict())
     loss, secs = _train(s)
-    _save_student(s, context)
-    records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})}
-    if weights_in:
-        records[P.KEY_ARRAYS] = ArrayRecord(s.model.state_dict())
-    return _reply(msg, s, records)
+    return _finish(msg, s, context, loss, secs, {P.KEY_ARRAYS: ArrayRecord(s.model.state_dict())} if weights_in else None)
 
 
 @app.train("distill")
 def distill(msg: Message, context: Context) -> Message:
     """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
     s = _load_student(msg, context)
-    shape = (len(s.world.transfer_x), s.world.num_classes)
-    targets = decode_logits(msg.content[P.KEY_TARGETS], shape) if P.KEY_TARGETS in msg.content else None
+    targets = _transfer_targets(msg, s)
     loss, secs = _train(s, targets, float(s.config[P.CFG_ALPHA]), float(s.config[P.CFG_TEMPERATURE]))
-    _save_student(s, context)
-    records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})}
-    if bool(s.config.get(P.CFG_REPLY_LOGITS, True)):
-        records[P.KEY_LOGITS] = encode_logits(predict_logits(s.model, s.world.transfer_x, s.device))
-    return _reply(msg, s, records)
+    return _finish(msg, s, context, loss, secs)
+
+
+@app.train("digest")
+def digest(msg: Message, context: Context) -> Message:
+    """Digest (fit the targets on the transfer set, KD alone), then revisit (CE epochs)."""
+    s = _load_student(msg, context)
+    targets = _transfer_targets(msg, s)
+    t0 = time.perf_counter()
+    if targets is not None and int(s.config.get(P.CFG_DIGEST_EPOCHS, 1)) > 0:
+        distill_only(
+            s.model, s.world.transfer_x, targets, epochs=int(s.config[P.CFG_DIGEST_EPOCHS]), lr=float(s.config[P.CFG_LR]),
+            batch_size=int(s.config[P.CFG_BATCH_SIZE]), seed=s.seed, temperature=float(s.config[P.CFG_TEMPERATURE]), device=s.device,
+        )
+    loss, _ = _train(s)
+    return _finish(msg, s, context, loss, time.perf_counter() - t0)
+
+
+@app.train("fd")
+def class_distill(msg: Message, context: Context) -> Message:
+    """FD: CE + α·T²·KL toward the per-class targets of each private sample's label;
+    reply with this student's per-class mean logits and label counts (C×C + C)."""
+    s = _load_student(msg, context)
+    c = s.world.num_classes
+    x, y = s.world.private(s.client)
+    sample_targets = None
+    if P.KEY_TARGETS in msg.content:
+        record = msg.content[P.KEY_TARGETS]
+        table = decode_logits(record, (c, c)).copy()
+        mask = decode_logits(ArrayRecord({P.ARRAY_LOGITS: record[P.ARRAY_MASK]}), (c,)) if P.ARRAY_MASK in record else np.ones(c)
+        table[mask <= 0] = np.nan
+        sample_targets = table[y]
+    t0 = time.perf_counter()
+    loss = train_model(
+        s.model, x, y, epochs=int(s.config[P.CFG_EPOCHS]), lr=float(s.config[P.CFG_LR]), batch_size=int(s.config[P.CFG_BATCH_SIZE]),
+        seed=s.seed, alpha=float(s.config[P.CFG_ALPHA]), temperature=float(s.config[P.CFG_TEMPERATURE]), device=s.device,
+        sample_targets=sample_targets,
+    )
+    means, counts = class_mean_logits(predict_logits(s.model, x, s.device), y, c)
+    record = ArrayRecord({P.ARRAY_LOGITS: Array(means), P.ARRAY_COUNTS: Array(counts)})
+    return _finish(msg, s, context, loss, time.perf_counter() - t0, {P.KEY_LOGITS: record})
 
 
 @app.query("logits")
@@ -134,11 +185,13 @@ def query_logits(msg: Message, context: Context) -> Message:
     """This student's logits on the transfer set."""
     s = _load_student(msg, context)
     logits = encode_logits(predict_logits(s.model, s.world.transfer_x, s.device))
-    return _reply(msg, s, {P.KEY_LOGITS: logits, P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: s.client})})
+    content = RecordDict({P.KEY_LOGITS: logits, P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: s.client}), P.KEY_INFO: ConfigRecord({"arch": s.arch})})
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_student(msg: Message, context: Context) -> Message:
     """Accuracy and loss of this student on the test split."""
     s = _load_student(msg, context)
-    return _reply(msg, s, {P.KEY_METRICS: _metrics(s)})
+    content = RecordDict({P.KEY_METRICS: _metrics(s), P.KEY_INFO: ConfigRecord({"arch": s.arch})})
+    return Message(content, reply_to=msg)

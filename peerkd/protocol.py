@@ -8,6 +8,8 @@ round trip.
 # Message types (Flower routes "<category>.<action>" to @app.<category>("<action>")).
 MSG_TRAIN = "train"  # local CE epochs; weights in/out for fedavg
 MSG_DISTILL = "train.distill"  # CE + KD toward targets; reply with logits on the transfer set
+MSG_DIGEST = "train.digest"  # KD-only epochs on the transfer set, then CE epochs (DS-FL, FedMD)
+MSG_CLASS_DISTILL = "train.fd"  # CE + KD toward per-class targets on private data (FD)
 MSG_QUERY_LOGITS = "query.logits"  # logits on the transfer set only
 MSG_EVALUATE = "evaluate"  # accuracy/loss of the student on the test split
 
@@ -17,9 +19,12 @@ KEY_ARRAYS = "arrays"  # ArrayRecord: model weights (FedAvg's default key)
 KEY_TARGETS = "targets"  # ArrayRecord: target logits for this node, shape (P, C)
 KEY_LOGITS = "logits"  # ArrayRecord: the node's logits on the transfer set, shape (P, C)
 KEY_METRICS = "metrics"  # MetricRecord: see METRIC_* below
+KEY_PROBE = "probe-logits"  # ArrayRecord: logits on the server split's inputs (WML's weight learning)
 
-# Array name inside the targets/logits ArrayRecords.
+# Array names inside the targets/logits ArrayRecords.
 ARRAY_LOGITS = "logits"
+ARRAY_MASK = "mask"  # (C,) 1 where a per-class target row is valid (FD)
+ARRAY_COUNTS = "counts"  # (C,) label counts of the private shard (FD)
 
 # Config keys sent by the server (besides the world spec, see peerkd.world.WorldSpec).
 CFG_ROUND = "server-round"  # Flower's FedAvg injects this very key
@@ -29,7 +34,10 @@ CFG_LR = "lr"
 CFG_BATCH_SIZE = "batch-size"
 CFG_ALPHA = "alpha"
 CFG_TEMPERATURE = "temperature"
-CFG_REPLY_LOGITS = "reply-logits"
+CFG_REPLY_LOGITS = "reply-logits"  # reply with logits on the transfer set
+CFG_REPLY_PROBS = "reply-probs"  # ... as softmax probabilities instead (DS-FL)
+CFG_REPLY_PROBE = "reply-probe"  # also reply with logits on the server split (WML)
+CFG_DIGEST_EPOCHS = "digest-epochs"
 
 # Metric keys in replies.
 METRIC_NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key

@@ -40,6 +40,7 @@ class RunSpec:
     batch_size: int = 32
     round_timeout: float = 600.0  # seconds to wait for a round's replies
     wait_timeout: float = 120.0  # seconds to wait for nodes to connect at start
+    measure_agreement: bool = True  # peer-agreement metrics (may ask clients for measurement-only logits)
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -84,7 +85,7 @@ def run_federation(grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_ro
     device = pick_device()
     from strategies.base import ServerContext
 
-    ctx = ServerContext(world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size)
+    ctx = ServerContext(world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement)
     run_metrics = strategy.setup(ctx)
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
     wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
@@ -96,7 +97,7 @@ def run_federation(grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_ro
     totals = Counter()
     for rnd in range(1, spec.rounds + 1):
         row = _run_round(grid, spec, strategy, writer, rnd, base_config, latest)
-        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "rejected")})
+        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
         log.info("[%s] round %d/%d  acc mean %.3f worst %.3f  %d replies  %.1f s", strategy.name, rnd, spec.rounds,
@@ -117,7 +118,10 @@ def run_federation(grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_ro
         "per_client": per_client,
         "acc_by_arch": _by_arch(per_client),
         "rejected_replies": totals["rejected"],
+        "bytes_measure": totals["bytes_measure"],
         "students": list(spec.students),
+        "private": strategy.private,
+        **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
     }
     writer.finish(summary)
     return summary
@@ -131,9 +135,10 @@ def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[s
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
     replies = list(grid.send_and_receive(messages, timeout=spec.round_timeout))
     accepted, rejected, seen = [], [], set()
+    measure_keys = strategy.measurement_keys()
     for reply in replies:
         node = reply.metadata.src_node_id
-        up = 0 if reply.has_error() else array_bytes(reply.content)
+        up, measure = _reply_bytes(reply, measure_keys)
         values, reason = screen_reply(reply, strategy, spec.world.num_clients)
         if values is not None and values[P.METRIC_PARTITION] in seen:
             values, reason = None, f"duplicate {P.METRIC_PARTITION} {values[P.METRIC_PARTITION]}"
@@ -142,10 +147,12 @@ def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[s
             rejected.append({"node_id": node, "reason": reason, "bytes_up": up})
             continue
         seen.add(values[P.METRIC_PARTITION])
-        accepted.append((reply, values, up))
-    round_metrics = strategy.aggregate_round(rnd, [r for r, _, _ in accepted])
+        accepted.append((reply, values, up, measure))
+    accepted_msgs = [r for r, _, _, _ in accepted]
+    round_metrics = strategy.aggregate_round(rnd, accepted_msgs)
+    round_metrics.update(_agreement(strategy.agreement_logits(accepted_msgs)))
     rows = []
-    for reply, values, up in accepted:
+    for reply, values, up, measure in accepted:
         node = reply.metadata.src_node_id
         acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values[P.METRIC_TEST_LOSS])
         info = reply.content.get(P.KEY_INFO)
@@ -154,7 +161,7 @@ def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[s
             "arch": str(info["arch"]) if isinstance(info, ConfigRecord) and "arch" in info else None,
             "acc": acc, "loss": loss, "train_loss": values.get(P.METRIC_TRAIN_LOSS),
             "train_s": values.get(P.METRIC_TRAIN_S), "num_examples": values.get(P.METRIC_NUM_EXAMPLES),
-            "bytes_up": up, "bytes_down": down.get(node, 0),
+            "bytes_up": up, "bytes_down": down.get(node, 0), "bytes_measure": measure,
         }
         writer.log(row)
         rows.append(row)
@@ -165,8 +172,27 @@ def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[s
         "replies": len(rows), "rejected": len(rejected), "rejections": rejected,
         "missing": sorted(set(down) - answered),
         "bytes_up": sum(r["bytes_up"] for r in rows) + sum(r["bytes_up"] for r in rejected),
-        "bytes_down": sum(down.values()), "round_s": time.perf_counter() - t0, **round_metrics,
+        "bytes_down": sum(down.values()), "bytes_measure": sum(r["bytes_measure"] for r in rows),
+        "round_s": time.perf_counter() - t0, **round_metrics,
     }
+
+
+def _reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:
+    """Serialised array bytes of a reply: (the rule's traffic, measurement-only traffic)."""
+    if reply.has_error():
+        return 0, 0
+    total = array_bytes(reply.content)
+    measure = sum(len(a.data) for k, rec in reply.content.array_records.items() if k in measure_keys for a in rec.values())
+    return total - measure, measure
+
+
+def _agreement(logits) -> dict[str, float]:
+    """Peer-agreement metrics of the students' transfer-set logits (empty without them)."""
+    if logits is None:
+        return {}
+    from peerkd.metrics import kl_to_consensus, pairwise_agreement
+
+    return {"agreement": pairwise_agreement(logits), "kl_to_consensus": kl_to_consensus(logits)}
 
 
 def _by_arch(per_client: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -195,6 +221,7 @@ RUN_CONFIG_KEYS = {
     "strategy": "strategy.name", "alpha": "strategy.alpha", "temperature": "strategy.temperature",
     "teacher": "strategy.teacher", "teacher-epochs": "strategy.teacher_epochs",
     "data": "data.name", "data-path": "data.path", "data-label": "data.label",
+    "transfer": "data.transfer", "transfer-size": "data.transfer_size",
     "test-frac": "data.test_frac", "public-frac": "data.public_frac", "server-frac": "data.server_frac",
     "partition": "partition.name", "partition-alpha": "partition.alpha",
     "classes-per-client": "partition.classes_per_client", "min-size": "partition.min_size",

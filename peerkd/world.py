@@ -15,6 +15,7 @@ import numpy as np
 
 from peerkd.data import Dataset, Splits, load_dataset, split_indices
 from peerkd.partition import partition_labels
+from peerkd.transfer import make_transfer_set
 
 _PREFIX = "world."
 
@@ -29,6 +30,8 @@ class WorldSpec:
     test_frac: float = 0.2
     public_frac: float = 0.1
     server_frac: float = 0.1
+    transfer: str = "public"  # public | imbalanced | noise | another built-in dataset
+    transfer_size: int = 0  # 0: the public split's size
     partition: str = "dirichlet"
     alpha: float = 0.3
     classes_per_client: int = 2
@@ -57,6 +60,7 @@ class World:
     data: Dataset
     splits: Splits
     partitions: tuple[np.ndarray, ...]
+    transfer_x: np.ndarray  # inputs of the transfer set; its labels are never used
 
     def private(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and labels of client ``client``'s private shard."""
@@ -67,11 +71,6 @@ class World:
         """Inputs and labels of split ``test``, ``public`` or ``server``."""
         idx = getattr(self.splits, name)
         return self.data.x[idx], self.data.y[idx]
-
-    @property
-    def transfer_x(self) -> np.ndarray:
-        """Inputs of the transfer (public) set; its labels are never used."""
-        return self.data.x[self.splits.public]
 
     @property
     def num_classes(self) -> int:
@@ -90,7 +89,8 @@ def build_world(spec: WorldSpec) -> World:
     )
     if spec.samples_per_client > 0:
         parts = cap_shards(parts, spec.samples_per_client, rng)
-    return World(spec, data, splits, tuple(parts))
+    transfer = make_transfer_set(spec.transfer, data, splits, spec.transfer_size, np.random.default_rng([spec.seed, 1]))
+    return World(spec, data, splits, tuple(parts), transfer)
 
 
 def cap_shards(parts: list[np.ndarray], cap: int, rng: np.random.Generator) -> list[np.ndarray]:

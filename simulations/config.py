@@ -15,6 +15,7 @@ from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.models import MODELS
 from peerkd.partition import PARTITIONS
 from peerkd.server_app import RunSpec
+from peerkd.transfer import TRANSFER_KINDS
 from peerkd.world import WorldSpec
 from strategies import RULES, build_strategy
 from strategies.base import DistillationStrategy
@@ -28,6 +29,8 @@ class DataConf:
     test_frac: float = 0.2
     public_frac: float = 0.1  # transfer set: inputs shared, labels never used
     server_frac: float = 0.1  # labelled, for the central teacher only
+    transfer: str = "public"  # transfer set: public | imbalanced | noise | digits | mnist5k | mnist1d
+    transfer_size: int = 0  # inputs in the transfer set (0: the public split's size)
 
 
 @dataclass
@@ -41,11 +44,17 @@ class PartitionConf:
 
 @dataclass
 class StrategyConf:
-    name: str = "peer"  # local | fedavg | teacher | peer
+    name: str = "peer"  # see strategies.RULES
     alpha: float = 1.0  # weight of the KD term
-    temperature: float = 4.0  # KD temperature T (loss scaled by T^2)
+    temperature: float = 4.0  # KD temperature T (loss scaled by T^2); dsfl uses 1
     teacher: str = "auto"  # teacher model (auto: cnn_large for images, mlp256x2 for flat data)
     teacher_epochs: int = 30
+    teacher_members: int = 3  # teacher_ensemble: teachers averaged
+    weight_lr: float = 1.0  # wml: mirror-descent step size on the peer weights
+    weight_steps: int = 5  # wml: mirror-descent steps per round
+    era_temperature: float = 0.1  # dsfl: ERA sharpening temperature
+    digest_epochs: int = 2  # dsfl, fedmd: epochs fitting the targets on the transfer set
+    server_epochs: int = 2  # feddf: server distillation epochs per round
 
 
 @dataclass
@@ -74,6 +83,7 @@ class RunConf:
     students: list[str] = field(default_factory=lambda: ["mlp64"])  # assigned round-robin
     out: Optional[str] = None  # results directory (default runs/<command>-<time>)
     round_timeout: float = 600.0
+    measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
     verbose: bool = False
 
 
@@ -115,13 +125,14 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     check_choice("data", d.name, GROUPS["data"][1])
     world = WorldSpec(
         dataset=d.name, data_path=d.path or "", data_label=d.label, test_frac=d.test_frac,
-        public_frac=d.public_frac, server_frac=d.server_frac, partition=p.name, alpha=p.alpha,
+        public_frac=d.public_frac, server_frac=d.server_frac, transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
+        transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)), partition=p.name, alpha=p.alpha,
         classes_per_client=p.classes_per_client, min_size=p.min_size,
         samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
         num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed,
     )
     return RunSpec(world=world, rounds=cfg.rounds, students=students, epochs=t.epochs, lr=t.lr,
-                   batch_size=t.batch_size, round_timeout=cfg.round_timeout)
+                   batch_size=t.batch_size, round_timeout=cfg.round_timeout, measure_agreement=cfg.measure_agreement)
 
 
 def to_strategy(s: StrategyConf, rule: str | None = None) -> DistillationStrategy:
@@ -131,7 +142,17 @@ def to_strategy(s: StrategyConf, rule: str | None = None) -> DistillationStrateg
     check_range("strategy.temperature", s.temperature, 0.0, 100.0, low_open=True)
     check_choice("strategy.teacher", s.teacher, ("auto", *MODELS))
     check_range("strategy.teacher_epochs", s.teacher_epochs, 1)
-    return build_strategy(name, alpha=s.alpha, temperature=s.temperature, model=s.teacher, epochs=s.teacher_epochs)
+    check_range("strategy.teacher_members", s.teacher_members, 1)
+    check_range("strategy.weight_lr", s.weight_lr, 0.0)
+    check_range("strategy.weight_steps", s.weight_steps, 0)
+    check_range("strategy.era_temperature", s.era_temperature, 0.0, low_open=True)
+    check_range("strategy.digest_epochs", s.digest_epochs, 0)
+    check_range("strategy.server_epochs", s.server_epochs, 0)
+    return build_strategy(
+        name, alpha=s.alpha, temperature=s.temperature, model=s.teacher, epochs=s.teacher_epochs, members=s.teacher_members,
+        weight_lr=s.weight_lr, weight_steps=s.weight_steps, era_temperature=s.era_temperature,
+        digest_epochs=s.digest_epochs, server_epochs=s.server_epochs,
+    )
 
 
 def check_resources(r: ResourcesConf) -> dict[str, float]:

@@ -6,13 +6,24 @@ from typing import Any
 
 from peerkd.errors import ConfigError
 from strategies.base import DistillationStrategy
+from strategies.dsfl import DSFL
+from strategies.fd import FederatedDistillation
+from strategies.feddf import FedDF
 from strategies.fedavg import FederatedAveraging
+from strategies.fedmd import FedMD
 from strategies.local import LocalOnly
+from strategies.oracle import OracleTeacher
 from strategies.peer import PeerMutualLearning
 from strategies.teacher import TeacherDistillation
+from strategies.teacher_ensemble import EnsembleTeacher
+from strategies.wml import WeightedMutualLearning
 
 RULES: dict[str, type[DistillationStrategy]] = {
-    cls.name: cls for cls in (LocalOnly, FederatedAveraging, TeacherDistillation, PeerMutualLearning)
+    cls.name: cls
+    for cls in (
+        LocalOnly, FederatedAveraging, TeacherDistillation, PeerMutualLearning, WeightedMutualLearning,
+        FederatedDistillation, DSFL, FedMD, FedDF, OracleTeacher, EnsembleTeacher,
+    )
 }
 
 

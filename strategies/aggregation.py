@@ -53,3 +53,99 @@ def peer_targets(logits: dict[int, np.ndarray], recipients: list[int]) -> dict[i
         else:
             out[r] = everyone
     return out
+
+
+def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def entropy_reduction_average(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """DS-FL's ERA: the mean of peers' probabilities, sharpened by softmax(p̄ / T).
+
+    ``entropy_reduction_average([[[0.6, 0.4]], [[0.8, 0.2]]], 0.1)[0]`` is
+    ``softmax([7, 3]) = [0.98201, 0.01799]``.
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        ``(n, P, C)`` softmax outputs of n peers.
+    temperature : float
+        Sharpening temperature; below 1 lowers the entropy of the average.
+    """
+    mean = np.asarray(probs, dtype=np.float64).mean(axis=0)
+    return _softmax(mean / temperature).astype(np.float32)
+
+
+def ensemble_nll_grad(weights: np.ndarray, true_class_probs: np.ndarray) -> tuple[float, np.ndarray]:
+    """Loss and gradient of the weighted ensemble's NLL, L(ω) = −mean_n log Σ_j ω_j p_j(y_n).
+
+    ∂L/∂ω_j = −mean_n p_j(y_n) / Σ_k ω_k p_k(y_n).
+
+    Parameters
+    ----------
+    weights : np.ndarray
+        ``(n,)`` peer weights on the simplex.
+    true_class_probs : np.ndarray
+        ``(n, N)``: each peer's probability of the true label of each validation sample.
+    """
+    p = np.asarray(true_class_probs, dtype=np.float64)
+    mix = np.clip(np.asarray(weights, dtype=np.float64) @ p, 1e-12, None)
+    return float(-np.log(mix).mean()), -(p / mix).mean(axis=1)
+
+
+def mirror_descent_step(weights: np.ndarray, grad: np.ndarray, lr: float) -> np.ndarray:
+    """Exponentiated-gradient step on the simplex: ω ← ω·exp(−η g), then normalise."""
+    w = np.asarray(weights, dtype=np.float64) * np.exp(-lr * (np.asarray(grad) - np.min(grad)))
+    return w / w.sum()
+
+
+def weighted_peer_targets(
+    logits: dict[int, np.ndarray], weights: dict[int, float], recipients: list[int], temperature: float,
+) -> dict[int, np.ndarray | None]:
+    """WML targets: for each recipient, T·log of the ω-weighted mix of the *other* peers'
+    softmax(z/T), weights renormalised over those peers.
+
+    Sent as logits, ``softmax(target / T)`` is exactly the mixture p̄_i, and KL(p̄_i ‖ p_i) has
+    the same gradient in the student as Σ_j ω̃_j KL(p_j ‖ p_i): one matrix per recipient
+    carries the whole weighted loss.
+    """
+    out: dict[int, np.ndarray | None] = {}
+    probs = {k: _softmax(np.asarray(v, dtype=np.float64) / temperature) for k, v in logits.items()}
+    for r in recipients:
+        others = [k for k in sorted(probs) if k != r]
+        if not others:
+            out[r] = None
+            continue
+        w = np.array([weights.get(k, 0.0) for k in others])
+        w = w / w.sum() if w.sum() > 0 else np.full(len(others), 1.0 / len(others))
+        mix = np.tensordot(w, np.stack([probs[k] for k in others]), axes=1)
+        out[r] = (temperature * np.log(np.clip(mix, 1e-12, None))).astype(np.float32)
+    return out
+
+
+def class_consensus(
+    means: dict[int, np.ndarray], counts: dict[int, np.ndarray], recipients: list[int],
+) -> dict[int, np.ndarray | None]:
+    """FD targets: for each recipient, per class, the mean of the *other* peers' per-class mean
+    logits over the peers that hold that class; rows no other peer holds are NaN.
+
+    Parameters
+    ----------
+    means : dict[int, np.ndarray]
+        ``(C, C)`` per-class mean logits by peer.
+    counts : dict[int, np.ndarray]
+        ``(C,)`` label counts by peer (0: the peer lacks the class).
+    """
+    out: dict[int, np.ndarray | None] = {}
+    for r in recipients:
+        others = [k for k in sorted(means) if k != r]
+        if not others:
+            out[r] = None
+            continue
+        has = np.stack([counts[k] > 0 for k in others]).astype(np.float64)  # (n, C)
+        total = np.einsum("nc,ncd->cd", has, np.stack([means[k] for k in others]).astype(np.float64))
+        n = has.sum(axis=0)[:, None]
+        out[r] = np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+    return out

@@ -11,15 +11,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from peerkd.codec import decode_logits
-from peerkd.protocol import CFG_ALPHA, CFG_REPLY_LOGITS, CFG_TEMPERATURE, KEY_CONFIG, KEY_LOGITS, KEY_TARGETS, MSG_DISTILL
+from peerkd.codec import decode_logits, encode_logits
+from peerkd.errors import ConfigError
+from peerkd.protocol import (
+    CFG_ALPHA, CFG_REPLY_LOGITS, CFG_TEMPERATURE, KEY_CONFIG, KEY_LOGITS, KEY_METRICS, KEY_TARGETS,
+    METRIC_PARTITION, MSG_DISTILL,
+)
 from peerkd.world import World
 
 
@@ -34,19 +38,28 @@ class ServerContext:
     epochs: int
     lr: float
     batch_size: int
+    measure_agreement: bool = True  # ask clients for transfer-set logits even if the rule needs none
 
 
 class DistillationStrategy(ABC):
     """Base of all exchange rules (one subclass per file in ``strategies/``)."""
 
     name: ClassVar[str]
+    private: ClassVar[bool] = True  # False: the rule uses pooled private data (an upper bound)
+    needs_transfer: ClassVar[bool] = False  # True: the rule cannot run without a transfer set
+    min_clients: ClassVar[int] = 1  # peers teaching peers need at least 2
 
-    def check(self, students: tuple[str, ...], num_clients: int) -> None:
-        """Raise ConfigError if this rule cannot run with these students and clients."""
+    def check(self, students: tuple[str, ...], num_clients: int, transfer_size: int | None = None) -> None:
+        """Raise ConfigError if this rule cannot run with these students, clients and transfer set."""
+        if num_clients < self.min_clients:
+            raise ConfigError("num_clients", f"{self.name} needs at least {self.min_clients} clients", f"an integer >= {self.min_clients}")
+        if self.needs_transfer and transfer_size == 0:
+            raise ConfigError("data.public_frac", f"{self.name} distills on a transfer set, but it is empty",
+                              "a fraction > 0, or data.transfer=noise|<dataset> with data.transfer_size > 0")
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         """Prepare state before round 1; return run-level metrics (e.g. teacher accuracy)."""
-        self.check(ctx.students, ctx.world.spec.num_clients)
+        self.check(ctx.students, ctx.world.spec.num_clients, len(ctx.world.transfer_x))
         self.ctx = ctx
         self.transfer_shape = (len(ctx.world.transfer_x), ctx.world.num_classes)
         return {}
@@ -58,7 +71,7 @@ class DistillationStrategy(ABC):
     def check_reply(self, content: RecordDict) -> None:
         """Raise ``peerkd.codec.CodecError`` if a reply lacks what this rule needs."""
 
-    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         """Fold accepted replies into the rule's state; return round-level metrics."""
         return {}
 
@@ -66,15 +79,33 @@ class DistillationStrategy(ABC):
         """Accuracy and loss to record for a client; None keeps what the client measured."""
         return None
 
+    def measurement_keys(self) -> set[str]:
+        """Reply records sent only for peerkd's metrics, not by the rule: their bytes are
+        counted apart from the protocol's."""
+        return set()
+
+    def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
+        """``(n, P, C)`` logits of the replying students on the transfer set, for agreement
+        metrics; None when the replies carry none."""
+        return None
+
+
+def client_of(reply: Message) -> int:
+    """The client (partition) id a screened reply came from."""
+    return int(reply.content[KEY_METRICS][METRIC_PARTITION])
+
 
 class LogitDistillation(DistillationStrategy):
-    """Shared shape of the rules that send each node target logits on the transfer set.
+    """Shared shape of the rules that send each node targets and may collect logits back.
 
-    Subclasses say what each node's target is (``targets_for``) and whether nodes
-    send their own logits back (``wants_logits``).
+    Subclasses say what each node's target is (``targets_for``), whether nodes send their
+    logits back (``wants_logits``), and may change the message type, the extra config and
+    how a target is packed.
     """
 
     wants_logits: ClassVar[bool] = True
+    needs_transfer: ClassVar[bool] = True
+    message_type: ClassVar[str] = MSG_DISTILL
 
     def __init__(self, alpha: float = 1.0, temperature: float = 4.0):
         self.alpha = alpha
@@ -82,20 +113,40 @@ class LogitDistillation(DistillationStrategy):
 
     @abstractmethod
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
-        """Target logits for each node (None: train on CE alone this round)."""
+        """Target for each node (None: train on CE alone this round)."""
+
+    @property
+    def asks_logits(self) -> bool:
+        return (self.wants_logits or self.ctx.measure_agreement) and self.transfer_shape[0] > 0
+
+    def round_config(self) -> dict[str, Any]:
+        """Rule-specific entries merged into each message's config."""
+        return {CFG_ALPHA: float(self.alpha), CFG_TEMPERATURE: float(self.temperature), CFG_REPLY_LOGITS: self.asks_logits}
+
+    def encode_target(self, target: np.ndarray) -> ArrayRecord:
+        return encode_logits(target)
+
+    def reply_shape(self) -> tuple[int, int]:
+        return self.transfer_shape
 
     def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> list[Message]:
-        from peerkd.codec import encode_logits
-
-        config = ConfigRecord({**config, CFG_ALPHA: float(self.alpha), CFG_TEMPERATURE: float(self.temperature), CFG_REPLY_LOGITS: self.wants_logits})
+        config = ConfigRecord({**config, **self.round_config()})
         messages = []
         for node_id, target in self.targets_for(node_ids).items():
             content = RecordDict({KEY_CONFIG: config})
             if target is not None:
-                content[KEY_TARGETS] = encode_logits(target)
-            messages.append(Message(content, dst_node_id=node_id, message_type=MSG_DISTILL))
+                content[KEY_TARGETS] = self.encode_target(target)
+            messages.append(Message(content, dst_node_id=node_id, message_type=self.message_type))
         return messages
 
     def check_reply(self, content: RecordDict) -> None:
-        if self.wants_logits:
-            decode_logits(content.get(KEY_LOGITS, ArrayRecord()), self.transfer_shape)
+        if self.wants_logits or KEY_LOGITS in content:
+            decode_logits(content.get(KEY_LOGITS, ArrayRecord()), self.reply_shape())
+
+    def measurement_keys(self) -> set[str]:
+        return set() if self.wants_logits else {KEY_LOGITS}
+
+    def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
+        mats = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
+                if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape]
+        return np.stack(mats) if len(mats) >= 2 else None

@@ -29,9 +29,10 @@ class FederatedAveraging(DistillationStrategy):
     def __init__(self) -> None:
         self.flower = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
 
-    def check(self, students: tuple[str, ...], num_clients: int) -> None:
+    def check(self, students: tuple[str, ...], num_clients: int, transfer_size: int | None = None) -> None:
+        super().check(students, num_clients, transfer_size)
         if len(set(students)) > 1:
-            raise ConfigError("students", f"fedavg averages weights, so all clients need one architecture; got {list(students)}", "a single model name, e.g. students=[mlp64]")
+            raise ConfigError("students", f"{self.name} averages weights, so all clients need one architecture; got {list(students)}", "a single model name, e.g. students=[mlp64]")
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         super().setup(ctx)

@@ -1,22 +1,25 @@
 """Local-only training: the no-communication baseline.
 
-Each client trains its student on its own shard with cross-entropy and sends nothing but
-its metrics; the lower bound every exchange rule must beat.
+Each client trains its student on its own shard with cross-entropy and sends nothing the
+rule needs; the lower bound every exchange rule must beat. (With agreement metrics on,
+clients also send transfer-set logits, counted as measurement traffic, not the rule's.)
 """
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.serverapp import Grid
+import numpy as np
 
-from peerkd.protocol import KEY_CONFIG, MSG_TRAIN
-from strategies.base import DistillationStrategy
+from peerkd.protocol import MSG_TRAIN
+from strategies.base import LogitDistillation
 
 
-class LocalOnly(DistillationStrategy):
-    """Local-only CE training; no logits or weights move."""
+class LocalOnly(LogitDistillation):
+    """Local-only CE training; no targets, no logits or weights needed."""
 
     name = "local"
+    message_type = MSG_TRAIN
+    wants_logits = False
+    needs_transfer = False
 
-    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> list[Message]:
-        return [Message(RecordDict({KEY_CONFIG: config}), dst_node_id=n, message_type=MSG_TRAIN) for n in node_ids]
+    def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
+        return {n: None for n in node_ids}

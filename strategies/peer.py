@@ -12,7 +12,6 @@ import numpy as np
 from flwr.app import Message
 
 from peerkd.codec import decode_logits
-from peerkd.errors import ConfigError
 from peerkd.protocol import KEY_LOGITS
 from strategies.aggregation import peer_targets
 from strategies.base import LogitDistillation, ServerContext
@@ -23,10 +22,7 @@ class PeerMutualLearning(LogitDistillation):
 
     name = "peer"
     wants_logits = True
-
-    def check(self, students: tuple[str, ...], num_clients: int) -> None:
-        if num_clients < 2:
-            raise ConfigError("num_clients", "peer learning needs at least 2 clients", "an integer >= 2")
+    min_clients = 2
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerkd.errors import check_choice
+from peerkd.errors import ConfigError, check_choice
 from peerkd.models import MODELS, build_model
-from peerkd.training import evaluate, predict_logits, train_model
+from peerkd.training import predict_logits, train_model
+from peerkd.world import World
 from strategies.base import LogitDistillation, ServerContext
 
 
@@ -33,17 +34,31 @@ class TeacherDistillation(LogitDistillation):
         self.model_name = model
         self.epochs = epochs
 
+    def teacher_data(self, world: World) -> tuple[np.ndarray, np.ndarray]:
+        """What the teacher trains on: the labelled ``server`` split, never client data."""
+        return world.split("server")
+
+    def members(self) -> int:
+        """How many teachers are trained (seeds seed, seed+1, ...); their logits are averaged."""
+        return 1
+
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         super().setup(ctx)
         world = ctx.world
         name = default_teacher(world.data.input_shape) if self.model_name == "auto" else self.model_name
-        teacher = build_model(name, world.data.input_shape, world.num_classes, seed=ctx.seed, field="strategy.teacher")
-        x, y = world.split("server")
-        train_model(teacher, x, y, epochs=self.epochs, lr=ctx.lr, batch_size=ctx.batch_size, seed=ctx.seed, device=ctx.device)
-        acc, _ = evaluate(teacher, *world.split("test"), device=ctx.device)
-        self.targets = predict_logits(teacher, world.transfer_x, device=ctx.device)
+        x, y = self.teacher_data(world)
+        if len(x) == 0:
+            raise ConfigError("data.server_frac", f"the {self.name} rule needs labelled teacher data, but the split is empty", "a fraction > 0")
+        test_logits, transfer_logits = [], []
+        for k in range(self.members()):
+            teacher = build_model(name, world.data.input_shape, world.num_classes, seed=ctx.seed + k, field="strategy.teacher")
+            train_model(teacher, x, y, epochs=self.epochs, lr=ctx.lr, batch_size=ctx.batch_size, seed=ctx.seed + k, device=ctx.device)
+            test_logits.append(predict_logits(teacher, world.split("test")[0], device=ctx.device))
+            transfer_logits.append(predict_logits(teacher, world.transfer_x, device=ctx.device))
+        self.targets = np.mean(transfer_logits, axis=0).astype(np.float32)
+        acc = float((np.mean(test_logits, axis=0).argmax(axis=1) == world.split("test")[1]).mean())
         self.resolved_model = name
-        return {"teacher_acc": acc}
+        return {"teacher_acc": acc, "teacher_model": name, "teacher_members": self.members(), "teacher_train_size": len(x)}
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         return {n: self.targets for n in node_ids}

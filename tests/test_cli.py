@@ -20,7 +20,7 @@ from simulations.cli import main
         (["run", "data=digits", "num_clients=500"], "num_clients: 500 clients × partition.min_size 10"),
         (["run", "data=file", "data.path=/no/such.csv"], "data.path: no such file"),
         (["run", "data=digits", "strategy=fedavg", "students=[mlp32,mlp64]"], "students: fedavg averages weights"),
-        (["run", "data=digits", "strategy=peer", "num_clients=1"], "num_clients: peer learning needs at least 2 clients"),
+        (["run", "data=digits", "strategy=peer", "num_clients=1"], "num_clients: peer needs at least 2 clients"),
         (["compare", "rules=[local,nope]"], "strategy: unknown value 'nope'"),
         (["compare", "seeds=[]"], "seeds: needs at least one seed"),
         (["deploy"], "command: unknown value 'deploy'"),

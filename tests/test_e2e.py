@@ -116,3 +116,45 @@ def test_malformed_replies_are_rejected_and_rounds_go_on(tmp_path):
     # Only client 3's round-2 reply and earlier ones count; no NaN reached the results.
     assert {c["client"] for c in summary["per_client"]} == {0, 3}
     assert 0.0 <= summary["acc_mean"] <= 1.0
+
+
+NPY = 128  # numpy's .npy header for these shapes
+LOGITS = TRANSFER * 10 * 4 + NPY  # a (180, 10) float32 matrix
+CLASS_TABLE = 10 * 10 * 4 + NPY + 10 * 4 + NPY  # fd: (10, 10) matrix + (10,) vector
+
+
+@pytest.mark.parametrize(
+    "rule, up, down_round2, students, world",
+    [
+        ("wml", 2 * LOGITS, LOGITS, ("mlp32", "cnn"), {}),  # transfer + server-split probe logits
+        ("dsfl", LOGITS, LOGITS, ("mlp32", "cnn"), {}),  # probabilities up, ERA down
+        ("fedmd", LOGITS, LOGITS, ("mlp32", "cnn"), {}),
+        ("fd", CLASS_TABLE, CLASS_TABLE, ("mlp32", "cnn"), {"public_frac": 0.0}),  # no transfer set at all
+        ("feddf", None, None, ("mlp64",), {}),
+        ("oracle", 0, LOGITS, ("mlp32", "cnn"), {}),
+        ("teacher_ensemble", 0, LOGITS, ("mlp32", "cnn"), {}),
+    ],
+)
+def test_literature_rules_end_to_end(rule, up, down_round2, students, world, tmp_path):
+    # Prepare: heterogeneous students for every logit rule.
+    spec = RunSpec(world=WorldSpec(dataset="digits", num_clients=3, seed=0, **world), rounds=2, epochs=1, students=students)
+    # Execute
+    run_one(spec, build_strategy(rule, epochs=3, members=2), tmp_path / rule, {"rule": rule}, CPU)
+    summary, rows = check_contract(tmp_path / rule, rule)
+    # Assert: the bytes each protocol must send, and agreement where students share inputs.
+    clients = [r for r in rows if r["type"] == "client"]
+    rounds = [r for r in rows if r["type"] == "round"]
+    assert [c["arch"] for c in summary["per_client"]] == list(students * 3)[:3]
+    if up is not None:
+        assert {r["bytes_up"] for r in clients} == {up}
+        assert {r["bytes_down"] for r in clients if r["round"] == 2} == {down_round2}
+    if rule in ("wml", "dsfl", "fedmd", "oracle", "teacher_ensemble"):
+        assert all(0.0 <= r["agreement"] <= 1.0 and r["kl_to_consensus"] >= 0 for r in rounds)
+    if rule == "wml":
+        assert sum(rounds[-1]["wml_weights"].values()) == pytest.approx(1.0)
+    if rule == "oracle":
+        assert summary["private"] is False
+        assert all(r["bytes_measure"] == LOGITS for r in clients)  # metrics-only logits, counted apart
+    if rule == "feddf":
+        assert all(r["bytes_up"] == r["bytes_down"] > 0 for r in clients)
+        assert 0.0 <= rounds[-1]["global_acc"] <= 1.0

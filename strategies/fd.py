@@ -1,0 +1,73 @@
+"""Federated distillation (FD): Jeong et al. 2018, "Communication-Efficient On-Device
+Machine Learning: Federated Distillation and Augmentation under Non-IID Private Data".
+
+No transfer set. Each client sends its per-class mean logits (C×C, plus label counts); the
+server sends each client, per class, the mean of the *other* clients' per-class means over
+the clients that hold the class. A client trains CE + β·T²·KL(F̂_y ‖ student(x)) on its own
+samples (x, y), the target row chosen by the sample's label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+from peerkd.codec import CodecError, decode_logits
+from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, KEY_LOGITS, MSG_CLASS_DISTILL
+from strategies.aggregation import class_consensus
+from strategies.base import LogitDistillation, ServerContext
+
+
+class FederatedDistillation(LogitDistillation):
+    """Per-class mean logits up, others' per-class means down; works with no transfer set."""
+
+    name = "fd"
+    min_clients = 2
+    message_type = MSG_CLASS_DISTILL
+    needs_transfer = False
+
+    def setup(self, ctx: ServerContext) -> dict[str, float]:
+        out = super().setup(ctx)
+        self.means: dict[int, np.ndarray] = {}
+        self.counts: dict[int, np.ndarray] = {}
+        return out
+
+    def round_config(self) -> dict[str, Any]:
+        return {**super().round_config(), "reply-logits": False}  # the fd handler always sends class means
+
+    def reply_shape(self) -> tuple[int, int]:
+        c = self.ctx.world.num_classes
+        return (c, c)
+
+    def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
+        return class_consensus(self.means, self.counts, node_ids)
+
+    def encode_target(self, target: np.ndarray) -> ArrayRecord:
+        valid = np.isfinite(target).all(axis=1)
+        return ArrayRecord({ARRAY_LOGITS: Array(np.where(valid[:, None], target, 0).astype(np.float32)),
+                            ARRAY_MASK: Array(valid.astype(np.float32))})
+
+    def check_reply(self, content: RecordDict) -> None:
+        super().check_reply(content)
+        record = content[KEY_LOGITS]
+        if ARRAY_COUNTS not in record:
+            raise CodecError("no class counts in the reply")
+        counts = decode_logits(ArrayRecord({ARRAY_LOGITS: record[ARRAY_COUNTS]}), (self.reply_shape()[0],))
+        if (counts < 0).any():
+            raise CodecError("negative class counts")
+
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
+        self.means, self.counts = {}, {}
+        for m in replies:
+            record, node = m.content[KEY_LOGITS], m.metadata.src_node_id
+            self.means[node] = decode_logits(record, self.reply_shape())
+            self.counts[node] = record[ARRAY_COUNTS].numpy()
+        return {}
+
+    def measurement_keys(self) -> set[str]:
+        return set()
+
+    def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
+        return None  # clients send class means, not predictions on shared inputs

@@ -1,0 +1,49 @@
+"""FedDF: Lin et al. 2020, "Ensemble Distillation for Robust Model Fusion in Federated
+Learning" (NeurIPS).
+
+Clients train CE locally and send weights, as in FedAvg. The server averages them
+(Flower's FedAvg), then fuses: it fine-tunes the average toward the ensemble (mean logits)
+of the client models on the unlabelled transfer set, and sends the fused model back.
+Homogeneous students only, like FedAvg.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+
+from peerkd.models import build_model
+from peerkd.protocol import KEY_ARRAYS
+from peerkd.training import distill_only, evaluate, predict_logits
+from strategies.fedavg import FederatedAveraging
+
+
+class FedDF(FederatedAveraging):
+    """FedAvg followed by server-side ensemble distillation on the transfer set."""
+
+    name = "feddf"
+    needs_transfer = True
+
+    def __init__(self, temperature: float = 1.0, server_epochs: int = 2):
+        super().__init__()
+        self.temperature = temperature
+        self.server_epochs = server_epochs
+
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
+        ctx, world = self.ctx, self.ctx.world
+        member = build_model(ctx.students[0], world.data.input_shape, world.num_classes, seed=0)
+        ensemble = []
+        for m in replies:
+            member.load_state_dict(m.content[KEY_ARRAYS].to_torch_state_dict())
+            ensemble.append(predict_logits(member, world.transfer_x, ctx.device))
+        out = super().aggregate_round(server_round, replies)
+        if not ensemble:
+            return out
+        before = self.acc
+        distill_only(self.model, world.transfer_x, np.mean(ensemble, axis=0), epochs=self.server_epochs, lr=ctx.lr,
+                     batch_size=ctx.batch_size, seed=ctx.seed + server_round, temperature=self.temperature, device=ctx.device)
+        self.arrays = type(self.arrays)(self.model.state_dict())
+        self.acc, self.loss = evaluate(self.model, *world.split("test"), device=ctx.device)
+        return {**out, "global_acc": self.acc, "avg_acc": before}
