@@ -50,7 +50,8 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
         if time.monotonic() > deadline:
             if not ids:
                 raise RuntimeError(f"no node connected within {timeout:g} s (expected {expected})")
-            log.warning("only %d of %d nodes connected after %g s; going on with them", len(ids), expected, timeout)
+            log.warning("only %d of %d nodes connected after %g s; going on with them (with `flwr run`, "
+                        "pass --federation-config num-supernodes=%d)", len(ids), expected, timeout, expected)
             break
         time.sleep(0.1)
     return ids
