@@ -76,11 +76,7 @@ def train_model(
                 tgt = st[bi]
                 has = torch.isfinite(tgt).all(dim=1)
                 out_pub, tgt = out_priv[has], tgt[has]
-            loss = distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
+            total += _step(opt, distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature))
         last = total / n_steps
     return last
 
@@ -109,11 +105,7 @@ def distill_only(
         total = 0.0
         for bi in _cycled_batches(len(x), batch_size, n_steps, gen):
             bi = bi.to(device)
-            loss = kd_loss(model(xt[bi]), tt[bi], temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
+            total += _step(opt, kd_loss(model(xt[bi]), tt[bi], temperature))
         last = total / n_steps
     return last
 
@@ -130,6 +122,14 @@ def class_mean_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tu
     np.add.at(sums, y, logits)
     means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
     return means.astype(np.float32), counts.astype(np.float32)
+
+
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step on ``loss``; returns its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
