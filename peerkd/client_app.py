@@ -1,8 +1,10 @@
 """peerkd's Flower ClientApp: one student on one private shard.
 
 The student persists across rounds in ``context.state``. The world (data, splits,
-partition) is rebuilt from the spec in each message's config and cached per process, so
-nothing but logits (or weights, for fedavg) crosses the wire. Handlers:
+partition) is rebuilt from the spec in each message's config and cached per process (and
+on disk with ``$PEERKD_WORLD_CACHE``), so nothing but logits (or weights, for fedavg)
+crosses the wire. A deployed node whose node config has ``data-path`` trains on that
+file alone; the test split and transfer set still come from the world spec. Handlers:
 
 - ``train``: local CE epochs; with weights in the message (fedavg), start from and
   reply with weights.
@@ -32,7 +34,7 @@ from peerkd import protocol as P
 from peerkd.codec import decode_logits, encode_logits
 from peerkd.models import build_model
 from peerkd.training import class_mean_logits, distill_only, evaluate, pick_device, predict_logits, train_model
-from peerkd.world import World, WorldSpec, build_world
+from peerkd.world import World, WorldSpec, build_world, load_node_data
 
 app = ClientApp()
 
@@ -50,6 +52,7 @@ class Student:
     model: nn.Module
     device: torch.device
     config: ConfigRecord
+    private: tuple[np.ndarray, np.ndarray]  # this node's training data (inputs, labels)
 
     @property
     def seed(self) -> int:
@@ -74,7 +77,16 @@ def _load_student(msg: Message, context: Context) -> Student:
     meta = context.state.get(_STATE_META)
     if meta is not None and meta["arch"] == arch and _STATE_WEIGHTS in context.state:
         model.load_state_dict(context.state[_STATE_WEIGHTS].to_torch_state_dict())
-    return Student(world, client, arch, model.to(device), device, config)
+    return Student(world, client, arch, model.to(device), device, config, _private_data(world, client, context))
+
+
+def _private_data(world: World, client: int, context: Context) -> tuple[np.ndarray, np.ndarray]:
+    """The node's own file when its node config names ``data-path``, else its world shard."""
+    path = str(context.node_config.get(P.NODE_DATA_PATH, "") or "")
+    if not path:
+        return world.private(client)
+    label = str(context.node_config.get(P.NODE_DATA_LABEL, "label"))
+    return load_node_data(path, label, world.data.input_shape, world.num_classes)
 
 
 def _save_student(s: Student, context: Context) -> None:
@@ -84,7 +96,7 @@ def _save_student(s: Student, context: Context) -> None:
 
 def _train(s: Student, targets=None, alpha: float = 0.0, temperature: float = 1.0) -> tuple[float, float]:
     """Train for the configured epochs; return (train loss, seconds)."""
-    x, y = s.world.private(s.client)
+    x, y = s.private
     t0 = time.perf_counter()
     loss = train_model(
         s.model, x, y, epochs=int(s.config[P.CFG_EPOCHS]), lr=float(s.config[P.CFG_LR]),
@@ -96,7 +108,7 @@ def _train(s: Student, targets=None, alpha: float = 0.0, temperature: float = 1.
 
 def _metrics(s: Student, **extra: float) -> MetricRecord:
     acc, loss = evaluate(s.model, *s.world.split("test"), device=s.device)
-    n = len(s.world.partitions[s.client])
+    n = len(s.private[1])
     return MetricRecord({P.METRIC_PARTITION: s.client, P.METRIC_NUM_EXAMPLES: n, P.METRIC_TEST_ACC: acc, P.METRIC_TEST_LOSS: loss, **extra})
 
 
@@ -161,7 +173,7 @@ def class_distill(msg: Message, context: Context) -> Message:
     reply with this student's per-class mean logits and label counts (C×C + C)."""
     s = _load_student(msg, context)
     c = s.world.num_classes
-    x, y = s.world.private(s.client)
+    x, y = s.private
     sample_targets = None
     if P.KEY_TARGETS in msg.content:
         record = msg.content[P.KEY_TARGETS]

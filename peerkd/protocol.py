@@ -51,5 +51,6 @@ METRIC_TRAIN_S = "train-s"
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_DATA_PATH = "data-path"
+NODE_DATA_LABEL = "data-label"  # label column of a .csv data-path
 NODE_STUDENT = "student"
 KEY_INFO = "info"  # ConfigRecord: the reply's non-numeric facts (student architecture)

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from peerkd.data import Dataset, Splits, load_dataset, split_indices
+from peerkd.data import Dataset, Splits, _read_csv, _read_npz, load_dataset, split_indices
+from peerkd.errors import ConfigError
 from peerkd.partition import partition_labels
 from peerkd.transfer import make_transfer_set
 
 _PREFIX = "world."
+CACHE_ENV = "PEERKD_WORLD_CACHE"  # a directory: built worlds are kept there as .npz (deployed nodes)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,28 @@ class World:
 
 @functools.lru_cache(maxsize=8)
 def build_world(spec: WorldSpec) -> World:
-    """Load, split and partition as ``spec`` says (cached per process: clients build it once)."""
+    """Load, split and partition as ``spec`` says (cached per process: clients build it once).
+
+    With ``$PEERKD_WORLD_CACHE`` set to a directory, the built world is also kept there
+    as an .npz and read back by later processes: on a deployed SuperNode every message
+    starts a fresh ClientApp process, and rebuilding (dataset load, partitioner imports)
+    would otherwise cost seconds per message.
+    """
+    cache_dir = os.environ.get(CACHE_ENV)
+    if not cache_dir:
+        return _build_world(spec)
+    path = Path(cache_dir) / f"world-{spec_key(spec)}.npz"
+    if path.is_file():
+        try:
+            return load_world(path, spec)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged or foreign file: rebuild and overwrite it
+    world = _build_world(spec)
+    save_world(world, path)
+    return world
+
+
+def _build_world(spec: WorldSpec) -> World:
     data = load_dataset(spec.dataset, spec.data_path or None, spec.data_label or None)
     rng = np.random.default_rng(spec.seed)
     splits = split_indices(data.y, spec.test_frac, spec.public_frac, spec.server_frac, rng)
@@ -96,3 +123,58 @@ def build_world(spec: WorldSpec) -> World:
 def cap_shards(parts: list[np.ndarray], cap: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Keep a seeded random ``cap`` samples of each shard that has more (data-scarcity studies)."""
     return [np.sort(rng.choice(p, cap, replace=False)) if len(p) > cap else p for p in parts]
+
+
+def spec_key(spec: WorldSpec) -> str:
+    """A short stable hash of ``spec`` (the on-disk cache key)."""
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_world(world: World, path: Path) -> None:
+    """Write ``world``'s arrays to ``path`` (.npz, no pickle), atomically."""
+    d, sp = world.data, world.splits
+    sizes = np.array([len(p) for p in world.partitions], dtype=np.int64)
+    parts = np.concatenate(world.partitions) if world.partitions else np.zeros(0, np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=d.x, y=d.y, name=np.array(d.name), class_names=np.array(d.class_names, dtype=str),
+             num_classes=np.array(d.num_classes), test=sp.test, public=sp.public, server=sp.server, pool=sp.pool,
+             part_sizes=sizes, parts=parts, transfer_x=world.transfer_x, key=np.array(spec_key(world.spec)))
+    os.replace(tmp, path)
+
+
+def load_world(path: Path, spec: WorldSpec) -> World:
+    """Read a world written by ``save_world`` for ``spec``; ValueError if it is for another spec."""
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["key"]) != spec_key(spec):
+            raise ValueError(f"{path} holds another world")
+        data = Dataset(str(f["name"]), f["x"], f["y"], int(f["num_classes"]), tuple(str(c) for c in f["class_names"]))
+        splits = Splits(f["test"], f["public"], f["server"], f["pool"])
+        parts = tuple(np.split(f["parts"], np.cumsum(f["part_sizes"])[:-1])) if len(f["part_sizes"]) else ()
+        return World(spec, data, splits, parts, f["transfer_x"])
+
+
+def load_node_data(path: str, label: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A device's own private data (.npz ``x``/``y`` or .csv) checked against the world.
+
+    Labels must already be the world's class indices ``0..C-1`` (a device may hold only
+    some classes, so they are not re-encoded).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError("data-path", f"no such file on this node: {path!r}")
+    if p.suffix not in (".npz", ".csv"):
+        raise ConfigError("data-path", f"{path!r} must be a .npz or .csv file")
+    x, y = _read_npz(p) if p.suffix == ".npz" else _read_csv(p, label)
+    x = x.astype(np.float32).reshape(len(x), *input_shape) if x.size == len(x) * int(np.prod(input_shape)) else x
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ConfigError("data-path", f"inputs of shape {tuple(x.shape[1:])} in {path!r}; the world's are {tuple(input_shape)}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ConfigError("data-path", f"{len(x)} inputs and {len(y)} labels in {path!r}")
+    if y.dtype.kind not in "iu" and not np.all(np.mod(y.astype(float), 1) == 0):
+        raise ConfigError("data-path", f"labels in {path!r} must be class indices 0..{num_classes - 1}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ConfigError("data-path", f"labels in {path!r} outside 0..{num_classes - 1}")
+    return x, y

@@ -1,0 +1,194 @@
+"""A real deployment on loopback: one SuperLink and 3 SuperNodes, TLS and node authentication.
+
+Uses ``peerkd.deploy`` (what ``peerkd-deploy local`` / ``run`` / ``stop`` do): certificates
+from a throw-away CA, ECDSA node keys registered with ``flwr supernode register``, an
+isolated FLWR_HOME per process, free loopback ports, and every process stopped by the PIDs
+(and start times) recorded when it was started. Logits cross gRPC (the Fleet API).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peerkd import deploy as D
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_TIMEOUT = 200.0  # seconds from `flwr run` to summary.json on a loaded 2-core machine
+
+pytestmark = pytest.mark.skipif(not (Path(sys.executable).parent / "flower-supernode").exists() or not Path("/proc").is_dir(),
+                                reason="needs flower-superlink/flower-supernode next to the interpreter and /proc")
+
+
+def _rows(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _logs(state: Path) -> str:
+    parts = []
+    for f in sorted(state.glob("*.log")):
+        parts.append(f"--- {f.name}\n{f.read_text(errors='replace')[-2500:]}")
+    return "\n".join(parts)
+
+
+def _wait_exit(cluster: D.Cluster, name: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while cluster.alive(name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _run(state: Path, out: Path, extra: str = "") -> None:
+    D.submit_run(state, f"strategy='peer' data='digits' num-clients=3 rounds=2 seed=0 out='{out}' {extra}", REPO)
+
+
+def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
+    # Arrange: SuperLink (TLS, node auth) + 3 registered SuperNodes; two intruders: an
+    # unregistered key over TLS, and a node without TLS.
+    state, out = tmp_path / "cluster", tmp_path / "out"
+    cluster = D.Cluster(state)
+    try:
+        info = D.start_local(state, 3, secure=True)
+        assert info.secure and Path(info.flwr_home, "config.toml").read_text().count("root-certificates") == 1
+        (rogue_key, _), = D.make_node_keys(state / "rogue-keys", 1, prefix="rogue")
+        p1, p2 = D.free_ports(2)
+        retry = ["--max-retries", "1", "--max-wait-time", "20"]
+        cfg = D.node_config_string(2, 3)
+        cluster.start("rogue-unregistered", D.supernode_args(info.fleet, cfg, p1, state / "certs" / "ca.crt", rogue_key) + retry,
+                      env={"FLWR_HOME": str(state / "rogue-1")})
+        cluster.start("rogue-plaintext", D.supernode_args(info.fleet, cfg, p2, None, None) + retry,
+                      env={"FLWR_HOME": str(state / "rogue-2")})
+
+        # Act
+        _run(state, out)
+        summary = D.wait_for_summary(out, cluster, SUMMARY_TIMEOUT)
+
+        # Assert: the run used exactly the 3 registered nodes, both rounds complete.
+        assert summary["strategy"] == "peer" and summary["rounds"] == 2 and summary["num_clients"] == 3
+        assert sorted(c["client"] for c in summary["per_client"]) == [0, 1, 2]
+        assert all(c["round"] == 2 and 0.0 <= c["acc"] <= 1.0 for c in summary["per_client"])
+        rounds = [r for r in _rows(out) if r["type"] == "round"]
+        assert [r["replies"] for r in rounds] == [3, 3] and all(r["missing"] == [] for r in rounds)
+        assert summary["bytes_up"] > 0 and (out / "config.yaml").exists()
+        # Both intruders were refused and gave up.
+        assert _wait_exit(cluster, "rogue-unregistered", 60) and _wait_exit(cluster, "rogue-plaintext", 60), _logs(state)
+        link_log = (state / "superlink-flwr.log").read_text()
+        assert "No SuperNode found with the given public key" in link_log, _logs(state)
+        assert len(set(re.findall(r"Activated node_id=(\d+)", link_log))) == 3, _logs(state)
+        assert "Exit Code" in (state / "rogue-plaintext.log").read_text(), _logs(state)
+    finally:
+        left = cluster.stop()
+    assert not left, f"processes left running: {left}"
+
+
+def test_killed_supernode_does_not_stop_the_run(tmp_path):
+    # Arrange
+    state, out = tmp_path / "cluster", tmp_path / "out"
+    cluster = D.Cluster(state)
+    try:
+        D.start_local(state, 3, secure=True)
+        _run(state, out, "round-timeout=60")  # bounds round 2's wait for the dead node
+
+        # Act: once round 1 is recorded, node 2 dies without a goodbye (SIGKILL, whole tree).
+        deadline = time.monotonic() + SUMMARY_TIMEOUT
+        while not any(r["type"] == "round" for r in _rows(out)):
+            assert time.monotonic() < deadline, f"round 1 never finished\n{_logs(state)}"
+            assert cluster.alive("superlink"), _logs(state)
+            time.sleep(0.3)
+        killed_id = int(re.findall(r"SuperNode ID: (\d+)", (state / "node-2.log").read_text())[-1])
+        assert not cluster.kill("node-2")
+        summary = D.wait_for_summary(out, cluster, SUMMARY_TIMEOUT)
+
+        # Assert: round 2 went on with the other two; the results say who took part.
+        rounds = [r for r in _rows(out) if r["type"] == "round"]
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert rounds[0]["replies"] == 3 and rounds[1]["replies"] == 2
+        absent = set(rounds[1]["missing"]) | {r["node_id"] for r in rounds[1]["rejections"]}
+        clients2 = {r["client"]: r["node_id"] for r in _rows(out) if r["type"] == "client" and r["round"] == 2}
+        assert sorted(clients2) == [0, 1] and killed_id not in clients2.values()
+        # It either timed out (missing) or the SuperLink answered for it "Node Unavailable"
+        # (rejected) once it missed two heartbeats; a node already dropped gets no message.
+        assert absent in ({killed_id}, set()), rounds[1]
+        last = {c["client"]: c["round"] for c in summary["per_client"]}
+        assert last == {0: 2, 1: 2, 2: 1}
+    finally:
+        left = cluster.stop()
+    assert not left, f"processes left running: {left}"
+
+
+# --- fast checks of the pieces (no processes) -----------------------------------------
+
+
+def test_node_config_and_connection_strings():
+    assert D.node_config_string(1, 3) == "partition-id=1 num-partitions=3"
+    assert D.node_config_string(0, 2, "/d/a.npz", "cnn") == 'partition-id=0 num-partitions=2 data-path="/d/a.npz" student="cnn"'
+    assert 'root-certificates = "/c/ca.crt"' in D.connection_toml("127.0.0.1:9093", "/c/ca.crt")
+    assert "insecure = true" in D.connection_toml("127.0.0.1:9093", None)
+    assert D.is_loopback("127.0.0.1:9092") and not D.is_loopback("10.0.0.2:9092")
+
+
+def test_certs_and_keys_load(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    D.make_certs(tmp_path, ["127.0.0.1", "localhost"])
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    (private, public), = D.make_node_keys(tmp_path / "k", 1)
+    assert load_ssh_private_key(private.read_bytes(), None).curve.name == "secp384r1"
+    assert load_ssh_public_key(public.read_bytes()).curve.name == "secp384r1"
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+
+
+def test_world_disk_cache_round_trip(tmp_path, monkeypatch):
+    import numpy as np
+
+    from peerkd.world import CACHE_ENV, WorldSpec, build_world
+
+    spec = WorldSpec(dataset="digits", num_clients=3, seed=5)
+    fresh = build_world(spec)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    build_world.cache_clear()
+    first = build_world(spec)  # builds and writes
+    build_world.cache_clear()
+    cached = build_world(spec)  # reads the .npz
+    build_world.cache_clear()
+    assert len(list(tmp_path.glob("world-*.npz"))) == 1
+    for w in (first, cached):
+        assert np.array_equal(w.data.x, fresh.data.x) and np.array_equal(w.transfer_x, fresh.transfer_x)
+        assert all(np.array_equal(a, b) for a, b in zip(w.partitions, fresh.partitions)) and len(w.partitions) == 3
+        assert np.array_equal(w.splits.test, fresh.splits.test) and w.data.class_names == fresh.data.class_names
+
+
+def test_node_data_path_is_the_only_training_data(tmp_path):
+    import numpy as np
+
+    from peerkd.client_app import _private_data
+    from peerkd.errors import ConfigError
+    from peerkd.world import WorldSpec, build_world
+
+    world = build_world(WorldSpec(dataset="digits", num_clients=3))
+    x = np.random.default_rng(0).random((20, 64)).astype(np.float32)
+    y = np.array([3, 7] * 10)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+
+    class Ctx:
+        node_config = {"partition-id": 0, "data-path": str(tmp_path / "mine.npz")}
+
+    px, py = _private_data(world, 0, Ctx())
+    assert px.shape == (20, 1, 8, 8) and np.array_equal(py, y)  # labels kept as class indices
+    Ctx.node_config = {"partition-id": 0}
+    assert len(_private_data(world, 0, Ctx())[1]) == len(world.partitions[0])
+    np.savez(tmp_path / "bad.npz", x=x, y=np.full(20, 12))
+    Ctx.node_config = {"partition-id": 0, "data-path": str(tmp_path / "bad.npz")}
+    with pytest.raises(ConfigError, match="data-path"):
+        _private_data(world, 0, Ctx())
