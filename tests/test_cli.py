@@ -9,7 +9,7 @@ from simulations.cli import main
     "args, expected",
     [
         (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k)"),
-        (["run", "strategy=bogus"], "strategy: unknown value 'bogus' (allowed: fedavg, local, peer, teacher)"),
+        (["run", "strategy=bogus"], "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, teacher, teacher_ensemble, wml)"),
         (["run", "partition=zipf"], "partition: unknown value 'zipf' (allowed: dirichlet, iid, shard)"),
         (["run", "students=[mlp32,resnet]"], "students: unknown value 'resnet'"),
         (["run", "strategy.alpha=-1"], "strategy.alpha: -1.0 is out of range (allowed: [0, 100])"),
