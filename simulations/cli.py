@@ -1,4 +1,4 @@
-"""The ``peerkd`` command: ``peerkd run|compare key=value ...`` (Hydra overrides).
+"""The ``peerkd`` command: ``peerkd run|compare|sweep key=value ...`` (Hydra overrides), ``peerkd report DIR``.
 
 Errors a user can fix print one line, ``peerkd: error: <field>: <problem> (allowed: ...)``,
 and exit with status 2; no traceback.
@@ -6,17 +6,18 @@ and exit with status 2; no traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment first)
 
 CONF_DIR = Path(__file__).parent / "conf"
-USAGE = """usage: peerkd COMMAND [key=value ...]
+USAGE = """usage: peerkd run|compare|sweep [key=value ...]
+       peerkd report DIR
 
 commands:
   run      one exchange rule on one world, e.g.
@@ -24,6 +25,13 @@ commands:
   compare  several rules on the same worlds over seeds (default: local, fedavg, teacher, peer
            on mnist5k, 10 clients, Dirichlet alpha 0.3, seeds 0,1,2), e.g.
            peerkd compare data=mnist5k seeds=[0,1,2] out=runs/cmp
+  sweep    rules x seeds on every point of a grid (key=v1,v2,... sweeps a key); a named study
+           with experiment=scarcity|heterogeneity; run it again with the same out= to resume, e.g.
+           peerkd sweep experiment=scarcity out=runs/scarcity
+           peerkd sweep rules=[teacher,peer] partition.alpha=0.1,1,10 num_clients=4,8 seed=0,1,2
+           (parallel=N runs N at once, 0 = one per CPU core up to 4; report=false skips report.md)
+  report   report.md and PNG plots of any results directory (run, compare or sweep), e.g.
+           peerkd report runs/scarcity
 
 Config keys and defaults: simulations/config.py, or `peerkd run --cfg job`.
 """
@@ -35,24 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    command, overrides = argv[0], argv[1:]
+    command, args = argv[0], argv[1:]
+    if {"-h", "--help"} & set(args):
+        print(USAGE)
+        return 0
     if command not in COMMANDS:
         return _fail(f"command: unknown value {command!r} (allowed: {', '.join(COMMANDS)})")
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from peerkd.errors import ConfigError
 
-    show_cfg = "--cfg" in overrides
-    overrides = [o for o in overrides if o not in ("--cfg", "job")]
     try:
-        cfg = _compose(command, overrides)
-        if show_cfg:
-            print(OmegaConf.to_yaml(cfg))
-            return 0
-        _setup_logging(cfg.verbose)
-        return COMMANDS[command](cfg)
+        return COMMANDS[command](args)
     except ConfigError as exc:
         return _fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
@@ -61,22 +64,45 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted; finished runs and rounds are on disk", code=130)
 
 
+def _load(command: str, args: list[str]):
+    """The composed config of ``command`` (logging set up), or None once ``--cfg job`` printed it."""
+    from omegaconf import OmegaConf
+
+    overrides = [o for o in args if o not in ("--cfg", "job")]
+    cfg = _compose(command, overrides)
+    if "--cfg" in args:
+        print(OmegaConf.to_yaml(cfg))
+        return None
+    _setup_logging(cfg.verbose)
+    return cfg
+
+
 def _compose(command: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from simulations.config import register
-
-    register()
+    _register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(config_name=command, overrides=overrides)
 
 
-def _run(cfg) -> int:
+@functools.cache
+def _register() -> None:
+    """Schemas and group options into Hydra's ConfigStore, once per process."""
+    from simulations import sweep
+    from simulations.config import register
+
+    register()
+    sweep.register()
+
+
+def _run(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from simulations.config import check_resources, to_run_spec, to_strategy
     from simulations.runner import run_one
 
+    if (cfg := _load("run", args)) is None:
+        return 0
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
     resources = check_resources(cfg.resources)
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -88,13 +114,15 @@ def _run(cfg) -> int:
     return 0
 
 
-def _compare(cfg) -> int:
+def _compare(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from simulations.config import check_resources, to_run_spec, to_strategy
     from simulations.report import TABLE_HEADER, table_cells
     from simulations.runner import compare
 
+    if (cfg := _load("compare", args)) is None:
+        return 0
     if not cfg.rules:
         from peerkd.errors import ConfigError
         from strategies import RULES
@@ -111,25 +139,68 @@ def _compare(cfg) -> int:
     out = cfg.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
     rows = compare(runs, out, OmegaConf.to_container(cfg, resolve=True), resources, list(cfg.rules))
-    _print_table(rows, TABLE_HEADER, table_cells)
-    print(f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s; results: {out} (comparison.md, comparison.csv, runs.csv)")
+    _print_table(TABLE_HEADER, [table_cells(r) for r in rows])
+    print(f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s; results: {out} (comparison.md, comparison.csv, runs.csv, report.md)")
     return 0
 
 
-def _print_table(rows, header, cells) -> None:
+def _sweep(args: list[str]) -> int:
+    from simulations.config import check_resources
+    from simulations.sweep import grid_axes, plan, run_sweep, split_overrides
+
+    flags = [a for a in args if a in ("--cfg", "job")]
+    plain, cli_axes = split_overrides([a for a in args if a not in flags])
+    if (cfg := _load("sweep", plain + flags)) is None:
+        return 0
+    fixed = {o.split("=", 1)[0].lstrip("+~") for o in plain}
+    axes = grid_axes(list(cfg.grid), cli_axes, fixed)
+    out = Path(cfg.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    runs = plan(lambda o: _compose("sweep", o), plain, axes, out)
+    resources = check_resources(cfg.resources)
+    meta = {"command": "peerkd sweep " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
+    result = run_sweep(runs, out, cfg.parallel, resources, meta, cfg.verbose)
+    if cfg.report:
+        _print_overview(out)
+    failed = f"; {len(result['failed'])} FAILED (run the same command again to retry them)" if result["failed"] else ""
+    print(f"{result['runs']} runs ({result['skipped']} already finished, {result['ran']} run now) in "
+          f"{result['wall_s'] / 60:.1f} min{failed}; results: {out}" + (" (report.md)" if cfg.report else ""))
+    return 1 if result["failed"] else 0
+
+
+def _print_overview(out: Path) -> None:
+    from simulations.report import group_runs, overview_rows, rule_order, swept_keys
+    from simulations.runner import load_results, write_report
+
+    write_report(out)
+    runs, _ = load_results(out)
+    groups = group_runs(runs, swept_keys([r["config"] for r in runs]))
+    _print_table(*overview_rows(groups, rule_order(r["summary"]["strategy"] for r in runs)))
+
+
+def _report(args: list[str]) -> int:
+    from peerkd.errors import ConfigError
+    from simulations.runner import write_report
+
+    if len(args) != 1:
+        raise ConfigError("dir", f"expected one results directory, got {' '.join(args) or 'nothing'}", "peerkd report DIR")
+    print(f"report: {write_report(args[0])}")
+    return 0
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(*header)
     for row in rows:
-        table.add_row(*cells(row))
+        table.add_row(*row)
     console = Console()
     if not console.is_terminal:  # logs and CI: don't wrap the table at 80 columns
-        console = Console(width=120)
+        console = Console(width=160)
     console.print(table)
 
 
-COMMANDS = {"run": _run, "compare": _compare}
+COMMANDS = {"run": _run, "compare": _compare, "sweep": _sweep, "report": _report}
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -163,6 +234,11 @@ def _schema_fields(schema: str) -> list[str]:
 
     from simulations import config
 
+    if schema == "SweepConf":
+        from hydra.core.config_store import ConfigStore
+
+        node = ConfigStore.instance().load("sweep_schema.yaml").node
+        return list(node.keys())
     cls = getattr(config, schema, None)
     return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 

@@ -1,13 +1,28 @@
-"""Comparison tables from run summaries: pure functions, no I/O."""
+"""Tables and statistics from run results: pure functions, no I/O.
+
+``compare_table`` / ``markdown_table`` give the per-rule comparison table. The rest serves
+``peerkd report``: which config keys a results directory sweeps, runs grouped by grid
+point, paired differences between rules with t intervals, per-round curves over seeds, and
+the markdown of ``report.md``. Runs are plain dicts as ``simulations.runner.load_results``
+reads them: ``{"path", "summary", "config" (flattened), "rounds" (round rows)}``.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 COLUMNS = ("rule", "runs", "acc_mean", "acc_mean_std", "acc_worst", "acc_worst_std", "teacher_acc",
            "kb_up_per_round", "kb_down_per_round", "wall_s")
+# Config keys (prefixes) of how a run was made, not of what it computes: where it wrote,
+# logging, time limits, resources, and the lists and grid of the command that ran it.
+RUN_SETTINGS = ("out", "verbose", "round_timeout", "resources.", "rules", "seeds", "grid", "parallel", "report")
+NOT_SWEPT = RUN_SETTINGS + ("seed", "strategy.name")  # ... and which run of the grid point it is
+RULE_ORDER = ("local", "fedavg", "teacher", "peer")
+Point = tuple[tuple[str, Any], ...]
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -55,6 +70,278 @@ TABLE_HEADER = ["rule", "accuracy (mean ± std)", "worst client", "teacher", "KB
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A GitHub-readable markdown table of compare_table rows."""
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return md_table(TABLE_HEADER, [table_cells(r) for r in rows])
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table: a header row, a rule, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# --- statistics -----------------------------------------------------------------------
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
+    """Mean of the paired differences ``a[i] - b[i]`` and its two-sided t interval.
+
+    ``paired_difference([0.8, 0.9, 0.7], [0.7, 0.85, 0.7])``: differences 0.1, 0.05, 0; mean 0.05,
+    sample std 0.05, interval 0.05 ± t(0.975, 2) · 0.05 / √3 = [-0.0742, 0.1742].
+
+    Returns
+    -------
+    dict
+        ``n``, ``mean``, ``std`` (sample, ddof=1), ``lo``, ``hi``; the interval is None for n < 2.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) == 0:
+        return {"n": 0, "mean": None, "std": None, "lo": None, "hi": None}
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"n": 1, "mean": mean, "std": None, "lo": None, "hi": None}
+    from scipy import stats
+
+    std = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1)) * std / math.sqrt(len(d))
+    return {"n": len(d), "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
+
+
+def verdict(diff: dict[str, Any], a: str, b: str) -> str:
+    """Words for a paired difference: which rule is better, or that the interval covers 0."""
+    if diff["lo"] is None:
+        return "one seed: no interval" if diff["n"] == 1 else "no paired runs"
+    if diff["lo"] > 0:
+        return f"{a} better"
+    if diff["hi"] < 0:
+        return f"{b} better"
+    return "no clear difference"
+
+
+def mean_curve(series: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-index mean and sample std over several curves, cut to the shortest (std 0 for one)."""
+    n = min(len(s) for s in series)
+    arr = np.asarray([list(s)[:n] for s in series], dtype=np.float64)
+    std = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros(n)
+    return arr.mean(axis=0), std
+
+
+# --- results directories ----------------------------------------------------------------
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict: ``{"a": {"b": 1}} -> {"a.b": 1}``; lists become tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def swept_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Flattened config keys whose value differs between runs, in first-seen order.
+
+    Keys that name the run (rule, seed, out) or how it ran (resources, timeouts) are left out,
+    and so are keys some configs lack (settings added to peerkd after older runs were made).
+    """
+    if not configs:
+        return []
+    common = [k for k in configs[0] if all(k in cfg for cfg in configs) and not k.startswith(NOT_SWEPT)]
+    return [k for k in common if len({repr(cfg[k]) for cfg in configs}) > 1]
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Last dotted component of each key (the group for ``x.name``), or the whole key where two would clash."""
+    last = [k.removesuffix(".name").rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+
+
+def sort_key(value: Any) -> tuple:
+    """Sort key that puts numbers first, in numeric order, then everything else as text."""
+    return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
+
+
+def group_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[Point, list[dict[str, Any]]]:
+    """Runs by grid point (their values of ``keys``), points sorted by value (numbers numerically)."""
+    groups: dict[Point, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(tuple((k, run["config"].get(k)) for k in keys), []).append(run)
+    return dict(sorted(groups.items(), key=lambda kv: [sort_key(v) for _, v in kv[0]]))
+
+
+def rule_order(rules: Iterable[str]) -> list[str]:
+    """The rules present, baselines first (local, fedavg, teacher, peer), the rest by name."""
+    present = set(rules)
+    return [r for r in RULE_ORDER if r in present] + sorted(present - set(RULE_ORDER))
+
+
+def comparisons(rules: Sequence[str]) -> list[tuple[str, str]]:
+    """The paired differences a report shows: peer − teacher, and every rule − local."""
+    pairs = [("peer", "teacher")] if {"peer", "teacher"} <= set(rules) else []
+    return pairs + ([(r, "local") for r in rules if r != "local"] if "local" in rules else [])
+
+
+def paired_by_seed(runs: Sequence[dict[str, Any]], a: str, b: str, metric: str = "acc_mean") -> dict[str, Any]:
+    """Paired difference of ``metric`` between rules ``a`` and ``b`` over the seeds both ran."""
+    by = {rule: {r["summary"]["seed"]: r["summary"].get(metric) for r in runs if r["summary"]["strategy"] == rule}
+          for rule in (a, b)}
+    seeds = sorted(s for s in set(by[a]) & set(by[b]) if by[a][s] is not None and by[b][s] is not None)
+    return {**paired_difference([by[a][s] for s in seeds], [by[b][s] for s in seeds]), "seeds": seeds}
+
+
+# --- report.md -------------------------------------------------------------------------
+
+
+def fmt_diff(diff: dict[str, Any]) -> str:
+    """``+0.012 [-0.018, +0.042]``: a paired mean difference and its interval (– if none)."""
+    if diff["mean"] is None:
+        return "–"
+    if diff["lo"] is None:
+        return f"{diff['mean']:+.3f} (1 seed)"
+    return f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value)
+
+
+def point_label(point: Point, names: dict[str, str]) -> str:
+    """``samples_per_client=25, num_clients=2`` (short key names); ``all runs`` for no keys."""
+    return ", ".join(f"{names[k]}={_fmt_value(v)}" for k, v in point) or "all runs"
+
+
+def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """One row per grid point: its values, each rule's accuracy (mean ± std over seeds) and the
+    paired differences (peer − teacher, rule − local) with 95% intervals. Returns header, rows."""
+    keys = [k for k, _ in next(iter(groups))]
+    names, pairs = short_names(keys), comparisons(rules)
+    header = [names[k] for k in keys] + list(rules) + [f"{a} − {b}" for a, b in pairs]
+    rows = []
+    for point, runs in groups.items():
+        accs = {r["rule"]: _pm(r["acc_mean"], r["acc_mean_std"]) for r in compare_table([x["summary"] for x in runs], list(rules))}
+        rows.append([_fmt_value(v) for _, v in point] + [accs.get(rule, "–") for rule in rules]
+                    + [fmt_diff(paired_by_seed(runs, a, b)) for a, b in pairs])
+    return header, rows
+
+
+def detail_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """compare_table rows (accuracy, worst client, teacher, traffic, wall time) for every point."""
+    keys = [k for k, _ in next(iter(groups))]
+    names = short_names(keys)
+    rows = [[_fmt_value(v) for _, v in point] + table_cells(row)
+            for point, runs in groups.items() for row in compare_table([r["summary"] for r in runs], list(rules))]
+    return [names[k] for k in keys] + TABLE_HEADER, rows
+
+
+def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Per point and comparison: seeds paired, mean difference, 95% t interval, verdict."""
+    keys = [k for k, _ in next(iter(groups))]
+    names = short_names(keys)
+    rows = []
+    for point, runs in groups.items():
+        for a, b in comparisons(rules):
+            d = paired_by_seed(runs, a, b)
+            ci = "–" if d["lo"] is None else f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            mean = "–" if d["mean"] is None else f"{d['mean']:+.3f}"
+            rows.append([_fmt_value(v) for _, v in point] + [f"{a} − {b}", str(d["n"]), mean, ci, verdict(d, a, b)])
+    return [names[k] for k in keys] + ["comparison", "seeds", "mean difference", "95% interval", "verdict"], rows
+
+
+def pivot_rows(groups: dict[Point, list[dict[str, Any]]], a: str = "peer", b: str = "teacher") -> tuple[list[str], list[list[str]]]:
+    """For a two-key sweep: rows by the first key, columns by the second, cells ``a − b``."""
+    (k1, _), (k2, _) = next(iter(groups))
+    names = short_names([k1, k2])
+    cols = sorted({p[1][1] for p in groups}, key=sort_key)
+    cells: dict[Any, dict[Any, str]] = {}
+    for point, runs in groups.items():
+        cells.setdefault(point[0][1], {})[point[1][1]] = fmt_diff(paired_by_seed(runs, a, b))
+    header = [f"{names[k1]} \\ {names[k2]}"] + [_fmt_value(c) for c in cols]
+    return header, [[_fmt_value(r)] + [row.get(c, "–") for c in cols] for r, row in cells.items()]
+
+
+def _values(values: Iterable[Any]) -> str:
+    return ", ".join(_fmt_value(v) for v in sorted(set(values), key=sort_key))
+
+
+def describe(runs: Sequence[dict[str, Any]], keys: Sequence[str], unfinished: int, wall_s: float | None) -> str:
+    """The report's opening paragraph: what was run, what was swept, how long it took."""
+    s = [r["summary"] for r in runs]
+    rules = rule_order(x["strategy"] for x in s)
+    shared = {"dataset": _values(x["dataset"] for x in s), "clients": _values(x["num_clients"] for x in s),
+              "partition": _values(r["config"].get("partition.name", "?") for r in runs),
+              "rounds": _values(x["rounds"] for x in s)}
+    text = (f"**{len(runs)} finished runs**: rules {', '.join(rules)}; seeds {_values(x['seed'] for x in s)}; "
+            + "; ".join(f"{k} {v}" for k, v in shared.items()) + ".")
+    private = sorted({x["strategy"] for x in s if x.get("private") is False})
+    if private:
+        text += f" Not private (they train on data no client may share): {', '.join(private)}."
+    if keys:
+        names = short_names(keys)
+        text += " Swept: " + "; ".join(f"`{names[k]}` ∈ {{{_values(r['config'].get(k) for r in runs)}}}" for k in keys) + "."
+    seen = [(x["strategy"], x["seed"], tuple(r["config"].get(k) for k in keys)) for x, r in zip(s, runs)]
+    if len(set(seen)) < len(seen):
+        text += f" **{len(seen) - len(set(seen))} runs repeat a (rule, seed, grid point)**; the means count every run."
+    if unfinished:
+        text += f" {unfinished} unfinished run directories (no summary.json) are left out."
+    if wall_s is not None:
+        text += f" Wall time of the sweep: {wall_s / 60:.1f} min."
+    return text + "\n"
+
+
+def provenance_text(records: Sequence[dict[str, Any] | None]) -> str:
+    """Where the numbers came from: git revisions (with a dirty flag) and package versions."""
+    seen = [p for p in records if p]
+    if not seen:
+        return "Provenance: no provenance.json in these runs.\n"
+    revs = sorted({f"`{(p.get('git_revision') or 'unknown')[:10]}`" + (" (uncommitted changes)" if p.get("git_dirty") else "")
+                   for p in seen})
+    pkgs = {name: sorted({str((p.get("packages") or {}).get(name)) for p in seen})
+            for name in ("peerkd", "flwr", "torch", "numpy")}
+    text = (f"Provenance ({len(seen)} of {len(records)} runs record it): git {', '.join(revs)}; "
+            + ", ".join(f"{k} {'/'.join(v)}" for k, v in pkgs.items())
+            + f"; Python {_values(p.get('python') for p in seen)}; {_values(p.get('cpu_count') for p in seen)} CPUs.")
+    if len(revs) > 1:
+        text += " **The runs come from different revisions.**"
+    return text + "\n"
+
+
+NOTES = """Notes: accuracy is on the held-out test split, averaged over clients, then mean ± sample
+std (ddof = 1) over seeds. A difference `a − b` pairs the two rules' runs on the same world
+(same seed, same grid point) and shows the mean of the per-seed differences with a 95%
+t interval; "no clear difference" means the interval contains 0. Traffic counts the bytes of
+the serialised arrays each client sent and received.
+"""
+
+
+def _folded(table: str, fold: bool) -> str:
+    """A long table inside a ``<details>`` block (GitHub shows it folded, one click away)."""
+    rows = table.count("\n") - 2
+    return f"<details><summary>{rows} rows</summary>\n\n{table}\n</details>\n" if fold else table
+
+
+def report_markdown(runs: Sequence[dict[str, Any]], unfinished: int = 0, wall_s: float | None = None,
+                    plots: Sequence[tuple[str, str]] = ()) -> str:
+    """The whole report.md for finished runs, with links to ``plots`` (file, caption)."""
+    keys = swept_keys([r["config"] for r in runs])
+    groups = group_runs(runs, keys)
+    rules = rule_order(r["summary"]["strategy"] for r in runs)
+    parts = ["# peerkd report\n", describe(runs, keys, unfinished, wall_s), provenance_text([r.get("provenance") for r in runs])]
+    if keys:
+        parts += ["## Accuracy by grid point\n", md_table(*overview_rows(groups, rules))]
+        if len(keys) == 2 and {"peer", "teacher"} <= set(rules):
+            parts += ["### peer − teacher\n", md_table(*pivot_rows(groups))]
+    parts += ["## Per rule\n", _folded(md_table(*detail_rows(groups, rules)), len(groups) > 4)]
+    if comparisons(rules):
+        parts += ["## Paired differences\n", _folded(md_table(*paired_rows(groups, rules)), len(groups) > 4)]
+    if plots:
+        parts += ["## Plots\n"] + [f"![{caption}]({name})\n\n*{caption}*\n" for name, caption in plots]
+    return "\n".join(parts + [NOTES])

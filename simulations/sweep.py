@@ -1,0 +1,368 @@
+"""``peerkd sweep``: rules × seeds on every point of a grid of worlds; paired, resumable, parallel.
+
+A grid is a list of Hydra sweep overrides (``num_clients=2,4,8,16``), from the config
+(``grid``, e.g. in ``conf/experiment/scarcity.yaml``) or the command line. Every point is
+composed like ``peerkd compare``; all rules of one seed at one point share one world. Run
+``r`` of point ``p`` lives in ``out/<p>/<rule>-seed<k>/``; a run with a summary.json is
+finished and skipped when the sweep is started again, so a stopped sweep loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peerkd.errors import ConfigError
+from peerkd.results import CONFIG_FILE, SUMMARY_FILE
+
+log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
+AUTO_MAX = 4  # runs at once with parallel=0: each run holds ~2 GB (Ray, driver, client actors)
+SWEEP_ONLY = ("rules", "seeds", "grid", "parallel", "report")  # left out of each run's config.yaml
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its rule, seed, grid point, validated settings and directory."""
+
+    rule: str
+    seed: int
+    point: tuple[tuple[str, str], ...]
+    spec: Any  # peerkd.server_app.RunSpec
+    strategy: Any  # strategies.base.DistillationStrategy
+    out: Path
+    config: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """``peer seed 1 num_clients=4`` for progress lines."""
+        return " ".join([self.rule, f"seed {self.seed}", *(f"{k}={v}" for k, v in self.point)])
+
+
+def register() -> None:
+    """Put the sweep schema into Hydra's ConfigStore (after ``simulations.config.register``)."""
+    from hydra.core.config_store import ConfigStore
+
+    from simulations.config import CompareConf
+
+    @dataclass
+    class SweepConf(CompareConf):
+        grid: list[str] = field(default_factory=list)  # Hydra sweep overrides: "num_clients=2,4,8,16"
+        parallel: int = 0  # runs at once (1: in this process; 0: one per CPU core, at most 4)
+        report: bool = True  # write report.md and plots when the sweep ends
+
+    ConfigStore.instance().store(name="sweep_schema", node=SweepConf)
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Plain overrides, and sweep axes (``key=a,b``, ``key=range(0,3)``) by key, from a command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain, axes = [], {}
+    parser = OverridesParser.create()
+    for text in overrides:
+        (o,) = parser.parse_overrides([text])
+        if o.is_sweep_override():
+            axes[o.get_key_element()] = list(dict.fromkeys(o.sweep_string_iterator()))
+        else:
+            plain.append(text)
+    return plain, axes
+
+
+def grid_axes(grid: list[str], cli_axes: dict[str, list[str]], fixed: set[str]) -> dict[str, list[str]]:
+    """The sweep's axes: the config's ``grid``, then command-line axes (replacing or adding);
+    a key set to one value on the command line (``fixed``) is not swept."""
+    plain, axes = split_overrides(list(grid))
+    if plain:
+        raise ConfigError("grid", f"{plain[0]!r} is not a sweep", "entries key=v1,v2,... (two or more values)")
+    axes.update(cli_axes)
+    return {k: v for k, v in axes.items() if k not in fixed}
+
+
+def expand(axes: dict[str, list[str]]) -> list[tuple[tuple[str, str], ...]]:
+    """Every grid point, the first axis outermost: ``{a: [1, 2], b: [x]} -> [((a,1),(b,x)), ((a,2),(b,x))]``."""
+    keys = list(axes)
+    return [tuple(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def point_dir(point: tuple[tuple[str, str], ...]) -> str:
+    """Directory name of a grid point: ``partition.samples_per_client=25,num_clients=2``."""
+    return ",".join(f"{k}={v}" for k, v in point).replace(os.sep, "_").replace(" ", "_")
+
+
+def eta_s(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the pace so far (``done`` runs in ``elapsed_s``); None before the first."""
+    return None if done == 0 else elapsed_s / done * (total - done)
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting that changes results and differs between two run configs, as
+    ``key: old, now new``; None if they agree. Keys only one side has (settings added to
+    peerkd since) are not compared."""
+    from simulations.report import RUN_SETTINGS, flatten
+
+    a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
+    for key in sorted(set(a) & set(b)):
+        if a[key] != b[key] and not key.startswith(RUN_SETTINGS):
+            return f"{key}: {a[key]!r}, now {b[key]!r}"
+    return None
+
+
+def check_finished(run: SweepRun) -> dict[str, Any] | None:
+    """The summary of a finished run (None if unfinished); refuses one made with other settings."""
+    import yaml
+
+    if not (run.out / SUMMARY_FILE).is_file():
+        return None
+    old = yaml.safe_load((run.out / CONFIG_FILE).read_text()) if (run.out / CONFIG_FILE).is_file() else {}
+    if change := config_change(old or {}, run.config):
+        raise ConfigError("out", f"{run.out} holds a finished run made with other settings ({change})",
+                          "a new out directory, or the settings it was made with")
+    return json.loads((run.out / SUMMARY_FILE).read_text())
+
+
+def plan(compose: Callable[[list[str]], Any], overrides: list[str], axes: dict[str, list[str]], out: Path) -> list[SweepRun]:
+    """Compose every grid point and validate every run, before any run starts.
+
+    ``compose(overrides)`` returns a composed sweep config; an axis over ``strategy`` or
+    ``seed`` sets the rules or seeds run at every point instead of adding grid points.
+    """
+    from omegaconf import OmegaConf
+
+    axes = dict(axes)
+    rules_axis, seeds_axis = axes.pop("strategy", None), axes.pop("seed", None)
+    runs = []
+    for point in expand(axes):
+        cfg = OmegaConf.to_object(compose(overrides + [f"{k}={v}" for k, v in point]))  # dataclasses: fast to read
+        rules = rules_axis or list(cfg.rules)
+        seeds = _ints("seed", seeds_axis) if seeds_axis else list(cfg.seeds)
+        if not rules or not seeds:
+            raise ConfigError("rules" if not rules else "seeds", "needs at least one value", "a non-empty list")
+        container = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SWEEP_ONLY}
+        where = out / point_dir(point) if point else out
+        runs += [_sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}") for seed in seeds for rule in rules]
+    return runs
+
+
+def _ints(key: str, values: list[str]) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ConfigError(key, f"{','.join(values)!r} are not all integers", "integers, e.g. seed=0,1,2") from None
+
+
+def _sweep_run(cfg, container: dict[str, Any], rule: str, seed: int, point, out: Path) -> SweepRun:
+    from simulations.config import to_run_spec, to_strategy
+
+    spec, strategy = to_run_spec(cfg, seed), to_strategy(cfg.strategy, rule)
+    strategy.check(spec.students, spec.world.num_clients)
+    config = {**container, "strategy": {**container["strategy"], "name": rule}, "seed": seed, "out": str(out)}
+    return SweepRun(rule, seed, point, spec, strategy, out, config)
+
+
+def workers(parallel: int) -> int:
+    """Runs at once: ``parallel``, or for 0 one per CPU core, at most ``AUTO_MAX``.
+
+    Measured on 2 cores (8 scarcity runs): 1 at a time 147 s, 2 at a time 99 s, 3 at a time
+    109 s. A run alone leaves the CPUs idle while Ray and the clients start.
+    """
+    if parallel < 0:
+        raise ConfigError("parallel", f"{parallel} is out of range", "0 (one run per CPU core, at most 4) or more")
+    return parallel or max(1, min(os.cpu_count() or 1, AUTO_MAX))
+
+
+def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any]) -> dict[str, Any]:
+    """A run in a worker process: its own local Ray instance, only warnings logged."""
+    from simulations.runner import run_one
+
+    logging.getLogger("peerkd").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    return run_one(run.spec, run.strategy, run.out, run.config, resources, ray_init=ray_init)
+
+
+def execute(runs: list[SweepRun], parallel: int, resources: dict[str, float],
+            on_done: Callable[[SweepRun, dict[str, Any] | None], None]) -> None:
+    """Run ``runs``, ``parallel`` at once (1: in this process); ``on_done(run, summary)`` after
+    each, with summary None for a run that failed (its error is logged; the others go on)."""
+    if parallel <= 1:
+        from simulations.runner import run_one
+
+        for run in runs:
+            try:
+                summary = run_one(run.spec, run.strategy, run.out, run.config, resources)
+            except (RuntimeError, OSError) as exc:
+                log.error("%s failed: %s", run.label, exc)
+                summary = None
+            on_done(run, summary)
+        return
+    _execute_pool(runs, parallel, resources, on_done)
+
+
+def _execute_pool(runs, parallel, resources, on_done) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # Each run gets its own Ray instance ("local": never join another's) and a share of the CPUs.
+    ray_init = {"address": "local", "num_cpus": max(math.ceil(resources["num_cpus"]), (os.cpu_count() or 1) // parallel)}
+    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads and Ray state
+    pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(_child, run, resources, ray_init): run for run in runs}
+        for future in as_completed(futures):
+            try:
+                summary = future.result()
+            except Exception as exc:  # noqa: BLE001  (a crashed worker must not stop the sweep)
+                log.error("%s failed: %s", futures[future].label, exc)
+                summary = None
+            on_done(futures[future], summary)
+    except BaseException:  # interrupted: stop the runs in flight (they are redone on resume)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.kill()
+        raise
+    pool.shutdown()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit as soon as the sweep process is gone, however it ended."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within: SIGTERM stops the sweep like Ctrl-C (runs in flight stopped, sweep.json written)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _preflight(runs: list[SweepRun]) -> None:
+    """Build every world (and student) the runs need once, so a bad one fails before any run."""
+    from simulations.runner import preflight
+
+    seen = set()
+    for run in runs:
+        if run.spec not in seen:  # one spec: one world, whichever rule runs on it
+            seen.add(run.spec)
+            preflight(run.spec, run.strategy)
+
+
+@contextlib.contextmanager
+def _quiet_runs(verbose: bool):
+    """Hide the runs' per-round lines (warnings stay) unless ``verbose``; progress stays."""
+    ours, sweep_level = logging.getLogger("peerkd"), log.level
+    level = ours.level
+    if not verbose:
+        ours.setLevel(logging.WARNING)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        ours.setLevel(level)
+        log.setLevel(sweep_level)
+
+
+class _Progress:
+    """Counts finished runs and logs ``[k/N] run: acc (s) | elapsed, time left`` after each."""
+
+    def __init__(self, total: int, done: int, todo: int):
+        self.total, self.done, self.todo, self.ran, self.t0 = total, done, todo, 0, time.perf_counter()
+
+    def __call__(self, run: SweepRun, summary: dict[str, Any] | None) -> None:
+        self.done, self.ran = self.done + 1, self.ran + 1
+        elapsed = time.perf_counter() - self.t0
+        result = "FAILED" if summary is None else f"acc {summary['acc_mean']:.3f} ({summary['wall_s']:.0f} s)"
+        log.info("[%d/%d] %s: %s | %s elapsed, ~%s left", self.done, self.total, run.label, result,
+                 _hms(elapsed), _hms(eta_s(self.ran, self.todo, elapsed)))
+
+
+def run_sweep(runs: list[SweepRun], out: Path, parallel: int, resources: dict[str, float], meta: dict[str, Any],
+              verbose: bool = False) -> dict[str, Any]:
+    """Run the unfinished ``runs`` (skipping those with a summary.json), writing ``runs.csv`` as
+    runs finish and ``sweep.json`` (``meta``, counts, wall time of every session) at the end.
+
+    Returns
+    -------
+    dict
+        ``runs``, ``skipped``, ``ran``, ``failed`` (labels) and ``wall_s`` of this session.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {run.out: check_finished(run) for run in runs}
+    todo = [run for run in runs if summaries[run.out] is None]
+    n = min(workers(parallel), max(1, len(todo)))
+    log.info("sweep: %d runs, %d finished already, %d to run, %d at a time; results in %s",
+             len(runs), len(runs) - len(todo), len(todo), n, out)
+    _preflight(todo)
+    progress, failed = _Progress(len(runs), len(runs) - len(todo), len(todo)), []
+
+    def on_done(run: SweepRun, summary: dict[str, Any] | None) -> None:
+        summaries[run.out] = summary
+        if summary is None:
+            failed.append(run.label)
+        progress(run, summary)
+        _write_runs_csv(out, runs, summaries)
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        with _quiet_runs(verbose), _sigterm_interrupts():
+            execute(todo, n, resources, on_done)
+    finally:
+        session = {"started": started, "wall_s": round(time.perf_counter() - progress.t0, 1), "ran": progress.ran,
+                   "skipped": len(runs) - len(todo), "failed": failed, "parallel": n}
+        _write_sweep_json(out, {**meta, "runs": len(runs), "finished": sum(s is not None for s in summaries.values())}, session)
+    return {"runs": len(runs), "skipped": session["skipped"], "ran": progress.ran, "failed": failed, "wall_s": session["wall_s"]}
+
+
+def _write_runs_csv(out: Path, runs: list[SweepRun], summaries: dict[Path, dict[str, Any] | None]) -> None:
+    from simulations.runner import RUN_FIELDS
+
+    keys = [k for k in dict.fromkeys(k for run in runs for k, _ in run.point) if k not in RUN_FIELDS]
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*keys, *RUN_FIELDS, "dir"], extrasaction="ignore")
+        writer.writeheader()
+        for run in runs:
+            if summaries.get(run.out):
+                writer.writerow({**dict(run.point), **summaries[run.out], "dir": str(run.out.relative_to(out))})
+
+
+def _write_sweep_json(out: Path, meta: dict[str, Any], session: dict[str, Any]) -> None:
+    path = out / "sweep.json"
+    sessions = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
+    sessions.append(session)
+    path.write_text(json.dumps({**meta, "sessions": sessions, "wall_s": round(sum(s["wall_s"] for s in sessions), 1)}, indent=2))

@@ -1,0 +1,153 @@
+"""`peerkd report` on a synthetic results directory: the tables match hand computation."""
+
+import json
+
+import pytest
+import yaml
+
+from simulations.cli import main
+from simulations.report import group_runs, paired_difference, swept_keys, verdict
+from simulations.runner import load_results, write_report
+
+# t(0.975, 2) = 4.302653: the 95% quantile with three seeds.
+T2 = 4.302653
+
+
+def test_paired_difference_by_hand():
+    # Prepare: differences 0.1, 0.05, 0.0; mean 0.05; sample std 0.05; se 0.05 / √3 = 0.028868.
+    # Execute
+    d = paired_difference([0.8, 0.9, 0.7], [0.7, 0.85, 0.7])
+    # Assert: 0.05 ± 4.302653 · 0.028868 = 0.05 ± 0.124207
+    assert d["n"] == 3
+    assert d["mean"] == pytest.approx(0.05)
+    assert d["std"] == pytest.approx(0.05)
+    assert d["lo"] == pytest.approx(0.05 - 0.124207, abs=1e-6)
+    assert d["hi"] == pytest.approx(0.05 + 0.124207, abs=1e-6)
+    assert verdict(d, "peer", "teacher") == "no clear difference"
+    assert verdict(paired_difference([0.9, 0.8, 0.85], [0.5, 0.5, 0.5]), "peer", "local") == "peer better"
+    # Two seeds: 0.35 ± t(0.975, 1) · 0.05 = 0.35 ± 12.706 · 0.05 covers 0.
+    assert verdict(paired_difference([0.9, 0.8], [0.5, 0.5]), "peer", "local") == "no clear difference"
+
+
+def test_paired_difference_with_too_few_seeds():
+    assert paired_difference([0.8], [0.7])["lo"] is None
+    assert paired_difference([0.8], [0.7])["mean"] == pytest.approx(0.1)
+    assert paired_difference([], [])["n"] == 0
+    with pytest.raises(ValueError):
+        paired_difference([0.1, 0.2], [0.1])
+
+
+def test_swept_keys_ignore_run_identity_and_missing_keys():
+    configs = [
+        {"num_clients": 2, "seed": 0, "out": "a", "strategy.name": "peer", "rounds": 5, "data.transfer": "public"},
+        {"num_clients": 4, "seed": 1, "out": "b", "strategy.name": "local", "rounds": 5},
+    ]
+    assert swept_keys(configs) == ["num_clients"]  # data.transfer: missing in an older run
+
+
+def test_points_sort_numerically():
+    runs = [{"config": {"num_clients": n}} for n in (10, 2, 4)]
+    assert [p for p in group_runs(runs, ["num_clients"])] == [(("num_clients", 2),), (("num_clients", 4),), (("num_clients", 10),)]
+
+
+# Accuracies per (num_clients, rule) over seeds 0, 1, 2.
+ACC = {
+    (2, "local"): [0.4, 0.5, 0.6], (2, "teacher"): [0.8, 0.85, 0.9], (2, "peer"): [0.7, 0.9, 0.8],
+    (4, "local"): [0.5, 0.5, 0.5], (4, "teacher"): [0.8, 0.8, 0.8], (4, "peer"): [0.9, 0.9, 0.9],
+}
+
+
+def _write_run(path, clients, rule, seed, acc, data="digits"):
+    path.mkdir(parents=True)
+    config = {"strategy": {"name": rule, "alpha": 1.0}, "data": {"name": data}, "partition": {"name": "iid"},
+              "num_clients": clients, "rounds": 2, "seed": seed, "out": str(path)}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    per_client = [{"client": c, "arch": "mlp64", "acc": acc, "loss": 1.0, "round": 2} for c in range(clients)]
+    up = 0 if rule in ("local", "teacher") else 1000 * clients
+    summary = {"strategy": rule, "dataset": "digits", "num_clients": clients, "rounds": 2, "seed": seed,
+               "acc_mean": acc, "acc_worst": acc - 0.1, "acc_std": 0.0, "teacher_acc": 0.95 if rule == "teacher" else None,
+               "bytes_up": 2 * up, "bytes_down": 0 if rule == "local" else 2 * 1000 * clients, "wall_s": 10.0,
+               "per_client": per_client}
+    (path / "summary.json").write_text(json.dumps(summary))
+    rounds = [{"type": "round", "round": r, "acc_mean": acc * r / 2, "bytes_up": up, "bytes_down": summary["bytes_down"] // 2}
+              for r in (1, 2)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (path / "provenance.json").write_text(json.dumps({"git_revision": "0123456789abcdef", "git_dirty": False,
+                                                      "packages": {"flwr": "1.39.0", "torch": "2.13.0"}}))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    for (clients, rule), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            _write_run(tmp_path / f"num_clients={clients}" / f"{rule}-seed{seed}", clients, rule, seed, acc)
+    unfinished = tmp_path / "num_clients=8" / "peer-seed0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "metrics.jsonl").write_text('{"type": "round", "round": 1, "acc_mean": 0.1}\n')
+    return tmp_path
+
+
+def test_report_tables_match_hand_computation(sweep_dir):
+    # Execute: from the files alone.
+    md = write_report(sweep_dir).read_text()
+    # Assert: mean ± sample std over seeds.
+    # n=2: local 0.5 ± 0.1, teacher 0.85 ± 0.05, peer 0.8 ± 0.1.
+    # peer − teacher: differences -0.1, 0.05, -0.1 -> mean -0.05, std 0.0866, se 0.05, ± 4.302653 · 0.05 = 0.2151
+    # teacher − local: 0.4, 0.35, 0.3 -> 0.35 ± 4.302653 · 0.05/√3 = 0.35 ± 0.1242
+    # peer − local: 0.3, 0.4, 0.2 -> 0.3 ± 4.302653 · 0.1/√3 = 0.3 ± 0.2484
+    assert ("| 2 | 0.500 ± 0.100 | 0.850 ± 0.050 | 0.800 ± 0.100 "
+            "| -0.050 [-0.265, +0.165] | +0.350 [+0.226, +0.474] | +0.300 [+0.052, +0.548] |") in md
+    assert "| 2 | peer − teacher | 3 | -0.050 | [-0.265, +0.165] | no clear difference |" in md
+    assert "| 2 | peer − local | 3 | +0.300 | [+0.052, +0.548] | peer better |" in md
+    # n=4: constant differences, so a zero-width interval.
+    assert "| 4 | peer − teacher | 3 | +0.100 | [+0.100, +0.100] | peer better |" in md
+    # Per-rule table: traffic per client per round, (2 · 1000 · 4) / (2 rounds · 4 clients) / 1000 = 1.0 KB.
+    assert "| 4 | peer | 0.900 ± 0.000 | 0.800 ± 0.000 | – | 1.0 / 1.0 | 10 |" in md
+    assert "| 2 | teacher | 0.850 ± 0.050 | 0.750 ± 0.050 | 0.950 | 0.0 / 1.0 | 10 |" in md
+    assert "**18 finished runs**" in md and "1 unfinished run directories" in md
+    assert "Swept: `num_clients` ∈ {2, 4}" in md and "`0123456789`" in md
+
+
+def test_report_writes_small_linked_plots(sweep_dir):
+    md = write_report(sweep_dir).read_text()
+    for name in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "client_accuracy.png", "accuracy_vs_num_clients.png"):
+        png = sweep_dir / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size < 200_000
+        assert f"]({name})" in md
+
+
+def test_report_of_a_single_run(sweep_dir):
+    run = sweep_dir / "num_clients=2" / "peer-seed1"
+    md = write_report(run).read_text()
+    assert "**1 finished runs**" in md and "| peer | 0.900 ± 0.000 |" in md
+    assert "Swept" not in md and "Paired" not in md
+
+
+def test_report_of_a_sweep_over_datasets(tmp_path):
+    # Prepare: a swept group (data=digits,mnist1d): values that are not numbers.
+    for data, acc in (("digits", 0.8), ("mnist1d", 0.6)):
+        for seed in (0, 1):
+            _write_run(tmp_path / f"data={data}" / f"peer-seed{seed}", 4, "peer", seed, acc + seed / 10, data=data)
+    # Execute
+    md = write_report(tmp_path).read_text()
+    # Assert: digits 0.85 ± 0.0707 (0.8, 0.9); mnist1d 0.65 ± 0.0707.
+    assert "| data | peer |" in md and "| mnist1d | 0.650 ± 0.071 |" in md
+    assert (tmp_path / "accuracy_vs_data.png").stat().st_size < 200_000
+
+
+def test_load_results_reads_rounds_and_flattens_config(sweep_dir):
+    runs, unfinished = load_results(sweep_dir / "num_clients=4")
+    assert unfinished == 0 and len(runs) == 9
+    assert runs[0]["config"]["strategy.name"] in ("local", "teacher", "peer")
+    assert [r["round"] for r in runs[0]["rounds"]] == [1, 2]
+
+
+def test_report_command(sweep_dir, tmp_path_factory, capsys):
+    assert main(["report", str(sweep_dir)]) == 0
+    assert "report.md" in capsys.readouterr().out
+    empty = tmp_path_factory.mktemp("empty")
+    assert main(["report", str(empty)]) == 2
+    assert "peerkd: error: dir: no finished runs" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "dir: expected one results directory" in capsys.readouterr().err
