@@ -18,13 +18,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from peerkd.deploy import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,18 +41,6 @@ address = ":local:"
 
 pytestmark = pytest.mark.skipif(not (BIN / "flwr").exists() or not Path("/proc").is_dir(),
                                 reason="needs the flwr CLI next to the interpreter and /proc")
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free right now (all held open together while picking)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _processes() -> dict[int, tuple[int, int, str, str]]:
@@ -182,7 +171,7 @@ def test_flwr_run_dot(tmp_path):
         # loaded machine that can be too short for the first start, so try twice.
         for attempt in (1, 2):
             # Free ports: a local SuperLink already listening on the default 39091 would be reused.
-            http_port, control_port = _free_ports(2)
+            http_port, control_port = free_ports(2)
             env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(http_port)
             env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
             res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
