@@ -150,10 +150,12 @@ def _sweep(args: list[str]) -> int:
 
     flags = [a for a in args if a in ("--cfg", "job")]
     plain, cli_axes = split_overrides([a for a in args if a not in flags])
-    if (cfg := _load("sweep", plain + flags)) is None:
-        return 0
+    cfg = _load("sweep", plain + flags) or _compose("sweep", plain)
     fixed = {o.split("=", 1)[0].lstrip("+~") for o in plain}
     axes = grid_axes(list(cfg.grid), cli_axes, fixed)
+    if flags:
+        print(f"# grid axes after the command line: {axes}")
+        return 0
     out = Path(cfg.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     runs = plan(lambda o: _compose("sweep", o), plain, axes, out)
     resources = check_resources(cfg.resources)
@@ -216,6 +218,11 @@ def _setup_logging(verbose: bool) -> None:
 
 def _hydra_message(exc: Exception) -> str:
     """One line from a Hydra/OmegaConf error, naming the field and the allowed values."""
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        key = exc.override.split("=", 1)[0]
+        return f"{key}: cannot parse {exc.override!r} (allowed: Hydra override syntax; quote values with = or , inside)"
     text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ else "")
     if m := re.search(r"Could not find '([\w.]+)/([^']*)'", text):
         group, value = m.groups()
