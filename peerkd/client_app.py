@@ -123,8 +123,12 @@ def _finish(msg: Message, s: Student, context: Context, loss: float, secs: float
         records[P.KEY_LOGITS] = encode_logits(logits)
     if bool(s.config.get(P.CFG_REPLY_PROBE, False)):
         records[P.KEY_PROBE] = encode_logits(predict_logits(s.model, s.world.split("server")[0], s.device))
-    content = RecordDict({**records, P.KEY_INFO: ConfigRecord({"arch": s.arch})})
-    return Message(content, reply_to=msg)
+    return _reply(msg, s, records)
+
+
+def _reply(msg: Message, s: Student, records: dict) -> Message:
+    """A reply carrying ``records`` and this student's architecture."""
+    return Message(RecordDict({**records, P.KEY_INFO: ConfigRecord({"arch": s.arch})}), reply_to=msg)
 
 
 def _transfer_targets(msg: Message, s: Student):
@@ -197,13 +201,11 @@ def query_logits(msg: Message, context: Context) -> Message:
     """This student's logits on the transfer set."""
     s = _load_student(msg, context)
     logits = encode_logits(predict_logits(s.model, s.world.transfer_x, s.device))
-    content = RecordDict({P.KEY_LOGITS: logits, P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: s.client}), P.KEY_INFO: ConfigRecord({"arch": s.arch})})
-    return Message(content, reply_to=msg)
+    return _reply(msg, s, {P.KEY_LOGITS: logits, P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: s.client})})
 
 
 @app.evaluate()
 def evaluate_student(msg: Message, context: Context) -> Message:
     """Accuracy and loss of this student on the test split."""
     s = _load_student(msg, context)
-    content = RecordDict({P.KEY_METRICS: _metrics(s), P.KEY_INFO: ConfigRecord({"arch": s.arch})})
-    return Message(content, reply_to=msg)
+    return _reply(msg, s, {P.KEY_METRICS: _metrics(s)})

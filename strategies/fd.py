@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from peerkd.codec import CodecError, decode_logits
-from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, KEY_LOGITS, MSG_CLASS_DISTILL
+from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from strategies.aggregation import class_consensus
 from strategies.base import LogitDistillation, ServerContext
 
@@ -35,7 +35,7 @@ class FederatedDistillation(LogitDistillation):
         return out
 
     def round_config(self) -> dict[str, Any]:
-        return {**super().round_config(), "reply-logits": False}  # the fd handler always sends class means
+        return {**super().round_config(), CFG_REPLY_LOGITS: False}  # the fd handler always sends class means
 
     def reply_shape(self) -> tuple[int, int]:
         c = self.ctx.world.num_classes
