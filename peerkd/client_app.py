@@ -32,6 +32,7 @@ from torch import nn
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.codec import decode_logits, encode_logits
+from peerkd.protocol import RoundParams
 from peerkd.models import build_model
 from peerkd.training import class_mean_logits, distill_only, evaluate, pick_device, predict_logits, train_model
 from peerkd.world import World, WorldSpec, build_world, load_node_data
@@ -51,25 +52,24 @@ class Student:
     arch: str
     model: nn.Module
     device: torch.device
-    config: ConfigRecord
+    params: RoundParams  # this message's training settings, decoded once
     private: tuple[np.ndarray, np.ndarray]  # this node's training data (inputs, labels)
 
     @property
     def seed(self) -> int:
         """A per-client, per-round seed for batch order."""
         spec = self.world.spec
-        return spec.seed * 1_000_003 + self.client * 1_009 + int(self.config.get(P.CFG_ROUND, 0))
+        return spec.seed * 1_000_003 + self.client * 1_009 + self.params.round
 
 
 def _load_student(msg: Message, context: Context) -> Student:
-    config = msg.content[P.KEY_CONFIG]
-    spec = WorldSpec.from_config(dict(config))
+    config = dict(msg.content[P.KEY_CONFIG])
+    spec, params = WorldSpec.from_config(config), RoundParams.from_config(config)
     world = build_world(spec)
     client = int(context.node_config[P.NODE_PARTITION_ID])
     if not 0 <= client < spec.num_clients:
         raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
-    students = str(config[P.CFG_STUDENTS]).split(",")
-    arch = str(context.node_config.get(P.NODE_STUDENT, students[client % len(students)]))
+    arch = str(context.node_config.get(P.NODE_STUDENT, params.students[client % len(params.students)]))
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: 1 thread per actor is ~7x faster under load
@@ -77,7 +77,7 @@ def _load_student(msg: Message, context: Context) -> Student:
     meta = context.state.get(_STATE_META)
     if meta is not None and meta["arch"] == arch and _STATE_WEIGHTS in context.state:
         model.load_state_dict(context.state[_STATE_WEIGHTS].to_torch_state_dict())
-    return Student(world, client, arch, model.to(device), device, config, _private_data(world, client, context))
+    return Student(world, client, arch, model.to(device), device, params, _private_data(world, client, context))
 
 
 def _private_data(world: World, client: int, context: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -94,14 +94,14 @@ def _save_student(s: Student, context: Context) -> None:
     context.state[_STATE_META] = ConfigRecord({"arch": s.arch})
 
 
-def _train(s: Student, targets=None, alpha: float = 0.0, temperature: float = 1.0) -> tuple[float, float]:
-    """Train for the configured epochs; return (train loss, seconds)."""
-    x, y = s.private
+def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]:
+    """Train for the configured epochs (CE, plus KD toward ``targets`` on the transfer set or
+    ``sample_targets`` on the private samples when given); return (train loss, seconds)."""
+    x, y, p = *s.private, s.params
     t0 = time.perf_counter()
     loss = train_model(
-        s.model, x, y, epochs=int(s.config[P.CFG_EPOCHS]), lr=float(s.config[P.CFG_LR]),
-        batch_size=int(s.config[P.CFG_BATCH_SIZE]), seed=s.seed, transfer_x=s.world.transfer_x,
-        targets=targets, alpha=alpha, temperature=temperature, device=s.device,
+        s.model, x, y, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=s.seed, transfer_x=s.world.transfer_x,
+        targets=targets, alpha=p.alpha, temperature=p.temperature, device=s.device, sample_targets=sample_targets,
     )
     return loss, time.perf_counter() - t0
 
@@ -116,12 +116,12 @@ def _finish(msg: Message, s: Student, context: Context, loss: float, secs: float
     """Save the student, evaluate it, and reply with metrics plus what the config asks for."""
     _save_student(s, context)
     records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs}), **(records or {})}
-    if bool(s.config.get(P.CFG_REPLY_LOGITS, False)):
+    if s.params.reply_logits:
         logits = predict_logits(s.model, s.world.transfer_x, s.device)
-        if bool(s.config.get(P.CFG_REPLY_PROBS, False)):
+        if s.params.reply_probs:
             logits = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
         records[P.KEY_LOGITS] = encode_logits(logits)
-    if bool(s.config.get(P.CFG_REPLY_PROBE, False)):
+    if s.params.reply_probe:
         records[P.KEY_PROBE] = encode_logits(predict_logits(s.model, s.world.split("server")[0], s.device))
     return _reply(msg, s, records)
 
@@ -151,8 +151,7 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
     s = _load_student(msg, context)
-    targets = _transfer_targets(msg, s)
-    loss, secs = _train(s, targets, float(s.config[P.CFG_ALPHA]), float(s.config[P.CFG_TEMPERATURE]))
+    loss, secs = _train(s, targets=_transfer_targets(msg, s))
     return _finish(msg, s, context, loss, secs)
 
 
@@ -161,12 +160,11 @@ def digest(msg: Message, context: Context) -> Message:
     """Digest (fit the targets on the transfer set, KD alone), then revisit (CE epochs)."""
     s = _load_student(msg, context)
     targets = _transfer_targets(msg, s)
+    p = s.params
     t0 = time.perf_counter()
-    if targets is not None and int(s.config.get(P.CFG_DIGEST_EPOCHS, 1)) > 0:
-        distill_only(
-            s.model, s.world.transfer_x, targets, epochs=int(s.config[P.CFG_DIGEST_EPOCHS]), lr=float(s.config[P.CFG_LR]),
-            batch_size=int(s.config[P.CFG_BATCH_SIZE]), seed=s.seed, temperature=float(s.config[P.CFG_TEMPERATURE]), device=s.device,
-        )
+    if targets is not None and p.digest_epochs > 0:
+        distill_only(s.model, s.world.transfer_x, targets, epochs=p.digest_epochs, lr=p.lr, batch_size=p.batch_size,
+                     seed=s.seed, temperature=p.temperature, device=s.device)
     loss, _ = _train(s)
     return _finish(msg, s, context, loss, time.perf_counter() - t0)
 
@@ -185,15 +183,10 @@ def class_distill(msg: Message, context: Context) -> Message:
         mask = decode_logits(ArrayRecord({P.ARRAY_LOGITS: record[P.ARRAY_MASK]}), (c,)) if P.ARRAY_MASK in record else np.ones(c)
         table[mask <= 0] = np.nan
         sample_targets = table[y]
-    t0 = time.perf_counter()
-    loss = train_model(
-        s.model, x, y, epochs=int(s.config[P.CFG_EPOCHS]), lr=float(s.config[P.CFG_LR]), batch_size=int(s.config[P.CFG_BATCH_SIZE]),
-        seed=s.seed, alpha=float(s.config[P.CFG_ALPHA]), temperature=float(s.config[P.CFG_TEMPERATURE]), device=s.device,
-        sample_targets=sample_targets,
-    )
+    loss, secs = _train(s, sample_targets=sample_targets)
     means, counts = class_mean_logits(predict_logits(s.model, x, s.device), y, c)
     record = ArrayRecord({P.ARRAY_LOGITS: Array(means), P.ARRAY_COUNTS: Array(counts)})
-    return _finish(msg, s, context, loss, time.perf_counter() - t0, {P.KEY_LOGITS: record})
+    return _finish(msg, s, context, loss, secs, {P.KEY_LOGITS: record})
 
 
 @app.query("logits")

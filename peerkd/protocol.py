@@ -5,6 +5,12 @@ peer logits on the transfer set) and its reply carries fresh logits, so a round 
 round trip.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 # Message types (Flower routes "<category>.<action>" to @app.<category>("<action>")).
 MSG_TRAIN = "train"  # local CE epochs; weights in/out for fedavg
 MSG_DISTILL = "train.distill"  # CE + KD toward targets; reply with logits on the transfer set
@@ -54,3 +60,39 @@ NODE_DATA_PATH = "data-path"
 NODE_DATA_LABEL = "data-label"  # label column of a .csv data-path
 NODE_STUDENT = "student"
 KEY_INFO = "info"  # ConfigRecord: the reply's non-numeric facts (student architecture)
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """A message's training settings, decoded once (the server writes them with the keys above).
+
+    ``epochs``, ``lr`` and ``batch_size`` are always sent; the rest default to "off":
+    no distillation weight, T = 1, no digest epochs, nothing extra in the reply.
+    """
+
+    round: int = 0
+    students: tuple[str, ...] = ()
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 32
+    alpha: float = 0.0
+    temperature: float = 1.0
+    digest_epochs: int = 0
+    reply_logits: bool = False
+    reply_probs: bool = False
+    reply_probe: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "RoundParams":
+        """Typed fields from a message's ConfigRecord (missing optional keys take the defaults)."""
+        d = cls()
+        get = config.get
+        return cls(
+            round=int(get(CFG_ROUND, d.round)),
+            students=tuple(s for s in str(get(CFG_STUDENTS, "")).split(",") if s),
+            epochs=int(config[CFG_EPOCHS]), lr=float(config[CFG_LR]), batch_size=int(config[CFG_BATCH_SIZE]),
+            alpha=float(get(CFG_ALPHA, d.alpha)), temperature=float(get(CFG_TEMPERATURE, d.temperature)),
+            digest_epochs=int(get(CFG_DIGEST_EPOCHS, d.digest_epochs)),
+            reply_logits=bool(get(CFG_REPLY_LOGITS, False)), reply_probs=bool(get(CFG_REPLY_PROBS, False)),
+            reply_probe=bool(get(CFG_REPLY_PROBE, False)),
+        )

@@ -39,7 +39,7 @@ class WorldSpec:
     transfer: str = "public"  # public | imbalanced | noise | another built-in dataset
     transfer_size: int = 0  # 0: the public split's size
     partition: str = "dirichlet"
-    alpha: float = 0.3
+    partition_alpha: float = 0.3  # Dirichlet concentration (not the KD weight, which is a rule setting)
     classes_per_client: int = 2
     min_size: int = 10
     samples_per_client: int = 0  # cap each private shard at this many samples (0: no cap)
@@ -111,7 +111,7 @@ def _build_world(spec: WorldSpec) -> World:
     rng = np.random.default_rng(spec.seed)
     splits = split_indices(data.y, spec.test_frac, spec.public_frac, spec.server_frac, rng)
     parts = partition_labels(
-        data.y[splits.pool], spec.num_clients, spec.partition, alpha=spec.alpha,
+        data.y[splits.pool], spec.num_clients, spec.partition, alpha=spec.partition_alpha,
         classes_per_client=spec.classes_per_client, min_size=spec.min_size, seed=spec.seed,
     )
     if spec.samples_per_client > 0:

@@ -88,11 +88,9 @@ def _compose(command: str, overrides: list[str]):
 @functools.cache
 def _register() -> None:
     """Schemas and group options into Hydra's ConfigStore, once per process."""
-    from simulations import sweep
     from simulations.config import register
 
     register()
-    sweep.register()
 
 
 def _run(args: list[str]) -> int:
@@ -237,17 +235,9 @@ def _hydra_message(exc: Exception) -> str:
 
 
 def _schema_fields(schema: str) -> list[str]:
-    import dataclasses
+    from simulations.config import schema_fields
 
-    from simulations import config
-
-    if schema == "SweepConf":
-        from hydra.core.config_store import ConfigStore
-
-        node = ConfigStore.instance().load("sweep_schema.yaml").node
-        return list(node.keys())
-    cls = getattr(config, schema, None)
-    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    return schema_fields(schema)
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -93,6 +93,28 @@ class CompareConf(RunConf):
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
+@dataclass
+class SweepConf(CompareConf):
+    grid: list[str] = field(default_factory=list)  # Hydra sweep overrides: "num_clients=2,4,8,16"
+    parallel: int = 0  # runs at once (1: in this process; 0: one per CPU core, at most 4)
+    report: bool = True  # write report.md and plots when the sweep ends
+
+
+SCHEMAS: dict[str, type] = {"run_schema": RunConf, "compare_schema": CompareConf, "sweep_schema": SweepConf}
+
+
+def schema_fields(schema: str) -> list[str]:
+    """The keys of a config node type by its name (``RunConf``, ``DataConf``, ...), for errors."""
+    import dataclasses
+
+    cls = {c.__name__: c for c in _node_types()}.get(schema)
+    return [f.name for f in dataclasses.fields(cls)] if cls is not None else []
+
+
+def _node_types() -> list[type]:
+    return [*SCHEMAS.values(), DataConf, PartitionConf, TrainConf, ResourcesConf, StrategyConf]
+
+
 GROUPS: dict[str, tuple[type, dict[str, dict[str, Any]]]] = {
     "strategy": (StrategyConf, {name: {"name": name} for name in RULES}),
     "data": (DataConf, {name: {"name": name} for name in (*BUILTIN_DATASETS, "file")}),
@@ -103,8 +125,8 @@ GROUPS: dict[str, tuple[type, dict[str, dict[str, Any]]]] = {
 def register() -> None:
     """Put the schemas and every group option into Hydra's ConfigStore."""
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConf)
-    cs.store(name="compare_schema", node=CompareConf)
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node)
     for group, (schema, options) in GROUPS.items():
         for name, values in options.items():
             cs.store(group=group, name=name, node=schema(**values))
@@ -126,7 +148,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     world = WorldSpec(
         dataset=d.name, data_path=d.path or "", data_label=d.label, test_frac=d.test_frac,
         public_frac=d.public_frac, server_frac=d.server_frac, transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
-        transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)), partition=p.name, alpha=p.alpha,
+        transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)), partition=p.name, partition_alpha=p.alpha,
         classes_per_client=p.classes_per_client, min_size=p.min_size,
         samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
         num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed,

@@ -94,7 +94,7 @@ def compare(
         writer.writerows(rows)
     world = runs[0][2].world
     header = (f"# peerkd comparison\n\n{world.dataset}, {world.num_clients} clients, {world.partition} partition"
-              f"{f' (alpha {world.alpha:g})' if world.partition == 'dirichlet' else ''}, {runs[0][2].rounds} rounds, "
+              f"{f' (alpha {world.partition_alpha:g})' if world.partition == 'dirichlet' else ''}, {runs[0][2].rounds} rounds, "
               f"seeds {sorted({s for _, s, _, _ in runs})}; accuracy on the held-out test split, "
               f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s.\n\n")
     (out / "comparison.md").write_text(header + markdown_table(rows))

@@ -49,21 +49,6 @@ class SweepRun:
         return " ".join([self.rule, f"seed {self.seed}", *(f"{k}={v}" for k, v in self.point)])
 
 
-def register() -> None:
-    """Put the sweep schema into Hydra's ConfigStore (after ``simulations.config.register``)."""
-    from hydra.core.config_store import ConfigStore
-
-    from simulations.config import CompareConf
-
-    @dataclass
-    class SweepConf(CompareConf):
-        grid: list[str] = field(default_factory=list)  # Hydra sweep overrides: "num_clients=2,4,8,16"
-        parallel: int = 0  # runs at once (1: in this process; 0: one per CPU core, at most 4)
-        report: bool = True  # write report.md and plots when the sweep ends
-
-    ConfigStore.instance().store(name="sweep_schema", node=SweepConf)
-
-
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Plain overrides, and sweep axes (``key=a,b``, ``key=range(0,3)``) by key, from a command line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
