@@ -106,8 +106,15 @@ def screen_reply(reply: Message, strategy, num_clients: int) -> tuple[dict[str, 
     return values, None
 
 
-def run_federation(grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_round: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run all rounds of ``strategy`` on the nodes of ``grid``; write and return the summary."""
+def run_federation(
+    grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_round: Callable[[dict], None] | None = None,
+    summary_extra: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run all rounds of ``strategy`` on the nodes of ``grid``; write and return the summary.
+
+    ``summary_extra()`` is called after the last round; its entries (e.g. the engine's
+    name, device and peak memory) are added to the summary.
+    """
     t_start = time.perf_counter()
     world = build_world(spec.world)
     device = pick_device()
@@ -150,6 +157,7 @@ def run_federation(grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_ro
         "students": list(spec.students),
         "private": strategy.private,
         **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
+        **(summary_extra() if summary_extra else {}),
     }
     writer.finish(summary)
     return summary

@@ -91,6 +91,7 @@ class RunConf:
 class CompareConf(RunConf):
     rules: list[str] = field(default_factory=lambda: ["local", "fedavg", "teacher", "peer"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    pair: list[str] = field(default_factory=lambda: ["peer", "teacher"])  # the report's headline paired difference: first - second
 
 
 @dataclass
