@@ -12,11 +12,13 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
@@ -24,7 +26,7 @@ from peerkd import protocol as P
 from peerkd.codec import CodecError, array_bytes
 from peerkd.results import RunWriter, accuracy_stats
 from peerkd.training import pick_device
-from peerkd.world import WorldSpec, build_world
+from peerkd.world import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
 
@@ -42,6 +44,35 @@ class RunSpec:
     round_timeout: float = 600.0  # seconds to wait for a round's replies
     wait_timeout: float = 120.0  # seconds to wait for nodes to connect at start
     measure_agreement: bool = True  # peer-agreement metrics (may ask clients for measurement-only logits)
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What the server knows when a rule is set up."""
+
+    world: World
+    students: tuple[str, ...]
+    seed: int
+    device: torch.device
+    epochs: int
+    lr: float
+    batch_size: int
+    measure_agreement: bool = True  # ask clients for transfer-set logits even if the rule needs none
+
+
+class ExchangeRule(Protocol):
+    """What the round loop needs of a rule (``strategies.base.DistillationStrategy`` provides it)."""
+
+    name: str
+    private: bool
+
+    def setup(self, ctx: ServerContext) -> dict[str, Any]: ...
+    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> Iterable[Message]: ...
+    def check_reply(self, content: RecordDict) -> None: ...
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]: ...
+    def client_accuracy(self, metrics: dict[str, Any]) -> tuple[float, float] | None: ...
+    def measurement_keys(self) -> set[str]: ...
+    def agreement_logits(self, replies: list[Message]) -> np.ndarray | None: ...
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -84,7 +115,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll: 
     return replies, sent
 
 
-def screen_reply(reply: Message, strategy, num_clients: int) -> tuple[dict[str, Any] | None, str | None]:
+def screen_reply(reply: Message, strategy: ExchangeRule, num_clients: int) -> tuple[dict[str, Any] | None, str | None]:
     """The reply's metrics if it is well-formed, else None and the reason it was rejected."""
     if reply.has_error():
         return None, f"client error: {reply.error.reason}"
@@ -107,7 +138,7 @@ def screen_reply(reply: Message, strategy, num_clients: int) -> tuple[dict[str, 
 
 
 def run_federation(
-    grid: Grid, spec: RunSpec, strategy, writer: RunWriter, on_round: Callable[[dict], None] | None = None,
+    grid: Grid, spec: RunSpec, strategy: ExchangeRule, writer: RunWriter, on_round: Callable[[dict], None] | None = None,
     summary_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run all rounds of ``strategy`` on the nodes of ``grid``; write and return the summary.
@@ -118,8 +149,6 @@ def run_federation(
     t_start = time.perf_counter()
     world = build_world(spec.world)
     device = pick_device()
-    from strategies.base import ServerContext
-
     ctx = ServerContext(world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement)
     run_metrics = strategy.setup(ctx)
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
@@ -128,10 +157,13 @@ def run_federation(
         **spec.world.to_config(), P.CFG_STUDENTS: ",".join(spec.students),
         P.CFG_EPOCHS: spec.epochs, P.CFG_LR: spec.lr, P.CFG_BATCH_SIZE: spec.batch_size,
     }
-    latest: dict[int, dict[str, Any]] = {}
+    latest: dict[int, dict[str, Any]] = {}  # each client's last accepted row
     totals = Counter()
     for rnd in range(1, spec.rounds + 1):
-        row = _run_round(grid, spec, strategy, writer, rnd, base_config, latest)
+        row, client_rows = _run_round(grid, spec, strategy, rnd, ConfigRecord({**base_config, P.CFG_ROUND: rnd}))
+        for client_row in client_rows:
+            writer.log(client_row)
+            latest[client_row["client"]] = client_row
         totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
@@ -163,10 +195,16 @@ def run_federation(
     return summary
 
 
-def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[str, Any]:
+def _run_round(
+    grid: Grid, spec: RunSpec, strategy: ExchangeRule, rnd: int, config: ConfigRecord,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One round: messages out, replies screened and aggregated.
+
+    Returns the round's row (accuracy stats, replies, rejections, bytes, rule metrics) and
+    one row per accepted client; the caller writes them.
+    """
     t0 = time.perf_counter()
     node_ids = sorted(grid.get_node_ids())  # nodes that joined late take part from now on
-    config = ConfigRecord({**base_config, P.CFG_ROUND: rnd})
     messages = list(strategy.configure_round(rnd, node_ids, config, grid))
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
     replies, sent = send_and_receive(grid, messages, spec.round_timeout)
@@ -199,11 +237,9 @@ def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[s
             "train_s": values.get(P.METRIC_TRAIN_S), "num_examples": values.get(P.METRIC_NUM_EXAMPLES),
             "bytes_up": up, "bytes_down": down.get(node, 0), "bytes_measure": measure,
         }
-        writer.log(row)
         rows.append(row)
-        latest[row["client"]] = row
     answered = {sent.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies}
-    return {
+    round_row = {
         "type": "round", "round": rnd, **accuracy_stats([r["acc"] for r in rows]),
         "replies": len(rows), "rejected": len(rejected), "rejections": rejected,
         "missing": sorted(set(down) - answered),
@@ -211,6 +247,7 @@ def _run_round(grid, spec, strategy, writer, rnd, base_config, latest) -> dict[s
         "bytes_down": sum(down.values()), "bytes_measure": sum(r["bytes_measure"] for r in rows),
         "round_s": time.perf_counter() - t0, **round_metrics,
     }
+    return round_row, rows
 
 
 def _reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:
@@ -238,7 +275,7 @@ def _by_arch(per_client: list[dict[str, Any]]) -> dict[str, dict[str, float | No
     return {arch: {**accuracy_stats(accs), "clients": len(accs)} for arch, accs in sorted(groups.items())}
 
 
-def make_server_app(spec: RunSpec, strategy, out_dir: str, config: dict[str, Any], on_round=None) -> ServerApp:
+def make_server_app(spec: RunSpec, strategy: ExchangeRule, out_dir: str, config: dict[str, Any], on_round=None) -> ServerApp:
     """A ServerApp bound to one run's settings (used by ``peerkd run`` and the tests)."""
     server = ServerApp()
 
@@ -247,60 +284,3 @@ def make_server_app(spec: RunSpec, strategy, out_dir: str, config: dict[str, Any
         run_federation(grid, spec, strategy, RunWriter(out_dir, config), on_round)
 
     return server
-
-
-# --- `flwr run .` entry point -------------------------------------------------------
-# The repo root is a Flower app (pyproject [tool.flwr.app]); its flat run config
-# (`--run-config "strategy='teacher' rounds=5"`) maps onto the same structured config as
-# `peerkd run`, and is validated by the same functions.
-RUN_CONFIG_KEYS = {
-    "strategy": "strategy.name", "alpha": "strategy.alpha", "temperature": "strategy.temperature",
-    "teacher": "strategy.teacher", "teacher-epochs": "strategy.teacher_epochs",
-    "data": "data.name", "data-path": "data.path", "data-label": "data.label",
-    "transfer": "data.transfer", "transfer-size": "data.transfer_size",
-    "test-frac": "data.test_frac", "public-frac": "data.public_frac", "server-frac": "data.server_frac",
-    "partition": "partition.name", "partition-alpha": "partition.alpha",
-    "classes-per-client": "partition.classes_per_client", "min-size": "partition.min_size",
-    "samples-per-client": "partition.samples_per_client",
-    "epochs": "train.epochs", "lr": "train.lr", "batch-size": "train.batch_size",
-    "num-clients": "num_clients", "rounds": "rounds", "seed": "seed", "students": "students",
-    "out": "out", "round-timeout": "round_timeout",
-}
-
-
-def config_from_run_config(run_config: dict[str, Any]):
-    """The validated structured config (``simulations.config.RunConf``) for a flat run config."""
-    from omegaconf import OmegaConf
-
-    from peerkd.errors import ConfigError
-    from simulations.config import RunConf
-
-    cfg = OmegaConf.structured(RunConf)
-    for key, value in run_config.items():
-        if key not in RUN_CONFIG_KEYS:
-            raise ConfigError(key, "unknown run-config key", RUN_CONFIG_KEYS)
-        if key == "students":
-            value = [s.strip() for s in str(value).split(",") if s.strip()]
-        OmegaConf.update(cfg, RUN_CONFIG_KEYS[key], value, merge=False)
-    return cfg
-
-
-app = ServerApp()
-
-
-@app.main()
-def flower_main(grid: Grid, context: Context) -> None:
-    """ServerApp for `flwr run .`: settings from the run config, results under ``out``."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from simulations.config import to_run_spec, to_strategy
-
-    logging.getLogger("peerkd").setLevel(logging.INFO)
-    cfg = config_from_run_config(dict(context.run_config))
-    spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
-    out = Path(cfg.out or f"runs/flwr-{context.run_id}").resolve()
-    log.info("peerkd: %s on %s, %d clients, %d rounds; results in %s", strategy.name, spec.world.dataset,
-             spec.world.num_clients, spec.rounds, out)
-    run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)))

@@ -5,10 +5,12 @@ Everything below ``to_run_spec`` / ``to_strategy`` takes plain typed arguments.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from peerkd.data import BUILTIN_DATASETS
 from peerkd.errors import ConfigError, check_choice, check_range
@@ -17,7 +19,7 @@ from peerkd.partition import PARTITIONS
 from peerkd.server_app import RunSpec
 from peerkd.transfer import TRANSFER_KINDS
 from peerkd.world import WorldSpec
-from strategies import RULES, build_strategy
+from strategies import RULES, build_strategy, rule_settings
 from strategies.base import DistillationStrategy
 
 
@@ -42,19 +44,25 @@ class PartitionConf:
     samples_per_client: int = 0  # cap each private shard (data-scarcity studies); 0 = no cap
 
 
-@dataclass
-class StrategyConf:
-    name: str = "peer"  # see strategies.RULES
-    alpha: float = 1.0  # weight of the KD term
-    temperature: float = 4.0  # KD temperature T (loss scaled by T^2); dsfl uses 1
-    teacher: str = "auto"  # teacher model (auto: cnn_large for images, mlp256x2 for flat data)
-    teacher_epochs: int = 30
-    teacher_members: int = 3  # teacher_ensemble: teachers averaged
-    weight_lr: float = 1.0  # wml: mirror-descent step size on the peer weights
-    weight_steps: int = 5  # wml: mirror-descent steps per round
-    era_temperature: float = 0.1  # dsfl: ERA sharpening temperature
-    digest_epochs: int = 2  # dsfl, fedmd: epochs fitting the targets on the transfer set
-    server_epochs: int = 2  # feddf: server distillation epochs per round
+def _rule_node(name: str) -> type:
+    """A config node type for rule ``name``: its ``name`` and exactly the settings its
+    constructor takes, with the constructor's defaults (``peerkd run strategy=X``)."""
+    fields = [(k, typ, field(default=default)) for k, (typ, default) in rule_settings(name).items()]
+    title = "".join(part.capitalize() for part in name.split("_"))
+    return dataclasses.make_dataclass(f"{title}RuleConf", [("name", str, field(default=name)), *fields])
+
+
+RULE_NODES: dict[str, type] = {name: _rule_node(name) for name in RULES}
+
+
+def _shared_rule_node() -> type:
+    """Settings for commands that run several rules (compare, sweep): every key some rule takes,
+    default null (each rule's own default); a set key applies to every rule that takes it."""
+    keys = {k: typ for name in RULES for k, (typ, _) in rule_settings(name).items()}
+    return dataclasses.make_dataclass("SharedRuleConf", [(k, Optional[typ], field(default=None)) for k, typ in keys.items()])
+
+
+SharedRuleConf = _shared_rule_node()
 
 
 @dataclass
@@ -72,7 +80,7 @@ class ResourcesConf:
 
 @dataclass
 class RunConf:
-    strategy: StrategyConf = field(default_factory=StrategyConf)
+    strategy: Any = MISSING  # one rule's node from the `strategy` group: its name and settings
     data: DataConf = field(default_factory=DataConf)
     partition: PartitionConf = field(default_factory=PartitionConf)
     train: TrainConf = field(default_factory=TrainConf)
@@ -89,6 +97,7 @@ class RunConf:
 
 @dataclass
 class CompareConf(RunConf):
+    strategy: Any = field(default_factory=SharedRuleConf)  # settings for every rule in `rules` that takes them
     rules: list[str] = field(default_factory=lambda: ["local", "fedavg", "teacher", "peer"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     pair: list[str] = field(default_factory=lambda: ["peer", "teacher"])  # the report's headline paired difference: first - second
@@ -113,13 +122,13 @@ def schema_fields(schema: str) -> list[str]:
 
 
 def _node_types() -> list[type]:
-    return [*SCHEMAS.values(), DataConf, PartitionConf, TrainConf, ResourcesConf, StrategyConf]
+    return [*SCHEMAS.values(), DataConf, PartitionConf, TrainConf, ResourcesConf, SharedRuleConf, *RULE_NODES.values()]
 
 
-GROUPS: dict[str, tuple[type, dict[str, dict[str, Any]]]] = {
-    "strategy": (StrategyConf, {name: {"name": name} for name in RULES}),
-    "data": (DataConf, {name: {"name": name} for name in (*BUILTIN_DATASETS, "file")}),
-    "partition": (PartitionConf, {name: {"name": name} for name in PARTITIONS}),
+GROUPS: dict[str, dict[str, Any]] = {  # config group -> option name -> its node
+    "strategy": {name: node() for name, node in RULE_NODES.items()},
+    "data": {name: DataConf(name=name) for name in (*BUILTIN_DATASETS, "file")},
+    "partition": {name: PartitionConf(name=name) for name in PARTITIONS},
 }
 
 
@@ -128,9 +137,9 @@ def register() -> None:
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=name, node=node)
-    for group, (schema, options) in GROUPS.items():
-        for name, values in options.items():
-            cs.store(group=group, name=name, node=schema(**values))
+    for group, options in GROUPS.items():
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)
 
 
 def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
@@ -142,10 +151,12 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     check_range("train.lr", t.lr, 0.0, 10.0, low_open=True)
     check_range("train.batch_size", t.batch_size, 1)
     check_range("round_timeout", cfg.round_timeout, 0.0, low_open=True)
+    if (rules := getattr(cfg, "rules", None)) is not None:  # compare, sweep: one settings node for several rules
+        check_shared_settings(cfg.strategy, list(rules))
     students = tuple(check_choice("students", s, MODELS) for s in cfg.students)
     if not students:
         raise ConfigError("students", "needs at least one model", MODELS)
-    check_choice("data", d.name, GROUPS["data"][1])
+    check_choice("data", d.name, GROUPS["data"])
     world = WorldSpec(
         dataset=d.name, data_path=d.path or "", data_label=d.label, test_frac=d.test_frac,
         public_frac=d.public_frac, server_frac=d.server_frac, transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
@@ -158,24 +169,35 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
                    batch_size=t.batch_size, round_timeout=cfg.round_timeout, measure_agreement=cfg.measure_agreement)
 
 
-def to_strategy(s: StrategyConf, rule: str | None = None) -> DistillationStrategy:
-    """Validate strategy settings and instantiate the rule (``rule`` overrides ``s.name``)."""
-    name = check_choice("strategy", rule or s.name, RULES)
-    check_range("strategy.alpha", s.alpha, 0.0, 100.0)
-    check_range("strategy.temperature", s.temperature, 0.0, 100.0, low_open=True)
-    check_choice("strategy.teacher", s.teacher, ("auto", *MODELS))
-    check_range("strategy.teacher_epochs", s.teacher_epochs, 1)
-    check_range("strategy.teacher_members", s.teacher_members, 1)
-    check_range("strategy.weight_lr", s.weight_lr, 0.0)
-    check_range("strategy.weight_steps", s.weight_steps, 0)
-    check_range("strategy.era_temperature", s.era_temperature, 0.0, low_open=True)
-    check_range("strategy.digest_epochs", s.digest_epochs, 0)
-    check_range("strategy.server_epochs", s.server_epochs, 0)
-    return build_strategy(
-        name, alpha=s.alpha, temperature=s.temperature, model=s.teacher, epochs=s.teacher_epochs, members=s.teacher_members,
-        weight_lr=s.weight_lr, weight_steps=s.weight_steps, era_temperature=s.era_temperature,
-        digest_epochs=s.digest_epochs, server_epochs=s.server_epochs,
-    )
+def to_strategy(s: Any, rule: str | None = None) -> DistillationStrategy:
+    """Instantiate the rule of a ``strategy`` node (``rule`` overrides its name).
+
+    A one-rule node (``peerkd run``) gives all its settings, and the rule's constructor
+    validates them. A shared node (compare, sweep) gives each rule the keys it takes that
+    are set; ``check_shared_settings`` refuses keys that no rule of the run takes.
+    """
+    values = {k: v for k, v in _as_dict(s).items() if v is not None}
+    name = check_choice("strategy", rule or values.get("name", ""), RULES)
+    values.pop("name", None)
+    if rule is not None and "name" not in _as_dict(s):  # a shared node: each rule takes its own keys
+        values = {k: v for k, v in values.items() if k in rule_settings(name)}
+    return build_strategy(name, **values)
+
+
+def check_shared_settings(s: Any, rules: list[str]) -> None:
+    """Refuse a shared-node setting that none of ``rules`` takes (it would silently do nothing)."""
+    takes = {k for rule in rules for k in rule_settings(check_choice("strategy", rule, RULES))}
+    for key, value in _as_dict(s).items():
+        if value is not None and key not in takes:
+            raise ConfigError(f"strategy.{key}", f"no rule of {list(rules)} takes it", sorted(takes) or "none")
+
+
+def _as_dict(node: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(node):
+        return dataclasses.asdict(node)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def check_resources(r: ResourcesConf) -> dict[str, float]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Any
 
-from peerkd.errors import ConfigError
+from peerkd.errors import ConfigError, check_choice
 from strategies.base import DistillationStrategy
 from strategies.dsfl import DSFL
 from strategies.fd import FederatedDistillation
@@ -27,12 +29,19 @@ RULES: dict[str, type[DistillationStrategy]] = {
 }
 
 
-def build_strategy(name: str, **params: Any) -> DistillationStrategy:
-    """Instantiate rule ``name`` with the parameters its constructor takes (others are ignored)."""
-    import inspect
+def rule_settings(name: str) -> dict[str, tuple[type, Any]]:
+    """The settings rule ``name`` takes: ``{key: (type, default)}``, read from its constructor,
+    the one source of its defaults."""
+    cls = RULES[check_choice("strategy", name, RULES)]
+    hints = typing.get_type_hints(cls.__init__)
+    return {k: (hints[k], p.default) for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
 
-    if name not in RULES:
-        raise ConfigError("strategy", f"unknown rule {name!r}", RULES)
-    cls = RULES[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in params.items() if k in accepted})
+
+def build_strategy(name: str, **settings: Any) -> DistillationStrategy:
+    """Instantiate rule ``name``; a setting it does not take is refused, naming the keys it takes."""
+    takes = rule_settings(name)
+    for key in settings:
+        if key not in takes:
+            raise ConfigError(f"strategy.{key}", f"not a setting of rule {name!r}",
+                              ", ".join(takes) if takes else f"none; {name} takes no settings")
+    return RULES[name](**settings)

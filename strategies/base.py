@@ -10,35 +10,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from peerkd.codec import decode_logits, encode_logits
-from peerkd.errors import ConfigError
+from peerkd.errors import ConfigError, check_range
 from peerkd.protocol import (
     CFG_ALPHA, CFG_REPLY_LOGITS, CFG_TEMPERATURE, KEY_CONFIG, KEY_LOGITS, KEY_METRICS, KEY_TARGETS,
     METRIC_PARTITION, MSG_DISTILL,
 )
-from peerkd.world import World
-
-
-@dataclass(frozen=True)
-class ServerContext:
-    """What the server knows when a rule is set up."""
-
-    world: World
-    students: tuple[str, ...]
-    seed: int
-    device: torch.device
-    epochs: int
-    lr: float
-    batch_size: int
-    measure_agreement: bool = True  # ask clients for transfer-set logits even if the rule needs none
+from peerkd.server_app import ServerContext
 
 
 class DistillationStrategy(ABC):
@@ -108,8 +92,8 @@ class LogitDistillation(DistillationStrategy):
     message_type: ClassVar[str] = MSG_DISTILL
 
     def __init__(self, alpha: float = 1.0, temperature: float = 4.0):
-        self.alpha = alpha
-        self.temperature = temperature
+        self.alpha = check_range("strategy.alpha", alpha, 0.0, 100.0)
+        self.temperature = check_range("strategy.temperature", temperature, 0.0, 100.0, low_open=True)
 
     @abstractmethod
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:

@@ -15,9 +15,11 @@ import numpy as np
 from flwr.app import Message
 
 from peerkd.codec import decode_logits
+from peerkd.errors import check_range
 from peerkd.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_DIGEST
+from peerkd.server_app import ServerContext
 from strategies.aggregation import entropy_reduction_average
-from strategies.base import LogitDistillation, ServerContext
+from strategies.base import LogitDistillation
 
 
 class DSFL(LogitDistillation):
@@ -28,8 +30,8 @@ class DSFL(LogitDistillation):
 
     def __init__(self, era_temperature: float = 0.1, digest_epochs: int = 2):
         super().__init__(alpha=1.0, temperature=1.0)  # DS-FL distills at T = 1
-        self.era_temperature = era_temperature
-        self.digest_epochs = digest_epochs
+        self.era_temperature = check_range("strategy.era_temperature", era_temperature, 0.0, low_open=True)
+        self.digest_epochs = int(check_range("strategy.digest_epochs", digest_epochs, 0))
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.global_probs: np.ndarray | None = None

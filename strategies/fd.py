@@ -16,8 +16,9 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from peerkd.codec import CodecError, decode_logits
 from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
+from peerkd.server_app import ServerContext
 from strategies.aggregation import class_consensus
-from strategies.base import LogitDistillation, ServerContext
+from strategies.base import LogitDistillation
 
 
 class FederatedDistillation(LogitDistillation):

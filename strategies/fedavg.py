@@ -17,8 +17,9 @@ from peerkd.codec import CodecError, check_weights
 from peerkd.errors import ConfigError
 from peerkd.models import build_model
 from peerkd.protocol import KEY_ARRAYS, KEY_METRICS, METRIC_NUM_EXAMPLES
+from peerkd.server_app import ServerContext
 from peerkd.training import evaluate
-from strategies.base import DistillationStrategy, ServerContext
+from strategies.base import DistillationStrategy
 
 
 class FederatedAveraging(DistillationStrategy):

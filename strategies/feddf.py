@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Message
 
+from peerkd.errors import check_range
 from peerkd.models import build_model
 from peerkd.protocol import KEY_ARRAYS
 from peerkd.training import distill_only, evaluate, predict_logits
@@ -26,10 +27,11 @@ class FedDF(FederatedAveraging):
     name = "feddf"
     needs_transfer = True
 
-    def __init__(self, temperature: float = 1.0, server_epochs: int = 2):
+    # T = 4 is what every measured FedDF run used (README); Lin et al. tune T per task.
+    def __init__(self, temperature: float = 4.0, server_epochs: int = 2):
         super().__init__()
-        self.temperature = temperature
-        self.server_epochs = server_epochs
+        self.temperature = check_range("strategy.temperature", temperature, 0.0, 100.0, low_open=True)
+        self.server_epochs = int(check_range("strategy.server_epochs", server_epochs, 0))
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         ctx, world = self.ctx, self.ctx.world

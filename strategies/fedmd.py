@@ -15,8 +15,10 @@ import numpy as np
 from flwr.app import Message
 
 from peerkd.codec import decode_logits
+from peerkd.errors import check_range
 from peerkd.protocol import CFG_DIGEST_EPOCHS, KEY_LOGITS, MSG_DIGEST
-from strategies.base import LogitDistillation, ServerContext
+from peerkd.server_app import ServerContext
+from strategies.base import LogitDistillation
 
 
 class FedMD(LogitDistillation):
@@ -27,7 +29,7 @@ class FedMD(LogitDistillation):
 
     def __init__(self, temperature: float = 4.0, digest_epochs: int = 2):
         super().__init__(alpha=1.0, temperature=temperature)
-        self.digest_epochs = digest_epochs
+        self.digest_epochs = int(check_range("strategy.digest_epochs", digest_epochs, 0))
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.consensus: np.ndarray | None = None

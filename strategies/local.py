@@ -21,5 +21,8 @@ class LocalOnly(LogitDistillation):
     wants_logits = False
     needs_transfer = False
 
+    def __init__(self) -> None:
+        super().__init__()  # no settings: nothing is distilled
+
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         return {n: None for n in node_ids}

@@ -13,8 +13,9 @@ from flwr.app import Message
 
 from peerkd.codec import decode_logits
 from peerkd.protocol import KEY_LOGITS
+from peerkd.server_app import ServerContext
 from strategies.aggregation import peer_targets
-from strategies.base import LogitDistillation, ServerContext
+from strategies.base import LogitDistillation
 
 
 class PeerMutualLearning(LogitDistillation):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerkd.errors import ConfigError, check_choice
+from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.models import MODELS, build_model
+from peerkd.server_app import ServerContext
 from peerkd.training import predict_logits, train_model
 from peerkd.world import World
-from strategies.base import LogitDistillation, ServerContext
+from strategies.base import LogitDistillation
 
 
 def default_teacher(input_shape: tuple[int, ...]) -> str:
@@ -28,11 +29,10 @@ class TeacherDistillation(LogitDistillation):
     name = "teacher"
     wants_logits = False
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, model: str = "auto", epochs: int = 30):
+    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, teacher: str = "auto", teacher_epochs: int = 30):
         super().__init__(alpha, temperature)
-        check_choice("strategy.teacher", model, ("auto", *MODELS))
-        self.model_name = model
-        self.epochs = epochs
+        self.model_name = check_choice("strategy.teacher", teacher, ("auto", *MODELS))
+        self.epochs = int(check_range("strategy.teacher_epochs", teacher_epochs, 1))
 
     def teacher_data(self, world: World) -> tuple[np.ndarray, np.ndarray]:
         """What the teacher trains on: the labelled ``server`` split, never client data."""

@@ -4,6 +4,7 @@ soft labels than one teacher (Hinton et al. 2015, §3; FedDF's fusion uses the s
 
 from __future__ import annotations
 
+from peerkd.errors import check_range
 from strategies.teacher import TeacherDistillation
 
 
@@ -12,9 +13,10 @@ class EnsembleTeacher(TeacherDistillation):
 
     name = "teacher_ensemble"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, model: str = "auto", epochs: int = 30, members: int = 3):
-        super().__init__(alpha, temperature, model, epochs)
-        self.n_members = members
+    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, teacher: str = "auto", teacher_epochs: int = 30,
+                 teacher_members: int = 3):
+        super().__init__(alpha, temperature, teacher, teacher_epochs)
+        self.n_members = int(check_range("strategy.teacher_members", teacher_members, 1))
 
     def members(self) -> int:
         return self.n_members

@@ -17,9 +17,11 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.codec import decode_logits
+from peerkd.errors import check_range
 from peerkd.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
+from peerkd.server_app import ServerContext
 from strategies.aggregation import _softmax, ensemble_nll_grad, mirror_descent_step, weighted_peer_targets
-from strategies.base import LogitDistillation, ServerContext, client_of
+from strategies.base import LogitDistillation, client_of
 
 
 class WeightedMutualLearning(LogitDistillation):
@@ -30,8 +32,8 @@ class WeightedMutualLearning(LogitDistillation):
 
     def __init__(self, alpha: float = 1.0, temperature: float = 4.0, weight_lr: float = 1.0, weight_steps: int = 5):
         super().__init__(alpha, temperature)
-        self.weight_lr = weight_lr
-        self.weight_steps = weight_steps
+        self.weight_lr = check_range("strategy.weight_lr", weight_lr, 0.0)
+        self.weight_steps = int(check_range("strategy.weight_steps", weight_steps, 0))
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)

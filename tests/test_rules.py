@@ -12,7 +12,7 @@ from peerkd.protocol import KEY_LOGITS, KEY_PROBE, KEY_TARGETS
 from peerkd.training import predict_logits, train_model
 from peerkd.world import WorldSpec, build_world
 from strategies import RULES, build_strategy
-from strategies.base import ServerContext
+from peerkd.server_app import ServerContext
 
 WORLD = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0))
 P, C = WORLD.transfer_x.shape[0], WORLD.num_classes
@@ -102,10 +102,10 @@ def test_feddf_fuses_the_average_toward_the_ensemble(flower_identity):
 
 
 def test_teacher_variants_train_on_what_they_claim():
-    server = build_strategy("teacher", epochs=1).setup(ctx())
-    oracle = build_strategy("oracle", epochs=1)
+    server = build_strategy("teacher", teacher_epochs=1).setup(ctx())
+    oracle = build_strategy("oracle", teacher_epochs=1)
     o = oracle.setup(ctx())
-    ens = build_strategy("teacher_ensemble", epochs=1, members=2).setup(ctx())
+    ens = build_strategy("teacher_ensemble", teacher_epochs=1, teacher_members=2).setup(ctx())
     assert server["teacher_train_size"] == len(WORLD.splits.server)
     assert o["teacher_train_size"] == len(WORLD.splits.pool)  # every client's shard pooled
     assert oracle.private is False and RULES["teacher"].private is True
