@@ -64,11 +64,11 @@ def partition_labels(
         )
     rng = np.random.default_rng(seed)
     if scheme == "iid":
-        from flwr_datasets.partitioner import IidPartitioner
-
+        # Flower Datasets' IidPartitioner cuts the shuffled pool into contiguous, near-equal
+        # shards (datasets' shard(contiguous=True)): np.array_split is the same cut
+        # (tests/test_partition.py checks it) without one Dataset.select per client.
         order = rng.permutation(n)
-        parts = _run_partitioner(IidPartitioner(num_partitions=num_clients), labels[order])
-        parts = [order[p] for p in parts]
+        parts = [order[p] for p in np.array_split(np.arange(n), num_clients)]
     elif scheme == "dirichlet":
         check_range("partition.alpha", alpha, 0.0, low_open=True)
         parts = _dirichlet(labels, num_clients, alpha, min_size, seed)
@@ -120,4 +120,10 @@ def _run_partitioner(partitioner, labels: np.ndarray) -> list[np.ndarray]:
     partitioner.dataset = HFDataset.from_dict({"label": labels.tolist(), "pos": np.arange(len(labels)).tolist()})
     with warnings.catch_warnings():  # its retry warnings are summarised by our own error
         warnings.simplefilter("ignore")
-        return [np.asarray(partitioner.load_partition(i)["pos"], dtype=np.int64) for i in range(partitioner.num_partitions)]
+        first = np.asarray(partitioner.load_partition(0)["pos"], dtype=np.int64)  # draws every partition
+    # The partitioners keep each partition's row indices (rows are positions here); reading them
+    # beats one Dataset.select per client (~3 ms each: 30 s for 10,000 clients).
+    by_id = getattr(partitioner, "_partition_id_to_indices", None)
+    if not by_id or not np.array_equal(np.asarray(by_id[0], dtype=np.int64), first):
+        return [first, *(np.asarray(partitioner.load_partition(i)["pos"], dtype=np.int64) for i in range(1, partitioner.num_partitions))]
+    return [np.asarray(by_id[i], dtype=np.int64) for i in range(partitioner.num_partitions)]

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.codec import CodecError, array_bytes
+from peerkd.participation import Roster
 from peerkd.results import RunWriter, accuracy_stats
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
@@ -44,6 +45,7 @@ class RunSpec:
     round_timeout: float = 600.0  # seconds to wait for a round's replies
     wait_timeout: float = 120.0  # seconds to wait for nodes to connect at start
     measure_agreement: bool = True  # peer-agreement metrics (may ask clients for measurement-only logits)
+    clients_per_round: int = 0  # partial participation: a seeded sample of this many clients per round (0: all)
 
 
 @dataclass(frozen=True)
@@ -152,18 +154,24 @@ def run_federation(
     ctx = ServerContext(world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement)
     run_metrics = strategy.setup(ctx)
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
-    wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
+    node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
         **spec.world.to_config(), P.CFG_STUDENTS: ",".join(spec.students),
         P.CFG_EPOCHS: spec.epochs, P.CFG_LR: spec.lr, P.CFG_BATCH_SIZE: spec.batch_size,
     }
+    roster = Roster(spec.world.num_clients, spec.clients_per_round, spec.world.seed)
+    if roster.partial:  # learn each node's client id, so that the sample picks clients
+        for node, values in _evaluate_nodes(grid, node_ids, {**base_config, P.CFG_ROUND: 0}, spec.round_timeout).items():
+            roster.learn(node, values[P.METRIC_PARTITION])
     latest: dict[int, dict[str, Any]] = {}  # each client's last accepted row
     totals = Counter()
     for rnd in range(1, spec.rounds + 1):
-        row, client_rows = _run_round(grid, spec, strategy, rnd, ConfigRecord({**base_config, P.CFG_ROUND: rnd}))
+        config = ConfigRecord({**base_config, P.CFG_ROUND: rnd})
+        row, client_rows = _run_round(grid, spec, strategy, rnd, config, roster.select(rnd, grid.get_node_ids()))
         for client_row in client_rows:
             writer.log(client_row)
             latest[client_row["client"]] = client_row
+            roster.learn(client_row["node_id"], client_row["client"])
         totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
@@ -171,40 +179,78 @@ def run_federation(
                  row["acc_mean"] or 0, row["acc_worst"] or 0, row["replies"], row["round_s"])
         if on_round:
             on_round(row)
-    per_client = [
-        {"client": c, "arch": r["arch"], "acc": r["acc"], "loss": r["loss"], "round": r["round"]}
-        for c, r in sorted(latest.items())
-    ]
+    if roster.partial:
+        for client_row in _final_rows(grid, spec, strategy, {**base_config, P.CFG_ROUND: spec.rounds}):
+            writer.log(client_row)
+            latest[client_row["client"]] = client_row
     summary = {
-        "strategy": strategy.name, "dataset": world.data.name, "num_clients": spec.world.num_clients,
-        "rounds": spec.rounds, "seed": spec.world.seed,
-        **accuracy_stats([r["acc"] for r in per_client]),
-        "teacher_acc": run_metrics.get("teacher_acc"),
-        "bytes_up": totals["bytes_up"], "bytes_down": totals["bytes_down"],
+        **_summary(spec, strategy, world, latest, totals, run_metrics),
         "wall_s": time.perf_counter() - t_start,
-        "per_client": per_client,
-        "acc_by_arch": _by_arch(per_client),
-        "rejected_replies": totals["rejected"],
-        "bytes_measure": totals["bytes_measure"],
-        "students": list(spec.students),
-        "private": strategy.private,
-        **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
         **(summary_extra() if summary_extra else {}),
     }
     writer.finish(summary)
     return summary
 
 
+def _summary(spec: RunSpec, strategy: ExchangeRule, world: World, latest: dict[int, dict[str, Any]], totals: Counter,
+             run_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The summary's fields from each client's last accepted row and the run's totals."""
+    per_client = [
+        {"client": c, "arch": r["arch"], "acc": r["acc"], "loss": r["loss"], "round": r["round"]}
+        for c, r in sorted(latest.items())
+    ]
+    return {
+        "strategy": strategy.name, "dataset": world.data.name, "num_clients": spec.world.num_clients,
+        "rounds": spec.rounds, "seed": spec.world.seed,
+        **accuracy_stats([r["acc"] for r in per_client]),
+        "teacher_acc": run_metrics.get("teacher_acc"),
+        "bytes_up": totals["bytes_up"], "bytes_down": totals["bytes_down"],
+        "per_client": per_client,
+        "acc_by_arch": _by_arch(per_client),
+        "rejected_replies": totals["rejected"],
+        "bytes_measure": totals["bytes_measure"],
+        "students": list(spec.students),
+        "private": strategy.private,
+        "clients_per_round": spec.clients_per_round or spec.world.num_clients,
+        **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
+    }
+
+
+def _evaluate_nodes(grid: Grid, node_ids: list[int], config: dict[str, Any], timeout: float) -> dict[int, dict[str, Any]]:
+    """One ``evaluate`` round trip (no arrays either way): each answering node's metrics, by node."""
+    record = ConfigRecord(config)
+    messages = [Message(RecordDict({P.KEY_CONFIG: record}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in node_ids]
+    replies, sent = send_and_receive(grid, messages, timeout)
+    out = {}
+    for reply in replies:
+        metrics = None if reply.has_error() else reply.content.get(P.KEY_METRICS)
+        values = dict(metrics) if isinstance(metrics, MetricRecord) else {}
+        if isinstance(values.get(P.METRIC_PARTITION), int) and isinstance(values.get(P.METRIC_TEST_ACC), float):
+            out[sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)] = {**values, "arch": _arch(reply)}
+    return out
+
+
+def _final_rows(grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """With partial participation, every client's accuracy after the last round (one evaluate round trip)."""
+    rows = []
+    for node, values in _evaluate_nodes(grid, sorted(grid.get_node_ids()), config, spec.round_timeout).items():
+        client = values[P.METRIC_PARTITION]
+        if 0 <= client < spec.world.num_clients:
+            acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values.get(P.METRIC_TEST_LOSS))
+            rows.append({"type": "client", "round": spec.rounds, "client": client, "node_id": node, "arch": values["arch"],
+                         "acc": acc, "loss": loss, "final_evaluation": True})
+    return rows
+
+
 def _run_round(
-    grid: Grid, spec: RunSpec, strategy: ExchangeRule, rnd: int, config: ConfigRecord,
+    grid: Grid, spec: RunSpec, strategy: ExchangeRule, rnd: int, config: ConfigRecord, node_ids: list[int],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One round: messages out, replies screened and aggregated.
+    """One round on ``node_ids``: messages out, replies screened and aggregated.
 
     Returns the round's row (accuracy stats, replies, rejections, bytes, rule metrics) and
     one row per accepted client; the caller writes them.
     """
     t0 = time.perf_counter()
-    node_ids = sorted(grid.get_node_ids())  # nodes that joined late take part from now on
     messages = list(strategy.configure_round(rnd, node_ids, config, grid))
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
     replies, sent = send_and_receive(grid, messages, spec.round_timeout)
@@ -229,10 +275,8 @@ def _run_round(
     for reply, values, up, measure in accepted:
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values[P.METRIC_TEST_LOSS])
-        info = reply.content.get(P.KEY_INFO)
         row = {
-            "type": "client", "round": rnd, "client": values[P.METRIC_PARTITION], "node_id": node,
-            "arch": str(info["arch"]) if isinstance(info, ConfigRecord) and "arch" in info else None,
+            "type": "client", "round": rnd, "client": values[P.METRIC_PARTITION], "node_id": node, "arch": _arch(reply),
             "acc": acc, "loss": loss, "train_loss": values.get(P.METRIC_TRAIN_LOSS),
             "train_s": values.get(P.METRIC_TRAIN_S), "num_examples": values.get(P.METRIC_NUM_EXAMPLES),
             "bytes_up": up, "bytes_down": down.get(node, 0), "bytes_measure": measure,
@@ -248,6 +292,12 @@ def _run_round(
         "round_s": time.perf_counter() - t0, **round_metrics,
     }
     return round_row, rows
+
+
+def _arch(reply: Message) -> str | None:
+    """The student architecture a reply names in its info record, if any."""
+    info = reply.content.get(P.KEY_INFO)
+    return str(info["arch"]) if isinstance(info, ConfigRecord) and "arch" in info else None
 
 
 def _reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:

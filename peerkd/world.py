@@ -33,6 +33,7 @@ class WorldSpec:
     dataset: str = "mnist5k"
     data_path: str = ""
     data_label: str = "label"
+    data_size: int = 0  # samples of a generated dataset (synth); 0: its default
     test_frac: float = 0.2
     public_frac: float = 0.1
     server_frac: float = 0.1
@@ -107,7 +108,7 @@ def build_world(spec: WorldSpec) -> World:
 
 
 def _build_world(spec: WorldSpec) -> World:
-    data = load_dataset(spec.dataset, spec.data_path or None, spec.data_label or None)
+    data = load_dataset(spec.dataset, spec.data_path or None, spec.data_label or None, spec.data_size)
     rng = np.random.default_rng(spec.seed)
     splits = split_indices(data.y, spec.test_frac, spec.public_frac, spec.server_frac, rng)
     parts = partition_labels(

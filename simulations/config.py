@@ -25,9 +25,10 @@ from strategies.base import DistillationStrategy
 
 @dataclass
 class DataConf:
-    name: str = "mnist5k"  # digits | mnist5k | mnist1d | file
+    name: str = "mnist5k"  # digits | mnist5k | mnist1d | synth | file
     path: Optional[str] = None  # .npz (x, y) or .csv, with data=file
     label: str = "label"  # label column of a CSV file
+    size: int = 0  # samples of a generated dataset (synth: 0 = 20,000); fleets of 10,000 clients need ~400,000
     test_frac: float = 0.2
     public_frac: float = 0.1  # transfer set: inputs shared, labels never used
     server_frac: float = 0.1  # labelled, for the central teacher only
@@ -79,12 +80,24 @@ class ResourcesConf:
 
 
 @dataclass
+class EngineConf:
+    name: str = "batched"  # batched: all students of an architecture in one vmapped model; flower: Ray, one actor per client
+    device: str = "auto"  # batched: auto (CUDA when visible) | cpu | cuda
+    chunk: int = 0  # batched: most students per vmapped call (0: automatic)
+
+
+ENGINES = ("batched", "flower")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
 class RunConf:
     strategy: Any = MISSING  # one rule's node from the `strategy` group: its name and settings
     data: DataConf = field(default_factory=DataConf)
     partition: PartitionConf = field(default_factory=PartitionConf)
     train: TrainConf = field(default_factory=TrainConf)
     resources: ResourcesConf = field(default_factory=ResourcesConf)
+    engine: EngineConf = field(default_factory=EngineConf)
     num_clients: int = 10
     rounds: int = 20
     seed: int = 0
@@ -92,6 +105,8 @@ class RunConf:
     out: Optional[str] = None  # results directory (default runs/<command>-<time>)
     round_timeout: float = 600.0
     measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
+    participation: float = 1.0  # fraction of clients training each round (a seeded sample, the same for every rule)
+    clients_per_round: int = 0  # or this many clients per round (0: from participation)
     verbose: bool = False
 
 
@@ -122,7 +137,7 @@ def schema_fields(schema: str) -> list[str]:
 
 
 def _node_types() -> list[type]:
-    return [*SCHEMAS.values(), DataConf, PartitionConf, TrainConf, ResourcesConf, SharedRuleConf, *RULE_NODES.values()]
+    return [*SCHEMAS.values(), DataConf, PartitionConf, TrainConf, ResourcesConf, EngineConf, SharedRuleConf, *RULE_NODES.values()]
 
 
 GROUPS: dict[str, dict[str, Any]] = {  # config group -> option name -> its node
@@ -158,7 +173,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         raise ConfigError("students", "needs at least one model", MODELS)
     check_choice("data", d.name, GROUPS["data"])
     world = WorldSpec(
-        dataset=d.name, data_path=d.path or "", data_label=d.label, test_frac=d.test_frac,
+        dataset=d.name, data_path=d.path or "", data_label=d.label, data_size=int(check_range("data.size", d.size, 0)), test_frac=d.test_frac,
         public_frac=d.public_frac, server_frac=d.server_frac, transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
         transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)), partition=p.name, partition_alpha=p.alpha,
         classes_per_client=p.classes_per_client, min_size=p.min_size,
@@ -166,7 +181,34 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed,
     )
     return RunSpec(world=world, rounds=cfg.rounds, students=students, epochs=t.epochs, lr=t.lr,
-                   batch_size=t.batch_size, round_timeout=cfg.round_timeout, measure_agreement=cfg.measure_agreement)
+                   batch_size=t.batch_size, round_timeout=cfg.round_timeout, measure_agreement=cfg.measure_agreement,
+                   clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients))
+
+
+def clients_per_round(participation: float, per_round: int, num_clients: int) -> int:
+    """Validated clients per round (0: all) from ``participation`` or ``clients_per_round``."""
+    check_range("participation", participation, 0.0, 1.0, low_open=True)
+    check_range("clients_per_round", per_round, 0, num_clients)
+    if per_round:
+        if participation < 1.0:
+            raise ConfigError("clients_per_round", "set together with participation", "one of the two")
+        return 0 if per_round == num_clients else int(per_round)
+    return 0 if participation == 1.0 else max(1, round(participation * num_clients))
+
+
+def check_engine(e: EngineConf) -> EngineConf:
+    """The validated engine settings."""
+    check_choice("engine.name", e.name, ENGINES)
+    check_choice("engine.device", e.device, DEVICES)
+    check_range("engine.chunk", e.chunk, 0)
+    if e.name == "flower" and e.device != "auto":
+        raise ConfigError("engine.device", "the flower engine places clients by resources.num_gpus", "auto")
+    if e.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("engine.device", "cuda asked for, but no CUDA device is visible", "auto, cpu")
+    return e
 
 
 def to_strategy(s: Any, rule: str | None = None) -> DistillationStrategy:

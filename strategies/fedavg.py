@@ -44,7 +44,9 @@ class FederatedAveraging(DistillationStrategy):
         return {}
 
     def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> list[Message]:
-        return list(self.flower.configure_train(server_round, self.arrays, ConfigRecord(dict(config)), grid))
+        chosen = set(node_ids)  # Flower's FedAvg samples the grid's nodes itself; keep this round's
+        messages = self.flower.configure_train(server_round, self.arrays, ConfigRecord(dict(config)), grid)
+        return [m for m in messages if m.metadata.dst_node_id in chosen]
 
     def check_reply(self, content: RecordDict) -> None:
         check_weights(content.get(KEY_ARRAYS, ArrayRecord()), self.arrays)

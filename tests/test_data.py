@@ -112,3 +112,15 @@ def test_samples_per_client_caps_shards_with_a_seeded_subset():
     assert set(capped[0]) <= set(range(10))
     w = build_world(WorldSpec(dataset="digits", num_clients=4, partition="iid", samples_per_client=25, seed=1))
     assert [len(p) for p in w.partitions] == [25] * 4
+
+
+def test_synth_is_generated_at_any_size_and_seeded():
+    a, b = load_dataset("synth", size=1_000), load_dataset("synth", size=1_000)
+    assert a.x.shape == (1_000, 40) and a.num_classes == 10 and a.x.dtype == np.float32
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+    assert len(load_dataset("synth").y) == 20_000  # the default size
+
+
+def test_size_is_refused_for_fixed_size_datasets():
+    with pytest.raises(ConfigError, match="^data.size: only synth"):
+        load_dataset("digits", size=500)

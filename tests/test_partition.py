@@ -63,3 +63,35 @@ def test_impossible_partitions_name_the_field(kwargs, field):
         partition_labels(LABELS, **kwargs)
     assert err.value.field == field
     assert "allowed" in str(err.value)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shard"])
+def test_fast_paths_equal_flower_datasets_load_partition(scheme):
+    # Prepare: Flower Datasets' own answer, one load_partition per client.
+    from datasets import Dataset as HFDataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    labels = np.random.default_rng(3).integers(0, 10, 1003)
+    order = np.random.default_rng(0).permutation(len(labels)) if scheme == "iid" else np.arange(len(labels))
+    partitioner = {
+        "iid": IidPartitioner(num_partitions=7),
+        "dirichlet": DirichletPartitioner(num_partitions=7, partition_by="label", alpha=0.3, min_partition_size=5,
+                                          self_balancing=False, shuffle=True, seed=0),
+        "shard": PathologicalPartitioner(num_partitions=7, partition_by="label", num_classes_per_partition=2,
+                                         class_assignment_mode="first-deterministic", shuffle=True, seed=0),
+    }[scheme]
+    partitioner.dataset = HFDataset.from_dict({"label": labels[order].tolist(), "pos": order.tolist()})
+    expected = [np.sort(np.asarray(partitioner.load_partition(i)["pos"])) for i in range(7)]
+    # Execute
+    got = partition_labels(labels, 7, scheme, alpha=0.3, classes_per_client=2, min_size=5, seed=0)
+    # Assert
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected))
+
+
+def test_ten_thousand_clients_partition_in_seconds():
+    import time
+
+    labels = np.random.default_rng(0).integers(0, 10, 200_000)
+    t0 = time.perf_counter()
+    parts = partition_labels(labels, 10_000, "iid", min_size=20, seed=0)
+    assert len(parts) == 10_000 and time.perf_counter() - t0 < 5
