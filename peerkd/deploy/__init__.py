@@ -1,0 +1,39 @@
+"""Deploying peerkd on real Flower nodes: one ``flower-superlink`` and one ``flower-supernode`` per device.
+
+Sub-commands of ``peerkd-deploy``:
+
+- ``certs DIR``: a self-signed CA and a SuperLink certificate (test certificates).
+- ``keys DIR --nodes N``: ECDSA (P-384) key pairs for SuperNode authentication.
+- ``superlink``: start a SuperLink (TLS + node authentication unless ``--insecure``).
+- ``supernode``: start one SuperNode with its ``--node-config``.
+- ``local``: a whole cluster on loopback (certificates, keys, SuperLink, registration,
+  N SuperNodes, a Flower connection) for a try-out; ``run`` then submits a run to it.
+- ``run``: ``flwr run`` against a started cluster; ``--wait`` waits for ``summary.json``.
+- ``stop``: end exactly the processes this state directory started (and their children).
+- ``bench``: per-round wall time on loopback for a few cluster sizes.
+
+Every started process is recorded in ``DIR/processes.json`` with its command line and
+start time, so ``stop`` never signals a process that merely reused a PID.
+
+Modules, lowest first: ``commands`` (command lines and config text, pure), ``certs``
+(certificates and keys), ``processes`` (finding and stopping processes via ``/proc``),
+``cluster`` (the process record of a state directory), ``launch`` (a loopback cluster,
+submitting runs), ``bench``, ``cli`` (the argparse sub-commands).
+"""
+
+from peerkd.deploy.bench import bench
+from peerkd.deploy.certs import make_certs, make_node_keys
+from peerkd.deploy.cli import main
+from peerkd.deploy.cluster import PROCESS_FILE, Cluster
+from peerkd.deploy.commands import (BASELINE_ENV, BIN, CONNECTION, DEPLOY_ENV, connection_toml, free_ports, is_loopback,
+                                    node_config_string, superlink_args, supernode_args)
+from peerkd.deploy.launch import (CLUSTER_FILE, LocalCluster, flwr_env, register_nodes, start_local, submit_run,
+                                  wait_for_port, wait_for_summary)
+from peerkd.deploy.processes import Started, process_tree, stop_escalating, stop_processes
+
+__all__ = [
+    "BASELINE_ENV", "BIN", "CLUSTER_FILE", "CONNECTION", "DEPLOY_ENV", "PROCESS_FILE", "Cluster", "LocalCluster", "Started",
+    "bench", "connection_toml", "flwr_env", "free_ports", "is_loopback", "main", "make_certs", "make_node_keys",
+    "node_config_string", "process_tree", "register_nodes", "start_local", "stop_escalating", "stop_processes",
+    "submit_run", "superlink_args", "supernode_args", "wait_for_port", "wait_for_summary",
+]

@@ -1,0 +1,225 @@
+"""``peerkd-deploy``: one argparse sub-command per job, each bound to its function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from peerkd.deploy.bench import bench
+from peerkd.deploy.certs import make_certs, make_node_keys
+from peerkd.deploy.cluster import Cluster
+from peerkd.deploy.commands import (CONNECTION, DEPLOY_ENV, connection_toml, is_loopback, node_config_string,
+                                    superlink_args, supernode_args)
+from peerkd.deploy.launch import LocalCluster, start_local, submit_run, wait_for_summary
+
+log = logging.getLogger("peerkd.deploy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``peerkd-deploy``.
+
+    Parameters
+    ----------
+    argv
+        The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 1 when ``stop`` left processes running.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.update({k: v for k, v in DEPLOY_ENV.items() if k not in os.environ})
+    a = _parser().parse_args(argv)
+    return a.func(a)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser of every sub-command, in the order ``--help`` lists them."""
+    p = argparse.ArgumentParser(prog="peerkd-deploy", description="Run peerkd on a Flower SuperLink and SuperNodes.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_certs, _add_keys, _add_superlink, _add_supernode, _add_local, _add_run, _add_stop, _add_bench):
+        add(sub)
+    return p
+
+
+# --- certs, keys ----------------------------------------------------------------------
+
+
+def _add_certs(sub: argparse._SubParsersAction) -> None:
+    """``certs DIR``."""
+    c = sub.add_parser("certs", help="self-signed CA + SuperLink certificate (for tests and try-outs)")
+    c.add_argument("dir", type=Path)
+    c.add_argument("--hosts", default="127.0.0.1,localhost", help="comma list of the SuperLink's IPs/names")
+    c.set_defaults(func=_cmd_certs)
+
+
+def _cmd_certs(a: argparse.Namespace) -> int:
+    """Write the CA and the SuperLink certificate."""
+    log.info("wrote %s", make_certs(a.dir, [h.strip() for h in a.hosts.split(",") if h.strip()]))
+    return 0
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    """``keys DIR --nodes N``."""
+    k = sub.add_parser("keys", help="ECDSA key pairs for SuperNode authentication")
+    k.add_argument("dir", type=Path)
+    k.add_argument("--nodes", type=int, default=1)
+    k.add_argument("--prefix", default="node")
+    k.set_defaults(func=_cmd_keys)
+
+
+def _cmd_keys(a: argparse.Namespace) -> int:
+    """Write the node key pairs."""
+    for private, public in make_node_keys(a.dir, a.nodes, a.prefix):
+        log.info("%s  %s", private, public)
+    return 0
+
+
+# --- superlink, supernode: one process each, for real devices ---------------------------
+
+
+def _add_superlink(sub: argparse._SubParsersAction) -> None:
+    """``superlink --state DIR``."""
+    s = sub.add_parser("superlink", help="start a SuperLink in the background")
+    s.add_argument("--state", type=Path, required=True, help="directory for logs and the process record")
+    s.add_argument("--fleet", default="0.0.0.0:9092", help="Fleet API address (SuperNodes connect here)")
+    s.add_argument("--control", default="0.0.0.0:9093", help="Control + Runtime HTTP API address (`flwr run` connects here)")
+    s.add_argument("--certs", type=Path, help="directory with ca.crt, server.pem, server.key")
+    s.add_argument("--insecure", action="store_true", help="no TLS and no node authentication")
+    s.set_defaults(func=_cmd_superlink)
+
+
+def _cmd_superlink(a: argparse.Namespace) -> int:
+    """Start a SuperLink and write the Flower connection and ``cluster.json`` for it."""
+    if a.certs is None and not a.insecure:
+        raise SystemExit("peerkd-deploy superlink: --certs DIR is required (or --insecure, loopback try-outs only)")
+    cluster = Cluster(a.state)
+    certs = a.certs.resolve() if a.certs else None
+    flwr_home = cluster.state / "flwr-home"
+    flwr_home.mkdir(exist_ok=True)
+    port = a.control.rsplit(":", 1)[1]
+    (flwr_home / "config.toml").write_text(connection_toml(f"127.0.0.1:{port}", str(certs / "ca.crt") if certs else None))
+    link = cluster.start("superlink", superlink_args(a.fleet, a.control, certs, not a.insecure,
+                                                     cluster.state / "superlink-flwr.log"), env={"FLWR_HOME": str(flwr_home)})
+    LocalCluster(str(cluster.state), a.fleet, f"127.0.0.1:{port}", str(flwr_home), not a.insecure, 0).write()
+    log.info("SuperLink pid %d: Fleet API %s, Control API %s%s", link.pid, a.fleet, a.control, " (INSECURE)" if a.insecure else "")
+    log.info("register nodes: FLWR_HOME=%s flwr supernode register node-0.pub %s", flwr_home, CONNECTION)
+    return 0
+
+
+def _add_supernode(sub: argparse._SubParsersAction) -> None:
+    """``supernode --state DIR --superlink HOST:PORT --partition-id I --num-partitions N``."""
+    n = sub.add_parser("supernode", help="start one SuperNode in the background")
+    n.add_argument("--state", type=Path, required=True)
+    n.add_argument("--superlink", required=True, help="the SuperLink's Fleet API, host:9092")
+    n.add_argument("--partition-id", type=int, required=True)
+    n.add_argument("--num-partitions", type=int, required=True)
+    n.add_argument("--data-path", default="", help="this device's own .npz/.csv (labels = class indices)")
+    n.add_argument("--student", default="", help="student architecture of this node")
+    n.add_argument("--root-cert", type=Path, help="the CA certificate (ca.crt)")
+    n.add_argument("--key", type=Path, help="this node's private key (registered with `flwr supernode register`)")
+    n.add_argument("--port", type=int, default=9094, help="local ClientAppIo port (distinct per node on one machine)")
+    n.add_argument("--insecure", action="store_true")
+    n.set_defaults(func=_cmd_supernode)
+
+
+def _cmd_supernode(a: argparse.Namespace) -> int:
+    """Start one SuperNode with its node config."""
+    if a.root_cert is None and not a.insecure:
+        raise SystemExit("peerkd-deploy supernode: --root-cert ca.crt is required (or --insecure)")
+    if a.insecure and not is_loopback(a.superlink):
+        log.warning("insecure connection to %s: logits travel unencrypted", a.superlink)
+    cluster = Cluster(a.state)
+    name = f"node-{a.partition_id}"
+    home = cluster.state / name
+    home.mkdir(exist_ok=True)
+    args = supernode_args(a.superlink, node_config_string(a.partition_id, a.num_partitions, a.data_path, a.student), a.port,
+                          None if a.insecure else a.root_cert.resolve(), a.key.resolve() if a.key else None)
+    node = cluster.start(name, args, env={"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")})
+    log.info("SuperNode %s pid %d -> %s", name, node.pid, a.superlink)
+    return 0
+
+
+# --- local, run, stop, bench: a cluster on loopback -------------------------------------
+
+
+def _add_local(sub: argparse._SubParsersAction) -> None:
+    """``local --state DIR --nodes N``."""
+    lo = sub.add_parser("local", help="a whole cluster on loopback, secure by default")
+    lo.add_argument("--state", type=Path, required=True)
+    lo.add_argument("--nodes", type=int, default=3)
+    lo.add_argument("--students", default="", help="comma list, assigned round-robin to nodes")
+    lo.add_argument("--insecure", action="store_true")
+    lo.set_defaults(func=_cmd_local)
+
+
+def _cmd_local(a: argparse.Namespace) -> int:
+    """Start a whole cluster on loopback."""
+    students = [s for s in a.students.split(",") if s]
+    info = start_local(a.state, a.nodes, secure=not a.insecure, students=students)
+    log.info("cluster up: Fleet API %s, Control API %s, %d nodes%s; FLWR_HOME=%s", info.fleet, info.control,
+             info.nodes, "" if info.secure else " (INSECURE)", info.flwr_home)
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    """``run --state DIR --run-config ...``."""
+    r = sub.add_parser("run", help="submit a run (flwr run) to the cluster in --state")
+    r.add_argument("--state", type=Path, required=True)
+    r.add_argument("--app", type=Path, default=Path("."))
+    r.add_argument("--run-config", required=True, help="as for `flwr run`; give out='/absolute/path'")
+    r.add_argument("--wait", type=float, default=0.0, help="seconds to wait for summary.json (0: don't)")
+    r.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    """Submit a run; with ``--wait`` and an ``out=`` in the run config, wait for its summary."""
+    run_id = submit_run(a.state.resolve(), a.run_config, a.app.resolve())
+    log.info("run %d submitted", run_id)
+    out = re.search(r"out=['\"]([^'\"]+)['\"]", a.run_config)
+    if a.wait > 0 and out:
+        summary = wait_for_summary(Path(out.group(1)), Cluster(a.state), a.wait)
+        log.info("done: acc_mean %.4f over %d clients", summary["acc_mean"] or 0, len(summary["per_client"]))
+    return 0
+
+
+def _add_stop(sub: argparse._SubParsersAction) -> None:
+    """``stop --state DIR [NAME ...]``."""
+    st = sub.add_parser("stop", help="stop what --state started (default: everything)")
+    st.add_argument("--state", type=Path, required=True)
+    st.add_argument("names", nargs="*", help="e.g. node-2 (default: all)")
+    st.set_defaults(func=_cmd_stop)
+
+
+def _cmd_stop(a: argparse.Namespace) -> int:
+    """Stop the recorded processes; 1 if any survived."""
+    left = Cluster(a.state).stop(a.names or None)
+    if left:
+        log.error("still running: %s", sorted(left))
+        return 1
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """``bench --state DIR --nodes 2,8``."""
+    b = sub.add_parser("bench", help="per-round wall time on loopback")
+    b.add_argument("--state", type=Path, required=True)
+    b.add_argument("--nodes", default="2,8")
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--app", type=Path, default=Path("."))
+    b.add_argument("--secure", action="store_true")
+    b.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    """Bench Flower's defaults, then the tuned settings; one JSON line per cluster size."""
+    sizes = [int(x) for x in a.nodes.split(",")]
+    for tuned in (False, True):
+        for row in bench(a.state.resolve(), sizes, a.rounds, a.app.resolve(), a.secure, tuned):
+            log.info(json.dumps(row))
+    return 0
