@@ -135,6 +135,31 @@ def test_node_config_and_connection_strings():
     assert D.is_loopback("127.0.0.1:9092") and not D.is_loopback("10.0.0.2:9092")
 
 
+def test_stop_escalating_asks_the_roots_first_then_everything_left():
+    import signal
+    import subprocess
+
+    from peerkd.deploy.processes import alive
+
+    # Arrange: two sleepers; only the first is a root, the second one stands for a child
+    # that does not follow its parent.
+    root, child = (subprocess.Popen(["sleep", "60"]) for _ in range(2))
+    job = {root.pid, child.pid}
+    seen: list[set[int]] = []
+
+    def current() -> set[int]:
+        seen.append(alive(job))
+        return seen[-1]
+
+    # Act
+    left = D.stop_escalating([root.pid], current, grace=0.3)
+
+    # Assert: the child outlived the root's SIGTERM (it was not asked first), then both
+    # were gone, each by a SIGTERM (no SIGKILL needed).
+    assert left == set() and seen[0] == job and {child.pid} in seen
+    assert (root.wait(5), child.wait(5)) == (-signal.SIGTERM, -signal.SIGTERM)
+
+
 def test_certs_and_keys_load(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from peerkd.deploy import free_ports
+from peerkd.deploy import free_ports, stop_escalating
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -109,22 +108,11 @@ class LocalSuperLink:
         """SIGTERM the SuperLink (its children follow it); then SIGTERM, then SIGKILL, what is left.
 
         Returns the processes still alive afterwards (pid -> cmdline); empty when all are gone.
+        Each check rescans, so processes started while stopping are stopped too.
         """
         superlink = [self.pid] if self.pid in self.scan() else []
-        steps = [(superlink, signal.SIGTERM, grace), (None, signal.SIGTERM, 5.0), (None, signal.SIGKILL, 5.0)]
-        for targets, sig, wait in steps:
-            live = self.scan()
-            if not live:
-                return {}
-            for pid in live if targets is None else targets:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while self.scan() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return {p: v[3] for p, v in self.scan().items()}
+        left = stop_escalating(superlink, lambda: set(self.scan()), grace, poll=0.2)
+        return {p: self.seen[p] for p in left}
 
 
 def test_flwr_run_dot(tmp_path):
