@@ -113,38 +113,26 @@ def _run(args: list[str]) -> int:
 
 
 def _compare(args: list[str]) -> int:
-    from omegaconf import OmegaConf
-
-    from simulations.config import check_resources, to_run_spec, to_strategy
-    from simulations.report import TABLE_HEADER, table_cells
-    from simulations.runner import compare
+    from simulations.report import TABLE_HEADER, comparison_title, table_cells
+    from simulations.report_io import write_comparison, write_report
 
     if (cfg := _load("compare", args)) is None:
         return 0
-    if not cfg.rules:
-        from peerkd.errors import ConfigError
-        from strategies import RULES
-
-        raise ConfigError("rules", "needs at least one rule", RULES)
-    if not cfg.seeds:
-        from peerkd.errors import ConfigError
-
-        raise ConfigError("seeds", "needs at least one seed", "a list of integers, e.g. [0,1,2]")
-    runs = [(rule, seed, to_run_spec(cfg, seed), to_strategy(cfg.strategy, rule)) for seed in cfg.seeds for rule in cfg.rules]
-    for _, _, spec, strategy in runs:  # refuse a bad pair before the first run starts
-        strategy.check(spec.students, spec.world.num_clients)
-    resources = check_resources(cfg.resources)
-    out = cfg.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    t0 = time.perf_counter()
-    rows = compare(runs, out, OmegaConf.to_container(cfg, resolve=True), resources, list(cfg.rules))
-    _print_table(TABLE_HEADER, [table_cells(r) for r in rows])
-    print(f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s; results: {out} (comparison.md, comparison.csv, runs.csv, report.md)")
-    return 0
+    # A sweep with no grid; one run at a time in this process, each run's rounds shown, as always.
+    out, runs, result = _plan_and_run("compare", cfg, args, args, {}, parallel=1, verbose=True)
+    if result["summaries"]:
+        title = comparison_title(runs[0].spec.world, runs[0].spec.rounds, [r.seed for r in runs], result["total_wall_s"])
+        rows = write_comparison(out, result["summaries"], list(cfg.rules), title)
+        write_report(out)
+        _print_table(TABLE_HEADER, [table_cells(r) for r in rows])
+    skipped = f" ({result['skipped']} already finished)" if result["skipped"] else ""
+    print(f"{result['runs']} runs in {result['wall_s']:.0f} s{skipped}{_failed_note(result)}; "
+          f"results: {out} (comparison.md, comparison.csv, runs.csv, report.md)")
+    return 1 if result["failed"] else 0
 
 
 def _sweep(args: list[str]) -> int:
-    from simulations.config import check_resources
-    from simulations.sweep import grid_axes, plan, run_sweep, split_overrides
+    from simulations.sweep import grid_axes, split_overrides
 
     flags = [a for a in args if a in ("--cfg", "job")]
     plain, cli_axes = split_overrides([a for a in args if a not in flags])
@@ -154,32 +142,46 @@ def _sweep(args: list[str]) -> int:
     if flags:
         print(f"# grid axes after the command line: {axes}")
         return 0
-    out = Path(cfg.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    runs = plan(lambda o: _compose("sweep", o), plain, axes, out)
-    resources = check_resources(cfg.resources)
-    meta = {"command": "peerkd sweep " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
-    result = run_sweep(runs, out, cfg.parallel, resources, meta, cfg.verbose)
+    out, _, result = _plan_and_run("sweep", cfg, args, plain, axes, cfg.parallel, cfg.verbose)
     if cfg.report:
         _print_overview(out)
-    failed = f"; {len(result['failed'])} FAILED (run the same command again to retry them)" if result["failed"] else ""
     print(f"{result['runs']} runs ({result['skipped']} already finished, {result['ran']} run now) in "
-          f"{result['wall_s'] / 60:.1f} min{failed}; results: {out}" + (" (report.md)" if cfg.report else ""))
+          f"{result['wall_s'] / 60:.1f} min{_failed_note(result)}; results: {out}" + (" (report.md)" if cfg.report else ""))
     return 1 if result["failed"] else 0
 
 
+def _plan_and_run(command: str, cfg, args: list[str], overrides: list[str], axes: dict[str, list[str]],
+                  parallel: int, verbose: bool) -> tuple[Path, list, dict]:
+    """Plan every run of ``command`` (all validated before any starts), then run the unfinished
+    ones; return the results directory, the planned runs and ``run_sweep``'s result."""
+    from simulations.config import check_resources
+    from simulations.sweep import plan, run_sweep
+
+    out = Path(cfg.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    runs = plan(lambda o: _compose(command, o), overrides, axes, out)
+    resources = check_resources(cfg.resources)
+    meta = {"command": f"peerkd {command} " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
+    return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose)
+
+
+def _failed_note(result: dict) -> str:
+    n = len(result["failed"])
+    return f"; {n} FAILED (run the same command again to retry them)" if n else ""
+
+
 def _print_overview(out: Path) -> None:
-    from simulations.report import group_runs, overview_rows, rule_order, swept_keys
-    from simulations.runner import load_results, write_report
+    from simulations.report import group_runs, headline_pair, overview_rows, rule_order, swept_keys
+    from simulations.report_io import load_results, write_report
 
     write_report(out)
     runs, _ = load_results(out)
     groups = group_runs(runs, swept_keys([r["config"] for r in runs]))
-    _print_table(*overview_rows(groups, rule_order(r["summary"]["strategy"] for r in runs)))
+    _print_table(*overview_rows(groups, rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)))
 
 
 def _report(args: list[str]) -> int:
     from peerkd.errors import ConfigError
-    from simulations.runner import write_report
+    from simulations.report_io import write_report
 
     if len(args) != 1:
         raise ConfigError("dir", f"expected one results directory, got {' '.join(args) or 'nothing'}", "peerkd report DIR")

@@ -1,8 +1,8 @@
 """Figures of ``peerkd report``: matplotlib ``Figure`` objects built from loaded runs.
 
 Every figure is a grid of small panels, one per grid point of a sweep (one panel for a single
-run or a comparison), with one colour per rule throughout. Nothing here writes files: the
-runner writes ``png_bytes(figure)``. ``Figure`` is used without pyplot, so no display is needed.
+run or a comparison), with one colour per rule throughout. Nothing here writes files:
+``simulations.report_io`` writes ``png_bytes(figure)``. ``Figure`` is used without pyplot, so no display is needed.
 """
 
 from __future__ import annotations

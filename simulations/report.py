@@ -3,13 +3,15 @@
 ``compare_table`` / ``markdown_table`` give the per-rule comparison table. The rest serves
 ``peerkd report``: which config keys a results directory sweeps, runs grouped by grid
 point, paired differences between rules with t intervals, per-round curves over seeds, and
-the markdown of ``report.md``. Runs are plain dicts as ``simulations.runner.load_results``
-reads them: ``{"path", "summary", "config" (flattened), "rounds" (round rows)}``.
+the markdown of ``report.md``. Runs are plain dicts as ``simulations.report_io.load_results``
+reads them: ``{"path", "summary", "config" (flattened), "rounds" (round rows)}``; reading and
+writing files is ``simulations.report_io``'s job, so everything here can be tested on literals.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,10 +20,11 @@ import numpy as np
 COLUMNS = ("rule", "runs", "acc_mean", "acc_mean_std", "acc_worst", "acc_worst_std", "teacher_acc",
            "kb_up_per_round", "kb_down_per_round", "wall_s")
 # Config keys (prefixes) of how a run was made, not of what it computes: where it wrote,
-# logging, time limits, resources, and the lists and grid of the command that ran it.
-RUN_SETTINGS = ("out", "verbose", "round_timeout", "resources.", "rules", "seeds", "grid", "parallel", "report")
+# logging, time limits, resources, the lists and grid of the command that ran it, the report's pair.
+RUN_SETTINGS = ("out", "verbose", "round_timeout", "resources.", "rules", "seeds", "grid", "parallel", "report", "pair")
 NOT_SWEPT = RUN_SETTINGS + ("seed", "strategy.name")  # ... and which run of the grid point it is
 RULE_ORDER = ("local", "fedavg", "teacher", "peer")
+DEFAULT_PAIR = ("peer", "teacher")  # the headline a − b of a run dir without ``pair`` (made by ``peerkd run``)
 Point = tuple[tuple[str, Any], ...]
 
 
@@ -71,6 +74,14 @@ TABLE_HEADER = ["rule", "accuracy (mean ± std)", "worst client", "teacher", "KB
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A GitHub-readable markdown table of compare_table rows."""
     return md_table(TABLE_HEADER, [table_cells(r) for r in rows])
+
+
+def comparison_title(world: Any, rounds: int, seeds: Sequence[int], wall_s: float) -> str:
+    """The opening of comparison.md: the world (a ``peerkd.world.WorldSpec``), rounds, seeds, wall time."""
+    alpha = f" (alpha {world.partition_alpha:g})" if world.partition == "dirichlet" else ""
+    return (f"# peerkd comparison\n\n{world.dataset}, {world.num_clients} clients, {world.partition} partition{alpha}, "
+            f"{rounds} rounds, seeds {sorted(set(seeds))}; accuracy on the held-out test split, "
+            f"mean ± sample std over seeds; total wall time {wall_s:.0f} s.\n\n")
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -180,10 +191,18 @@ def rule_order(rules: Iterable[str]) -> list[str]:
     return [r for r in RULE_ORDER if r in present] + sorted(present - set(RULE_ORDER))
 
 
-def comparisons(rules: Sequence[str]) -> list[tuple[str, str]]:
-    """The paired differences a report shows: peer − teacher, and every rule − local."""
-    pairs = [("peer", "teacher")] if {"peer", "teacher"} <= set(rules) else []
-    return pairs + ([(r, "local") for r in rules if r != "local"] if "local" in rules else [])
+def headline_pair(runs: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The report's headline ``(a, b)`` for ``a − b``: the ``pair`` most runs' configs name
+    (compare and sweep record it in config.yaml), else ``DEFAULT_PAIR``."""
+    named = Counter(p for r in runs if isinstance(p := r["config"].get("pair"), tuple) and len(p) == 2)
+    return named.most_common(1)[0][0] if named else DEFAULT_PAIR
+
+
+def comparisons(rules: Sequence[str], pair: Sequence[str] = DEFAULT_PAIR) -> list[tuple[str, str]]:
+    """The paired differences a report shows: ``pair`` (a − b, if both rules ran), and every rule − local."""
+    pairs = [(pair[0], pair[1])] if set(pair) <= set(rules) else []
+    pairs += [(r, "local") for r in rules if r != "local"] if "local" in rules else []
+    return list(dict.fromkeys(pairs))  # a pair (x, local) shows once
 
 
 def paired_by_seed(runs: Sequence[dict[str, Any]], a: str, b: str, metric: str = "acc_mean") -> dict[str, Any]:
@@ -219,11 +238,12 @@ def point_label(point: Point, names: dict[str, str]) -> str:
     return ", ".join(f"{names[k]}={_fmt_value(v)}" for k, v in point) or "all runs"
 
 
-def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str],
+                  pair: Sequence[str] = DEFAULT_PAIR) -> tuple[list[str], list[list[str]]]:
     """One row per grid point: its values, each rule's accuracy (mean ± std over seeds) and the
-    paired differences (peer − teacher, rule − local) with 95% intervals. Returns header, rows."""
+    paired differences (``pair``, rule − local) with 95% intervals. Returns header, rows."""
     keys = [k for k, _ in next(iter(groups))]
-    names, pairs = short_names(keys), comparisons(rules)
+    names, pairs = short_names(keys), comparisons(rules, pair)
     header = [names[k] for k in keys] + list(rules) + [f"{a} − {b}" for a, b in pairs]
     rows = []
     for point, runs in groups.items():
@@ -242,13 +262,14 @@ def detail_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str])
     return [names[k] for k in keys] + TABLE_HEADER, rows
 
 
-def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str],
+                pair: Sequence[str] = DEFAULT_PAIR) -> tuple[list[str], list[list[str]]]:
     """Per point and comparison: seeds paired, mean difference, 95% t interval, verdict."""
     keys = [k for k, _ in next(iter(groups))]
     names = short_names(keys)
     rows = []
     for point, runs in groups.items():
-        for a, b in comparisons(rules):
+        for a, b in comparisons(rules, pair):
             d = paired_by_seed(runs, a, b)
             ci = "–" if d["lo"] is None else f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
             mean = "–" if d["mean"] is None else f"{d['mean']:+.3f}"
@@ -256,7 +277,7 @@ def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str])
     return [names[k] for k in keys] + ["comparison", "seeds", "mean difference", "95% interval", "verdict"], rows
 
 
-def pivot_rows(groups: dict[Point, list[dict[str, Any]]], a: str = "peer", b: str = "teacher") -> tuple[list[str], list[list[str]]]:
+def pivot_rows(groups: dict[Point, list[dict[str, Any]]], a: str, b: str) -> tuple[list[str], list[list[str]]]:
     """For a two-key sweep: rows by the first key, columns by the second, cells ``a − b``."""
     (k1, _), (k2, _) = next(iter(groups))
     names = short_names([k1, k2])
@@ -333,15 +354,15 @@ def report_markdown(runs: Sequence[dict[str, Any]], unfinished: int = 0, wall_s:
     """The whole report.md for finished runs, with links to ``plots`` (file, caption)."""
     keys = swept_keys([r["config"] for r in runs])
     groups = group_runs(runs, keys)
-    rules = rule_order(r["summary"]["strategy"] for r in runs)
+    rules, (a, b) = rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)
     parts = ["# peerkd report\n", describe(runs, keys, unfinished, wall_s), provenance_text([r.get("provenance") for r in runs])]
     if keys:
-        parts += ["## Accuracy by grid point\n", md_table(*overview_rows(groups, rules))]
-        if len(keys) == 2 and {"peer", "teacher"} <= set(rules):
-            parts += ["### peer − teacher\n", md_table(*pivot_rows(groups))]
+        parts += ["## Accuracy by grid point\n", md_table(*overview_rows(groups, rules, (a, b)))]
+        if len(keys) == 2 and {a, b} <= set(rules):
+            parts += [f"### {a} − {b}\n", md_table(*pivot_rows(groups, a, b))]
     parts += ["## Per rule\n", _folded(md_table(*detail_rows(groups, rules)), len(groups) > 4)]
-    if comparisons(rules):
-        parts += ["## Paired differences\n", _folded(md_table(*paired_rows(groups, rules)), len(groups) > 4)]
+    if comparisons(rules, (a, b)):
+        parts += ["## Paired differences\n", _folded(md_table(*paired_rows(groups, rules, (a, b))), len(groups) > 4)]
     if plots:
         parts += ["## Plots\n"] + [f"![{caption}]({name})\n\n*{caption}*\n" for name, caption in plots]
     return "\n".join(parts + [NOTES])

@@ -5,12 +5,14 @@ A grid is a list of Hydra sweep overrides (``num_clients=2,4,8,16``), from the c
 composed like ``peerkd compare``; all rules of one seed at one point share one world. Run
 ``r`` of point ``p`` lives in ``out/<p>/<rule>-seed<k>/``; a run with a summary.json is
 finished and skipped when the sweep is started again, so a stopped sweep loses nothing.
+
+``peerkd compare`` is a sweep with no grid axes (one point, runs in ``out/<rule>-seed<k>/``):
+the same planner (``plan``), executor (``run_sweep``) and ``runs.csv`` / ``sweep.json`` writers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import itertools
 import json
@@ -23,12 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerkd.errors import ConfigError
+from peerkd.errors import ConfigError, check_choice
 from peerkd.results import CONFIG_FILE, SUMMARY_FILE
+from simulations.report_io import RUNS_FILE, SWEEP_FILE, write_csv
 
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
 AUTO_MAX = 4  # runs at once with parallel=0: each run holds ~2 GB (Ray, driver, client actors)
 SWEEP_ONLY = ("rules", "seeds", "grid", "parallel", "report")  # left out of each run's config.yaml
+RUN_FIELDS = ("strategy", "seed", "dataset", "num_clients", "rounds", "acc_mean", "acc_worst", "acc_std",
+              "teacher_acc", "bytes_up", "bytes_down", "wall_s")  # runs.csv columns from summary.json
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,9 @@ def check_finished(run: SweepRun) -> dict[str, Any] | None:
 def plan(compose: Callable[[list[str]], Any], overrides: list[str], axes: dict[str, list[str]], out: Path) -> list[SweepRun]:
     """Compose every grid point and validate every run, before any run starts.
 
-    ``compose(overrides)`` returns a composed sweep config; an axis over ``strategy`` or
-    ``seed`` sets the rules or seeds run at every point instead of adding grid points.
+    ``compose(overrides)`` returns a composed sweep (or compare) config; an axis over ``strategy``
+    or ``seed`` sets the rules or seeds run at every point instead of adding grid points. With no
+    axes there is one point, and its runs live directly in ``out``.
     """
     from omegaconf import OmegaConf
 
@@ -138,12 +144,25 @@ def plan(compose: Callable[[list[str]], Any], overrides: list[str], axes: dict[s
         cfg = OmegaConf.to_object(compose(overrides + [f"{k}={v}" for k, v in point]))  # dataclasses: fast to read
         rules = rules_axis or list(cfg.rules)
         seeds = _ints("seed", seeds_axis) if seeds_axis else list(cfg.seeds)
-        if not rules or not seeds:
-            raise ConfigError("rules" if not rules else "seeds", "needs at least one value", "a non-empty list")
+        _check_lists(rules, seeds, cfg.pair)
         container = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SWEEP_ONLY}
         where = out / point_dir(point) if point else out
         runs += [_sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}") for seed in seeds for rule in rules]
     return runs
+
+
+def _check_lists(rules: list[str], seeds: list[int], pair: list[str]) -> None:
+    """Refuse an empty ``rules`` or ``seeds``, and a ``pair`` that is not two different rules."""
+    from strategies import RULES
+
+    if not rules:
+        raise ConfigError("rules", "needs at least one rule", RULES)
+    if not seeds:
+        raise ConfigError("seeds", "needs at least one seed", "a list of integers, e.g. [0,1,2]")
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ConfigError("pair", f"{list(pair)} is not two different rules", "[a,b]: the report's headline a − b")
+    for rule in pair:
+        check_choice("pair", rule, RULES)
 
 
 def _ints(key: str, values: list[str]) -> list[int]:
@@ -305,13 +324,14 @@ def run_sweep(runs: list[SweepRun], out: Path, parallel: int, resources: dict[st
     Returns
     -------
     dict
-        ``runs``, ``skipped``, ``ran``, ``failed`` (labels) and ``wall_s`` of this session.
+        ``runs``, ``skipped``, ``ran``, ``failed`` (labels), ``wall_s`` of this session,
+        ``total_wall_s`` of all sessions, and ``summaries`` of the finished runs in plan order.
     """
     out.mkdir(parents=True, exist_ok=True)
     summaries = {run.out: check_finished(run) for run in runs}
     todo = [run for run in runs if summaries[run.out] is None]
     n = min(workers(parallel), max(1, len(todo)))
-    log.info("sweep: %d runs, %d finished already, %d to run, %d at a time; results in %s",
+    log.info("%d runs, %d finished already, %d to run, %d at a time; results in %s",
              len(runs), len(runs) - len(todo), len(todo), n, out)
     _preflight(todo)
     progress, failed = _Progress(len(runs), len(runs) - len(todo), len(todo)), []
@@ -330,24 +350,22 @@ def run_sweep(runs: list[SweepRun], out: Path, parallel: int, resources: dict[st
     finally:
         session = {"started": started, "wall_s": round(time.perf_counter() - progress.t0, 1), "ran": progress.ran,
                    "skipped": len(runs) - len(todo), "failed": failed, "parallel": n}
-        _write_sweep_json(out, {**meta, "runs": len(runs), "finished": sum(s is not None for s in summaries.values())}, session)
-    return {"runs": len(runs), "skipped": session["skipped"], "ran": progress.ran, "failed": failed, "wall_s": session["wall_s"]}
+        total = _write_sweep_json(out, {**meta, "runs": len(runs), "finished": sum(s is not None for s in summaries.values())}, session)
+    return {"runs": len(runs), "skipped": session["skipped"], "ran": progress.ran, "failed": failed, "wall_s": session["wall_s"],
+            "total_wall_s": total, "summaries": [summaries[run.out] for run in runs if summaries[run.out] is not None]}
 
 
 def _write_runs_csv(out: Path, runs: list[SweepRun], summaries: dict[Path, dict[str, Any] | None]) -> None:
-    from simulations.runner import RUN_FIELDS
-
     keys = [k for k in dict.fromkeys(k for run in runs for k, _ in run.point) if k not in RUN_FIELDS]
-    with open(out / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*keys, *RUN_FIELDS, "dir"], extrasaction="ignore")
-        writer.writeheader()
-        for run in runs:
-            if summaries.get(run.out):
-                writer.writerow({**dict(run.point), **summaries[run.out], "dir": str(run.out.relative_to(out))})
+    write_csv(out / RUNS_FILE, [*keys, *RUN_FIELDS, "dir"],
+              ({**dict(run.point), **summaries[run.out], "dir": str(run.out.relative_to(out))} for run in runs if summaries.get(run.out)))
 
 
-def _write_sweep_json(out: Path, meta: dict[str, Any], session: dict[str, Any]) -> None:
-    path = out / "sweep.json"
+def _write_sweep_json(out: Path, meta: dict[str, Any], session: dict[str, Any]) -> float:
+    """Add this session to ``sweep.json``; return the wall time of all its sessions."""
+    path = out / SWEEP_FILE
     sessions = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
     sessions.append(session)
-    path.write_text(json.dumps({**meta, "sessions": sessions, "wall_s": round(sum(s["wall_s"] for s in sessions), 1)}, indent=2))
+    total = round(sum(s["wall_s"] for s in sessions), 1)
+    path.write_text(json.dumps({**meta, "sessions": sessions, "wall_s": total}, indent=2))
+    return total

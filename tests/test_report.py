@@ -7,7 +7,7 @@ import yaml
 
 from simulations.cli import main
 from simulations.report import group_runs, paired_difference, swept_keys, verdict
-from simulations.runner import load_results, write_report
+from simulations.report_io import load_results, write_report
 
 # t(0.975, 2) = 4.302653: the 95% quantile with three seeds.
 T2 = 4.302653
@@ -151,3 +151,15 @@ def test_report_command(sweep_dir, tmp_path_factory, capsys):
     assert "peerkd: error: dir: no finished runs" in capsys.readouterr().err
     assert main(["report"]) == 2
     assert "dir: expected one results directory" in capsys.readouterr().err
+
+
+def test_report_headline_pair_comes_from_the_run_configs(sweep_dir):
+    # Prepare: the runs were made with pair=[local,peer] (compare and sweep record it in config.yaml).
+    for path in sweep_dir.rglob("config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**config, "pair": ["local", "peer"]}))
+    # Execute
+    md = write_report(sweep_dir).read_text()
+    # Assert: n=2, local − peer: -0.3, -0.4, -0.2 -> -0.3 ± 4.302653 · 0.1/√3 = -0.3 ± 0.2484; no peer − teacher.
+    assert "| 2 | local − peer | 3 | -0.300 | [-0.548, -0.052] | peer better |" in md
+    assert "peer − teacher" not in md and "| 2 | teacher − local | 3 |" in md
