@@ -1,24 +1,38 @@
-"""Peer-agreement metrics over students' logits on the same inputs: arrays in, floats out."""
+"""Peer-agreement metrics over students' logits on the same inputs: arrays in, floats out.
+
+Both are computed in O(n·P·C) time and in chunks of students, so that they stay cheap for
+fleets of thousands of students (a pairwise (n, n, P) comparison would need n² memory).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+CHUNK = 256  # students per chunk
+
 
 def pairwise_agreement(logits: np.ndarray) -> float:
     """Mean over student pairs of the share of inputs where their argmax predictions agree.
+
+    With k_c(p) students predicting class c on input p, the agreeing ordered pairs on p are
+    Σ_c k_c(k_c − 1), so the mean over the n(n − 1) ordered pairs and P inputs follows from
+    the class counts alone.
 
     Parameters
     ----------
     logits : np.ndarray
         ``(n, P, C)`` logits of n ≥ 2 students on the same P inputs.
     """
-    preds = np.asarray(logits).argmax(axis=-1)  # (n, P)
-    n = preds.shape[0]
+    logits = np.asarray(logits)
+    n, p, c = logits.shape
     if n < 2:
         raise ValueError(f"agreement needs at least 2 students, got {n}")
-    same = (preds[:, None, :] == preds[None, :, :]).mean(axis=-1)  # (n, n)
-    return float((same.sum() - n) / (n * (n - 1)))
+    counts = np.zeros((p, c), dtype=np.int64)
+    for i in range(0, n, CHUNK):
+        preds = logits[i:i + CHUNK].argmax(axis=-1)  # (chunk, P)
+        for row in preds:
+            counts[np.arange(p), row] += 1
+    return float((counts * (counts - 1)).sum() / (p * n * (n - 1)))
 
 
 def kl_to_consensus(logits: np.ndarray) -> float:
@@ -27,10 +41,15 @@ def kl_to_consensus(logits: np.ndarray) -> float:
     Zero when every student predicts the same distribution; it falls as mutual learning
     pulls students together.
     """
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (n, P, C)
-    p_bar = np.exp(log_p).mean(axis=0)  # (P, C)
+    logits = np.asarray(logits)
+    n = logits.shape[0]
+    p_bar = sum(np.exp(_log_softmax(logits[i:i + CHUNK])).sum(axis=0) for i in range(0, n, CHUNK)) / n  # (P, C)
     log_p_bar = np.log(np.clip(p_bar, 1e-12, None))
-    kl = (p_bar[None] * (log_p_bar[None] - log_p)).sum(axis=-1)  # (n, P)
-    return float(kl.mean())
+    total = sum((p_bar[None] * (log_p_bar[None] - _log_softmax(logits[i:i + CHUNK]))).sum() for i in range(0, n, CHUNK))
+    return float(total / (n * logits.shape[1]))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

@@ -47,9 +47,10 @@ def peer_targets(logits: dict[int, np.ndarray], recipients: list[int]) -> dict[i
     stack = np.stack([logits[s] for s in senders])
     loo = leave_one_out_mean(stack) if len(senders) >= 2 else None
     everyone = stack.mean(axis=0).astype(np.float32)
+    position = {s: k for k, s in enumerate(senders)}
     for r in recipients:
         if r in logits:
-            out[r] = None if loo is None else loo[senders.index(r)]
+            out[r] = None if loo is None else loo[position[r]]
         else:
             out[r] = everyone
     return out
