@@ -325,12 +325,13 @@ def _by_arch(per_client: list[dict[str, Any]]) -> dict[str, dict[str, float | No
     return {arch: {**accuracy_stats(accs), "clients": len(accs)} for arch, accs in sorted(groups.items())}
 
 
-def make_server_app(spec: RunSpec, strategy: ExchangeRule, out_dir: str, config: dict[str, Any], on_round=None) -> ServerApp:
-    """A ServerApp bound to one run's settings (used by ``peerkd run`` and the tests)."""
+def make_server_app(spec: RunSpec, strategy: ExchangeRule, out_dir: str, config: dict[str, Any], on_round=None,
+                    summary_extra: Callable[[], dict[str, Any]] | None = None) -> ServerApp:
+    """A ServerApp bound to one run's settings (Flower's simulation engine and the tests)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, spec, strategy, RunWriter(out_dir, config), on_round)
+        run_federation(grid, spec, strategy, RunWriter(out_dir, config), on_round, summary_extra)
 
     return server

@@ -96,15 +96,15 @@ def _register() -> None:
 def _run(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from simulations.config import check_resources, to_run_spec, to_strategy
-    from simulations.runner import run_one
+    from simulations.config import check_engine, check_resources, to_run_spec, to_strategy
+    from simulations.runner import run_engine
 
     if (cfg := _load("run", args)) is None:
         return 0
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
-    resources = check_resources(cfg.resources)
+    resources, engine = check_resources(cfg.resources), check_engine(cfg.engine)
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_one(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), resources)
+    summary = run_engine(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), engine, resources)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher {summary['teacher_acc']:.3f}"
     print(f"{summary['strategy']}: accuracy mean {summary['acc_mean']:.3f}  worst {summary['acc_worst']:.3f}  "
           f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "

@@ -21,7 +21,8 @@ COLUMNS = ("rule", "runs", "acc_mean", "acc_mean_std", "acc_worst", "acc_worst_s
            "kb_up_per_round", "kb_down_per_round", "wall_s")
 # Config keys (prefixes) of how a run was made, not of what it computes: where it wrote,
 # logging, time limits, resources, the lists and grid of the command that ran it, the report's pair.
-RUN_SETTINGS = ("out", "verbose", "round_timeout", "resources.", "rules", "seeds", "grid", "parallel", "report", "pair")
+RUN_SETTINGS = ("out", "verbose", "round_timeout", "resources.", "engine.chunk", "rules", "seeds", "grid", "parallel", "report",
+                "pair")
 NOT_SWEPT = RUN_SETTINGS + ("seed", "strategy.name")  # ... and which run of the grid point it is
 RULE_ORDER = ("local", "fedavg", "teacher", "peer")
 DEFAULT_PAIR = ("peer", "teacher")  # the headline a − b of a run dir without ``pair`` (made by ``peerkd run``)

@@ -1,4 +1,4 @@
-"""The engine runner: one run of one rule on one world in Flower's simulation engine.
+"""The engine runner: one run of one rule on one world, in the batched engine or Flower's.
 
 Lists of runs (``peerkd compare`` and ``peerkd sweep``) are planned and executed by
 ``simulations.sweep``; results directories are read and reported by ``simulations.report_io``.
@@ -14,6 +14,7 @@ from peerkd.models import build_model
 from peerkd.results import SUMMARY_FILE
 from peerkd.server_app import RunSpec, make_server_app
 from peerkd.world import build_world
+from simulations.config import EngineConf
 
 
 def preflight(spec: RunSpec, strategy) -> None:
@@ -22,6 +23,22 @@ def preflight(spec: RunSpec, strategy) -> None:
     for name in sorted(set(spec.students)):
         build_model(name, world.data.input_shape, world.num_classes, seed=0)
     strategy.check(spec.students, spec.world.num_clients)
+
+
+def run_engine(spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, Any], engine: EngineConf,
+               resources: dict[str, float], ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
+
+    ``batched`` trains every student of an architecture as one vmapped model in this process
+    (``engine.device``, ``engine.chunk``); ``flower`` is Flower's simulation engine, one Ray
+    actor per client slot with ``resources`` (``run_one``).
+    """
+    if engine.name == "flower":
+        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init)
+    from peerkd.batched import run_batched
+
+    preflight(spec, strategy)
+    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk)
 
 
 def run_one(
@@ -54,7 +71,8 @@ def run_one(
         from peerkd.client_app import app as client_app
 
     preflight(spec, strategy)
-    server = make_server_app(spec, strategy, str(out_dir), config)
+    engine = {"engine": "flower", "client_resources": dict(resources)}
+    server = make_server_app(spec, strategy, str(out_dir), config, summary_extra=lambda: engine)
     run_simulation(
         server_app=server, client_app=client_app, num_supernodes=spec.world.num_clients,
         backend_config={"client_resources": resources,

@@ -47,6 +47,7 @@ class SweepRun:
     strategy: Any  # strategies.base.DistillationStrategy
     out: Path
     config: dict[str, Any] = field(hash=False, compare=False)
+    engine: Any = field(default=None, hash=False, compare=False)  # simulations.config.EngineConf
 
     @property
     def label(self) -> str:
@@ -173,12 +174,12 @@ def _ints(key: str, values: list[str]) -> list[int]:
 
 
 def _sweep_run(cfg, container: dict[str, Any], rule: str, seed: int, point, out: Path) -> SweepRun:
-    from simulations.config import to_run_spec, to_strategy
+    from simulations.config import check_engine, to_run_spec, to_strategy
 
     spec, strategy = to_run_spec(cfg, seed), to_strategy(cfg.strategy, rule)
     strategy.check(spec.students, spec.world.num_clients)
     config = {**container, "strategy": {**container["strategy"], "name": rule}, "seed": seed, "out": str(out)}
-    return SweepRun(rule, seed, point, spec, strategy, out, config)
+    return SweepRun(rule, seed, point, spec, strategy, out, config, check_engine(cfg.engine))
 
 
 def workers(parallel: int) -> int:
@@ -194,11 +195,14 @@ def workers(parallel: int) -> int:
 
 def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any]) -> dict[str, Any]:
     """A run in a worker process: its own local Ray instance, only warnings logged."""
-    from simulations.runner import run_one
+    import torch
+
+    from simulations.runner import run_engine
 
     logging.getLogger("peerkd").setLevel(logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    return run_one(run.spec, run.strategy, run.out, run.config, resources, ray_init=ray_init)
+    torch.set_num_threads(max(1, ray_init["num_cpus"]))  # the batched engine's share of the cores
+    return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init)
 
 
 def execute(runs: list[SweepRun], parallel: int, resources: dict[str, float],
@@ -206,11 +210,11 @@ def execute(runs: list[SweepRun], parallel: int, resources: dict[str, float],
     """Run ``runs``, ``parallel`` at once (1: in this process); ``on_done(run, summary)`` after
     each, with summary None for a run that failed (its error is logged; the others go on)."""
     if parallel <= 1:
-        from simulations.runner import run_one
+        from simulations.runner import run_engine
 
         for run in runs:
             try:
-                summary = run_one(run.spec, run.strategy, run.out, run.config, resources)
+                summary = run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources)
             except (RuntimeError, OSError) as exc:
                 log.error("%s failed: %s", run.label, exc)
                 summary = None
