@@ -16,7 +16,7 @@ from pathlib import Path
 import peerkd  # noqa: F401  (sets the no-telemetry environment first)
 
 CONF_DIR = Path(__file__).parent / "conf"
-USAGE = """usage: peerkd run|compare|sweep [key=value ...]
+USAGE = """usage: peerkd run|compare|sweep|bench [key=value ...]
        peerkd report DIR
 
 commands:
@@ -30,6 +30,10 @@ commands:
            peerkd sweep experiment=scarcity out=runs/scarcity
            peerkd sweep rules=[teacher,peer] partition.alpha=0.1,1,10 num_clients=4,8 seed=0,1,2
            (parallel=N runs N at once, 0 = one per CPU core up to 4; report=false skips report.md)
+  bench    one world on a plain train_model loop, Flower's engine and the batched engine, per fleet
+           size, timed (a benchmark), e.g.
+           peerkd bench sizes=[10,100,1000] rounds=20
+           peerkd bench sizes=[10000] variants=[batched] engine.device=cuda
   report   report.md and PNG plots of any results directory (run, compare or sweep), e.g.
            peerkd report runs/scarcity
 
@@ -179,6 +183,27 @@ def _print_overview(out: Path) -> None:
     _print_table(*overview_rows(groups, rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)))
 
 
+def _bench(args: list[str]) -> int:
+    from peerkd.errors import ConfigError, check_choice
+    from simulations.bench import VARIANTS, bench_table, run_bench
+    from simulations.config import check_engine, to_run_spec, to_strategy
+
+    if (cfg := _load("bench", args)) is None:
+        return 0
+    variants = [check_choice("variants", v, VARIANTS) for v in cfg.variants]
+    if not cfg.sizes or min(cfg.sizes) < 2:
+        raise ConfigError("sizes", f"{list(cfg.sizes)}", "a non-empty list of fleet sizes >= 2")
+    spec, strategy, engine = to_run_spec(cfg), to_strategy(cfg.strategy), check_engine(cfg.engine)
+    if "loop" in variants and strategy.name != "peer":
+        raise ConfigError("strategy", f"the loop variant is written for peer, not {strategy.name}", "peer")
+    out = Path(cfg.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    auto = cfg.data.name == "synth" and cfg.data.size == 0
+    rows = run_bench(spec, strategy, engine, list(cfg.sizes), variants, out, auto)
+    _print_table(*bench_table(rows))
+    print(f"results: {out} (bench.csv, bench.md, bench.png)")
+    return 0
+
+
 def _report(args: list[str]) -> int:
     from peerkd.errors import ConfigError
     from simulations.report_io import write_report
@@ -202,7 +227,7 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     console.print(table)
 
 
-COMMANDS = {"run": _run, "compare": _compare, "sweep": _sweep, "report": _report}
+COMMANDS = {"run": _run, "compare": _compare, "sweep": _sweep, "bench": _bench, "report": _report}
 
 
 def _setup_logging(verbose: bool) -> None:

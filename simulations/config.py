@@ -45,12 +45,19 @@ class PartitionConf:
     samples_per_client: int = 0  # cap each private shard (data-scarcity studies); 0 = no cap
 
 
+def _named(cls: type) -> type:
+    """A generated node type, findable by name in this module (so it pickles, e.g. to a sweep worker)."""
+    cls.__module__ = __name__
+    globals()[cls.__name__] = cls
+    return cls
+
+
 def _rule_node(name: str) -> type:
     """A config node type for rule ``name``: its ``name`` and exactly the settings its
     constructor takes, with the constructor's defaults (``peerkd run strategy=X``)."""
     fields = [(k, typ, field(default=default)) for k, (typ, default) in rule_settings(name).items()]
     title = "".join(part.capitalize() for part in name.split("_"))
-    return dataclasses.make_dataclass(f"{title}RuleConf", [("name", str, field(default=name)), *fields])
+    return _named(dataclasses.make_dataclass(f"{title}RuleConf", [("name", str, field(default=name)), *fields]))
 
 
 RULE_NODES: dict[str, type] = {name: _rule_node(name) for name in RULES}
@@ -60,7 +67,8 @@ def _shared_rule_node() -> type:
     """Settings for commands that run several rules (compare, sweep): every key some rule takes,
     default null (each rule's own default); a set key applies to every rule that takes it."""
     keys = {k: typ for name in RULES for k, (typ, _) in rule_settings(name).items()}
-    return dataclasses.make_dataclass("SharedRuleConf", [(k, Optional[typ], field(default=None)) for k, typ in keys.items()])
+    return _named(dataclasses.make_dataclass("SharedRuleConf", [(k, Optional[typ], field(default=None)) for k, typ in keys.items()]))
+
 
 
 SharedRuleConf = _shared_rule_node()
@@ -125,7 +133,14 @@ class SweepConf(CompareConf):
     report: bool = True  # write report.md and plots when the sweep ends
 
 
-SCHEMAS: dict[str, type] = {"run_schema": RunConf, "compare_schema": CompareConf, "sweep_schema": SweepConf}
+@dataclass
+class BenchConf(RunConf):
+    sizes: list[int] = field(default_factory=lambda: [10, 100])  # fleet sizes (clients = students)
+    variants: list[str] = field(default_factory=lambda: ["loop", "flower", "batched"])  # loop: train_model per client
+
+
+SCHEMAS: dict[str, type] = {"run_schema": RunConf, "compare_schema": CompareConf, "sweep_schema": SweepConf,
+                            "bench_schema": BenchConf}
 
 
 def schema_fields(schema: str) -> list[str]:
@@ -196,8 +211,9 @@ def clients_per_round(participation: float, per_round: int, num_clients: int) ->
     return 0 if participation == 1.0 else max(1, round(participation * num_clients))
 
 
-def check_engine(e: EngineConf) -> EngineConf:
-    """The validated engine settings."""
+def check_engine(e: Any) -> EngineConf:
+    """The validated engine settings, as a plain EngineConf."""
+    e = e if isinstance(e, EngineConf) else EngineConf(**_as_dict(e))
     check_choice("engine.name", e.name, ENGINES)
     check_choice("engine.device", e.device, DEVICES)
     check_range("engine.chunk", e.chunk, 0)

@@ -1,0 +1,165 @@
+"""``peerkd bench``: one world, three ways to run it, timed side by side (a benchmark, not a test).
+
+For each fleet size N the same world, rule and rounds run as
+- ``loop``: a plain single-process loop of ``peerkd.training.train_model`` per client (peer
+  mutual learning written out by hand: the reference an engine must not be much slower than);
+- ``flower``: Flower's simulation engine (Ray, one actor per client slot);
+- ``batched``: the batched engine (every student of an architecture in one vmapped model).
+
+Each variant runs in a fresh process, so its peak RSS is its own (for ``flower`` that is
+the driver's; Ray's actors are separate processes). Writes ``bench.csv``, ``bench.md`` and
+``bench.png``; ratios are to the loop of the same size in the same session.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("peerkd")
+
+VARIANTS = ("loop", "flower", "batched")
+FIELDS = ("clients", "variant", "wall_s", "round_s_first", "round_s_median", "peak_rss_mb", "peak_gpu_mb", "acc_mean",
+          "ratio_to_loop", "device")
+
+
+def world_for(spec, clients: int, auto_size: bool):
+    """``spec`` with ``clients`` clients; a generated dataset (``auto_size``) grows to keep ≥ 24 private samples each."""
+    world = dataclasses.replace(spec.world, num_clients=clients)
+    if auto_size:
+        pool = 1.0 - world.test_frac - world.public_frac - world.server_frac
+        world = dataclasses.replace(world, data_size=max(20_000, math.ceil(24 * clients / pool)))
+    return dataclasses.replace(spec, world=world)
+
+
+def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
+    """Peer mutual learning as a plain loop: each round every client trains (CE + KD toward the
+    leave-one-out mean of the others' last logits), replies with logits and is evaluated, exactly
+    as the ClientApp does (same models, seeds and batches). Returns ``acc_mean`` and ``round_s``."""
+    import numpy as np
+    import torch
+
+    from peerkd.models import build_model
+    from peerkd.training import evaluate, predict_logits, train_model
+    from peerkd.world import build_world
+    from strategies.aggregation import peer_targets
+
+    torch.set_num_threads(1)  # as each Flower client actor does
+    world, w = build_world(spec.world), spec.world
+    clients = range(w.num_clients)
+    models = [build_model(spec.students[c % len(spec.students)], world.data.input_shape, world.num_classes,
+                          seed=w.seed * 1000 + c) for c in clients]
+    logits: dict[int, np.ndarray] = {}
+    round_s, accs = [], []
+    for rnd in range(1, spec.rounds + 1):
+        t0 = time.perf_counter()
+        targets = peer_targets(logits, list(clients))
+        for c in clients:
+            train_model(models[c], *world.private(c), epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size,
+                        seed=w.seed * 1_000_003 + c * 1_009 + rnd, transfer_x=world.transfer_x, targets=targets[c],
+                        alpha=alpha, temperature=temperature)
+        logits = {c: predict_logits(models[c], world.transfer_x) for c in clients}
+        accs = [evaluate(models[c], *world.split("test"))[0] for c in clients]
+        round_s.append(time.perf_counter() - t0)
+    return {"acc_mean": float(np.mean(accs)), "round_s": round_s}
+
+
+def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, Any]:
+    """One variant of one size, in this process; its timings, memory and accuracy."""
+    from peerkd.batched.memory import peak_rss_mb
+    from peerkd.results import METRICS_FILE, read_jsonl
+    from simulations.runner import preflight, run_engine
+
+    t0 = time.perf_counter()
+    if variant == "loop":
+        preflight(spec, strategy)  # builds the world, as each engine's run does
+        res = plain_loop(spec, strategy.alpha, strategy.temperature)
+        return {**res, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": None, "device": "cpu"}
+    engine = dataclasses.replace(engine, name=variant)
+    summary = run_engine(spec, strategy, out, {"bench": variant}, engine, {"num_cpus": 1.0, "num_gpus": 0.0})
+    rounds = [r["round_s"] for r in read_jsonl(out / METRICS_FILE) if r.get("type") == "round"]
+    return {"acc_mean": summary["acc_mean"], "round_s": rounds, "wall_s": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": summary.get("peak_gpu_mb"), "device": summary.get("device") or "cpu"}
+
+
+def _in_child(variant: str, spec, strategy, engine, out: Path) -> dict[str, Any]:
+    logging.getLogger("peerkd").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    return run_variant(variant, spec, strategy, engine, out)
+
+
+def run_bench(spec, strategy, engine, sizes: list[int], variants: list[str], out: Path, auto_size: bool) -> list[dict[str, Any]]:
+    """Every (size, variant) in a fresh process; rows as ``FIELDS``, written as they finish."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        sized = world_for(spec, n, auto_size)
+        for variant in variants:
+            log.info("bench: %d clients, %s ...", n, variant)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                res = pool.submit(_in_child, variant, sized, strategy, engine, out / f"{variant}-{n}").result()
+            rows.append(_row(n, variant, res, rows))
+            log.info("bench: %d clients, %s: %.1f s, acc %.4f", n, variant, res["wall_s"], res["acc_mean"])
+            write_bench(out, rows)
+    return rows
+
+
+def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    loop = res["wall_s"] if variant == "loop" else next(
+        (r["wall_s"] for r in rows if r["clients"] == n and r["variant"] == "loop"), None)
+    return {"clients": n, "variant": variant, "wall_s": res["wall_s"], "round_s_first": res["round_s"][0],
+            "round_s_median": float(np.median(res["round_s"])), "peak_rss_mb": res["peak_rss_mb"],
+            "peak_gpu_mb": res["peak_gpu_mb"], "acc_mean": res["acc_mean"],
+            "ratio_to_loop": None if loop is None else res["wall_s"] / loop, "device": res["device"]}
+
+
+def bench_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the bench table."""
+    def num(v, fmt):
+        return "–" if v is None else format(v, fmt)
+
+    header = ["clients", "variant", "wall s", "round 1 s", "median round s", "peak RSS MB", "peak GPU MB",
+              "accuracy", "× loop", "device"]
+    cells = [[str(r["clients"]), r["variant"], num(r["wall_s"], ".1f"), num(r["round_s_first"], ".2f"),
+              num(r["round_s_median"], ".2f"), num(r["peak_rss_mb"], ".0f"), num(r["peak_gpu_mb"], ".0f"),
+              num(r["acc_mean"], ".4f"), num(r["ratio_to_loop"], ".2f"), r["device"]] for r in rows]
+    return header, cells
+
+
+def write_bench(out: Path, rows: list[dict[str, Any]]) -> None:
+    """bench.csv, bench.md and bench.png (wall time against fleet size, one line per variant)."""
+    from simulations.plots import png_bytes
+    from simulations.report import md_table
+
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench.md").write_text(md_table(*bench_table(rows)))
+    (out / "bench.png").write_bytes(png_bytes(_figure(rows)))
+
+
+def _figure(rows: list[dict[str, Any]]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=150)
+    ax = fig.add_subplot()
+    for variant in VARIANTS:
+        pts = sorted((r["clients"], r["wall_s"]) for r in rows if r["variant"] == variant)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=variant)
+    ax.set(xscale="log", yscale="log", xlabel="clients (students)", ylabel="wall time, s", title="peerkd bench")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
