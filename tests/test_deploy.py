@@ -21,7 +21,8 @@ from peerkd import deploy as D
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_TIMEOUT = 200.0  # seconds from `flwr run` to summary.json on a loaded 2-core machine
 
-pytestmark = pytest.mark.skipif(not (Path(sys.executable).parent / "flower-supernode").exists() or not Path("/proc").is_dir(),
+pytestmark = pytest.mark.skipif(not (Path(sys.executable).parent / "flower-supernode").exists()
+                                or not Path("/proc").is_dir(),
                                 reason="needs flower-superlink/flower-supernode next to the interpreter and /proc")
 
 
@@ -62,7 +63,8 @@ def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
         p1, p2 = D.free_ports(2)
         retry = ["--max-retries", "1", "--max-wait-time", "20"]
         cfg = D.node_config_string(2, 3)
-        cluster.start("rogue-unregistered", D.supernode_args(info.fleet, cfg, p1, state / "certs" / "ca.crt", rogue_key) + retry,
+        cluster.start("rogue-unregistered",
+                      D.supernode_args(info.fleet, cfg, p1, state / "certs" / "ca.crt", rogue_key) + retry,
                       env={"FLWR_HOME": str(state / "rogue-1")})
         cluster.start("rogue-plaintext", D.supernode_args(info.fleet, cfg, p2, None, None) + retry,
                       env={"FLWR_HOME": str(state / "rogue-2")})
@@ -79,7 +81,8 @@ def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
         assert [r["replies"] for r in rounds] == [3, 3] and all(r["missing"] == [] for r in rounds)
         assert summary["bytes_up"] > 0 and (out / "config.yaml").exists()
         # Both intruders were refused and gave up.
-        assert _wait_exit(cluster, "rogue-unregistered", 60) and _wait_exit(cluster, "rogue-plaintext", 60), _logs(state)
+        assert _wait_exit(cluster, "rogue-unregistered", 60), _logs(state)
+        assert _wait_exit(cluster, "rogue-plaintext", 60), _logs(state)
         link_log = (state / "superlink-flwr.log").read_text()
         assert "No SuperNode found with the given public key" in link_log, _logs(state)
         assert len(set(re.findall(r"Activated node_id=(\d+)", link_log))) == 3, _logs(state)
@@ -129,7 +132,8 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
 
 def test_node_config_and_connection_strings():
     assert D.node_config_string(1, 3) == "partition-id=1 num-partitions=3"
-    assert D.node_config_string(0, 2, "/d/a.npz", "cnn") == 'partition-id=0 num-partitions=2 data-path="/d/a.npz" student="cnn"'
+    assert D.node_config_string(0, 2, "/d/a.npz", "cnn") == \
+        'partition-id=0 num-partitions=2 data-path="/d/a.npz" student="cnn"'
     assert 'root-certificates = "/c/ca.crt"' in D.connection_toml("127.0.0.1:9093", "/c/ca.crt")
     assert "insecure = true" in D.connection_toml("127.0.0.1:9093", None)
     assert D.is_loopback("127.0.0.1:9092") and not D.is_loopback("10.0.0.2:9092")

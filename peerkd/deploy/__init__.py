@@ -25,14 +25,33 @@ from peerkd.deploy.bench import bench
 from peerkd.deploy.certs import make_certs, make_node_keys
 from peerkd.deploy.cli import main
 from peerkd.deploy.cluster import PROCESS_FILE, Cluster
-from peerkd.deploy.commands import (BASELINE_ENV, BIN, CONNECTION, DEPLOY_ENV, connection_toml, free_ports, is_loopback,
-                                    node_config_string, superlink_args, supernode_args)
-from peerkd.deploy.launch import (CLUSTER_FILE, LocalCluster, flwr_env, register_nodes, start_local, submit_run,
-                                  wait_for_port, wait_for_summary)
+from peerkd.deploy.commands import (
+    BASELINE_ENV,
+    BIN,
+    CONNECTION,
+    DEPLOY_ENV,
+    connection_toml,
+    free_ports,
+    is_loopback,
+    node_config_string,
+    superlink_args,
+    supernode_args,
+)
+from peerkd.deploy.launch import (
+    CLUSTER_FILE,
+    LocalCluster,
+    flwr_env,
+    register_nodes,
+    start_local,
+    submit_run,
+    wait_for_port,
+    wait_for_summary,
+)
 from peerkd.deploy.processes import Started, process_tree, stop_escalating, stop_processes
 
 __all__ = [
-    "BASELINE_ENV", "BIN", "CLUSTER_FILE", "CONNECTION", "DEPLOY_ENV", "PROCESS_FILE", "Cluster", "LocalCluster", "Started",
+    "BASELINE_ENV", "BIN", "CLUSTER_FILE", "CONNECTION", "DEPLOY_ENV", "PROCESS_FILE",
+    "Cluster", "LocalCluster", "Started",
     "bench", "connection_toml", "flwr_env", "free_ports", "is_loopback", "main", "make_certs", "make_node_keys",
     "node_config_string", "process_tree", "register_nodes", "start_local", "stop_escalating", "stop_processes",
     "submit_run", "superlink_args", "supernode_args", "wait_for_port", "wait_for_summary",

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
     """Write ``ca.crt``/``ca.key`` (self-signed CA) and ``server.pem``/``server.key`` for ``hosts``."""
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peerkd test CA")])
     ca = (_builder(ca_name, ca_name, ca_key, now, days)
@@ -35,7 +35,8 @@ def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivate
              days: int) -> x509.CertificateBuilder:
     """A certificate for ``key``'s public half, valid ``days`` days from ``now``, not yet signed."""
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=days)))
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days)))
 
 
 def _sans(hosts: list[str]) -> list[x509.GeneralName]:
@@ -58,7 +59,8 @@ def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Pa
         private, public = out / f"{prefix}-{i}", out / f"{prefix}-{i}.pub"
         _write_secret(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                                  serialization.NoEncryption()))
-        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+        openssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        public.write_bytes(key.public_key().public_bytes(*openssh))
         pairs.append((private, public))
     return pairs
 

@@ -12,8 +12,15 @@ from pathlib import Path
 from peerkd.deploy.bench import bench
 from peerkd.deploy.certs import make_certs, make_node_keys
 from peerkd.deploy.cluster import Cluster
-from peerkd.deploy.commands import (CONNECTION, DEPLOY_ENV, connection_toml, is_loopback, node_config_string,
-                                    superlink_args, supernode_args)
+from peerkd.deploy.commands import (
+    CONNECTION,
+    DEPLOY_ENV,
+    connection_toml,
+    is_loopback,
+    node_config_string,
+    superlink_args,
+    supernode_args,
+)
 from peerkd.deploy.launch import LocalCluster, start_local, submit_run, wait_for_summary
 
 log = logging.getLogger("peerkd.deploy")
@@ -88,7 +95,8 @@ def _add_superlink(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("superlink", help="start a SuperLink in the background")
     s.add_argument("--state", type=Path, required=True, help="directory for logs and the process record")
     s.add_argument("--fleet", default="0.0.0.0:9092", help="Fleet API address (SuperNodes connect here)")
-    s.add_argument("--control", default="0.0.0.0:9093", help="Control + Runtime HTTP API address (`flwr run` connects here)")
+    s.add_argument("--control", default="0.0.0.0:9093",
+                   help="Control + Runtime HTTP API address (`flwr run` connects here)")
     s.add_argument("--certs", type=Path, help="directory with ca.crt, server.pem, server.key")
     s.add_argument("--insecure", action="store_true", help="no TLS and no node authentication")
     s.set_defaults(func=_cmd_superlink)
@@ -103,11 +111,13 @@ def _cmd_superlink(a: argparse.Namespace) -> int:
     flwr_home = cluster.state / "flwr-home"
     flwr_home.mkdir(exist_ok=True)
     port = a.control.rsplit(":", 1)[1]
-    (flwr_home / "config.toml").write_text(connection_toml(f"127.0.0.1:{port}", str(certs / "ca.crt") if certs else None))
-    link = cluster.start("superlink", superlink_args(a.fleet, a.control, certs, not a.insecure,
-                                                     cluster.state / "superlink-flwr.log"), env={"FLWR_HOME": str(flwr_home)})
-    LocalCluster(str(cluster.state), a.fleet, f"127.0.0.1:{port}", str(flwr_home), not a.insecure, 0).write()
-    log.info("SuperLink pid %d: Fleet API %s, Control API %s%s", link.pid, a.fleet, a.control, " (INSECURE)" if a.insecure else "")
+    control = f"127.0.0.1:{port}"
+    (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
+    args = superlink_args(a.fleet, a.control, certs, not a.insecure, cluster.state / "superlink-flwr.log")
+    link = cluster.start("superlink", args, env={"FLWR_HOME": str(flwr_home)})
+    LocalCluster(str(cluster.state), a.fleet, control, str(flwr_home), not a.insecure, 0).write()
+    log.info("SuperLink pid %d: Fleet API %s, Control API %s%s", link.pid, a.fleet, a.control,
+             " (INSECURE)" if a.insecure else "")
     log.info("register nodes: FLWR_HOME=%s flwr supernode register node-0.pub %s", flwr_home, CONNECTION)
     return 0
 
@@ -138,9 +148,11 @@ def _cmd_supernode(a: argparse.Namespace) -> int:
     name = f"node-{a.partition_id}"
     home = cluster.state / name
     home.mkdir(exist_ok=True)
-    args = supernode_args(a.superlink, node_config_string(a.partition_id, a.num_partitions, a.data_path, a.student), a.port,
-                          None if a.insecure else a.root_cert.resolve(), a.key.resolve() if a.key else None)
-    node = cluster.start(name, args, env={"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")})
+    config = node_config_string(a.partition_id, a.num_partitions, a.data_path, a.student)
+    args = supernode_args(a.superlink, config, a.port, None if a.insecure else a.root_cert.resolve(),
+                          a.key.resolve() if a.key else None)
+    env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")}
+    node = cluster.start(name, args, env=env)
     log.info("SuperNode %s pid %d -> %s", name, node.pid, a.superlink)
     return 0
 

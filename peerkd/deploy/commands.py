@@ -53,7 +53,8 @@ def superlink_args(fleet: str, http: str, certs: Path | None, auth: bool, log_fi
     return args + (["--enable-supernode-auth"] if auth else [])
 
 
-def supernode_args(superlink: str, node_config: str, clientappio_port: int, root_cert: Path | None, key: Path | None) -> list[str]:
+def supernode_args(superlink: str, node_config: str, clientappio_port: int, root_cert: Path | None,
+                   key: Path | None) -> list[str]:
     """Command line of a SuperNode (TLS when ``root_cert`` is given, authenticated with ``key``)."""
     args = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", node_config,
             "--port", str(clientappio_port)]

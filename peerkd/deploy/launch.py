@@ -13,8 +13,17 @@ from pathlib import Path
 
 from peerkd.deploy.certs import make_certs, make_node_keys
 from peerkd.deploy.cluster import Cluster
-from peerkd.deploy.commands import (BASELINE_ENV, BIN, CONNECTION, DEPLOY_ENV, connection_toml, free_ports,
-                                    node_config_string, superlink_args, supernode_args)
+from peerkd.deploy.commands import (
+    BASELINE_ENV,
+    BIN,
+    CONNECTION,
+    DEPLOY_ENV,
+    connection_toml,
+    free_ports,
+    node_config_string,
+    superlink_args,
+    supernode_args,
+)
 from peerkd.deploy.processes import Started, process_tree
 
 CLUSTER_FILE = "cluster.json"
@@ -58,7 +67,8 @@ def wait_for_port(address: str, timeout: float, proc: Started | None = None) -> 
 
 def flwr_env(flwr_home: Path) -> dict[str, str]:
     """The environment of `flwr` CLI calls against this cluster."""
-    return {**os.environ, **DEPLOY_ENV, "FLWR_HOME": str(flwr_home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **DEPLOY_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
 
 
 def register_nodes(flwr_home: Path, public_keys: list[Path], timeout: float = 90.0) -> None:
@@ -107,8 +117,8 @@ def start_local(state: Path, nodes: int, secure: bool = True, students: list[str
         student = students[i % len(students)] if students else ""
         data_path = data_paths[i] if data_paths and i < len(data_paths) else ""
         config = node_config_string(i, nodes, data_path, student)
-        _start_node(cluster, i, supernode_args(fleet, config, node_ports[i], certs / "ca.crt" if certs else None, private),
-                    extra)
+        args = supernode_args(fleet, config, node_ports[i], certs / "ca.crt" if certs else None, private)
+        _start_node(cluster, i, args, extra)
     info = LocalCluster(str(state), fleet, control, str(flwr_home), secure, nodes)
     info.write()
     return info
