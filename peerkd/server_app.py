@@ -9,6 +9,7 @@ of every serialised array sent and received, and the clock go to ``metrics.jsonl
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -132,10 +133,15 @@ def screen_reply(reply: Message, strategy: ExchangeRule, num_clients: int) -> tu
     acc = values.get(P.METRIC_TEST_ACC)
     if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
         return None, f"{P.METRIC_TEST_ACC} {acc!r} outside [0, 1]"
+    loss = values.get(P.METRIC_TEST_LOSS)
+    if not isinstance(loss, float) or not math.isfinite(loss) or loss < 0:
+        return None, f"{P.METRIC_TEST_LOSS} {loss!r} is not a finite loss >= 0"
     try:
         strategy.check_reply(content)
     except CodecError as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001  (forged bytes or dtypes can fail anywhere in decoding: a rejection, not a crash)
+        return None, f"malformed reply ({type(exc).__name__}: {exc})"
     return values, None
 
 
