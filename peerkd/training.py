@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,33 +53,27 @@ def train_model(
     """
     device = device or torch.device("cpu")
     model.to(device).train()
-    gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
     distill = targets is not None and transfer_x is not None and alpha > 0 and len(transfer_x) > 0
     if distill:
         pt, tt = torch.as_tensor(transfer_x, device=device), torch.as_tensor(targets, device=device)
     st = torch.as_tensor(sample_targets, device=device) if sample_targets is not None and alpha > 0 else None
-    n_steps = math.ceil(max(len(x), len(transfer_x) if distill else 0) / batch_size)
+    plan = plan_batches(len(x), len(transfer_x) if distill else 0, batch_size, epochs, seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    last = 0.0
-    for _ in range(epochs):
-        priv = _cycled_batches(len(x), batch_size, n_steps, gen)
-        pub = _cycled_batches(len(transfer_x), batch_size, n_steps, gen) if distill else None
-        total = 0.0
-        for step in range(n_steps):
-            bi = priv[step].to(device)
-            out_priv = model(xt[bi])
-            out_pub = tgt = None
-            if pub is not None:
-                bj = pub[step].to(device)
-                out_pub, tgt = model(pt[bj]), tt[bj]
-            elif st is not None:
-                tgt = st[bi]
-                has = torch.isfinite(tgt).all(dim=1)
-                out_pub, tgt = out_priv[has], tgt[has]
-            total += _step(opt, distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature))
-        last = total / n_steps
-    return last
+    losses = []
+    for k in range(len(plan.private)):
+        bi = plan.private[k].to(device)
+        out_priv = model(xt[bi])
+        out_pub = tgt = None
+        if plan.transfer is not None:
+            bj = plan.transfer[k].to(device)
+            out_pub, tgt = model(pt[bj]), tt[bj]
+        elif st is not None:
+            tgt = st[bi]
+            has = torch.isfinite(tgt).all(dim=1)
+            out_pub, tgt = out_priv[has], tgt[has]
+        losses.append(_step(opt, distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)))
+    return plan.last_epoch_mean(losses)
 
 
 def distill_only(
@@ -96,18 +91,14 @@ def distill_only(
 
     device = device or torch.device("cpu")
     model.to(device).train()
-    gen = torch.Generator().manual_seed(seed)
     xt, tt = torch.as_tensor(x, device=device), torch.as_tensor(targets, device=device)
-    n_steps = math.ceil(len(x) / batch_size)
+    plan = plan_batches(len(x), 0, batch_size, epochs, seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    last = 0.0
-    for _ in range(epochs):
-        total = 0.0
-        for bi in _cycled_batches(len(x), batch_size, n_steps, gen):
-            bi = bi.to(device)
-            total += _step(opt, kd_loss(model(xt[bi]), tt[bi], temperature))
-        last = total / n_steps
-    return last
+    losses = []
+    for bi in plan.private:
+        bi = bi.to(device)
+        losses.append(_step(opt, kd_loss(model(xt[bi]), tt[bi], temperature)))
+    return plan.last_epoch_mean(losses)
 
 
 def class_mean_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +123,49 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     return float(loss.detach())
 
 
+def round_seed(world_seed: int, client: int, server_round: int) -> int:
+    """The seed of ``client``'s batch order in ``server_round`` (both engines draw the same batches)."""
+    return world_seed * 1_000_003 + client * 1_009 + server_round
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Every step's batch indices of one training call, drawn before it starts.
+
+    ``private[k]`` (and ``transfer[k]`` when distilling on the transfer set) index the
+    batches of step ``k``; there are ``epochs * steps_per_epoch`` steps.
+    """
+
+    steps_per_epoch: int
+    private: torch.Tensor  # (steps, batch_size) int64
+    transfer: torch.Tensor | None  # (steps, batch_size) int64, or None without transfer-set KD
+
+    def last_epoch_mean(self, losses: list[float]) -> float:
+        """Mean of the last epoch's step losses (0.0 without steps), summed in step order."""
+        if not losses or not self.steps_per_epoch:
+            return 0.0
+        return sum(losses[-self.steps_per_epoch:]) / self.steps_per_epoch
+
+
+def plan_batches(n: int, n_transfer: int, batch_size: int, epochs: int, seed: int) -> BatchPlan:
+    """Batches of ``epochs`` epochs over ``n`` private samples, paired with batches over
+    ``n_transfer`` transfer inputs (0: none).
+
+    An epoch is one pass over the larger of the two sets; the smaller is cycled. Each epoch
+    draws the private order, then the transfer order, from one generator seeded with
+    ``seed``, so a plan is a pure function of its arguments.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n_steps = math.ceil(max(n, n_transfer) / batch_size)
+    priv, pub = [], []
+    for _ in range(epochs):
+        priv += _cycled_batches(n, batch_size, n_steps, gen)
+        if n_transfer:
+            pub += _cycled_batches(n_transfer, batch_size, n_steps, gen)
+    stack = lambda batches: torch.stack(batches) if batches else torch.zeros((0, batch_size), dtype=torch.int64)  # noqa: E731
+    return BatchPlan(n_steps, stack(priv), stack(pub) if n_transfer else None)
+
+
 def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
     """``n_steps`` index batches over ``0..n-1``, reshuffling each time the data runs out."""
     reps = math.ceil(n_steps * batch_size / n) if n else 0
@@ -151,7 +185,11 @@ def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device | None 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | None = None) -> tuple[float, float]:
     """Accuracy in [0, 1] and mean cross-entropy of ``model`` on ``(x, y)``."""
-    logits = torch.as_tensor(predict_logits(model, x, device))
-    labels = torch.as_tensor(y)
+    return score_logits(predict_logits(model, x, device), y)
+
+
+def score_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Accuracy in [0, 1] and mean cross-entropy of ``(N, C)`` logits against labels ``y``."""
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(y)
     acc = float((logits.argmax(dim=1) == labels).float().mean())
     return acc, float(F.cross_entropy(logits, labels))
