@@ -25,16 +25,18 @@ from dataclasses import dataclass
 
 import torch
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
-from peerkd.codec import decode_logits, encode_logits
+from peerkd.exchange import (
+    class_means_record, class_targets, metrics_record, query_records, reply, reply_records, student_arch, transfer_targets,
+)
 from peerkd.protocol import RoundParams
 from peerkd.models import build_model
-from peerkd.training import class_mean_logits, distill_only, evaluate, pick_device, predict_logits, train_model
+from peerkd.training import class_mean_logits, distill_only, evaluate, pick_device, predict_logits, round_seed, train_model
 from peerkd.world import World, WorldSpec, build_world, load_node_data
 
 app = ClientApp()
@@ -58,8 +60,7 @@ class Student:
     @property
     def seed(self) -> int:
         """A per-client, per-round seed for batch order."""
-        spec = self.world.spec
-        return spec.seed * 1_000_003 + self.client * 1_009 + self.params.round
+        return round_seed(self.world.spec.seed, self.client, self.params.round)
 
 
 def _load_student(msg: Message, context: Context) -> Student:
@@ -69,7 +70,7 @@ def _load_student(msg: Message, context: Context) -> Student:
     client = int(context.node_config[P.NODE_PARTITION_ID])
     if not 0 <= client < spec.num_clients:
         raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
-    arch = str(context.node_config.get(P.NODE_STUDENT, params.students[client % len(params.students)]))
+    arch = student_arch(params, client, context.node_config)
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: 1 thread per actor is ~7x faster under load
@@ -106,34 +107,19 @@ def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]
     return loss, time.perf_counter() - t0
 
 
-def _metrics(s: Student, **extra: float) -> MetricRecord:
+def _metrics(s: Student, **extra: float):
     acc, loss = evaluate(s.model, *s.world.split("test"), device=s.device)
-    n = len(s.private[1])
-    return MetricRecord({P.METRIC_PARTITION: s.client, P.METRIC_NUM_EXAMPLES: n, P.METRIC_TEST_ACC: acc, P.METRIC_TEST_LOSS: loss, **extra})
+    return metrics_record(s.client, len(s.private[1]), acc, loss, **extra)
 
 
 def _finish(msg: Message, s: Student, context: Context, loss: float, secs: float, records: dict | None = None) -> Message:
     """Save the student, evaluate it, and reply with metrics plus what the config asks for."""
     _save_student(s, context)
-    records = {P.KEY_METRICS: _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs}), **(records or {})}
-    if s.params.reply_logits:
-        logits = predict_logits(s.model, s.world.transfer_x, s.device)
-        if s.params.reply_probs:
-            logits = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
-        records[P.KEY_LOGITS] = encode_logits(logits)
-    if s.params.reply_probe:
-        records[P.KEY_PROBE] = encode_logits(predict_logits(s.model, s.world.split("server")[0], s.device))
-    return _reply(msg, s, records)
-
-
-def _reply(msg: Message, s: Student, records: dict) -> Message:
-    """A reply carrying ``records`` and this student's architecture."""
-    return Message(RecordDict({**records, P.KEY_INFO: ConfigRecord({"arch": s.arch})}), reply_to=msg)
-
-
-def _transfer_targets(msg: Message, s: Student):
-    shape = (len(s.world.transfer_x), s.world.num_classes)
-    return decode_logits(msg.content[P.KEY_TARGETS], shape) if P.KEY_TARGETS in msg.content else None
+    metrics = _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})
+    return reply(msg, s.arch, reply_records(
+        s.params, metrics, lambda: predict_logits(s.model, s.world.transfer_x, s.device),
+        lambda: predict_logits(s.model, s.world.split("server")[0], s.device), records,
+    ))
 
 
 @app.train()
@@ -151,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
     s = _load_student(msg, context)
-    loss, secs = _train(s, targets=_transfer_targets(msg, s))
+    loss, secs = _train(s, targets=transfer_targets(msg.content, s.world))
     return _finish(msg, s, context, loss, secs)
 
 
@@ -159,7 +145,7 @@ def distill(msg: Message, context: Context) -> Message:
 def digest(msg: Message, context: Context) -> Message:
     """Digest (fit the targets on the transfer set, KD alone), then revisit (CE epochs)."""
     s = _load_student(msg, context)
-    targets = _transfer_targets(msg, s)
+    targets = transfer_targets(msg.content, s.world)
     p = s.params
     t0 = time.perf_counter()
     if targets is not None and p.digest_epochs > 0:
@@ -177,28 +163,25 @@ def class_distill(msg: Message, context: Context) -> Message:
     c = s.world.num_classes
     x, y = s.private
     sample_targets = None
-    if P.KEY_TARGETS in msg.content:
-        record = msg.content[P.KEY_TARGETS]
-        table = decode_logits(record, (c, c)).copy()
-        mask = decode_logits(ArrayRecord({P.ARRAY_LOGITS: record[P.ARRAY_MASK]}), (c,)) if P.ARRAY_MASK in record else np.ones(c)
-        table[mask <= 0] = np.nan
+    if (targets := class_targets(msg.content, c)) is not None:
+        table, valid = targets
+        table = table.copy()
+        table[~valid] = np.nan  # NaN rows: no target for samples of that class
         sample_targets = table[y]
     loss, secs = _train(s, sample_targets=sample_targets)
     means, counts = class_mean_logits(predict_logits(s.model, x, s.device), y, c)
-    record = ArrayRecord({P.ARRAY_LOGITS: Array(means), P.ARRAY_COUNTS: Array(counts)})
-    return _finish(msg, s, context, loss, secs, {P.KEY_LOGITS: record})
+    return _finish(msg, s, context, loss, secs, {P.KEY_LOGITS: class_means_record(means, counts)})
 
 
 @app.query("logits")
 def query_logits(msg: Message, context: Context) -> Message:
     """This student's logits on the transfer set."""
     s = _load_student(msg, context)
-    logits = encode_logits(predict_logits(s.model, s.world.transfer_x, s.device))
-    return _reply(msg, s, {P.KEY_LOGITS: logits, P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: s.client})})
+    return reply(msg, s.arch, query_records(s.client, predict_logits(s.model, s.world.transfer_x, s.device)))
 
 
 @app.evaluate()
 def evaluate_student(msg: Message, context: Context) -> Message:
     """Accuracy and loss of this student on the test split."""
     s = _load_student(msg, context)
-    return _reply(msg, s, {P.KEY_METRICS: _metrics(s)})
+    return reply(msg, s.arch, {P.KEY_METRICS: _metrics(s)})
