@@ -1,22 +1,30 @@
-"""Environment every peerkd entry point sets before Flower or Ray start: nothing phones home."""
+"""Environment every peerkd entry point sets before Flower or Ray start: nothing phones home,
+and a simulated client sees a GPU only when its resources give it one."""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray >= 2.50 warns on every actor start unless this is set; we never set num_gpus=0
-    # expecting Ray to hide GPUs, so the new behaviour is what we want.
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    # Ray would otherwise ship the working directory to each actor.
+    # "1": Ray hides every GPU (CUDA_VISIBLE_DEVICES="") from an actor with num_gpus=0, so a
+    # client trains on CUDA only when client resources give it a GPU. "0" (set here before)
+    # left GPUs visible, and every "CPU" client of a GPU machine picked CUDA. Ray >= 2.50
+    # plans to make "0" its default, so the value is pinned, not left to the default.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
+    # One line for log lines repeated by many actors.
     "RAY_DEDUP_LOGS": "1",
 }
+
+# ray.init's FutureWarning about that default changing: the value above is deliberate.
+_RAY_ACCEL_TIP = "Tip: In future versions of Ray, Ray will no longer override accelerator"
 
 
 def set_quiet_env() -> None:
     """Set the no-telemetry variables, keeping any value the user already exported."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", message=_RAY_ACCEL_TIP, category=FutureWarning)
