@@ -159,18 +159,21 @@ def plan_batches(n: int, n_transfer: int, batch_size: int, epochs: int, seed: in
     n_steps = math.ceil(max(n, n_transfer) / batch_size)
     priv, pub = [], []
     for _ in range(epochs):
-        priv += _cycled_batches(n, batch_size, n_steps, gen)
+        priv.append(_cycled_batches(n, batch_size, n_steps, gen))
         if n_transfer:
-            pub += _cycled_batches(n_transfer, batch_size, n_steps, gen)
-    stack = lambda batches: torch.stack(batches) if batches else torch.zeros((0, batch_size), dtype=torch.int64)  # noqa: E731
-    return BatchPlan(n_steps, stack(priv), stack(pub) if n_transfer else None)
+            pub.append(_cycled_batches(n_transfer, batch_size, n_steps, gen))
+    cat = lambda epochs: torch.cat(epochs) if epochs else torch.zeros((0, batch_size), dtype=torch.int64)  # noqa: E731
+    return BatchPlan(n_steps, cat(priv), cat(pub) if n_transfer else None)
 
 
-def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """``n_steps`` index batches over ``0..n-1``, reshuffling each time the data runs out."""
+def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator) -> torch.Tensor:
+    """``(n_steps, batch_size)`` indices over ``0..n-1``, reshuffling each time the data runs out
+    (so every batch is full); ``(n_steps, 0)`` when ``n`` is 0."""
     reps = math.ceil(n_steps * batch_size / n) if n else 0
     order = torch.cat([torch.randperm(n, generator=gen) for _ in range(max(reps, 1))])
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_steps)]
+    if not n:
+        return torch.zeros((n_steps, 0), dtype=torch.int64)
+    return order[:n_steps * batch_size].view(n_steps, batch_size)
 
 
 @torch.no_grad()
