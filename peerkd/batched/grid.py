@@ -1,0 +1,162 @@
+"""``BatchedGrid``: an in-process Flower Grid whose nodes are stacked students.
+
+The ServerApp's round loop, the rules, reply screening and byte counting see an ordinary
+``flwr.serverapp.Grid``. Pushed messages are answered at once: decoded one by one (a bad
+message gets an error reply, as a failing ClientApp's would), grouped by (message type,
+student architecture, settings), and each group is answered in chunks of at most
+``chunk`` students by one vmapped computation. Replies are real Messages built by the
+same code as the ClientApp's, so they carry the same records and bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from peerkd.batched.cohort import EVAL_ROWS, Cohort, DeviceData
+from peerkd.batched.handlers import HANDLERS, Request, decode_request
+from peerkd.batched.memory import auto_chunk
+from peerkd.batched.store import StudentStore
+from peerkd.errors import ConfigError, check_choice
+from peerkd.exchange import reply
+from peerkd.models import build_model
+from peerkd.training import pick_device
+from peerkd.world import World, WorldSpec, build_world
+
+log = logging.getLogger("peerkd")
+
+DEVICES = ("auto", "cpu", "cuda")
+NODE_ID_BASE = 1_000  # node id = NODE_ID_BASE + partition id (SUPERLINK_NODE_ID is 1)
+
+
+class BatchedGrid(Grid):
+    """A Grid of ``num_nodes`` simulated nodes (partition ids ``0..num_nodes-1``) answered in batches.
+
+    Parameters
+    ----------
+    num_nodes : int
+        Number of nodes; node ``NODE_ID_BASE + i`` holds partition ``i``.
+    device : str
+        ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
+    chunk : int
+        Most students per vmapped call; 0 sizes chunks from free memory.
+    run_id : int
+        The run's id; creating the grid makes this process the run's ServerApp task
+        (Flower's ``TaskIdentity``), so rules can build Messages.
+    """
+
+    def __init__(self, num_nodes: int, *, device: str = "auto", chunk: int = 0, run_id: int = 1):
+        if chunk < 0:
+            raise ConfigError("engine.chunk", f"{chunk} students per call", "an integer >= 0 (0: sized from free memory)")
+        self.device = pick_device(check_choice("engine.device", device, DEVICES))
+        self.chunk = chunk
+        self.store = StudentStore(self.device)
+        self._nodes = {NODE_ID_BASE + i: i for i in range(num_nodes)}
+        self._replies: dict[str, Message] = {}
+        self._data: dict[WorldSpec, DeviceData] = {}
+        self.set_run(Run.create_empty(run_id))
+
+    def set_run(self, run: Run) -> None:
+        """Set the run this grid serves (and this process's task identity for it)."""
+        if not isinstance(run, Run):
+            raise TypeError(f"`run` must be an instance of Run, got {type(run).__name__}")
+        self._run = run
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run.run_id, 1, SUPERLINK_NODE_ID
+
+    @property
+    def run(self) -> Run:
+        """Run information."""
+        return Run(**vars(self._run))
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        """A new message to ``dst_node_id`` (Flower deprecates this; the Message constructor does the same)."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """All nodes: they are in-process, so every one is connected from the start."""
+        return list(self._nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Give each message an id, answer them all, and keep the replies for ``pull_messages``."""
+        messages = list(messages)
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's in-memory grid does
+            if msg.metadata.reply_to_message_id or msg.metadata.ttl <= 0:
+                raise ValueError(f"invalid message: {msg.metadata}")
+        for r in self._answer(messages):
+            self._replies[r.metadata.reply_to_message_id] = r
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies to ``message_ids`` not pulled yet."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages`` and return their replies (all of them: answering is synchronous)."""
+        return self.pull_messages(self.push_messages(messages))
+
+    def _answer(self, messages: list[Message]) -> list[Message]:
+        """Replies to ``messages``: decode each, then answer each group chunk by chunk."""
+        replies, groups = [], {}
+        for msg in messages:
+            if msg.metadata.dst_node_id not in self._nodes:
+                replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"))
+                continue
+            try:
+                req = decode_request(msg, self._nodes[msg.metadata.dst_node_id])
+            except Exception as exc:  # noqa: BLE001  (a bad message fails alone, as in a ClientApp)
+                replies.append(_raised(msg, exc))
+                continue
+            groups.setdefault(req.group, []).append(req)
+        for reqs in groups.values():
+            size = self._chunk_size(reqs)
+            for start in range(0, len(reqs), size):
+                replies += self._answer_chunk(reqs[start:start + size])
+        return replies
+
+    def _answer_chunk(self, reqs: list[Request]) -> list[Message]:
+        """One cohort's replies (all error replies if its computation raises)."""
+        first = reqs[0]
+        try:
+            world = build_world(first.spec)
+            cohort = Cohort(world, self._device_data(world), first.params, self.store.base(first.arch, world), [r.client for r in reqs])
+            weights = self.store.load(first.arch, world, cohort.clients)
+            weights, records = HANDLERS[first.msg.metadata.message_type](cohort, weights, reqs)
+            if weights is not None:
+                self.store.save(first.arch, cohort.clients, weights)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("batched %s for %d %s students failed", first.msg.metadata.message_type, len(reqs), first.arch)
+            return [_raised(r.msg, exc) for r in reqs]
+        return [reply(r.msg, r.arch, rec) for r, rec in zip(reqs, records)]
+
+    def _chunk_size(self, reqs: list[Request]) -> int:
+        if self.chunk:
+            return self.chunk
+        first = reqs[0]
+        world = build_world(first.spec)
+        model = build_model(first.arch, world.data.input_shape, world.num_classes, seed=0)
+        eval_rows = min(EVAL_ROWS, max(len(world.split("test")[1]), len(world.transfer_x), 1))
+        return auto_chunk(model, world.data.input_shape, 2 * first.params.batch_size, eval_rows, len(reqs), self.device)
+
+    def _device_data(self, world: World) -> DeviceData:
+        if world.spec not in self._data:
+            self._data[world.spec] = DeviceData.of(world, self.device)
+        return self._data[world.spec]
+
+
+def _raised(msg: Message, exc: Exception) -> Message:
+    """The error reply Flower's simulation sends for a ClientApp that raised ``exc``."""
+    return _error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(type(exc)) + ":<'" + str(exc) + "'>")
+
+
+def _error(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+

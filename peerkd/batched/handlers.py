@@ -1,0 +1,159 @@
+"""The ClientApp's handlers (``peerkd.client_app``), for a cohort of students at once.
+
+A request is decoded per message (``decode_request``: the same decoders as the ClientApp,
+so a malformed message fails alone); a handler then answers a cohort's requests with one
+batched computation and returns each student's reply records, built by
+``peerkd.exchange`` as the ClientApp builds them.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message
+from torch import nn
+
+from peerkd import protocol as P
+from peerkd.batched.cohort import Cohort
+from peerkd.batched.stacked import Params
+from peerkd.exchange import (
+    class_means_record, class_targets, metrics_record, query_records, reply_records, student_arch, transfer_targets,
+)
+from peerkd.models import build_model
+from peerkd.protocol import RoundParams
+from peerkd.world import WorldSpec, build_world
+
+
+@dataclass(frozen=True)
+class Request:
+    """One message, decoded: who answers it, under which settings, with which inputs."""
+
+    msg: Message
+    client: int
+    arch: str
+    spec: WorldSpec
+    params: RoundParams
+    inputs: Any = None  # targets, FD (table, valid), or a weights state dict (fedavg)
+
+    @property
+    def group(self) -> tuple:
+        """Requests with equal groups are answered by one cohort."""
+        return (self.msg.metadata.message_type, self.arch, self.spec, self.params)
+
+
+def decode_request(msg: Message, client: int) -> Request:
+    """Decode ``msg`` for ``client``'s student; raise as the ClientApp would on a bad message."""
+    kind = msg.metadata.message_type
+    if kind not in HANDLERS:
+        raise ValueError(f"no handler for message type {kind!r}")
+    config = dict(msg.content[P.KEY_CONFIG])
+    spec, params = WorldSpec.from_config(config), RoundParams.from_config(config)
+    if not 0 <= client < spec.num_clients:
+        raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
+    world = build_world(spec)
+    inputs = None
+    if kind in (P.MSG_DISTILL, P.MSG_DIGEST):
+        inputs = transfer_targets(msg.content, world)
+    elif kind == P.MSG_CLASS_DISTILL:
+        inputs = class_targets(msg.content, world.num_classes)
+    elif kind == P.MSG_TRAIN and P.KEY_ARRAYS in msg.content:
+        inputs = msg.content[P.KEY_ARRAYS].to_torch_state_dict()
+        _check_state(inputs, _shapes(student_arch(params, client), world.data.input_shape, world.num_classes))
+    return Request(msg, client, student_arch(params, client), spec, params, inputs)
+
+
+@functools.lru_cache(maxsize=32)
+def _shapes(arch: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Weight names and shapes of a student of ``arch``."""
+    return {k: tuple(v.shape) for k, v in build_model(arch, input_shape, num_classes, seed=0).state_dict().items()}
+
+
+def _check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise as a strict ``load_state_dict`` would on other names or shapes."""
+    if set(state) != set(shapes):
+        raise ValueError(f"weights do not match the student: {sorted(set(state) ^ set(shapes))}")
+    for k, v in state.items():
+        if tuple(v.shape) != shapes[k]:
+            raise ValueError(f"weight {k!r} has shape {tuple(v.shape)}, the student's is {shapes[k]}")
+
+
+Handler = Callable[[Cohort, Params, list[Request]], tuple[Params | None, list[dict]]]
+
+
+def _train(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
+    """``train``: CE epochs; weights in and out for requests that carry them (fedavg)."""
+    for i, r in enumerate(reqs):
+        if r.inputs is not None:
+            for k, v in r.inputs.items():
+                w[k][i] = v.to(w[k].device, w[k].dtype)
+    t0 = time.perf_counter()
+    w, losses = c.train(w)
+    extra = [{P.KEY_ARRAYS: _state_dict(w, i, c.base)} if r.inputs is not None else None for i, r in enumerate(reqs)]
+    return w, _finish(c, w, losses, time.perf_counter() - t0, extra)
+
+
+def _distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
+    """``train.distill``: CE + α·KD toward each request's transfer-set targets."""
+    t0 = time.perf_counter()
+    w, losses = c.train(w, targets=[r.inputs for r in reqs])
+    return w, _finish(c, w, losses, time.perf_counter() - t0)
+
+
+def _digest(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
+    """``train.digest``: KD alone toward the targets (fresh Adam), then CE epochs (fresh Adam)."""
+    t0 = time.perf_counter()
+    w = c.digest(w, [r.inputs for r in reqs])
+    w, losses = c.train(w)
+    return w, _finish(c, w, losses, time.perf_counter() - t0)
+
+
+def _class_distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
+    """``train.fd``: CE + α·KD toward per-class targets; reply with class means and counts."""
+    t0 = time.perf_counter()
+    w, losses = c.train(w, classes=[r.inputs for r in reqs])
+    secs = time.perf_counter() - t0
+    extra = [{P.KEY_LOGITS: class_means_record(*mc)} for mc in c.class_means(w)]
+    return w, _finish(c, w, losses, secs, extra)
+
+
+def _query(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dict]]:
+    """``query.logits``: transfer-set logits only; the students are not changed."""
+    logits = c.logits(w, c.data.transfer)
+    return None, [query_records(r.client, logits[i]) for i, r in enumerate(reqs)]
+
+
+def _evaluate(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dict]]:
+    """``evaluate``: test accuracy and loss."""
+    scores = c.evaluate(w)
+    return None, [{P.KEY_METRICS: metrics_record(r.client, len(ix), *s)} for r, ix, s in zip(reqs, c.private, scores)]
+
+
+HANDLERS: dict[str, Handler] = {
+    P.MSG_TRAIN: _train, P.MSG_DISTILL: _distill, P.MSG_DIGEST: _digest,
+    P.MSG_CLASS_DISTILL: _class_distill, P.MSG_QUERY_LOGITS: _query, P.MSG_EVALUATE: _evaluate,
+}
+
+
+def _finish(c: Cohort, w: Params, losses: list[float], secs: float, extra: list | None = None) -> list[dict]:
+    """Each trained student's reply records, as the ClientApp's ``_finish`` builds them.
+    ``train-s`` is the cohort's training time shared out evenly."""
+    p, n = c.params, len(c.clients)
+    scores = c.evaluate(w)
+    logits = c.logits(w, c.data.transfer) if p.reply_logits else None
+    probe = c.logits(w, c.data.server_x) if p.reply_probe else None
+    out = []
+    for i, (client, ix) in enumerate(zip(c.clients, c.private)):
+        metrics = metrics_record(client, len(ix), *scores[i], **{P.METRIC_TRAIN_LOSS: losses[i], P.METRIC_TRAIN_S: secs / n})
+        out.append(reply_records(p, metrics, lambda i=i: logits[i], lambda i=i: probe[i], extra[i] if extra else None))
+    return out
+
+
+def _state_dict(w: Params, i: int, base: nn.Module) -> ArrayRecord:
+    """Row ``i`` as an ArrayRecord with the module's ``state_dict`` names and order."""
+    return ArrayRecord(OrderedDict((k, w[k][i].detach().cpu().clone()) for k in base.state_dict()))

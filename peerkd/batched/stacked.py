@@ -1,0 +1,162 @@
+"""Many students of one architecture as one batched computation: pure tensor code.
+
+Parameters of S students are stacked along a leading axis (``torch.func.stack_module_state``)
+and one ``vmap`` of ``functional_call`` runs all of them. The losses reduce the last two
+axes (batch rows, classes), so the same function serves one student ``(B, C)`` or S
+students ``(S, B, C)``; they use ``log_softmax`` and sums because ``F.kl_div`` has no vmap
+batching rule. Adam is torch's own, run on the stacked tensors: within one training call all
+students start together and a student that has finished stops for good, so the students
+that step share a step count, and a stacked tensor is one Adam parameter to torch; the
+finished students' rows are simply left out of the update.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.optim.adam import adam as torch_adam
+
+Params = dict[str, torch.Tensor]  # name -> (S, *shape): one row per student
+
+BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
+EPS = 1e-8
+
+
+def stack_students(models: list[nn.Module]) -> tuple[nn.Module, Params]:
+    """A weightless copy of the architecture (on the meta device) and the stacked parameters.
+
+    Raises ValueError for models with buffers (the zoo's students have none; batch-norm
+    statistics would need stacking too).
+    """
+    params, buffers = stack_module_state(models)
+    if buffers:
+        raise ValueError(f"students with buffers are not supported: {sorted(buffers)}")
+    return copy.deepcopy(models[0]).to("meta"), {k: v.detach() for k, v in params.items()}
+
+
+def stacked_forward(base: nn.Module, shared_input: bool = False) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+    """``f(params, x)``: every student's logits. ``x`` is ``(S, B, ...)`` (one batch per
+    student) or, with ``shared_input``, ``(B, ...)`` seen by all; the result is ``(S, B, C)``."""
+
+    def one(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, params, (x,))
+
+    return vmap(one, in_dims=(0, None if shared_input else 0))
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch axis: ``(..., B, C)``, ``(..., B)`` -> ``(...)``."""
+    log_p = F.log_softmax(logits, dim=-1)
+    return -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
+
+
+def kd_divergence(student: torch.Tensor, target: torch.Tensor, temperature: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """T²·KL(softmax(target/T) ‖ softmax(student/T)) averaged over the batch rows:
+    ``(..., B, C)`` -> ``(...)``; ``peerkd.losses.kd_loss`` for stacked students.
+
+    With ``valid`` (``(..., B)`` bool) the mean is over valid rows only. With none valid the
+    value is NaN and the gradient zero, as ``kd_loss`` on an empty batch gives.
+    """
+    log_s = F.log_softmax(student / temperature, dim=-1)
+    log_t = F.log_softmax(target.detach() / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # (..., B)
+    if valid is None:
+        return kl.mean(dim=-1) * temperature**2
+    n = valid.sum(dim=-1)
+    mean = (kl * valid).sum(dim=-1) / n.clamp(min=1)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan"))) * temperature**2
+
+
+@dataclass
+class AdamState:
+    """Stacked Adam moments and each student's step count (fresh per training call, like
+    the per-client path's ``torch.optim.Adam``)."""
+
+    exp_avg: Params
+    exp_avg_sq: Params
+    step: torch.Tensor  # (S,) int64, on the CPU (read without a device sync)
+
+
+def adam_init(params: Params) -> AdamState:
+    """Zero moments and zero steps for ``params``."""
+    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+    step = torch.zeros(next(iter(params.values())).shape[0], dtype=torch.int64)
+    return AdamState(zeros, {k: v.clone() for k, v in zeros.items()}, step)
+
+
+def adam_step(params: Params, grads: Params, state: AdamState, lr: float, active: torch.Tensor | None = None) -> None:
+    """One Adam step (torch.optim.Adam's defaults), in place, for every student, or only for
+    those where ``active`` (``(S,)`` bool) holds: the others keep their parameters, moments
+    and step count. The students that step must share a step count (in ``fit`` they do:
+    all start together and a student that stops never resumes)."""
+    if active is None:
+        return _adam_update(params, grads, state, lr)
+    rows = active.nonzero().squeeze(1)
+    take = lambda d: {k: v.index_select(0, rows) for k, v in d.items()}  # noqa: E731
+    p, sub = take(params), AdamState(take(state.exp_avg), take(state.exp_avg_sq), state.step.index_select(0, rows.cpu()))
+    _adam_update(p, take(grads), sub, lr)
+    for full, part in ((params, p), (state.exp_avg, sub.exp_avg), (state.exp_avg_sq, sub.exp_avg_sq)):
+        for k, v in full.items():
+            v.index_copy_(0, rows, part[k])
+    state.step.index_copy_(0, rows.cpu(), sub.step)
+
+
+def _adam_update(params: Params, grads: Params, state: AdamState, lr: float) -> None:
+    """Every student steps, in place, through ``torch.optim.adam.adam`` with the students'
+    shared step count.
+
+    The fused kernel: one pass per tensor, ~4× the single-tensor path on CPU for 100 mlp64
+    students (its rounding differs from the per-client path's by ~1e-7 after 30 steps). It
+    misreads non-contiguous gradients, and vmap's weight gradients are transposed views,
+    hence ``contiguous()``.
+    """
+    step = int(state.step[0]) if len(state.step) else 0
+    names = list(params)
+    torch_adam(
+        [params[k] for k in names], [grads[k].contiguous() for k in names], [state.exp_avg[k] for k in names],
+        [state.exp_avg_sq[k] for k in names], [], [torch.tensor(float(step), device=params[k].device) for k in names], fused=True,
+        amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=lr, weight_decay=0.0, eps=EPS, maximize=False,
+    )
+    state.step += 1
+
+
+def fit(
+    params: Params, loss_at: Callable[[Params, int], torch.Tensor], n_steps: torch.Tensor, lr: float,
+) -> tuple[Params, torch.Tensor, AdamState]:
+    """Train stacked students with a fresh Adam: student s takes its first ``n_steps[s]`` steps.
+
+    Parameters
+    ----------
+    params : Params
+        Stacked parameters ``(S, ...)``.
+    loss_at : Callable[[Params, int], torch.Tensor]
+        Every student's loss ``(S,)`` at step ``k`` (students are independent, so the
+        gradient of their sum is each one's own gradient).
+    n_steps : torch.Tensor
+        ``(S,)`` steps per student; a student past its last step is left unchanged.
+    lr : float
+        Adam's learning rate.
+
+    Returns
+    -------
+    tuple[Params, torch.Tensor, AdamState]
+        The trained parameters, the ``(K, S)`` step losses (K = max steps) and Adam's state.
+    """
+    params = {k: v.detach().clone() for k, v in params.items()}  # updated in place below
+    state = adam_init(params)
+    losses = []
+    every = int(n_steps.min()) if len(n_steps) else 0  # steps all students take: no mask needed
+    for k in range(int(n_steps.max()) if len(n_steps) else 0):
+        live = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        loss = loss_at(live, k)
+        grads = dict(zip(live, torch.autograd.grad(loss.sum(), list(live.values()))))
+        adam_step(params, grads, state, lr, None if k < every else k < n_steps)
+        losses.append(loss.detach())
+    hist = torch.stack(losses) if losses else torch.zeros((0, len(n_steps)))
+    return params, hist, state

@@ -1,0 +1,63 @@
+"""Every node's student between messages: the batched engine's ``context.state``.
+
+Weights are kept stacked per architecture on the compute device. A student appears, on
+its first message, built exactly as the ClientApp builds it
+(``build_model(arch, ..., seed=world seed * 1000 + client)``); a training handler writes
+its weights back. Optimiser state is never kept: the per-client path creates a fresh
+Adam in every training call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from peerkd.batched.stacked import Params, stack_students
+from peerkd.models import build_model
+from peerkd.world import World
+
+
+class StudentStore:
+    """Stacked weights per architecture, one row per client."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._weights: dict[str, Params] = {}
+        self._rows: dict[str, dict[int, int]] = {}  # arch -> client -> row
+        self._arch: dict[int, str] = {}  # client -> the architecture its student has now
+        self._bases: dict[tuple, nn.Module] = {}
+
+    def base(self, arch: str, world: World) -> nn.Module:
+        """The weightless (meta-device) module of ``arch`` for ``world``'s inputs and classes."""
+        key = (arch, tuple(world.data.input_shape), world.num_classes)
+        if key not in self._bases:
+            self._bases[key] = build_model(arch, world.data.input_shape, world.num_classes, seed=0).to("meta")
+        return self._bases[key]
+
+    def load(self, arch: str, world: World, clients: list[int]) -> Params:
+        """A copy of ``clients``' stacked weights (``(S, ...)``), creating students seen for the
+        first time, or whose architecture changed, as the ClientApp would."""
+        new = [c for c in clients if self._arch.get(c) != arch]
+        if new:
+            self._add(arch, world, new)
+        rows = torch.as_tensor(np.array([self._rows[arch][c] for c in clients]), device=self.device)
+        return {k: v.index_select(0, rows) for k, v in self._weights[arch].items()}
+
+    def save(self, arch: str, clients: list[int], weights: Params) -> None:
+        """Keep ``weights`` (rows in ``clients`` order) as these clients' students."""
+        rows = torch.as_tensor(np.array([self._rows[arch][c] for c in clients]), device=self.device)
+        for k, v in self._weights[arch].items():
+            v.index_copy_(0, rows, weights[k].to(v.dtype))
+
+    def _add(self, arch: str, world: World, clients: list[int]) -> None:
+        seed = world.spec.seed
+        models = [build_model(arch, world.data.input_shape, world.num_classes, seed=seed * 1000 + c) for c in clients]
+        params = {k: v.to(self.device) for k, v in stack_students(models)[1].items()}
+        rows = self._rows.setdefault(arch, {})
+        old = self._weights.get(arch)
+        start = 0 if old is None else len(next(iter(old.values())))
+        self._weights[arch] = params if old is None else {k: torch.cat([old[k], v]) for k, v in params.items()}
+        for i, c in enumerate(clients):
+            rows[c] = start + i  # a client that comes back to an architecture starts afresh
+            self._arch[c] = arch
