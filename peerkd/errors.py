@@ -20,11 +20,12 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, problem: str, allowed: Iterable[str] | str | None = None):
         self.field = field
-        msg = f"{field}: {problem}"
-        if allowed is not None:
-            allowed_txt = allowed if isinstance(allowed, str) else ", ".join(sorted(allowed))
-            msg += f" (allowed: {allowed_txt})"
-        super().__init__(msg)
+        allowed_txt = allowed if allowed is None or isinstance(allowed, str) else ", ".join(sorted(allowed))
+        self._parts = (field, problem, allowed_txt)
+        super().__init__(f"{field}: {problem}" + ("" if allowed_txt is None else f" (allowed: {allowed_txt})"))
+
+    def __reduce__(self):  # picklable, so that an error in a worker process reaches the parent intact
+        return type(self), self._parts
 
 
 def check_choice(field: str, value: str, allowed: Iterable[str]) -> str:

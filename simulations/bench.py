@@ -98,6 +98,10 @@ def run_bench(spec, strategy, engine, sizes: list[int], variants: list[str], out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from simulations.runner import preflight
+
+    for n in sizes:  # refuse a world that cannot be made (one clear line) before any variant runs
+        preflight(world_for(spec, n, auto_size), strategy)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for n in sizes:
