@@ -11,17 +11,30 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from peerkd.data import Dataset, Splits, _read_csv, _read_npz, load_dataset, split_indices
+from peerkd.data import (
+    MIN_ROWS_PER_CLASS,
+    MIN_TEST_ROWS,
+    Dataset,
+    Scaler,
+    Splits,
+    _read_csv,
+    _read_npz,
+    fit_scaler,
+    load_dataset,
+    split_indices,
+)
 from peerkd.errors import ConfigError
 from peerkd.partition import partition_labels
 from peerkd.transfer import make_transfer_set
 
+log = logging.getLogger("peerkd")
 _PREFIX = "world."
 CACHE_ENV = "PEERKD_WORLD_CACHE"  # a directory: built worlds are kept there as .npz (deployed nodes)
 
@@ -46,6 +59,7 @@ class WorldSpec:
     samples_per_client: int = 0  # cap each private shard at this many samples (0: no cap)
     num_clients: int = 10
     seed: int = 0
+    standardize: bool = True  # a user file's flat features: z-scored with the public + server rows' statistics
 
     def to_config(self) -> dict[str, int | float | str]:
         """Flat ``world.*`` entries for a Flower ConfigRecord."""
@@ -68,6 +82,7 @@ class World:
     splits: Splits
     partitions: tuple[np.ndarray, ...]
     transfer_x: np.ndarray  # inputs of the transfer set; its labels are never used
+    scaler: Scaler | None = None  # what standardised ``data.x`` (None: inputs as loaded)
 
     def private(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and labels of client ``client``'s private shard."""
@@ -111,6 +126,9 @@ def _build_world(spec: WorldSpec) -> World:
     data = load_dataset(spec.dataset, spec.data_path or None, spec.data_label or None, spec.data_size)
     rng = np.random.default_rng(spec.seed)
     splits = split_indices(data.y, spec.test_frac, spec.public_frac, spec.server_frac, rng)
+    scaler = world_scaler(data, splits) if spec.standardize and spec.dataset == "file" and data.tabular else None
+    if scaler is not None:
+        data = dataclasses.replace(data, x=scaler.apply(data.x))
     parts = partition_labels(
         data.y[splits.pool], spec.num_clients, spec.partition, alpha=spec.partition_alpha,
         classes_per_client=spec.classes_per_client, min_size=spec.min_size, seed=spec.seed,
@@ -118,7 +136,63 @@ def _build_world(spec: WorldSpec) -> World:
     if spec.samples_per_client > 0:
         parts = cap_shards(parts, spec.samples_per_client, rng)
     transfer = make_transfer_set(spec.transfer, data, splits, spec.transfer_size, np.random.default_rng([spec.seed, 1]))
-    return World(spec, data, splits, tuple(parts), transfer)
+    return World(spec, data, splits, tuple(parts), transfer, scaler)
+
+
+def world_scaler(data: Dataset, splits: Splits) -> Scaler:
+    """Feature statistics from the rows the server may hold: the public split (inputs every
+    client receives anyway) and the server split (the server's own). Never the test split
+    (that would leak the evaluation data into training) and never the clients' private rows
+    (no party holds them together). With neither split (both fractions 0), the private pool
+    stands in, with a warning: in a deployment that would be a federated mean and variance."""
+    rows = np.concatenate([splits.public, splits.server])
+    if len(rows) >= 2:
+        return fit_scaler(data.x, rows, "public+server")
+    log.warning("data.standardize: no public or server rows; standardising with the private pool's statistics, "
+                "which a real federation would have to aggregate from the clients")
+    return fit_scaler(data.x, splits.pool, "pool")
+
+
+def split_report(world: World) -> list[str]:
+    """Lines that say what became of a dataset's rows: the size of every split, the private rows
+    of each client, and how the inputs were scaled."""
+    d, sp, spec = world.data, world.splits, world.spec
+    private = [len(p) for p in world.partitions]
+    shown = ", ".join(map(str, private[:12])) + (", ..." if len(private) > 12 else "")
+    lines = [
+        f"{d.name}: {len(d.y)} rows, input shape {d.input_shape}, {d.num_classes} classes; splits of seed {spec.seed}:",
+        f"  test      {len(sp.test):6d} rows    held out: accuracy is measured here, never trained on",
+        f"  transfer  {len(world.transfer_x):6d} inputs  data.transfer={spec.transfer}: what students distill on; "
+        "labels unused",
+        f"  server    {len(sp.server):6d} rows    labelled; trains the teacher model (teacher rules) only",
+        f"  private   {len(sp.pool):6d} rows    over {len(private)} clients: {shown}",
+    ]
+    if world.scaler is not None:
+        lines.append(f"  features standardised with the mean and std of the {world.scaler.rows} {world.scaler.source} "
+                     "rows (data.standardize=false: raw)")
+    elif d.tabular and spec.dataset == "file":
+        lines.append("  features used raw (data.standardize=false)")
+    return lines
+
+
+def split_warnings(world: World) -> list[str]:
+    """A warning for each split too small to mean much (thresholds in ``peerkd.data``)."""
+    c, sp = world.num_classes, world.splits
+    out = []
+    if 0 < len(sp.test) < MIN_TEST_ROWS:
+        out.append(f"the test split has {len(sp.test)} rows (< {MIN_TEST_ROWS}): one accuracy on it has a 95% interval "
+                   f"of about ±{1 / np.sqrt(len(sp.test)):.2f}; compare rules over several seeds")
+    if 0 < len(world.transfer_x) < MIN_ROWS_PER_CLASS * c:
+        out.append(f"the transfer set has {len(world.transfer_x)} inputs (< {MIN_ROWS_PER_CLASS} per class = "
+                   f"{MIN_ROWS_PER_CLASS * c}): distillation rules have little to agree on")
+    if 0 < len(sp.server) < MIN_ROWS_PER_CLASS * c:
+        out.append(f"the server split has {len(sp.server)} rows (< {MIN_ROWS_PER_CLASS} per class = "
+                   f"{MIN_ROWS_PER_CLASS * c}): the teacher model learns from very few labels")
+    small = [i for i, p in enumerate(world.partitions) if len(p) < MIN_ROWS_PER_CLASS * c]
+    if small:
+        out.append(f"{len(small)} of {len(world.partitions)} clients hold fewer than {MIN_ROWS_PER_CLASS * c} "
+                   f"private rows ({MIN_ROWS_PER_CLASS} per class): alone they learn little")
+    return out
 
 
 def cap_shards(parts: list[np.ndarray], cap: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -141,7 +215,8 @@ def save_world(world: World, path: Path) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, x=d.x, y=d.y, name=np.array(d.name), class_names=np.array(d.class_names, dtype=str),
              num_classes=np.array(d.num_classes), test=sp.test, public=sp.public, server=sp.server, pool=sp.pool,
-             part_sizes=sizes, parts=parts, transfer_x=world.transfer_x, key=np.array(spec_key(world.spec)))
+             part_sizes=sizes, parts=parts, transfer_x=world.transfer_x, key=np.array(spec_key(world.spec)),
+             **_scaler_arrays(world.scaler))
     os.replace(tmp, path)
 
 
@@ -153,7 +228,17 @@ def load_world(path: Path, spec: WorldSpec) -> World:
         data = Dataset(str(f["name"]), f["x"], f["y"], int(f["num_classes"]), tuple(str(c) for c in f["class_names"]))
         splits = Splits(f["test"], f["public"], f["server"], f["pool"])
         parts = tuple(np.split(f["parts"], np.cumsum(f["part_sizes"])[:-1])) if len(f["part_sizes"]) else ()
-        return World(spec, data, splits, parts, f["transfer_x"])
+        rows = int(f["scale_rows"])
+        scaler = Scaler(f["scale_mean"], f["scale_std"], rows, str(f["scale_source"])) if rows else None
+        return World(spec, data, splits, parts, f["transfer_x"], scaler)
+
+
+def _scaler_arrays(scaler: Scaler | None) -> dict[str, np.ndarray]:
+    if scaler is None:
+        return {"scale_mean": np.zeros(0, np.float32), "scale_std": np.zeros(0, np.float32),
+                "scale_rows": np.array(0), "scale_source": np.array("")}
+    return {"scale_mean": scaler.mean, "scale_std": scaler.std, "scale_rows": np.array(scaler.rows),
+            "scale_source": np.array(scaler.source)}
 
 
 def load_node_data(path: str, label: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray]:

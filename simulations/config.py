@@ -12,7 +12,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from peerkd.data import BUILTIN_DATASETS
+from peerkd.data import BUILTIN_DATASETS, file_fractions, load_dataset
 from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.models import MODELS
 from peerkd.partition import PARTITIONS
@@ -29,11 +29,13 @@ class DataConf:
     path: Optional[str] = None  # .npz (x, y) or .csv, with data=file
     label: str = "label"  # label column of a CSV file
     size: int = 0  # samples of a generated dataset (synth: 0 = 20,000); fleets of 10,000 clients need ~400,000
-    test_frac: float = 0.2
-    public_frac: float = 0.1  # transfer set: inputs shared, labels never used
-    server_frac: float = 0.1  # labelled, for the central teacher only
+    # Split fractions; null (data=file's default): chosen by the file's size (peerkd.data.file_fractions)
+    test_frac: Optional[float] = 0.2
+    public_frac: Optional[float] = 0.1  # transfer set: inputs shared, labels never used
+    server_frac: Optional[float] = 0.1  # labelled, for the central teacher only
     transfer: str = "public"  # transfer set: public | imbalanced | noise | digits | mnist5k | mnist1d
     transfer_size: int = 0  # inputs in the transfer set (0: the public split's size)
+    standardize: bool = True  # data=file with flat features: z-score them with the public + server rows' mean/std
 
 
 @dataclass
@@ -157,7 +159,8 @@ def _node_types() -> list[type]:
 
 GROUPS: dict[str, dict[str, Any]] = {  # config group -> option name -> its node
     "strategy": {name: node() for name, node in RULE_NODES.items()},
-    "data": {name: DataConf(name=name) for name in (*BUILTIN_DATASETS, "file")},
+    "data": {**{name: DataConf(name=name) for name in BUILTIN_DATASETS},
+             "file": DataConf(name="file", test_frac=None, public_frac=None, server_frac=None)},
     "partition": {name: PartitionConf(name=name) for name in PARTITIONS},
 }
 
@@ -187,17 +190,32 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     if not students:
         raise ConfigError("students", "needs at least one model", MODELS)
     check_choice("data", d.name, GROUPS["data"])
+    test_frac, public_frac, server_frac = _fractions(d)
     world = WorldSpec(
-        dataset=d.name, data_path=d.path or "", data_label=d.label, data_size=int(check_range("data.size", d.size, 0)), test_frac=d.test_frac,
-        public_frac=d.public_frac, server_frac=d.server_frac, transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
+        dataset=d.name, data_path=d.path or "", data_label=d.label, data_size=int(check_range("data.size", d.size, 0)),
+        test_frac=test_frac, public_frac=public_frac, server_frac=server_frac,
+        transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
         transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)), partition=p.name, partition_alpha=p.alpha,
         classes_per_client=p.classes_per_client, min_size=p.min_size,
         samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
-        num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed,
+        num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed, standardize=bool(d.standardize),
     )
     return RunSpec(world=world, rounds=cfg.rounds, students=students, epochs=t.epochs, lr=t.lr,
                    batch_size=t.batch_size, round_timeout=cfg.round_timeout, measure_agreement=cfg.measure_agreement,
                    clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients))
+
+
+def _fractions(d: Any) -> tuple[float, float, float]:
+    """The split fractions; unset (null) ones of a user file chosen by its size and classes."""
+    given = (d.test_frac, d.public_frac, d.server_frac)
+    if None not in given:
+        return given
+    if d.name != "file":
+        field = ("data.test_frac", "data.public_frac", "data.server_frac")[given.index(None)]
+        raise ConfigError(field, f"is null; only data=file chooses fractions by size, not data={d.name}",
+                          "a number in [0, 1)")
+    data = load_dataset("file", d.path, d.label)
+    return file_fractions(*given, len(data.y), data.num_classes)
 
 
 def clients_per_round(participation: float, per_round: int, num_clients: int) -> int:

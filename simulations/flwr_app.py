@@ -30,7 +30,7 @@ UNSET = ""  # a rule setting's run-config default: the rule's own default
 _RUN_KEYS = {
     "strategy": "strategy.name",
     "data": "data.name", "data-path": "data.path", "data-label": "data.label", "data-size": "data.size",
-    "transfer": "data.transfer", "transfer-size": "data.transfer_size",
+    "transfer": "data.transfer", "transfer-size": "data.transfer_size", "standardize": "data.standardize",
     "test-frac": "data.test_frac", "public-frac": "data.public_frac", "server-frac": "data.server_frac",
     "partition": "partition.name", "partition-alpha": "partition.alpha",
     "classes-per-client": "partition.classes_per_client", "min-size": "partition.min_size",

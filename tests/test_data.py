@@ -124,3 +124,124 @@ def test_synth_is_generated_at_any_size_and_seeded():
 def test_size_is_refused_for_fixed_size_datasets():
     with pytest.raises(ConfigError, match="^data.size: only synth"):
         load_dataset("digits", size=500)
+
+
+# --- own data: standardisation and split sizes (issue 14) -----------------------------------
+
+
+def _write_csv(path, x, labels):
+    rows = ["f0,f1,f2,kind"] + [f"{a:.6f},{b:.6f},{c:.6f},{k}" for (a, b, c), k in zip(x, labels)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _file_world(path, **kw):
+    return build_world(WorldSpec(dataset="file", data_path=str(path), data_label="kind", num_clients=2, partition="iid",
+                                 min_size=1, test_frac=0.2, public_frac=0.2, server_frac=0.2, **kw))
+
+
+def test_fit_scaler_by_hand():
+    from peerkd.data import fit_scaler
+
+    # Prepare: rows 0 and 1 are the reference; row 2 must play no part.
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [100.0, 0.0]], dtype=np.float32)
+    # Execute
+    s = fit_scaler(x, np.array([0, 1]), "public+server")
+    # Assert: mean [2, 5]; std [1, 1] (the second feature is constant there, so it keeps std 1).
+    np.testing.assert_allclose(s.mean, [2.0, 5.0])
+    np.testing.assert_allclose(s.std, [1.0, 1.0])
+    np.testing.assert_allclose(s.apply(x), [[-1.0, 0.0], [1.0, 0.0], [98.0, -5.0]])
+
+
+def test_standardisation_uses_public_and_server_rows_only(tmp_path):
+    # Prepare: 100 rows, 2 classes; a second file equal to the first except that its test rows are
+    # shifted by +1000 and its private rows scaled by 10. Splits depend only on labels and seed.
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(5.0, 3.0, (100, 3)), ["a", "b"] * 50
+    _write_csv(tmp_path / "plain.csv", x, labels)
+    plain = _file_world(tmp_path / "plain.csv")
+    test, pool = plain.splits.test, plain.splits.pool
+    shifted = x.copy()
+    shifted[test] += 1000.0
+    shifted[pool] *= 10.0
+    _write_csv(tmp_path / "shifted.csv", shifted, labels)
+    # Execute
+    moved = _file_world(tmp_path / "shifted.csv")
+    # Assert: the statistics come from the 40 public + server rows, so neither change moves them ...
+    ref = np.concatenate([plain.splits.public, plain.splits.server])
+    assert plain.scaler.rows == 40 and plain.scaler.source == "public+server"
+    np.testing.assert_allclose(plain.scaler.mean, x[ref].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(moved.scaler.mean, plain.scaler.mean)
+    np.testing.assert_allclose(moved.scaler.std, plain.scaler.std)
+    # ... the transfer inputs are identical, and the test rows move by exactly 1000 / std.
+    np.testing.assert_allclose(moved.transfer_x, plain.transfer_x, atol=1e-5)
+    step = np.broadcast_to(1000.0 / plain.scaler.std, (len(test), 3))
+    np.testing.assert_allclose(moved.data.x[test] - plain.data.x[test], step, rtol=1e-4)
+    # The reference rows come out with mean 0 and std 1.
+    np.testing.assert_allclose(plain.data.x[ref].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(plain.data.x[ref].std(axis=0), 1.0, atol=1e-5)
+
+
+def test_standardisation_opt_out_and_images_untouched(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(50.0, 10.0, (60, 3))
+    _write_csv(tmp_path / "t.csv", x, ["a", "b", "c"] * 20)
+    raw = _file_world(tmp_path / "t.csv", standardize=False)
+    assert raw.scaler is None
+    np.testing.assert_allclose(raw.data.x, x.astype(np.float32), rtol=1e-5)
+    # Images (an .npz of (N, H, W)) and the built-ins are never standardised.
+    np.savez(tmp_path / "imgs.npz", x=rng.random((60, 4, 4)) * 255, y=np.arange(60) % 3)
+    imgs = build_world(WorldSpec(dataset="file", data_path=str(tmp_path / "imgs.npz"), num_clients=2, partition="iid",
+                                 min_size=1))
+    assert imgs.scaler is None and imgs.data.x.max() > 200
+    digits = build_world(WorldSpec(dataset="digits", num_clients=3))
+    assert digits.scaler is None
+    np.testing.assert_array_equal(digits.data.x, load_dataset("digits").x)
+
+
+def test_small_files_get_larger_test_splits():
+    from peerkd.data import file_fractions
+
+    # wine: 178 rows, 3 classes -> test 50/178 = 0.281; transfer and server want 15/178 = 0.084 < 0.1.
+    assert file_fractions(None, None, None, 178, 3) == (0.281, 0.1, 0.1)
+    # 60 rows, 2 classes: test capped at 0.3; transfer and server 10/60 = 0.167.
+    assert file_fractions(None, None, None, 60, 2) == (0.3, 0.167, 0.167)
+    # A big file keeps 0.2 / 0.1 / 0.1; a fraction the user set is kept as set.
+    assert file_fractions(None, None, None, 5000, 10) == (0.2, 0.1, 0.1)
+    assert file_fractions(0.5, None, 0.0, 178, 3) == (0.5, 0.1, 0.0)
+
+
+def test_split_report_and_warnings_for_a_small_file(tmp_path):
+    from peerkd.world import split_report, split_warnings
+
+    # Prepare: 40 rows, 2 classes: 8 test rows, 8 transfer, 8 server, 16 private over 2 clients.
+    _write_csv(tmp_path / "tiny.csv", np.random.default_rng(2).normal(size=(40, 3)), ["a", "b"] * 20)
+    # Execute
+    world = _file_world(tmp_path / "tiny.csv")
+    lines, warnings = split_report(world), split_warnings(world)
+    # Assert: every split is named with its size ...
+    assert lines[0].startswith("tiny: 40 rows, input shape (3,), 2 classes")
+    assert "test           8 rows" in lines[1] and "transfer       8 inputs" in lines[2]
+    assert "server         8 rows" in lines[3]
+    assert "private       16 rows    over 2 clients: 8, 8" in lines[4]
+    assert "standardised with the mean and std of the 16 public+server rows" in lines[5]
+    # ... and too-small ones are warned about: test < 50 rows, transfer and server < 5 per class = 10 rows,
+    # private < 10 rows per client.
+    assert len(warnings) == 4
+    assert warnings[0].startswith("the test split has 8 rows (< 50)") and "±0.35" in warnings[0]
+    assert warnings[1].startswith("the transfer set has 8 inputs (< 5 per class = 10)")
+    assert warnings[2].startswith("the server split has 8 rows (< 5 per class = 10)")
+    assert warnings[3].startswith("2 of 2 clients hold fewer than 10 private rows")
+    # A big built-in world has nothing to warn about.
+    assert split_warnings(build_world(WorldSpec(dataset="digits", num_clients=3))) == []
+
+
+def test_world_cache_keeps_the_scaler(tmp_path):
+    from peerkd.world import load_world, save_world
+
+    _write_csv(tmp_path / "t.csv", np.random.default_rng(3).normal(size=(60, 3)), ["a", "b"] * 30)
+    world = _file_world(tmp_path / "t.csv")
+    save_world(world, tmp_path / "w.npz")
+    back = load_world(tmp_path / "w.npz", world.spec)
+    np.testing.assert_array_equal(back.scaler.std, world.scaler.std)
+    assert (back.scaler.rows, back.scaler.source) == (world.scaler.rows, "public+server")
+    np.testing.assert_array_equal(back.data.x, world.data.x)
