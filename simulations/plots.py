@@ -1,8 +1,10 @@
 """Figures of ``peerkd report``: matplotlib ``Figure`` objects built from loaded runs.
 
-Every figure is a grid of small panels, one per grid point of a sweep (one panel for a single
-run or a comparison), with one colour per rule throughout. Nothing here writes files:
-``simulations.report_io`` writes ``png_bytes(figure)``. ``Figure`` is used without pyplot, so no display is needed.
+Every figure is a grid of panels, one per grid point of a sweep (one panel for a single run or
+a comparison). A rule has the same colour in every figure of every report (``rule_color``), and
+accuracy axes carry a dotted chance level: the share of the commonest class, what always guessing
+it scores. Nothing here writes files: ``simulations.report_io`` writes ``png_bytes(figure)``.
+``Figure`` is used without pyplot, so no display is needed.
 """
 
 from __future__ import annotations
@@ -15,19 +17,40 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from simulations.report import (
-    Point, group_runs, mean_curve, point_label, rule_order, short_names, sort_key, swept_keys,
+    Point,
+    group_runs,
+    key_names,
+    mean_curve,
+    point_label,
+    rule_order,
+    sort_key,
+    swept_keys,
 )
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # x, mean, std over seeds
 Panel = tuple[str, dict[str, Any]]  # title, {rule: data}
-PANEL_W, PANEL_H, DPI = 3.4, 2.6, 80  # inches per panel, and 80 dpi: a 4×4 grid is ~1,100 px wide
+# Inches per panel at 150 dpi: one panel is 660 × 510 px, text stays legible when a page shrinks it.
+PANEL_W, PANEL_H, DPI = 4.4, 3.4, 150
+# One colour per rule in every plot (colour-blind-safe Okabe-Ito and tab10 hues); the baseline
+# grey, the teacher family in blues, the peer family in oranges and reds.
+RULE_COLORS = {
+    "local": "#7f7f7f", "fedavg": "#009e73", "feddf": "#8fbc8f", "teacher": "#0072b2", "teacher_ensemble": "#56b4e9",
+    "oracle": "#17becf", "peer": "#d55e00", "wml": "#e69f00", "fd": "#cc79a7", "dsfl": "#9467bd", "fedmd": "#8c564b",
+}
+_EXTRA_COLORS = ("#bcbd22", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2", "#17becf")
+CHANCE_STYLE = {"color": "black", "ls": ":", "lw": 1.2, "label": "chance"}
 
 
-def _colors(rules: Sequence[str]) -> dict[str, Any]:
-    import matplotlib
+def rule_color(rule: str) -> str:
+    """The colour of ``rule`` in every figure; a rule not in ``RULE_COLORS`` gets one fixed by its name."""
+    import zlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {rule: cmap(i % 10) for i, rule in enumerate(rules)}
+    return RULE_COLORS.get(rule) or _EXTRA_COLORS[zlib.crc32(rule.encode()) % len(_EXTRA_COLORS)]
+
+
+def _chance_line(ax, chance: float | None) -> None:
+    if chance is not None:
+        ax.axhline(chance, **CHANCE_STYLE)
 
 
 def _grid(n: int, ncols: int | None) -> tuple[int, int]:
@@ -37,14 +60,14 @@ def _grid(n: int, ncols: int | None) -> tuple[int, int]:
 
 def _figure(panels: Sequence[Panel], ncols: int | None, title: str, sharey: bool = True) -> tuple[Figure, list]:
     rows, cols = _grid(len(panels), ncols)
-    fig = Figure(figsize=(PANEL_W * cols + 0.6, PANEL_H * rows + 0.9), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(PANEL_W * cols + 0.6, PANEL_H * rows + 1.0), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     for ax, (name, _) in zip(axes, panels):
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=12)
     return fig, list(axes[: len(panels)])
 
 
@@ -55,22 +78,27 @@ def _legend(fig: Figure, axes: list) -> None:
             if label not in handles:
                 handles[label] = h
                 labels.append(label)
-    fig.legend([handles[label] for label in labels], labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9)
+    per_row = max(3, int(fig.get_figwidth() / 1.2))  # an entry takes about 1.2 inches
+    fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+               ncols=min(len(labels), per_row), fontsize=10)
 
 
 def line_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, xlabel: str, ylabel: str,
                 ncols: int | None = None, logx: bool = False,
-                xticks: tuple[Sequence[float], Sequence[str]] | None = None) -> Figure:
+                xticks: tuple[Sequence[float], Sequence[str]] | None = None,
+                chance: Sequence[float | None] = (), integer_x: bool = False) -> Figure:
     """Lines with a ±1 std band per rule in each panel; ``{rule: (x, mean, std)}`` per panel.
 
     A rule whose x is all zero (it sends nothing) is drawn as a dashed level at its last mean.
-    ``xticks`` (positions, labels) replaces the x ticks, e.g. for a swept variable's values.
+    ``xticks`` (positions, labels) replaces the x ticks, e.g. for a swept variable's values;
+    ``integer_x`` keeps ticks on whole numbers (rounds); ``chance[i]`` draws panel i's chance level.
     """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     fig, axes = _figure(panels, ncols, title)
-    colors = _colors(rules)
-    for ax, (_, curves) in zip(axes, panels):
+    colors = {rule: rule_color(rule) for rule in rules}
+    for i, (ax, (_, curves)) in enumerate(zip(axes, panels)):
+        _chance_line(ax, chance[i] if i < len(chance) else None)
         for rule in rules:
             if rule not in curves:
                 continue
@@ -88,30 +116,38 @@ def line_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, xlabe
         if xticks:
             ax.set_xticks(*xticks)
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
     _legend(fig, axes)
     return fig
 
 
-def box_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, ylabel: str, ncols: int | None = None) -> Figure:
-    """Box plots of values per rule (``{rule: [values]}`` per panel) with the points on top."""
+def box_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, ylabel: str, ncols: int | None = None,
+               chance: Sequence[float | None] = ()) -> Figure:
+    """Box plots of values per rule (``{rule: [values]}`` per panel) with the points on top; the
+    median is a black bar over the light box, so it shows whatever the rule's colour."""
     fig, axes = _figure(panels, ncols, title)
-    colors = _colors(rules)
     rng = np.random.default_rng(0)  # jitter of the dots only
-    for ax, (_, values) in zip(axes, panels):
+    for k, (ax, (_, values)) in enumerate(zip(axes, panels)):
+        _chance_line(ax, chance[k] if k < len(chance) else None)
         present = [r for r in rules if values.get(r)]
         if not present:
             continue
-        box = ax.boxplot([values[r] for r in present], widths=0.5, patch_artist=True, showfliers=False)
+        box = ax.boxplot([values[r] for r in present], widths=0.5, patch_artist=True, showfliers=False,
+                         medianprops={"color": "black", "lw": 2.0})
         ax.set_xticks(range(1, len(present) + 1), present)
         for patch, rule in zip(box["boxes"], present):
-            patch.set(facecolor=colors[rule], alpha=0.35)
+            patch.set(facecolor=rule_color(rule), alpha=0.3)
         for i, rule in enumerate(present, start=1):
-            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values[rule])), values[rule], s=6, color=colors[rule], alpha=0.7)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values[rule])), values[rule], s=10, color=rule_color(rule),
+                       alpha=0.8, zorder=3)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+    if any(c is not None for c in chance):
+        _legend(fig, axes)
     return fig
 
 
@@ -174,7 +210,7 @@ def variable_curves(groups: dict[Point, list[dict[str, Any]]], key: str, rules: 
             if accs:
                 std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
                 points.setdefault(rest, {}).setdefault(rule, []).append((place[dict(point)[key]], float(np.mean(accs)), std))
-    names = short_names(keys)
+    names = key_names(keys)
     return [(point_label(rest, names) if len(keys) > 1 else "",
              {rule: tuple(np.array(column) for column in zip(*pts)) for rule, pts in curves.items()})
             for rest, curves in points.items()]
@@ -188,30 +224,46 @@ def report_figures(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, Figur
     """Every figure of the report as (file name, caption, figure)."""
     keys = swept_keys([r["config"] for r in runs])
     groups = group_runs(runs, keys)
-    names, rules = short_names(keys), rule_order(r["summary"]["strategy"] for r in runs)
+    names, rules = key_names(keys), rule_order(r["summary"]["strategy"] for r in runs)
     ncols = len({p[1][1] for p in groups}) if len(keys) == 2 else None  # 2-D grid: one row per first value
 
     def panels(data) -> list[Panel]:
         return [(point_label(point, names), data(rs, rules)) for point, rs in groups.items()]
 
+    chance = [panel_chance(rs) for rs in groups.values()]
     figs = [
-        ("accuracy_vs_round.png", "Mean client accuracy per round (line: mean over seeds; band: ±1 std)",
-         line_figure(panels(round_curves), rules, "Accuracy vs round", "round", "test accuracy", ncols)),
+        ("accuracy_vs_round.png",
+         "Mean client accuracy per round (line: mean over seeds; band: ±1 std; dotted: chance)",
+         line_figure(panels(round_curves), rules, "Accuracy vs round", "round", "test accuracy", ncols, chance=chance,
+                     integer_x=True)),
         ("accuracy_vs_bytes.png", "Mean client accuracy vs cumulative traffic per client (sent + received)",
-         line_figure(panels(bytes_curves), rules, "Accuracy vs traffic", "KB per client (log)", "test accuracy", ncols, logx=True)),
-        ("client_accuracy.png", "Final accuracy of every client, all seeds pooled",
-         box_figure(panels(client_accuracies), rules, "Per-client accuracy", "test accuracy", ncols)),
+         line_figure(panels(bytes_curves), rules, "Accuracy vs traffic", "KB per client (log)", "test accuracy", ncols,
+                     logx=True, chance=chance)),
+        ("client_accuracy.png", "Final accuracy of every client, all seeds pooled (black bar: median)",
+         box_figure(panels(client_accuracies), rules, "Per-client accuracy", "test accuracy", ncols, chance=chance)),
     ]
-    return figs + [_variable_figure(groups, key, names[key], rules) for key in keys]
+    return figs + [_variable_figure(groups, key, names, rules) for key in keys]
 
 
-def _variable_figure(groups: dict[Point, list[dict[str, Any]]], key: str, name: str, rules: Sequence[str]) -> tuple[str, str, Figure]:
-    values = sorted({dict(p)[key] for p in groups}, key=sort_key)
+def panel_chance(runs: Sequence[dict[str, Any]]) -> float | None:
+    """The chance level the runs of one panel share (``run["chance"]``), or None if they differ or lack one."""
+    levels = {r.get("chance") for r in runs}
+    return levels.pop() if len(levels) == 1 else None
+
+
+def _variable_figure(groups: dict[Point, list[dict[str, Any]]], key: str, names: dict[str, str],
+                     rules: Sequence[str]) -> tuple[str, str, Figure]:
+    name, values = names[key], sorted({dict(p)[key] for p in groups}, key=sort_key)
     numeric = _numeric(values)
     logx = numeric and min(values) > 0 and max(values) / min(values) >= 4  # 2, 4, 8, 16: even steps
     ticks = ([float(v) for v in values] if numeric else list(range(len(values))), [f"{v:g}" if numeric else str(v) for v in values])
-    fig = line_figure(variable_curves(groups, key, rules), rules, f"Accuracy vs {name}", name + (" (log)" if logx else ""),
-                      "test accuracy", logx=logx, xticks=ticks)
+    by_title: dict[str, list[dict[str, Any]]] = {}  # the runs behind each panel of variable_curves
+    for point, rs in groups.items():
+        rest = tuple(kv for kv in point if kv[0] != key)
+        by_title.setdefault(point_label(rest, names) if len(point) > 1 else "", []).extend(rs)
+    panels = variable_curves(groups, key, rules)
+    fig = line_figure(panels, rules, f"Accuracy vs {name}", name + (" (log)" if logx else ""), "test accuracy",
+                      logx=logx, xticks=ticks, chance=[panel_chance(by_title.get(title, [])) for title, _ in panels])
     return f"accuracy_vs_{name.replace('.', '_')}.png", f"Final mean accuracy vs {name} (±1 std over seeds)", fig
 
 
@@ -226,5 +278,5 @@ def png_bytes(fig: Figure) -> bytes:
     fig.savefig(raw, format="png")
     image = Image.open(raw).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     out = io.BytesIO()
-    image.save(out, format="PNG", optimize=True)
+    image.save(out, format="PNG", optimize=True, dpi=(fig.dpi, fig.dpi))  # pHYs: prints at the figure's size
     return out.getvalue()

@@ -30,10 +30,11 @@ Point = tuple[tuple[str, Any], ...]
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std of the values given; the std is None for one value (there is no spread to show)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
 def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dict[str, Any]]:
@@ -59,7 +60,10 @@ def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dic
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
+    """``0.870 ± 0.003``; ``0.870 ± –`` for one seed (no spread measured, not a spread of 0); ``–`` for none."""
+    if mean is None:
+        return "–"
+    return f"{mean:.3f} ± –" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
@@ -69,7 +73,9 @@ def table_cells(row: dict[str, Any]) -> list[str]:
             teacher, f"{row['kb_up_per_round']:.1f} / {row['kb_down_per_round']:.1f}", f"{row['wall_s']:.0f}"]
 
 
-TABLE_HEADER = ["rule", "accuracy (mean ± std)", "worst client", "teacher", "KB/round/client up / down", "wall s/run"]
+# "teacher model": the central teacher network's own accuracy, not the students of the rule named teacher.
+TABLE_HEADER = ["rule", "accuracy (mean ± std)", "worst client", "teacher model", "KB/round/client up / down",
+                "wall s/run"]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -79,10 +85,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def comparison_title(world: Any, rounds: int, seeds: Sequence[int], wall_s: float) -> str:
     """The opening of comparison.md: the world (a ``peerkd.world.WorldSpec``), rounds, seeds, wall time."""
-    alpha = f" (alpha {world.partition_alpha:g})" if world.partition == "dirichlet" else ""
-    return (f"# peerkd comparison\n\n{world.dataset}, {world.num_clients} clients, {world.partition} partition{alpha}, "
-            f"{rounds} rounds, seeds {sorted(set(seeds))}; accuracy on the held-out test split, "
-            f"mean ± sample std over seeds; total wall time {wall_s:.0f} s.\n\n")
+    from peerkd.data import dataset_name
+
+    alpha = f" (partition.alpha {world.partition_alpha:g})" if world.partition == "dirichlet" else ""
+    spread = "mean ± sample std over seeds" if len(set(seeds)) > 1 else "one seed, so no spread (± –)"
+    return (f"# peerkd comparison\n\n{dataset_name(world.dataset, world.data_path)}, {world.num_clients} clients, "
+            f"{world.partition} partition{alpha}, {rounds} rounds, seeds {sorted(set(seeds))}; "
+            f"accuracy on the held-out test split, {spread}; \"teacher model\" is the central teacher network itself; "
+            f"total wall time {wall_s:.0f} s.\n\n")
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -167,10 +177,10 @@ def swept_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in common if len({repr(cfg[k]) for cfg in configs}) > 1]
 
 
-def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """Last dotted component of each key (the group for ``x.name``), or the whole key where two would clash."""
-    last = [k.removesuffix(".name").rsplit(".", 1)[-1] for k in keys]
-    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+def key_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each flattened key as a user types it on the command line: ``partition.alpha`` stays whole
+    (``alpha`` alone reads as the KD weight ``strategy.alpha``); ``data.name`` is the group ``data``."""
+    return {k: k.removesuffix(".name") for k in keys}
 
 
 def sort_key(value: Any) -> tuple:
@@ -235,7 +245,7 @@ def _fmt_value(value: Any) -> str:
 
 
 def point_label(point: Point, names: dict[str, str]) -> str:
-    """``samples_per_client=25, num_clients=2`` (short key names); ``all runs`` for no keys."""
+    """``partition.samples_per_client=25, num_clients=2``; ``all runs`` for no keys."""
     return ", ".join(f"{names[k]}={_fmt_value(v)}" for k, v in point) or "all runs"
 
 
@@ -244,7 +254,7 @@ def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str
     """One row per grid point: its values, each rule's accuracy (mean ± std over seeds) and the
     paired differences (``pair``, rule − local) with 95% intervals. Returns header, rows."""
     keys = [k for k, _ in next(iter(groups))]
-    names, pairs = short_names(keys), comparisons(rules, pair)
+    names, pairs = key_names(keys), comparisons(rules, pair)
     header = [names[k] for k in keys] + list(rules) + [f"{a} − {b}" for a, b in pairs]
     rows = []
     for point, runs in groups.items():
@@ -257,7 +267,7 @@ def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str
 def detail_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """compare_table rows (accuracy, worst client, teacher, traffic, wall time) for every point."""
     keys = [k for k, _ in next(iter(groups))]
-    names = short_names(keys)
+    names = key_names(keys)
     rows = [[_fmt_value(v) for _, v in point] + table_cells(row)
             for point, runs in groups.items() for row in compare_table([r["summary"] for r in runs], list(rules))]
     return [names[k] for k in keys] + TABLE_HEADER, rows
@@ -267,7 +277,7 @@ def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str],
                 pair: Sequence[str] = DEFAULT_PAIR) -> tuple[list[str], list[list[str]]]:
     """Per point and comparison: seeds paired, mean difference, 95% t interval, verdict."""
     keys = [k for k, _ in next(iter(groups))]
-    names = short_names(keys)
+    names = key_names(keys)
     rows = []
     for point, runs in groups.items():
         for a, b in comparisons(rules, pair):
@@ -281,7 +291,7 @@ def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str],
 def pivot_rows(groups: dict[Point, list[dict[str, Any]]], a: str, b: str) -> tuple[list[str], list[list[str]]]:
     """For a two-key sweep: rows by the first key, columns by the second, cells ``a − b``."""
     (k1, _), (k2, _) = next(iter(groups))
-    names = short_names([k1, k2])
+    names = key_names([k1, k2])
     cols = sorted({p[1][1] for p in groups}, key=sort_key)
     cells: dict[Any, dict[Any, str]] = {}
     for point, runs in groups.items():
@@ -307,7 +317,7 @@ def describe(runs: Sequence[dict[str, Any]], keys: Sequence[str], unfinished: in
     if private:
         text += f" Not private (they train on data no client may share): {', '.join(private)}."
     if keys:
-        names = short_names(keys)
+        names = key_names(keys)
         text += " Swept: " + "; ".join(f"`{names[k]}` ∈ {{{_values(r['config'].get(k) for r in runs)}}}" for k in keys) + "."
     seen = [(x["strategy"], x["seed"], tuple(r["config"].get(k) for k in keys)) for x, r in zip(s, runs)]
     if len(set(seen)) < len(seen):
@@ -337,10 +347,12 @@ def provenance_text(records: Sequence[dict[str, Any] | None]) -> str:
 
 
 NOTES = """Notes: accuracy is on the held-out test split, averaged over clients, then mean ± sample
-std (ddof = 1) over seeds. A difference `a − b` pairs the two rules' runs on the same world
-(same seed, same grid point) and shows the mean of the per-seed differences with a 95%
-t interval; "no clear difference" means the interval contains 0. Traffic counts the bytes of
-the serialised arrays each client sent and received.
+std (ddof = 1) over seeds ("± –": one seed, so no spread was measured). A column or row named
+after a rule (`teacher`, `peer`, ...) gives that rule's students; "teacher model" is the central
+teacher network itself, trained on the server split. A difference `a − b` pairs the two rules'
+runs on the same world (same seed, same grid point) and shows the mean of the per-seed
+differences with a 95% t interval; "no clear difference" means the interval contains 0. Traffic
+counts the bytes of the serialised arrays each client sent and received.
 """
 
 

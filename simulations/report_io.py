@@ -9,11 +9,14 @@ comparison's ``comparison.csv`` / ``comparison.md``.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from peerkd.errors import ConfigError
 from peerkd.results import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, SUMMARY_FILE, read_jsonl
@@ -37,13 +40,32 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     import yaml
 
     cfg_path, metrics, prov = run_dir / CONFIG_FILE, run_dir / METRICS_FILE, run_dir / PROVENANCE_FILE
+    config = flatten(yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
     return {
         "path": str(run_dir),
         "summary": json.loads((run_dir / SUMMARY_FILE).read_text()),
-        "config": flatten(yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {},
+        "config": config,
         "rounds": [r for r in read_jsonl(metrics) if r.get("type") == "round"] if metrics.is_file() else [],
         "provenance": json.loads(prov.read_text()) if prov.is_file() else None,
+        "chance": chance_level(config.get("data.name"), config.get("data.path"), config.get("data.label"),
+                               int(config.get("data.size") or 0)),
     }
+
+
+@functools.lru_cache(maxsize=16)
+def chance_level(name: str | None, path: str | None, label: str | None, size: int = 0) -> float | None:
+    """The share of the dataset's commonest class: what always guessing it scores on the test
+    split (stratified splits keep the class shares). None where the data can't be read here
+    (a user file moved, or a run without a data config)."""
+    from peerkd.data import load_dataset
+
+    if not name:
+        return None
+    try:
+        y = load_dataset(name, path or None, label, size).y
+    except (ConfigError, OSError, ValueError):
+        return None
+    return float(np.bincount(y).max() / len(y))
 
 
 def load_results(root: str | Path) -> tuple[list[dict[str, Any]], int]:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -120,7 +121,8 @@ def test_report_writes_small_linked_plots(sweep_dir):
 def test_report_of_a_single_run(sweep_dir):
     run = sweep_dir / "num_clients=2" / "peer-seed1"
     md = write_report(run).read_text()
-    assert "**1 finished runs**" in md and "| peer | 0.900 ± 0.000 |" in md
+    # One seed: no spread was measured, so none is shown (issue 14: not "± 0.000").
+    assert "**1 finished runs**" in md and "| peer | 0.900 ± – |" in md
     assert "Swept" not in md and "Paired" not in md
 
 
@@ -163,3 +165,75 @@ def test_report_headline_pair_comes_from_the_run_configs(sweep_dir):
     # Assert: n=2, local − peer: -0.3, -0.4, -0.2 -> -0.3 ± 4.302653 · 0.1/√3 = -0.3 ± 0.2484; no peer − teacher.
     assert "| 2 | local − peer | 3 | -0.300 | [-0.548, -0.052] | peer better |" in md
     assert "peer − teacher" not in md and "| 2 | teacher − local | 3 |" in md
+
+
+# --- no traps, readable plots (issue 14) ---------------------------------------------------
+
+
+def test_keys_are_named_in_full_and_dataset_names_agree():
+    from peerkd.world import WorldSpec
+    from simulations.report import comparison_title, key_names
+
+    assert key_names(["partition.alpha", "data.name", "num_clients"]) == {
+        "partition.alpha": "partition.alpha", "data.name": "data", "num_clients": "num_clients"}
+    # comparison.md names a user file's dataset as its summaries and report.md do (the file's stem).
+    title = comparison_title(WorldSpec(dataset="file", data_path="/data/wine.csv", num_clients=3), 20, [0], 5.0)
+    assert title.startswith("# peerkd comparison\n\nwine, 3 clients, dirichlet partition (partition.alpha 0.3)")
+    assert "one seed, so no spread" in title
+
+
+def test_a_sweep_over_partition_alpha_names_the_key_in_full(tmp_path):
+    for alpha in (0.1, 1.0):
+        for seed in (0, 1):
+            path = tmp_path / f"partition.alpha={alpha}" / f"peer-seed{seed}"
+            _write_run(path, 2, "peer", seed, 0.5 + alpha / 10 + seed / 100)
+            config = yaml.safe_load((path / "config.yaml").read_text())
+            config["partition"]["alpha"] = alpha
+            (path / "config.yaml").write_text(yaml.safe_dump(config))
+    md = write_report(tmp_path).read_text()
+    assert "| partition.alpha | peer |" in md and "`partition.alpha` ∈ {0.1, 1}" in md
+    assert (tmp_path / "accuracy_vs_partition_alpha.png").is_file()
+
+
+def test_teacher_model_and_teacher_rule_are_told_apart(sweep_dir):
+    md = write_report(sweep_dir).read_text()
+    assert "| worst client | teacher model |" in md
+    assert '"teacher model" is the central' in md
+
+
+def test_each_rule_keeps_its_colour_in_every_plot():
+    from simulations.plots import RULE_COLORS, line_figure, rule_color
+
+    curve = (np.array([1, 2, 3]), np.array([0.5, 0.6, 0.7]), np.zeros(3))
+    # Execute: two figures with different rule sets (as compare and a sweep would have).
+    a = line_figure([("", {"local": curve, "peer": curve})], ["local", "peer"], "t", "round", "acc")
+    b = line_figure([("", {"peer": curve, "wml": curve, "teacher": curve})], ["teacher", "peer", "wml"], "t", "round",
+                    "acc")
+    colour = {fig: {line.get_label(): line.get_color() for line in fig.axes[0].lines} for fig in (a, b)}
+    # Assert: peer has one colour in both, and the same again on a later call; unknown rules get a fixed one.
+    assert colour[a]["peer"] == colour[b]["peer"] == RULE_COLORS["peer"] == rule_color("peer")
+    assert rule_color("my_rule") == rule_color("my_rule")
+    assert len(set(RULE_COLORS.values())) == len(RULE_COLORS)
+
+
+def test_plots_are_print_ready(sweep_dir):
+    from PIL import Image
+
+    from simulations.plots import box_figure, line_figure
+
+    curve = (np.array([1, 2, 3]), np.array([0.5, 0.6, 0.7]), np.zeros(3))
+    # Rounds get whole-number ticks, and a chance level is drawn.
+    fig = line_figure([("", {"peer": curve})], ["peer"], "t", "round", "acc", chance=[0.1], integer_x=True)
+    ax = fig.axes[0]
+    assert all(float(t).is_integer() for t in ax.xaxis.get_major_locator()())
+    assert any(line.get_label() == "chance" and list(line.get_ydata()) == [0.1, 0.1] for line in ax.lines)
+    # The box plot's median is a black bar, whatever the rule's colour.
+    box = box_figure([("", {"peer": [0.1, 0.5, 0.9]})], ["peer"], "t", "acc")
+    medians = [line for line in box.axes[0].lines if list(line.get_ydata()) == [0.5, 0.5]]
+    assert medians and medians[0].get_color() == "black"
+    # Written at >= 150 dpi and a readable size; the report's runs know their chance level (digits: 183/1797).
+    write_report(sweep_dir)
+    image = Image.open(sweep_dir / "accuracy_vs_round.png")
+    assert image.info["dpi"][0] >= 150 and image.size[0] >= 1000
+    runs, _ = load_results(sweep_dir)
+    assert runs[0]["chance"] == pytest.approx(183 / 1797)
