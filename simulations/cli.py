@@ -107,9 +107,10 @@ def _run(args: list[str]) -> int:
         return 0
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
     resources, engine = check_resources(cfg.resources), check_engine(cfg.engine)
+    _print_splits([spec.world])
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_engine(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), engine, resources)
-    teacher = "" if summary["teacher_acc"] is None else f"  teacher {summary['teacher_acc']:.3f}"
+    teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
     print(f"{summary['strategy']}: accuracy mean {summary['acc_mean']:.3f}  worst {summary['acc_worst']:.3f}  "
           f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "
           f"{summary['wall_s']:.0f} s\nresults: {out}")
@@ -119,7 +120,9 @@ def _run(args: list[str]) -> int:
 def _compare(args: list[str]) -> int:
     from simulations.report import TABLE_HEADER, comparison_title, table_cells
     from simulations.report_io import write_comparison, write_report
+    from simulations.sweep import seeds_from_seed
 
+    args = seeds_from_seed(args)  # compare runs a list of seeds: seed=N means seeds=[N]
     if (cfg := _load("compare", args)) is None:
         return 0
     # A sweep with no grid; one run at a time in this process, each run's rounds shown, as always.
@@ -136,15 +139,17 @@ def _compare(args: list[str]) -> int:
 
 
 def _sweep(args: list[str]) -> int:
-    from simulations.sweep import grid_axes, split_overrides
+    from simulations.sweep import grid_axes, seeds_from_seed, split_overrides
 
+    args = seeds_from_seed(args)  # a sweep runs a list of seeds at every point: seed=N means seeds=[N]
     flags = [a for a in args if a in ("--cfg", "job")]
     plain, cli_axes = split_overrides([a for a in args if a not in flags])
     cfg = _load("sweep", plain + flags) or _compose("sweep", plain)
     fixed = {o.split("=", 1)[0].lstrip("+~") for o in plain}
     axes = grid_axes(list(cfg.grid), cli_axes, fixed)
     if flags:
-        print(f"# grid axes after the command line: {axes}")
+        print(f"# grid axes after the command line: {axes}; "
+              f"at every point: rules {list(cfg.rules)} × seeds {list(cfg.seeds)}")
         return 0
     out, _, result = _plan_and_run("sweep", cfg, args, plain, axes, cfg.parallel, cfg.verbose)
     if cfg.report:
@@ -164,8 +169,27 @@ def _plan_and_run(command: str, cfg, args: list[str], overrides: list[str], axes
     out = Path(cfg.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     runs = plan(lambda o: _compose(command, o), overrides, axes, out)
     resources = check_resources(cfg.resources)
+    _print_splits([r.spec.world for r in runs])
     meta = {"command": f"peerkd {command} " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
     return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose)
+
+
+def _print_splits(worlds: list) -> None:
+    """For worlds built from a user file: what became of its rows (one block per world, the
+    first seed's; other seeds differ by rounding), and a warning for each split too small."""
+    import dataclasses
+
+    from peerkd.world import build_world, split_report, split_warnings
+
+    seen = set()
+    for spec in worlds:
+        if spec.dataset != "file" or (key := dataclasses.replace(spec, seed=0)) in seen:
+            continue
+        seen.add(key)
+        world = build_world(spec)
+        print("\n".join(split_report(world)))
+        for warning in split_warnings(world):
+            print(f"peerkd: warning: {warning}", file=sys.stderr)
 
 
 def _failed_note(result: dict) -> str:

@@ -70,6 +70,26 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
     return plain, axes
 
 
+def seeds_from_seed(overrides: list[str]) -> list[str]:
+    """``seed=N`` (or ``seed=0,1,2``, ``seed=range(0,3)``) in compare or sweep, which run a list of
+    seeds, becomes ``seeds=[N]``; given together with ``seeds=`` it is refused. Other tokens pass."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out, seed = [], None
+    for text in overrides:
+        if text.split("=", 1)[0].strip() != "seed" or "=" not in text:
+            out.append(text)
+            continue
+        (o,) = parser.parse_overrides([text])
+        seed = _ints("seed", list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()])
+        out.append(f"seeds=[{','.join(map(str, seed))}]")
+    if seed is not None and any(t.split("=", 1)[0].strip() == "seeds" for t in overrides):
+        raise ConfigError("seed", "given with seeds=; compare and sweep run the list in seeds",
+                          "one of them, e.g. seeds=[0,1,2]")
+    return out
+
+
 def grid_axes(grid: list[str], cli_axes: dict[str, list[str]], fixed: set[str]) -> dict[str, list[str]]:
     """The sweep's axes: the config's ``grid``, then command-line axes (replacing or adding);
     a key set to one value on the command line (``fixed``) is not swept."""

@@ -8,7 +8,7 @@ from simulations.cli import main
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k)"),
+        (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth)"),
         (["run", "strategy=bogus"], "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, teacher, teacher_ensemble, wml)"),
         (["run", "partition=zipf"], "partition: unknown value 'zipf' (allowed: dirichlet, iid, shard)"),
         (["run", "students=[mlp32,resnet]"], "students: unknown value 'resnet'"),

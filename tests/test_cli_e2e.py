@@ -35,3 +35,23 @@ def test_compare_writes_tables(tmp_path, capsys):
     for run_dir in ("local-seed0", "peer-seed1"):
         assert (out / run_dir / "summary.json").is_file()
     assert "4 runs in" in capsys.readouterr().out
+
+
+def test_own_csv_prints_its_splits_and_warns_when_small(tmp_path, capsys):
+    # Prepare: 60 rows, 3 string classes, features on very different scales.
+    kinds = ("ant", "bee", "cat")
+    rows = ["height,weight,kind"] + [f"{150 + i},{60_000 + 997 * (i % 7)},{kinds[i % 3]}" for i in range(60)]
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    # Execute
+    code = main(["run", "data=file", f"data.path={tmp_path / 'tiny.csv'}", "data.label=kind", "num_clients=2",
+                 "partition=iid", "partition.min_size=5", "rounds=1", "train.epochs=1", "strategy=local",
+                 f"out={tmp_path / 'run'}"])
+    out, err = capsys.readouterr()
+    # Assert: the split sizes (a 60-row, 3-class file gets the capped fractions 0.3 / 0.2 / 0.2) and the warnings.
+    assert code == 0
+    assert "tiny: 60 rows, input shape (2,), 3 classes; splits of seed 0:" in out
+    assert "test          18 rows" in out and "transfer      12 inputs" in out and "server        12 rows" in out
+    assert "standardised with the mean and std of the 24 public+server rows" in out
+    assert "peerkd: warning: the test split has 18 rows (< 50)" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "tiny"

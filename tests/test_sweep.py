@@ -110,3 +110,22 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path, capsys, monkeypat
     assert main([*args, "train.epochs=2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("peerkd: error: out: ") and "(train.epochs: 1, now 2)" in err
+
+
+def test_seed_means_seeds_in_compare_and_sweep(capsys):
+    from simulations.sweep import seeds_from_seed
+
+    # Pure rewrite: one seed, a sweep list and a range all become the seeds list; other tokens pass.
+    assert seeds_from_seed(["seed=3", "--cfg", "job", "rounds=2"]) == ["seeds=[3]", "--cfg", "job", "rounds=2"]
+    assert seeds_from_seed(["seed=0,2"]) == seeds_from_seed(["seed=range(0,3,2)"]) == ["seeds=[0,2]"]
+    # Through the command line: the config shows the one seed, and the sweep's axes line says so.
+    assert main(["sweep", *TINY, "seed=0", "num_clients=2,4", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds:\n- 0\n" in out and "× seeds [0]" in out and "'num_clients': ['2', '4']" in out
+    assert main(["compare", *TINY, "seed=5", "--cfg", "job"]) == 0
+    assert "seeds:\n- 5\n" in capsys.readouterr().out
+    # Both at once is refused with one line.
+    for command in ("compare", "sweep"):
+        assert main([command, *TINY, "seed=1", "seeds=[2]"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("peerkd: error: seed: given with seeds=") and len(err.strip().splitlines()) == 1
