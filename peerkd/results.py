@@ -45,9 +45,10 @@ class RunWriter:
         (self.dir / PROVENANCE_FILE).write_text(json.dumps(provenance(), indent=2))
         self._metrics = open(self.dir / METRICS_FILE, "w", encoding="utf-8")
 
-    def log(self, row: dict[str, Any]) -> None:
-        """Append one JSON object to metrics.jsonl and flush it to disk."""
-        self._metrics.write(json.dumps(_clean(row)) + "\n")
+    def log(self, *rows: dict[str, Any]) -> None:
+        """Append one JSON object per row to metrics.jsonl and flush them to disk (one fsync
+        per call: a round's thousands of client rows cost one disk sync, not one each)."""
+        self._metrics.write("".join(json.dumps(_clean(row)) + "\n" for row in rows))
         self._metrics.flush()
         os.fsync(self._metrics.fileno())
 

@@ -174,8 +174,8 @@ def run_federation(
     for rnd in range(1, spec.rounds + 1):
         config = ConfigRecord({**base_config, P.CFG_ROUND: rnd})
         row, client_rows = _run_round(grid, spec, strategy, rnd, config, roster.select(rnd, grid.get_node_ids()))
+        writer.log(*client_rows)
         for client_row in client_rows:
-            writer.log(client_row)
             latest[client_row["client"]] = client_row
             roster.learn(client_row["node_id"], client_row["client"])
         totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
@@ -186,9 +186,9 @@ def run_federation(
         if on_round:
             on_round(row)
     if roster.partial:
-        for client_row in _final_rows(grid, spec, strategy, {**base_config, P.CFG_ROUND: spec.rounds}):
-            writer.log(client_row)
-            latest[client_row["client"]] = client_row
+        final = _final_rows(grid, spec, strategy, {**base_config, P.CFG_ROUND: spec.rounds})
+        writer.log(*final)
+        latest.update({r["client"]: r for r in final})
     summary = {
         **_summary(spec, strategy, world, latest, totals, run_metrics),
         "wall_s": time.perf_counter() - t_start,
@@ -276,7 +276,8 @@ def _run_round(
         accepted.append((reply, values, up, measure))
     accepted_msgs = [r for r, _, _, _ in accepted]
     round_metrics = strategy.aggregate_round(rnd, accepted_msgs)
-    round_metrics.update(_agreement(strategy.agreement_logits(accepted_msgs)))
+    if spec.measure_agreement:
+        round_metrics.update(_agreement(strategy.agreement_logits(accepted_msgs)))
     rows = []
     for reply, values, up, measure in accepted:
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
