@@ -111,6 +111,10 @@ def _run(args: list[str]) -> int:
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_engine(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), engine, resources)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
+    if summary["acc_mean"] is None:
+        print(f"{summary['strategy']}: no client reply was accepted in any round ({summary['rejected_replies']} "
+              f"rejected; metrics.jsonl lists why)\nresults: {out}")
+        return 1
     print(f"{summary['strategy']}: accuracy mean {summary['acc_mean']:.3f}  worst {summary['acc_worst']:.3f}  "
           f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "
           f"{summary['wall_s']:.0f} s\nresults: {out}")
