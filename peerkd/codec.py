@@ -7,6 +7,9 @@ before it can reach an aggregate.
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
@@ -19,7 +22,39 @@ class CodecError(ValueError):
 
 def encode_logits(logits: np.ndarray) -> ArrayRecord:
     """Pack a ``(P, C)`` logits matrix as float32 into an ArrayRecord."""
-    return ArrayRecord({ARRAY_LOGITS: Array(np.ascontiguousarray(logits, dtype=np.float32))})
+    return ArrayRecord({ARRAY_LOGITS: to_array(np.asarray(logits, dtype=np.float32))})
+
+
+def to_array(values: np.ndarray) -> Array:
+    """A Flower Array holding exactly the bytes ``Array(values)`` holds (``numpy.save``'s), built
+    from a cached header: ``numpy.save`` re-renders its header for every array (~0.1 ms, 10,000
+    students send thousands per round)."""
+    values = np.ascontiguousarray(values)
+    header = _npy_header(values.dtype.str, values.shape)
+    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype="numpy.ndarray", data=header + values.tobytes())
+
+
+def to_numpy(arr: Array) -> np.ndarray:
+    """The array in a Flower Array; bytes with the header ``numpy.save`` writes for its declared
+    dtype and shape are read directly, anything else goes through ``numpy.load`` (no pickle)."""
+    data = arr.data
+    try:
+        header = _npy_header(np.dtype(arr.dtype).str, tuple(arr.shape))
+    except (TypeError, ValueError):
+        header = None
+    if header is not None and data.startswith(header):
+        out = np.frombuffer(data, dtype=np.dtype(arr.dtype), offset=len(header))
+        if out.size == int(np.prod(arr.shape)):
+            return out.reshape(arr.shape).copy()
+    return arr.numpy()
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The header ``numpy.save`` writes for a C-ordered array of ``descr`` and ``shape``."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(shape, dtype=np.dtype(descr)), allow_pickle=False)
+    return buf.getvalue()[: buf.tell() - int(np.prod(shape)) * np.dtype(descr).itemsize]
 
 
 def decode_logits(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
@@ -40,7 +75,7 @@ def decode_logits(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
     if arr.dtype not in ("float32", "float16", "float64"):
         raise CodecError(f"logits dtype {arr.dtype}, expected a float type")
     try:
-        out = arr.numpy()
+        out = to_numpy(arr)
     except Exception as exc:  # truncated or forged bytes
         raise CodecError(f"logits bytes do not decode: {exc}") from exc
     if out.shape != tuple(shape):
@@ -59,7 +94,7 @@ def check_weights(record: ArrayRecord, reference: ArrayRecord) -> None:
         if tuple(arr.shape) != tuple(ref.shape):
             raise CodecError(f"weight {name!r} has shape {tuple(arr.shape)}, expected {tuple(ref.shape)}")
         try:
-            values = arr.numpy()
+            values = to_numpy(arr)
         except Exception as exc:
             raise CodecError(f"weight {name!r} bytes do not decode: {exc}") from exc
         if not np.isfinite(values).all():

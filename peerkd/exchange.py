@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from peerkd import protocol as P
-from peerkd.codec import decode_logits, encode_logits
+from peerkd.codec import decode_logits, encode_logits, to_array
 from peerkd.protocol import RoundParams
 from peerkd.world import World
 
@@ -88,7 +88,7 @@ def query_records(client: int, logits: np.ndarray) -> dict[str, Any]:
 
 def class_means_record(means: np.ndarray, counts: np.ndarray) -> ArrayRecord:
     """FD's reply: per-class mean logits ``(C, C)`` and label counts ``(C,)``."""
-    return ArrayRecord({P.ARRAY_LOGITS: Array(means), P.ARRAY_COUNTS: Array(counts)})
+    return ArrayRecord({P.ARRAY_LOGITS: to_array(means), P.ARRAY_COUNTS: to_array(counts)})
 
 
 def reply(msg: Message, arch: str, records: dict) -> Message:

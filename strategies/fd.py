@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
-from peerkd.codec import CodecError, decode_logits
+from peerkd.codec import CodecError, decode_logits, to_array
 from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from peerkd.server_app import ServerContext
 from strategies.aggregation import class_consensus
@@ -47,8 +47,8 @@ class FederatedDistillation(LogitDistillation):
 
     def encode_target(self, target: np.ndarray) -> ArrayRecord:
         valid = np.isfinite(target).all(axis=1)
-        return ArrayRecord({ARRAY_LOGITS: Array(np.where(valid[:, None], target, 0).astype(np.float32)),
-                            ARRAY_MASK: Array(valid.astype(np.float32))})
+        return ArrayRecord({ARRAY_LOGITS: to_array(np.where(valid[:, None], target, 0).astype(np.float32)),
+                            ARRAY_MASK: to_array(valid.astype(np.float32))})
 
     def check_reply(self, content: RecordDict) -> None:
         super().check_reply(content)
