@@ -52,8 +52,7 @@ def decode_request(msg: Message, client: int) -> Request:
     kind = msg.metadata.message_type
     if kind not in HANDLERS:
         raise ValueError(f"no handler for message type {kind!r}")
-    config = dict(msg.content[P.KEY_CONFIG])
-    spec, params = WorldSpec.from_config(config), RoundParams.from_config(config)
+    spec, params = _settings(msg.content[P.KEY_CONFIG])
     if not 0 <= client < spec.num_clients:
         raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
     world = build_world(spec)
@@ -66,6 +65,18 @@ def decode_request(msg: Message, client: int) -> Request:
         inputs = msg.content[P.KEY_ARRAYS].to_torch_state_dict()
         _check_state(inputs, _shapes(student_arch(params, client), world.data.input_shape, world.num_classes))
     return Request(msg, client, student_arch(params, client), spec, params, inputs)
+
+
+_last_settings: list = [None, None]  # [the ConfigRecord last decoded, its (WorldSpec, RoundParams)]
+
+
+def _settings(record: Any) -> tuple[WorldSpec, RoundParams]:
+    """The world spec and round settings of a message's ConfigRecord. A rule sends one record
+    object to every node of a round, so it is decoded once, not once per student."""
+    if _last_settings[0] is not record:  # the reference held here keeps the identity test sound
+        config = dict(record)
+        _last_settings[:] = [record, (WorldSpec.from_config(config), RoundParams.from_config(config))]
+    return _last_settings[1]
 
 
 @functools.lru_cache(maxsize=32)
