@@ -87,7 +87,8 @@ def _private_data(world: World, client: int, context: Context) -> tuple[np.ndarr
     if not path:
         return world.private(client)
     label = str(context.node_config.get(P.NODE_DATA_LABEL, "label"))
-    return load_node_data(path, label, world.data.input_shape, world.num_classes)
+    x, y = load_node_data(path, label, world.data.input_shape, world.num_classes)
+    return (x if world.scaler is None else world.scaler.apply(x)), y  # the world's inputs are standardised: so are the node's
 
 
 def _save_student(s: Student, context: Context) -> None:

@@ -86,8 +86,12 @@ class World:
 
     def private(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and labels of client ``client``'s private shard."""
-        idx = self.splits.pool[self.partitions[client]]
+        idx = self.private_index(client)
         return self.data.x[idx], self.data.y[idx]
+
+    def private_index(self, client: int) -> np.ndarray:
+        """Rows of the dataset in client ``client``'s private shard."""
+        return self.splits.pool[self.partitions[client]]
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and labels of split ``test``, ``public`` or ``server``."""

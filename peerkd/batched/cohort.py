@@ -60,7 +60,7 @@ class Cohort:
     @cached_property
     def private(self) -> list[np.ndarray]:
         """Each student's private shard as global indices into the world's data."""
-        return [self.world.splits.pool[self.world.partitions[c]] for c in self.clients]
+        return [self.world.private_index(c) for c in self.clients]
 
     @property
     def seeds(self) -> list[int]:
