@@ -56,14 +56,25 @@ def generated_world(clients: int, tmp: Path):
     x = (centers[y] + rng.normal(size=(rows, 1, 28, 28)).astype(np.float32)).astype(np.float32)
     path = tmp / f"gen{clients}.npz"
     np.savez(path, x=x, y=y)
-    spec = WorldSpec(dataset="file", data_path=str(path), num_clients=clients, partition="iid", test_frac=1000 / rows,
-                     public_frac=600 / rows, server_frac=400 / rows, transfer_size=500, seed=0)
+    spec = WorldSpec(
+        dataset="file",
+        data_path=str(path),
+        num_clients=clients,
+        partition="iid",
+        test_frac=1000 / rows,
+        public_frac=600 / rows,
+        server_frac=400 / rows,
+        transfer_size=500,
+        seed=0,
+    )
     return build_world(spec)
 
 
 def parity(world) -> dict:
     """Max |batched - per-client| on the device after CE+KD (2 epochs) + digest, and after FD."""
-    params = RoundParams(round=2, students=("mlp64",), epochs=2, lr=1e-3, batch_size=32, alpha=0.5, temperature=4.0, digest_epochs=1)
+    params = RoundParams(
+        round=2, students=("mlp64",), epochs=2, lr=1e-3, batch_size=32, alpha=0.5, temperature=4.0, digest_epochs=1
+    )
     base = build_model("mlp64", world.data.input_shape, world.num_classes, seed=0).to("meta")
     c = Cohort(world, DeviceData.of(world, DEVICE), params, base, [0, 1, 2])
     rng = np.random.default_rng(0)
@@ -74,10 +85,33 @@ def parity(world) -> dict:
     ref = []
     for i, m in enumerate(models):
         seed = round_seed(0, i, 2)
-        ref.append(train_model(m, *world.private(i), epochs=2, lr=1e-3, batch_size=32, seed=seed, transfer_x=world.transfer_x,
-                               targets=targets[i], alpha=0.5, temperature=4.0, device=DEVICE))
+        ref.append(
+            train_model(
+                m,
+                *world.private(i),
+                epochs=2,
+                lr=1e-3,
+                batch_size=32,
+                seed=seed,
+                transfer_x=world.transfer_x,
+                targets=targets[i],
+                alpha=0.5,
+                temperature=4.0,
+                device=DEVICE,
+            )
+        )
         if targets[i] is not None:
-            distill_only(m, world.transfer_x, targets[i], epochs=1, lr=1e-3, batch_size=32, seed=seed, temperature=4.0, device=DEVICE)
+            distill_only(
+                m,
+                world.transfer_x,
+                targets[i],
+                epochs=1,
+                lr=1e-3,
+                batch_size=32,
+                seed=seed,
+                temperature=4.0,
+                device=DEVICE,
+            )
     dp = max(float((w[n][i] - p.detach()).abs().max()) for i, m in enumerate(models) for n, p in m.named_parameters())
     return {"max_param_diff": dp, "max_loss_diff": max(abs(a - b) for a, b in zip(losses, ref))}
 
@@ -98,21 +132,28 @@ def scale(clients: int, tmp: Path, deadline: float) -> dict:
         if time.perf_counter() > deadline:
             break
         t = time.perf_counter()
-        params = RoundParams(round=rnd, students=("mlp64",), epochs=2, lr=1e-3, batch_size=32, alpha=1.0, temperature=4.0)
+        params = RoundParams(
+            round=rnd, students=("mlp64",), epochs=2, lr=1e-3, batch_size=32, alpha=1.0, temperature=4.0
+        )
         logits = []
         for start in range(0, clients, chunk):
             ids = list(range(start, min(start + chunk, clients)))
             c = Cohort(world, data, params, base.to("meta"), ids)
-            w = {k: v[start:start + len(ids)] for k, v in weights.items()}
+            w = {k: v[start : start + len(ids)] for k, v in weights.items()}
             w, _ = c.train(w, targets=None if target is None else [target] * len(ids))
             for k in weights:
-                weights[k][start:start + len(ids)] = w[k]
+                weights[k][start : start + len(ids)] = w[k]
             c.evaluate(w)
             logits.append(c.logits(w, data.transfer))
         target = np.concatenate(logits).mean(axis=0).astype(np.float32)
         rounds.append(time.perf_counter() - t)
-    return {"clients": clients, "chunk": chunk, "setup_s": setup_s, "round_s": rounds,
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if DEVICE.type == "cuda" else None}
+    return {
+        "clients": clients,
+        "chunk": chunk,
+        "setup_s": setup_s,
+        "round_s": rounds,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if DEVICE.type == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -125,8 +166,11 @@ def main() -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     deadline = time.perf_counter() + args.budget_s
-    report = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
-              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    report = {
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         report["parity"] = parity(generated_world(3, Path(tmp)))
         print(json.dumps(report), flush=True)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from torch import nn
@@ -32,11 +32,26 @@ from torch import nn
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.exchange import (
-    class_means_record, class_targets, metrics_record, query_records, reply, reply_records, student_arch, transfer_targets,
+    class_means_record,
+    class_targets,
+    metrics_record,
+    query_records,
+    reply,
+    reply_records,
+    student_arch,
+    transfer_targets,
 )
-from peerkd.protocol import RoundParams
 from peerkd.models import build_model
-from peerkd.training import class_mean_logits, distill_only, evaluate, pick_device, predict_logits, round_seed, train_model
+from peerkd.protocol import RoundParams
+from peerkd.training import (
+    class_mean_logits,
+    distill_only,
+    evaluate,
+    pick_device,
+    predict_logits,
+    round_seed,
+    train_model,
+)
 from peerkd.world import World, WorldSpec, build_world, load_node_data
 
 app = ClientApp()
@@ -88,7 +103,9 @@ def _private_data(world: World, client: int, context: Context) -> tuple[np.ndarr
         return world.private(client)
     label = str(context.node_config.get(P.NODE_DATA_LABEL, "label"))
     x, y = load_node_data(path, label, world.data.input_shape, world.num_classes)
-    return (x if world.scaler is None else world.scaler.apply(x)), y  # the world's inputs are standardised: so are the node's
+    return (
+        x if world.scaler is None else world.scaler.apply(x)
+    ), y  # the world's inputs are standardised: so are the node's
 
 
 def _save_student(s: Student, context: Context) -> None:
@@ -102,8 +119,19 @@ def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]
     x, y, p = *s.private, s.params
     t0 = time.perf_counter()
     loss = train_model(
-        s.model, x, y, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=s.seed, transfer_x=s.world.transfer_x,
-        targets=targets, alpha=p.alpha, temperature=p.temperature, device=s.device, sample_targets=sample_targets,
+        s.model,
+        x,
+        y,
+        epochs=p.epochs,
+        lr=p.lr,
+        batch_size=p.batch_size,
+        seed=s.seed,
+        transfer_x=s.world.transfer_x,
+        targets=targets,
+        alpha=p.alpha,
+        temperature=p.temperature,
+        device=s.device,
+        sample_targets=sample_targets,
     )
     return loss, time.perf_counter() - t0
 
@@ -113,14 +141,23 @@ def _metrics(s: Student, **extra: float):
     return metrics_record(s.client, len(s.private[1]), acc, loss, **extra)
 
 
-def _finish(msg: Message, s: Student, context: Context, loss: float, secs: float, records: dict | None = None) -> Message:
+def _finish(
+    msg: Message, s: Student, context: Context, loss: float, secs: float, records: dict | None = None
+) -> Message:
     """Save the student, evaluate it, and reply with metrics plus what the config asks for."""
     _save_student(s, context)
     metrics = _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})
-    return reply(msg, s.arch, reply_records(
-        s.params, metrics, lambda: predict_logits(s.model, s.world.transfer_x, s.device),
-        lambda: predict_logits(s.model, s.world.split("server")[0], s.device), records,
-    ))
+    return reply(
+        msg,
+        s.arch,
+        reply_records(
+            s.params,
+            metrics,
+            lambda: predict_logits(s.model, s.world.transfer_x, s.device),
+            lambda: predict_logits(s.model, s.world.split("server")[0], s.device),
+            records,
+        ),
+    )
 
 
 @app.train()
@@ -131,7 +168,9 @@ def train(msg: Message, context: Context) -> Message:
     if weights_in:
         s.model.load_state_dict(msg.content[P.KEY_ARRAYS].to_torch_state_dict())
     loss, secs = _train(s)
-    return _finish(msg, s, context, loss, secs, {P.KEY_ARRAYS: ArrayRecord(s.model.state_dict())} if weights_in else None)
+    return _finish(
+        msg, s, context, loss, secs, {P.KEY_ARRAYS: ArrayRecord(s.model.state_dict())} if weights_in else None
+    )
 
 
 @app.train("distill")
@@ -150,8 +189,17 @@ def digest(msg: Message, context: Context) -> Message:
     p = s.params
     t0 = time.perf_counter()
     if targets is not None and p.digest_epochs > 0:
-        distill_only(s.model, s.world.transfer_x, targets, epochs=p.digest_epochs, lr=p.lr, batch_size=p.batch_size,
-                     seed=s.seed, temperature=p.temperature, device=s.device)
+        distill_only(
+            s.model,
+            s.world.transfer_x,
+            targets,
+            epochs=p.digest_epochs,
+            lr=p.lr,
+            batch_size=p.batch_size,
+            seed=s.seed,
+            temperature=p.temperature,
+            device=s.device,
+        )
     loss, _ = _train(s)
     return _finish(msg, s, context, loss, time.perf_counter() - t0)
 

@@ -31,7 +31,9 @@ def to_array(values: np.ndarray) -> Array:
     students send thousands per round)."""
     values = np.ascontiguousarray(values)
     header = _npy_header(values.dtype.str, values.shape)
-    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype="numpy.ndarray", data=header + values.tobytes())
+    return Array(
+        dtype=str(values.dtype), shape=tuple(values.shape), stype="numpy.ndarray", data=header + values.tobytes()
+    )
 
 
 def to_numpy(arr: Array) -> np.ndarray:

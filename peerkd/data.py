@@ -100,8 +100,17 @@ def _synth(size: int) -> Dataset:
 
     if size < 100:
         raise ConfigError("data.size", f"{size} samples is too few for splits of 10 classes", "0 (20,000) or >= 100")
-    x, y = make_classification(n_samples=size, n_features=40, n_informative=20, n_redundant=10, n_classes=10,
-                               n_clusters_per_class=2, class_sep=1.5, flip_y=0.01, random_state=0)
+    x, y = make_classification(
+        n_samples=size,
+        n_features=40,
+        n_informative=20,
+        n_redundant=10,
+        n_classes=10,
+        n_clusters_per_class=2,
+        class_sep=1.5,
+        flip_y=0.01,
+        random_state=0,
+    )
     names = tuple(str(c) for c in range(10))
     return Dataset("synth", x.astype(np.float32), y.astype(np.int64), 10, names)
 
@@ -196,7 +205,9 @@ def _read_csv(p: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
             if not row:
                 continue
             if len(row) != len(header):
-                raise ConfigError("data.path", f"{str(p)!r} line {lineno} has {len(row)} fields, header has {len(header)}")
+                raise ConfigError(
+                    "data.path", f"{str(p)!r} line {lineno} has {len(row)} fields, header has {len(header)}"
+                )
             labels.append(row[li].strip())
             try:
                 rows.append([float(v) for i, v in enumerate(row) if i != li])
@@ -207,9 +218,7 @@ def _read_csv(p: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(rows, dtype=np.float32), np.asarray(labels)
 
 
-def split_indices(
-    labels: np.ndarray, test: float, public: float, server: float, rng: np.random.Generator
-) -> Splits:
+def split_indices(labels: np.ndarray, test: float, public: float, server: float, rng: np.random.Generator) -> Splits:
     """Split sample indices into disjoint, class-stratified test/public/server/pool sets.
 
     Each class is shuffled and cut by the fractions, so every split keeps the class
@@ -227,7 +236,11 @@ def split_indices(
     for field, frac in (("data.test_frac", test), ("data.public_frac", public), ("data.server_frac", server)):
         check_range(field, frac, 0.0, 1.0, high_open=True)
     if test + public + server >= 1.0:
-        raise ConfigError("data", f"test_frac + public_frac + server_frac = {test + public + server:g} leaves no private pool", "a sum < 1")
+        raise ConfigError(
+            "data",
+            f"test_frac + public_frac + server_frac = {test + public + server:g} leaves no private pool",
+            "a sum < 1",
+        )
     bounds = np.cumsum([test, public, server])
     parts: list[list[np.ndarray]] = [[], [], [], []]
     for c in np.unique(labels):
@@ -239,8 +252,9 @@ def split_indices(
     return Splits(test=out[0], public=out[1], server=out[2], pool=out[3])
 
 
-def file_fractions(test: float | None, public: float | None, server: float | None, n: int,
-                   num_classes: int) -> tuple[float, float, float]:
+def file_fractions(
+    test: float | None, public: float | None, server: float | None, n: int, num_classes: int
+) -> tuple[float, float, float]:
     """Split fractions of a user file, each unset (None) one chosen by its size.
 
     An unset fraction is its floor in ``FILE_FRACTIONS`` (0.2 / 0.1 / 0.1), raised for a small
@@ -249,8 +263,11 @@ def file_fractions(test: float | None, public: float | None, server: float | Non
     classes) gets test 50/178 = 0.281 and keeps 0.1 / 0.1 (15/178 = 0.084 is below the floor);
     a file of 250 rows or more with up to 5 classes keeps 0.2 / 0.1 / 0.1.
     """
-    wanted = {"test": MIN_TEST_ROWS / n, "public": MIN_ROWS_PER_CLASS * num_classes / n,
-              "server": MIN_ROWS_PER_CLASS * num_classes / n}
+    wanted = {
+        "test": MIN_TEST_ROWS / n,
+        "public": MIN_ROWS_PER_CLASS * num_classes / n,
+        "server": MIN_ROWS_PER_CLASS * num_classes / n,
+    }
     given = {"test": test, "public": public, "server": server}
     out = []
     for name, (floor, cap) in FILE_FRACTIONS.items():

@@ -37,8 +37,13 @@ def check_choice(field: str, value: str, allowed: Iterable[str]) -> str:
 
 
 def check_range(
-    field: str, value: float, low: float | None = None, high: float | None = None,
-    *, low_open: bool = False, high_open: bool = False,
+    field: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
     """Return ``value`` if it lies in the interval, else raise ConfigError naming ``field``."""
     ok = True

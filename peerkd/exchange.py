@@ -48,13 +48,23 @@ def class_targets(content: RecordDict, num_classes: int) -> tuple[np.ndarray, np
 
 def metrics_record(client: int, num_examples: int, acc: float, loss: float, **extra: float) -> MetricRecord:
     """A reply's metrics: partition id, shard size, test accuracy and loss, then ``extra``."""
-    return MetricRecord({P.METRIC_PARTITION: client, P.METRIC_NUM_EXAMPLES: num_examples,
-                         P.METRIC_TEST_ACC: acc, P.METRIC_TEST_LOSS: loss, **extra})
+    return MetricRecord(
+        {
+            P.METRIC_PARTITION: client,
+            P.METRIC_NUM_EXAMPLES: num_examples,
+            P.METRIC_TEST_ACC: acc,
+            P.METRIC_TEST_LOSS: loss,
+            **extra,
+        }
+    )
 
 
 def reply_records(
-    params: RoundParams, metrics: MetricRecord, transfer_logits: Callable[[], np.ndarray],
-    probe_logits: Callable[[], np.ndarray], records: dict | None = None,
+    params: RoundParams,
+    metrics: MetricRecord,
+    transfer_logits: Callable[[], np.ndarray],
+    probe_logits: Callable[[], np.ndarray],
+    records: dict | None = None,
 ) -> dict[str, Any]:
     """A trained student's reply records: ``metrics``, ``records``, and what ``params`` asks for.
 

@@ -29,7 +29,7 @@ def pairwise_agreement(logits: np.ndarray) -> float:
         raise ValueError(f"agreement needs at least 2 students, got {n}")
     counts = np.zeros((p, c), dtype=np.int64)
     for i in range(0, n, CHUNK):
-        preds = logits[i:i + CHUNK].argmax(axis=-1)  # (chunk, P)
+        preds = logits[i : i + CHUNK].argmax(axis=-1)  # (chunk, P)
         for row in preds:
             counts[np.arange(p), row] += 1
     return float((counts * (counts - 1)).sum() / (p * n * (n - 1)))
@@ -43,9 +43,11 @@ def kl_to_consensus(logits: np.ndarray) -> float:
     """
     logits = np.asarray(logits)
     n = logits.shape[0]
-    p_bar = sum(np.exp(_log_softmax(logits[i:i + CHUNK])).sum(axis=0) for i in range(0, n, CHUNK)) / n  # (P, C)
+    p_bar = sum(np.exp(_log_softmax(logits[i : i + CHUNK])).sum(axis=0) for i in range(0, n, CHUNK)) / n  # (P, C)
     log_p_bar = np.log(np.clip(p_bar, 1e-12, None))
-    total = sum((p_bar[None] * (log_p_bar[None] - _log_softmax(logits[i:i + CHUNK]))).sum() for i in range(0, n, CHUNK))
+    total = sum(
+        (p_bar[None] * (log_p_bar[None] - _log_softmax(logits[i : i + CHUNK]))).sum() for i in range(0, n, CHUNK)
+    )
     return float(total / (n * logits.shape[1]))
 
 

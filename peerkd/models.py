@@ -19,7 +19,9 @@ CNN_SIZES = {"cnn": ((8, 16), 32), "cnn_large": ((32, 64), 128)}
 MODELS = (*MLP_WIDTHS, *CNN_SIZES)
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int, field: str = "students") -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, seed: int, field: str = "students"
+) -> nn.Module:
     """Build zoo model ``name`` with weights drawn from ``seed``.
 
     Parameters
@@ -44,7 +46,11 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
             return _mlp(math.prod(input_shape), MLP_WIDTHS[name], num_classes)
         if name in CNN_SIZES:
             if len(input_shape) not in (2, 3):
-                raise ConfigError(field, f"{name} needs image (C,H,W) or sequence (C,L) inputs, data has shape {input_shape}", MLP_WIDTHS)
+                raise ConfigError(
+                    field,
+                    f"{name} needs image (C,H,W) or sequence (C,L) inputs, data has shape {input_shape}",
+                    MLP_WIDTHS,
+                )
             return _cnn(input_shape, *CNN_SIZES[name], num_classes)
         raise ConfigError(field, f"unknown model {name!r}", MODELS)
     finally:

@@ -83,16 +83,20 @@ class RoundParams:
     reply_probe: bool = False
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "RoundParams":
+    def from_config(cls, config: Mapping[str, Any]) -> RoundParams:
         """Typed fields from a message's ConfigRecord (missing optional keys take the defaults)."""
         d = cls()
         get = config.get
         return cls(
             round=int(get(CFG_ROUND, d.round)),
             students=tuple(s for s in str(get(CFG_STUDENTS, "")).split(",") if s),
-            epochs=int(config[CFG_EPOCHS]), lr=float(config[CFG_LR]), batch_size=int(config[CFG_BATCH_SIZE]),
-            alpha=float(get(CFG_ALPHA, d.alpha)), temperature=float(get(CFG_TEMPERATURE, d.temperature)),
+            epochs=int(config[CFG_EPOCHS]),
+            lr=float(config[CFG_LR]),
+            batch_size=int(config[CFG_BATCH_SIZE]),
+            alpha=float(get(CFG_ALPHA, d.alpha)),
+            temperature=float(get(CFG_TEMPERATURE, d.temperature)),
             digest_epochs=int(get(CFG_DIGEST_EPOCHS, d.digest_epochs)),
-            reply_logits=bool(get(CFG_REPLY_LOGITS, False)), reply_probs=bool(get(CFG_REPLY_PROBS, False)),
+            reply_logits=bool(get(CFG_REPLY_LOGITS, False)),
+            reply_probs=bool(get(CFG_REPLY_PROBS, False)),
             reply_probe=bool(get(CFG_REPLY_PROBE, False)),
         )

@@ -13,10 +13,32 @@ import numpy as np
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
 PROVENANCE_FILE = "provenance.json"
-PACKAGES = ("peerkd", "flwr", "flwr-datasets", "torch", "numpy", "ray", "hydra-core", "scikit-learn", "mlxtend", "mnist1d")
+PACKAGES = (
+    "peerkd",
+    "flwr",
+    "flwr-datasets",
+    "torch",
+    "numpy",
+    "ray",
+    "hydra-core",
+    "scikit-learn",
+    "mlxtend",
+    "mnist1d",
+)
 SUMMARY_KEYS = (
-    "strategy", "dataset", "num_clients", "rounds", "seed", "acc_mean", "acc_worst", "acc_std",
-    "teacher_acc", "bytes_up", "bytes_down", "wall_s", "per_client",
+    "strategy",
+    "dataset",
+    "num_clients",
+    "rounds",
+    "seed",
+    "acc_mean",
+    "acc_worst",
+    "acc_std",
+    "teacher_acc",
+    "bytes_up",
+    "bytes_down",
+    "wall_s",
+    "per_client",
 )
 
 
@@ -83,8 +105,11 @@ def provenance() -> dict[str, Any]:
 
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
-        "packages": versions, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "git_revision": git("rev-parse", "HEAD"),
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "git_revision": git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
     }
 

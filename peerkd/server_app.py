@@ -70,7 +70,9 @@ class ExchangeRule(Protocol):
     private: bool
 
     def setup(self, ctx: ServerContext) -> dict[str, Any]: ...
-    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> Iterable[Message]: ...
+    def configure_round(
+        self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]: ...
     def check_reply(self, content: RecordDict) -> None: ...
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]: ...
     def client_accuracy(self, metrics: dict[str, Any]) -> tuple[float, float] | None: ...
@@ -85,8 +87,14 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
         if time.monotonic() > deadline:
             if not ids:
                 raise RuntimeError(f"no node connected within {timeout:g} s (expected {expected})")
-            log.warning("only %d of %d nodes connected after %g s; going on with them (with `flwr run`, "
-                        "pass --federation-config num-supernodes=%d)", len(ids), expected, timeout, expected)
+            log.warning(
+                "only %d of %d nodes connected after %g s; going on with them (with `flwr run`, "
+                "pass --federation-config num-supernodes=%d)",
+                len(ids),
+                expected,
+                timeout,
+                expected,
+            )
             break
         time.sleep(0.1)
     return ids
@@ -96,7 +104,9 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
 POLL_S = float(os.environ.get("PEERKD_GRID_POLL_S", "0.2"))
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S) -> tuple[list[Message], dict[str, int]]:
+def send_and_receive(
+    grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S
+) -> tuple[list[Message], dict[str, int]]:
     """Push ``messages``, pull replies every ``poll`` s until all came or ``timeout`` s passed.
 
     Returns the replies and the destination node of each pushed message id (an error reply
@@ -146,7 +156,11 @@ def screen_reply(reply: Message, strategy: ExchangeRule, num_clients: int) -> tu
 
 
 def run_federation(
-    grid: Grid, spec: RunSpec, strategy: ExchangeRule, writer: RunWriter, on_round: Callable[[dict], None] | None = None,
+    grid: Grid,
+    spec: RunSpec,
+    strategy: ExchangeRule,
+    writer: RunWriter,
+    on_round: Callable[[dict], None] | None = None,
     summary_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run all rounds of ``strategy`` on the nodes of ``grid``; write and return the summary.
@@ -157,17 +171,24 @@ def run_federation(
     t_start = time.perf_counter()
     world = build_world(spec.world)
     device = pick_device()
-    ctx = ServerContext(world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement)
+    ctx = ServerContext(
+        world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement
+    )
     run_metrics = strategy.setup(ctx)
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
-        **spec.world.to_config(), P.CFG_STUDENTS: ",".join(spec.students),
-        P.CFG_EPOCHS: spec.epochs, P.CFG_LR: spec.lr, P.CFG_BATCH_SIZE: spec.batch_size,
+        **spec.world.to_config(),
+        P.CFG_STUDENTS: ",".join(spec.students),
+        P.CFG_EPOCHS: spec.epochs,
+        P.CFG_LR: spec.lr,
+        P.CFG_BATCH_SIZE: spec.batch_size,
     }
     roster = Roster(spec.world.num_clients, spec.clients_per_round, spec.world.seed)
     if roster.partial:  # learn each node's client id, so that the sample picks clients
-        for node, values in _evaluate_nodes(grid, node_ids, {**base_config, P.CFG_ROUND: 0}, spec.round_timeout).items():
+        for node, values in _evaluate_nodes(
+            grid, node_ids, {**base_config, P.CFG_ROUND: 0}, spec.round_timeout
+        ).items():
             roster.learn(node, values[P.METRIC_PARTITION])
     latest: dict[int, dict[str, Any]] = {}  # each client's last accepted row
     totals = Counter()
@@ -181,8 +202,16 @@ def run_federation(
         totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
-        log.info("[%s] round %d/%d  acc mean %.3f worst %.3f  %d replies  %.1f s", strategy.name, rnd, spec.rounds,
-                 row["acc_mean"] or 0, row["acc_worst"] or 0, row["replies"], row["round_s"])
+        log.info(
+            "[%s] round %d/%d  acc mean %.3f worst %.3f  %d replies  %.1f s",
+            strategy.name,
+            rnd,
+            spec.rounds,
+            row["acc_mean"] or 0,
+            row["acc_worst"] or 0,
+            row["replies"],
+            row["round_s"],
+        )
         if on_round:
             on_round(row)
     if roster.partial:
@@ -198,19 +227,29 @@ def run_federation(
     return summary
 
 
-def _summary(spec: RunSpec, strategy: ExchangeRule, world: World, latest: dict[int, dict[str, Any]], totals: Counter,
-             run_metrics: dict[str, Any]) -> dict[str, Any]:
+def _summary(
+    spec: RunSpec,
+    strategy: ExchangeRule,
+    world: World,
+    latest: dict[int, dict[str, Any]],
+    totals: Counter,
+    run_metrics: dict[str, Any],
+) -> dict[str, Any]:
     """The summary's fields from each client's last accepted row and the run's totals."""
     per_client = [
         {"client": c, "arch": r["arch"], "acc": r["acc"], "loss": r["loss"], "round": r["round"]}
         for c, r in sorted(latest.items())
     ]
     return {
-        "strategy": strategy.name, "dataset": world.data.name, "num_clients": spec.world.num_clients,
-        "rounds": spec.rounds, "seed": spec.world.seed,
+        "strategy": strategy.name,
+        "dataset": world.data.name,
+        "num_clients": spec.world.num_clients,
+        "rounds": spec.rounds,
+        "seed": spec.world.seed,
         **accuracy_stats([r["acc"] for r in per_client]),
         "teacher_acc": run_metrics.get("teacher_acc"),
-        "bytes_up": totals["bytes_up"], "bytes_down": totals["bytes_down"],
+        "bytes_up": totals["bytes_up"],
+        "bytes_down": totals["bytes_down"],
         "per_client": per_client,
         "acc_by_arch": _by_arch(per_client),
         "rejected_replies": totals["rejected"],
@@ -222,17 +261,24 @@ def _summary(spec: RunSpec, strategy: ExchangeRule, world: World, latest: dict[i
     }
 
 
-def _evaluate_nodes(grid: Grid, node_ids: list[int], config: dict[str, Any], timeout: float) -> dict[int, dict[str, Any]]:
+def _evaluate_nodes(
+    grid: Grid, node_ids: list[int], config: dict[str, Any], timeout: float
+) -> dict[int, dict[str, Any]]:
     """One ``evaluate`` round trip (no arrays either way): each answering node's metrics, by node."""
     record = ConfigRecord(config)
-    messages = [Message(RecordDict({P.KEY_CONFIG: record}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in node_ids]
+    messages = [
+        Message(RecordDict({P.KEY_CONFIG: record}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in node_ids
+    ]
     replies, sent = send_and_receive(grid, messages, timeout)
     out = {}
     for reply in replies:
         metrics = None if reply.has_error() else reply.content.get(P.KEY_METRICS)
         values = dict(metrics) if isinstance(metrics, MetricRecord) else {}
         if isinstance(values.get(P.METRIC_PARTITION), int) and isinstance(values.get(P.METRIC_TEST_ACC), float):
-            out[sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)] = {**values, "arch": _arch(reply)}
+            out[sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)] = {
+                **values,
+                "arch": _arch(reply),
+            }
     return out
 
 
@@ -243,13 +289,28 @@ def _final_rows(grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[
         client = values[P.METRIC_PARTITION]
         if 0 <= client < spec.world.num_clients:
             acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values.get(P.METRIC_TEST_LOSS))
-            rows.append({"type": "client", "round": spec.rounds, "client": client, "node_id": node, "arch": values["arch"],
-                         "acc": acc, "loss": loss, "final_evaluation": True})
+            rows.append(
+                {
+                    "type": "client",
+                    "round": spec.rounds,
+                    "client": client,
+                    "node_id": node,
+                    "arch": values["arch"],
+                    "acc": acc,
+                    "loss": loss,
+                    "final_evaluation": True,
+                }
+            )
     return rows
 
 
 def _run_round(
-    grid: Grid, spec: RunSpec, strategy: ExchangeRule, rnd: int, config: ConfigRecord, node_ids: list[int],
+    grid: Grid,
+    spec: RunSpec,
+    strategy: ExchangeRule,
+    rnd: int,
+    config: ConfigRecord,
+    node_ids: list[int],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One round on ``node_ids``: messages out, replies screened and aggregated.
 
@@ -283,20 +344,35 @@ def _run_round(
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values[P.METRIC_TEST_LOSS])
         row = {
-            "type": "client", "round": rnd, "client": values[P.METRIC_PARTITION], "node_id": node, "arch": _arch(reply),
-            "acc": acc, "loss": loss, "train_loss": values.get(P.METRIC_TRAIN_LOSS),
-            "train_s": values.get(P.METRIC_TRAIN_S), "num_examples": values.get(P.METRIC_NUM_EXAMPLES),
-            "bytes_up": up, "bytes_down": down.get(node, 0), "bytes_measure": measure,
+            "type": "client",
+            "round": rnd,
+            "client": values[P.METRIC_PARTITION],
+            "node_id": node,
+            "arch": _arch(reply),
+            "acc": acc,
+            "loss": loss,
+            "train_loss": values.get(P.METRIC_TRAIN_LOSS),
+            "train_s": values.get(P.METRIC_TRAIN_S),
+            "num_examples": values.get(P.METRIC_NUM_EXAMPLES),
+            "bytes_up": up,
+            "bytes_down": down.get(node, 0),
+            "bytes_measure": measure,
         }
         rows.append(row)
     answered = {sent.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies}
     round_row = {
-        "type": "round", "round": rnd, **accuracy_stats([r["acc"] for r in rows]),
-        "replies": len(rows), "rejected": len(rejected), "rejections": rejected,
+        "type": "round",
+        "round": rnd,
+        **accuracy_stats([r["acc"] for r in rows]),
+        "replies": len(rows),
+        "rejected": len(rejected),
+        "rejections": rejected,
         "missing": sorted(set(down) - answered),
         "bytes_up": sum(r["bytes_up"] for r in rows) + sum(r["bytes_up"] for r in rejected),
-        "bytes_down": sum(down.values()), "bytes_measure": sum(r["bytes_measure"] for r in rows),
-        "round_s": time.perf_counter() - t0, **round_metrics,
+        "bytes_down": sum(down.values()),
+        "bytes_measure": sum(r["bytes_measure"] for r in rows),
+        "round_s": time.perf_counter() - t0,
+        **round_metrics,
     }
     return round_row, rows
 
@@ -312,7 +388,9 @@ def _reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:
     if reply.has_error():
         return 0, 0
     total = array_bytes(reply.content)
-    measure = sum(len(a.data) for k, rec in reply.content.array_records.items() if k in measure_keys for a in rec.values())
+    measure = sum(
+        len(a.data) for k, rec in reply.content.array_records.items() if k in measure_keys for a in rec.values()
+    )
     return total - measure, measure
 
 
@@ -332,8 +410,14 @@ def _by_arch(per_client: list[dict[str, Any]]) -> dict[str, dict[str, float | No
     return {arch: {**accuracy_stats(accs), "clients": len(accs)} for arch, accs in sorted(groups.items())}
 
 
-def make_server_app(spec: RunSpec, strategy: ExchangeRule, out_dir: str, config: dict[str, Any], on_round=None,
-                    summary_extra: Callable[[], dict[str, Any]] | None = None) -> ServerApp:
+def make_server_app(
+    spec: RunSpec,
+    strategy: ExchangeRule,
+    out_dir: str,
+    config: dict[str, Any],
+    on_round=None,
+    summary_extra: Callable[[], dict[str, Any]] | None = None,
+) -> ServerApp:
     """A ServerApp bound to one run's settings (Flower's simulation engine and the tests)."""
     server = ServerApp()
 

@@ -77,8 +77,16 @@ def train_model(
 
 
 def distill_only(
-    model: nn.Module, x: np.ndarray, targets: np.ndarray, *, epochs: int, lr: float, batch_size: int,
-    seed: int, temperature: float, device: torch.device | None = None,
+    model: nn.Module,
+    x: np.ndarray,
+    targets: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    temperature: float,
+    device: torch.device | None = None,
 ) -> float:
     """Fit ``model`` to ``targets`` on unlabelled ``x`` with T²·KL alone (digest phases, FedDF fusion).
 
@@ -144,7 +152,7 @@ class BatchPlan:
         """Mean of the last epoch's step losses (0.0 without steps), summed in step order."""
         if not losses or not self.steps_per_epoch:
             return 0.0
-        return sum(losses[-self.steps_per_epoch:]) / self.steps_per_epoch
+        return sum(losses[-self.steps_per_epoch :]) / self.steps_per_epoch
 
 
 def plan_batches(n: int, n_transfer: int, batch_size: int, epochs: int, seed: int) -> BatchPlan:
@@ -173,16 +181,18 @@ def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator)
     order = torch.cat([torch.randperm(n, generator=gen) for _ in range(max(reps, 1))])
     if not n:
         return torch.zeros((n_steps, 0), dtype=torch.int64)
-    return order[:n_steps * batch_size].view(n_steps, batch_size)
+    return order[: n_steps * batch_size].view(n_steps, batch_size)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device | None = None, batch_size: int = 2048) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, x: np.ndarray, device: torch.device | None = None, batch_size: int = 2048
+) -> np.ndarray:
     """Logits of ``model`` on ``x`` as a float32 ``(N, C)`` array."""
     device = device or torch.device("cpu")
     model.to(device).eval()
     xt = torch.as_tensor(x)
-    outs = [model(xt[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [model(xt[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -39,7 +39,9 @@ def make_transfer_set(kind: str, data: Dataset, splits: Splits, size: int, rng: 
         return _take(data.x[idx], size, rng, kind)
     n = size or len(splits.public)
     if n <= 0:
-        raise ConfigError("data.transfer_size", f"transfer={kind} with an empty public split needs a size", "an integer > 0")
+        raise ConfigError(
+            "data.transfer_size", f"transfer={kind} with an empty public split needs a size", "an integer > 0"
+        )
     pool = data.x[splits.pool]
     if kind == "noise":
         mean, std = pool.mean(axis=0), pool.std(axis=0) + 1e-6
@@ -81,5 +83,7 @@ def _take(x: np.ndarray, size: int, rng: np.random.Generator, kind: str) -> np.n
     if size <= 0 or size == len(x):
         return x
     if size > len(x):
-        raise ConfigError("data.transfer_size", f"{size} asked, but transfer={kind} has only {len(x)} inputs", f"≤ {len(x)}")
+        raise ConfigError(
+            "data.transfer_size", f"{size} asked, but transfer={kind} has only {len(x)} inputs", f"≤ {len(x)}"
+        )
     return x[np.sort(rng.choice(len(x), size, replace=False))]

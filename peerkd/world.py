@@ -66,10 +66,12 @@ class WorldSpec:
         return {_PREFIX + k: v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_config(cls, config: dict) -> "WorldSpec":
+    def from_config(cls, config: dict) -> WorldSpec:
         """Inverse of ``to_config``; other keys are ignored."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        kwargs = {k[len(_PREFIX):]: v for k, v in config.items() if k.startswith(_PREFIX) and k[len(_PREFIX):] in fields}
+        kwargs = {
+            k[len(_PREFIX) :]: v for k, v in config.items() if k.startswith(_PREFIX) and k[len(_PREFIX) :] in fields
+        }
         return cls(**kwargs)
 
 
@@ -134,8 +136,13 @@ def _build_world(spec: WorldSpec) -> World:
     if scaler is not None:
         data = dataclasses.replace(data, x=scaler.apply(data.x))
     parts = partition_labels(
-        data.y[splits.pool], spec.num_clients, spec.partition, alpha=spec.partition_alpha,
-        classes_per_client=spec.classes_per_client, min_size=spec.min_size, seed=spec.seed,
+        data.y[splits.pool],
+        spec.num_clients,
+        spec.partition,
+        alpha=spec.partition_alpha,
+        classes_per_client=spec.classes_per_client,
+        min_size=spec.min_size,
+        seed=spec.seed,
     )
     if spec.samples_per_client > 0:
         parts = cap_shards(parts, spec.samples_per_client, rng)
@@ -152,8 +159,10 @@ def world_scaler(data: Dataset, splits: Splits) -> Scaler:
     rows = np.concatenate([splits.public, splits.server])
     if len(rows) >= 2:
         return fit_scaler(data.x, rows, "public+server")
-    log.warning("data.standardize: no public or server rows; standardising with the private pool's statistics, "
-                "which a real federation would have to aggregate from the clients")
+    log.warning(
+        "data.standardize: no public or server rows; standardising with the private pool's statistics, "
+        "which a real federation would have to aggregate from the clients"
+    )
     return fit_scaler(data.x, splits.pool, "pool")
 
 
@@ -172,8 +181,10 @@ def split_report(world: World) -> list[str]:
         f"  private   {len(sp.pool):6d} rows    over {len(private)} clients: {shown}",
     ]
     if world.scaler is not None:
-        lines.append(f"  features standardised with the mean and std of the {world.scaler.rows} {world.scaler.source} "
-                     "rows (data.standardize=false: raw)")
+        lines.append(
+            f"  features standardised with the mean and std of the {world.scaler.rows} {world.scaler.source} "
+            "rows (data.standardize=false: raw)"
+        )
     elif d.tabular and spec.dataset == "file":
         lines.append("  features used raw (data.standardize=false)")
     return lines
@@ -184,18 +195,26 @@ def split_warnings(world: World) -> list[str]:
     c, sp = world.num_classes, world.splits
     out = []
     if 0 < len(sp.test) < MIN_TEST_ROWS:
-        out.append(f"the test split has {len(sp.test)} rows (< {MIN_TEST_ROWS}): one accuracy on it has a 95% interval "
-                   f"of about ±{1 / np.sqrt(len(sp.test)):.2f}; compare rules over several seeds")
+        out.append(
+            f"the test split has {len(sp.test)} rows (< {MIN_TEST_ROWS}): one accuracy on it has a 95% interval "
+            f"of about ±{1 / np.sqrt(len(sp.test)):.2f}; compare rules over several seeds"
+        )
     if 0 < len(world.transfer_x) < MIN_ROWS_PER_CLASS * c:
-        out.append(f"the transfer set has {len(world.transfer_x)} inputs (< {MIN_ROWS_PER_CLASS} per class = "
-                   f"{MIN_ROWS_PER_CLASS * c}): distillation rules have little to agree on")
+        out.append(
+            f"the transfer set has {len(world.transfer_x)} inputs (< {MIN_ROWS_PER_CLASS} per class = "
+            f"{MIN_ROWS_PER_CLASS * c}): distillation rules have little to agree on"
+        )
     if 0 < len(sp.server) < MIN_ROWS_PER_CLASS * c:
-        out.append(f"the server split has {len(sp.server)} rows (< {MIN_ROWS_PER_CLASS} per class = "
-                   f"{MIN_ROWS_PER_CLASS * c}): the teacher model learns from very few labels")
+        out.append(
+            f"the server split has {len(sp.server)} rows (< {MIN_ROWS_PER_CLASS} per class = "
+            f"{MIN_ROWS_PER_CLASS * c}): the teacher model learns from very few labels"
+        )
     small = [i for i, p in enumerate(world.partitions) if len(p) < MIN_ROWS_PER_CLASS * c]
     if small:
-        out.append(f"{len(small)} of {len(world.partitions)} clients hold fewer than {MIN_ROWS_PER_CLASS * c} "
-                   f"private rows ({MIN_ROWS_PER_CLASS} per class): alone they learn little")
+        out.append(
+            f"{len(small)} of {len(world.partitions)} clients hold fewer than {MIN_ROWS_PER_CLASS * c} "
+            f"private rows ({MIN_ROWS_PER_CLASS} per class): alone they learn little"
+        )
     return out
 
 
@@ -217,10 +236,23 @@ def save_world(world: World, path: Path) -> None:
     parts = np.concatenate(world.partitions) if world.partitions else np.zeros(0, np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=d.x, y=d.y, name=np.array(d.name), class_names=np.array(d.class_names, dtype=str),
-             num_classes=np.array(d.num_classes), test=sp.test, public=sp.public, server=sp.server, pool=sp.pool,
-             part_sizes=sizes, parts=parts, transfer_x=world.transfer_x, key=np.array(spec_key(world.spec)),
-             **_scaler_arrays(world.scaler))
+    np.savez(
+        tmp,
+        x=d.x,
+        y=d.y,
+        name=np.array(d.name),
+        class_names=np.array(d.class_names, dtype=str),
+        num_classes=np.array(d.num_classes),
+        test=sp.test,
+        public=sp.public,
+        server=sp.server,
+        pool=sp.pool,
+        part_sizes=sizes,
+        parts=parts,
+        transfer_x=world.transfer_x,
+        key=np.array(spec_key(world.spec)),
+        **_scaler_arrays(world.scaler),
+    )
     os.replace(tmp, path)
 
 
@@ -239,13 +271,23 @@ def load_world(path: Path, spec: WorldSpec) -> World:
 
 def _scaler_arrays(scaler: Scaler | None) -> dict[str, np.ndarray]:
     if scaler is None:
-        return {"scale_mean": np.zeros(0, np.float32), "scale_std": np.zeros(0, np.float32),
-                "scale_rows": np.array(0), "scale_source": np.array("")}
-    return {"scale_mean": scaler.mean, "scale_std": scaler.std, "scale_rows": np.array(scaler.rows),
-            "scale_source": np.array(scaler.source)}
+        return {
+            "scale_mean": np.zeros(0, np.float32),
+            "scale_std": np.zeros(0, np.float32),
+            "scale_rows": np.array(0),
+            "scale_source": np.array(""),
+        }
+    return {
+        "scale_mean": scaler.mean,
+        "scale_std": scaler.std,
+        "scale_rows": np.array(scaler.rows),
+        "scale_source": np.array(scaler.source),
+    }
 
 
-def load_node_data(path: str, label: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def load_node_data(
+    path: str, label: str, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A device's own private data (.npz ``x``/``y`` or .csv) checked against the world.
 
     Labels must already be the world's class indices ``0..C-1`` (a device may hold only
@@ -259,7 +301,9 @@ def load_node_data(path: str, label: str, input_shape: tuple[int, ...], num_clas
     x, y = _read_npz(p) if p.suffix == ".npz" else _read_csv(p, label)
     x = x.astype(np.float32).reshape(len(x), *input_shape) if x.size == len(x) * int(np.prod(input_shape)) else x
     if tuple(x.shape[1:]) != tuple(input_shape):
-        raise ConfigError("data-path", f"inputs of shape {tuple(x.shape[1:])} in {path!r}; the world's are {tuple(input_shape)}")
+        raise ConfigError(
+            "data-path", f"inputs of shape {tuple(x.shape[1:])} in {path!r}; the world's are {tuple(input_shape)}"
+        )
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError("data-path", f"{len(x)} inputs and {len(y)} labels in {path!r}")
     if y.dtype.kind not in "iu" and not np.all(np.mod(y.astype(float), 1) == 0):

@@ -24,12 +24,23 @@ from typing import Any
 log = logging.getLogger("peerkd")
 
 VARIANTS = ("loop", "flower", "batched")
-FIELDS = ("clients", "variant", "wall_s", "round_s_first", "round_s_median", "peak_rss_mb", "peak_gpu_mb", "acc_mean",
-          "ratio_to_loop", "device")
+FIELDS = (
+    "clients",
+    "variant",
+    "wall_s",
+    "round_s_first",
+    "round_s_median",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "acc_mean",
+    "ratio_to_loop",
+    "device",
+)
 
 
 def world_for(spec, clients: int, auto_size: bool):
-    """``spec`` with ``clients`` clients; a generated dataset (``auto_size``) grows to keep ≥ 24 private samples each."""
+    """``spec`` with ``clients`` clients; a generated dataset (``auto_size``) grows to keep ≥ 24
+    private samples per client."""
     world = dataclasses.replace(spec.world, num_clients=clients)
     if auto_size:
         pool = 1.0 - world.test_frac - world.public_frac - world.server_frac
@@ -52,17 +63,30 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
     torch.set_num_threads(1)  # as each Flower client actor does
     world, w = build_world(spec.world), spec.world
     clients = range(w.num_clients)
-    models = [build_model(spec.students[c % len(spec.students)], world.data.input_shape, world.num_classes,
-                          seed=w.seed * 1000 + c) for c in clients]
+    models = [
+        build_model(
+            spec.students[c % len(spec.students)], world.data.input_shape, world.num_classes, seed=w.seed * 1000 + c
+        )
+        for c in clients
+    ]
     logits: dict[int, np.ndarray] = {}
     round_s, accs = [], []
     for rnd in range(1, spec.rounds + 1):
         t0 = time.perf_counter()
         targets = peer_targets(logits, list(clients))
         for c in clients:
-            train_model(models[c], *world.private(c), epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size,
-                        seed=w.seed * 1_000_003 + c * 1_009 + rnd, transfer_x=world.transfer_x, targets=targets[c],
-                        alpha=alpha, temperature=temperature)
+            train_model(
+                models[c],
+                *world.private(c),
+                epochs=spec.epochs,
+                lr=spec.lr,
+                batch_size=spec.batch_size,
+                seed=w.seed * 1_000_003 + c * 1_009 + rnd,
+                transfer_x=world.transfer_x,
+                targets=targets[c],
+                alpha=alpha,
+                temperature=temperature,
+            )
         logits = {c: predict_logits(models[c], world.transfer_x) for c in clients}
         accs = [evaluate(models[c], *world.split("test"))[0] for c in clients]
         round_s.append(time.perf_counter() - t0)
@@ -79,12 +103,24 @@ def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, An
     if variant == "loop":
         preflight(spec, strategy)  # builds the world, as each engine's run does
         res = plain_loop(spec, strategy.alpha, strategy.temperature)
-        return {**res, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": None, "device": "cpu"}
+        return {
+            **res,
+            "wall_s": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": None,
+            "device": "cpu",
+        }
     engine = dataclasses.replace(engine, name=variant)
     summary = run_engine(spec, strategy, out, {"bench": variant}, engine, {"num_cpus": 1.0, "num_gpus": 0.0})
     rounds = [r["round_s"] for r in read_jsonl(out / METRICS_FILE) if r.get("type") == "round"]
-    return {"acc_mean": summary["acc_mean"], "round_s": rounds, "wall_s": time.perf_counter() - t0,
-            "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": summary.get("peak_gpu_mb"), "device": summary.get("device") or "cpu"}
+    return {
+        "acc_mean": summary["acc_mean"],
+        "round_s": rounds,
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": summary.get("peak_gpu_mb"),
+        "device": summary.get("device") or "cpu",
+    }
 
 
 def _in_child(variant: str, spec, strategy, engine, out: Path) -> dict[str, Any]:
@@ -93,7 +129,9 @@ def _in_child(variant: str, spec, strategy, engine, out: Path) -> dict[str, Any]
     return run_variant(variant, spec, strategy, engine, out)
 
 
-def run_bench(spec, strategy, engine, sizes: list[int], variants: list[str], out: Path, auto_size: bool) -> list[dict[str, Any]]:
+def run_bench(
+    spec, strategy, engine, sizes: list[int], variants: list[str], out: Path, auto_size: bool
+) -> list[dict[str, Any]]:
     """Every (size, variant) in a fresh process; rows as ``FIELDS``, written as they finish."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -119,24 +157,58 @@ def run_bench(spec, strategy, engine, sizes: list[int], variants: list[str], out
 def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     import numpy as np
 
-    loop = res["wall_s"] if variant == "loop" else next(
-        (r["wall_s"] for r in rows if r["clients"] == n and r["variant"] == "loop"), None)
-    return {"clients": n, "variant": variant, "wall_s": res["wall_s"], "round_s_first": res["round_s"][0],
-            "round_s_median": float(np.median(res["round_s"])), "peak_rss_mb": res["peak_rss_mb"],
-            "peak_gpu_mb": res["peak_gpu_mb"], "acc_mean": res["acc_mean"],
-            "ratio_to_loop": None if loop is None else res["wall_s"] / loop, "device": res["device"]}
+    loop = (
+        res["wall_s"]
+        if variant == "loop"
+        else next((r["wall_s"] for r in rows if r["clients"] == n and r["variant"] == "loop"), None)
+    )
+    return {
+        "clients": n,
+        "variant": variant,
+        "wall_s": res["wall_s"],
+        "round_s_first": res["round_s"][0],
+        "round_s_median": float(np.median(res["round_s"])),
+        "peak_rss_mb": res["peak_rss_mb"],
+        "peak_gpu_mb": res["peak_gpu_mb"],
+        "acc_mean": res["acc_mean"],
+        "ratio_to_loop": None if loop is None else res["wall_s"] / loop,
+        "device": res["device"],
+    }
 
 
 def bench_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the bench table."""
+
     def num(v, fmt):
         return "–" if v is None else format(v, fmt)
 
-    header = ["clients", "variant", "wall s", "round 1 s", "median round s", "peak RSS MB", "peak GPU MB",
-              "accuracy", "× loop", "device"]
-    cells = [[str(r["clients"]), r["variant"], num(r["wall_s"], ".1f"), num(r["round_s_first"], ".2f"),
-              num(r["round_s_median"], ".2f"), num(r["peak_rss_mb"], ".0f"), num(r["peak_gpu_mb"], ".0f"),
-              num(r["acc_mean"], ".4f"), num(r["ratio_to_loop"], ".2f"), r["device"]] for r in rows]
+    header = [
+        "clients",
+        "variant",
+        "wall s",
+        "round 1 s",
+        "median round s",
+        "peak RSS MB",
+        "peak GPU MB",
+        "accuracy",
+        "× loop",
+        "device",
+    ]
+    cells = [
+        [
+            str(r["clients"]),
+            r["variant"],
+            num(r["wall_s"], ".1f"),
+            num(r["round_s_first"], ".2f"),
+            num(r["round_s_median"], ".2f"),
+            num(r["peak_rss_mb"], ".0f"),
+            num(r["peak_gpu_mb"], ".0f"),
+            num(r["acc_mean"], ".4f"),
+            num(r["ratio_to_loop"], ".2f"),
+            r["device"],
+        ]
+        for r in rows
+    ]
     return header, cells
 
 

@@ -112,12 +112,16 @@ def _run(args: list[str]) -> int:
     summary = run_engine(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), engine, resources)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
     if summary["acc_mean"] is None:
-        print(f"{summary['strategy']}: no client reply was accepted in any round ({summary['rejected_replies']} "
-              f"rejected; metrics.jsonl lists why)\nresults: {out}")
+        print(
+            f"{summary['strategy']}: no client reply was accepted in any round ({summary['rejected_replies']} "
+            f"rejected; metrics.jsonl lists why)\nresults: {out}"
+        )
         return 1
-    print(f"{summary['strategy']}: accuracy mean {summary['acc_mean']:.3f}  worst {summary['acc_worst']:.3f}  "
-          f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "
-          f"{summary['wall_s']:.0f} s\nresults: {out}")
+    print(
+        f"{summary['strategy']}: accuracy mean {summary['acc_mean']:.3f}  worst {summary['acc_worst']:.3f}  "
+        f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "
+        f"{summary['wall_s']:.0f} s\nresults: {out}"
+    )
     return 0
 
 
@@ -132,13 +136,17 @@ def _compare(args: list[str]) -> int:
     # A sweep with no grid; one run at a time in this process, each run's rounds shown, as always.
     out, runs, result = _plan_and_run("compare", cfg, args, args, {}, parallel=1, verbose=True)
     if result["summaries"]:
-        title = comparison_title(runs[0].spec.world, runs[0].spec.rounds, [r.seed for r in runs], result["total_wall_s"])
+        title = comparison_title(
+            runs[0].spec.world, runs[0].spec.rounds, [r.seed for r in runs], result["total_wall_s"]
+        )
         rows = write_comparison(out, result["summaries"], list(cfg.rules), title)
         write_report(out)
         _print_table(TABLE_HEADER, [table_cells(r) for r in rows])
     skipped = f" ({result['skipped']} already finished)" if result["skipped"] else ""
-    print(f"{result['runs']} runs in {result['wall_s']:.0f} s{skipped}{_failed_note(result)}; "
-          f"results: {out} (comparison.md, comparison.csv, runs.csv, report.md)")
+    print(
+        f"{result['runs']} runs in {result['wall_s']:.0f} s{skipped}{_failed_note(result)}; "
+        f"results: {out} (comparison.md, comparison.csv, runs.csv, report.md)"
+    )
     return 1 if result["failed"] else 0
 
 
@@ -152,19 +160,25 @@ def _sweep(args: list[str]) -> int:
     fixed = {o.split("=", 1)[0].lstrip("+~") for o in plain}
     axes = grid_axes(list(cfg.grid), cli_axes, fixed)
     if flags:
-        print(f"# grid axes after the command line: {axes}; "
-              f"at every point: rules {list(cfg.rules)} × seeds {list(cfg.seeds)}")
+        print(
+            f"# grid axes after the command line: {axes}; "
+            f"at every point: rules {list(cfg.rules)} × seeds {list(cfg.seeds)}"
+        )
         return 0
     out, _, result = _plan_and_run("sweep", cfg, args, plain, axes, cfg.parallel, cfg.verbose)
     if cfg.report:
         _print_overview(out)
-    print(f"{result['runs']} runs ({result['skipped']} already finished, {result['ran']} run now) in "
-          f"{result['wall_s'] / 60:.1f} min{_failed_note(result)}; results: {out}" + (" (report.md)" if cfg.report else ""))
+    print(
+        f"{result['runs']} runs ({result['skipped']} already finished, {result['ran']} run now) in "
+        f"{result['wall_s'] / 60:.1f} min{_failed_note(result)}; results: {out}"
+        + (" (report.md)" if cfg.report else "")
+    )
     return 1 if result["failed"] else 0
 
 
-def _plan_and_run(command: str, cfg, args: list[str], overrides: list[str], axes: dict[str, list[str]],
-                  parallel: int, verbose: bool) -> tuple[Path, list, dict]:
+def _plan_and_run(
+    command: str, cfg, args: list[str], overrides: list[str], axes: dict[str, list[str]], parallel: int, verbose: bool
+) -> tuple[Path, list, dict]:
     """Plan every run of ``command`` (all validated before any starts), then run the unfinished
     ones; return the results directory, the planned runs and ``run_sweep``'s result."""
     from simulations.config import check_resources
@@ -237,7 +251,9 @@ def _report(args: list[str]) -> int:
     from simulations.report_io import write_report
 
     if len(args) != 1:
-        raise ConfigError("dir", f"expected one results directory, got {' '.join(args) or 'nothing'}", "peerkd report DIR")
+        raise ConfigError(
+            "dir", f"expected one results directory, got {' '.join(args) or 'nothing'}", "peerkd report DIR"
+        )
     print(f"report: {write_report(args[0])}")
     return 0
 

@@ -69,8 +69,11 @@ def _shared_rule_node() -> type:
     """Settings for commands that run several rules (compare, sweep): every key some rule takes,
     default null (each rule's own default); a set key applies to every rule that takes it."""
     keys = {k: typ for name in RULES for k, (typ, _) in rule_settings(name).items()}
-    return _named(dataclasses.make_dataclass("SharedRuleConf", [(k, Optional[typ], field(default=None)) for k, typ in keys.items()]))
-
+    return _named(
+        dataclasses.make_dataclass(
+            "SharedRuleConf", [(k, Optional[typ], field(default=None)) for k, typ in keys.items()]
+        )
+    )
 
 
 SharedRuleConf = _shared_rule_node()
@@ -91,7 +94,9 @@ class ResourcesConf:
 
 @dataclass
 class EngineConf:
-    name: str = "batched"  # batched: all students of an architecture in one vmapped model; flower: Ray, one actor per client
+    name: str = (
+        "batched"  # batched: all students of an architecture in one vmapped model; flower: Ray, one actor per client
+    )
     device: str = "auto"  # batched: auto (CUDA when visible) | cpu | cuda
     chunk: int = 0  # batched: most students per vmapped call (0: automatic)
 
@@ -125,7 +130,9 @@ class CompareConf(RunConf):
     strategy: Any = field(default_factory=SharedRuleConf)  # settings for every rule in `rules` that takes them
     rules: list[str] = field(default_factory=lambda: ["local", "fedavg", "teacher", "peer"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    pair: list[str] = field(default_factory=lambda: ["peer", "teacher"])  # the report's headline paired difference: first - second
+    pair: list[str] = field(
+        default_factory=lambda: ["peer", "teacher"]
+    )  # the report's headline paired difference: first - second
 
 
 @dataclass
@@ -141,8 +148,12 @@ class BenchConf(RunConf):
     variants: list[str] = field(default_factory=lambda: ["loop", "flower", "batched"])  # loop: train_model per client
 
 
-SCHEMAS: dict[str, type] = {"run_schema": RunConf, "compare_schema": CompareConf, "sweep_schema": SweepConf,
-                            "bench_schema": BenchConf}
+SCHEMAS: dict[str, type] = {
+    "run_schema": RunConf,
+    "compare_schema": CompareConf,
+    "sweep_schema": SweepConf,
+    "bench_schema": BenchConf,
+}
 
 
 def schema_fields(schema: str) -> list[str]:
@@ -154,13 +165,24 @@ def schema_fields(schema: str) -> list[str]:
 
 
 def _node_types() -> list[type]:
-    return [*SCHEMAS.values(), DataConf, PartitionConf, TrainConf, ResourcesConf, EngineConf, SharedRuleConf, *RULE_NODES.values()]
+    return [
+        *SCHEMAS.values(),
+        DataConf,
+        PartitionConf,
+        TrainConf,
+        ResourcesConf,
+        EngineConf,
+        SharedRuleConf,
+        *RULE_NODES.values(),
+    ]
 
 
 GROUPS: dict[str, dict[str, Any]] = {  # config group -> option name -> its node
     "strategy": {name: node() for name, node in RULE_NODES.items()},
-    "data": {**{name: DataConf(name=name) for name in BUILTIN_DATASETS},
-             "file": DataConf(name="file", test_frac=None, public_frac=None, server_frac=None)},
+    "data": {
+        **{name: DataConf(name=name) for name in BUILTIN_DATASETS},
+        "file": DataConf(name="file", test_frac=None, public_frac=None, server_frac=None),
+    },
     "partition": {name: PartitionConf(name=name) for name in PARTITIONS},
 }
 
@@ -192,17 +214,35 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     check_choice("data", d.name, GROUPS["data"])
     test_frac, public_frac, server_frac = _fractions(d)
     world = WorldSpec(
-        dataset=d.name, data_path=d.path or "", data_label=d.label, data_size=int(check_range("data.size", d.size, 0)),
-        test_frac=test_frac, public_frac=public_frac, server_frac=server_frac,
+        dataset=d.name,
+        data_path=d.path or "",
+        data_label=d.label,
+        data_size=int(check_range("data.size", d.size, 0)),
+        test_frac=test_frac,
+        public_frac=public_frac,
+        server_frac=server_frac,
         transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
-        transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)), partition=p.name, partition_alpha=p.alpha,
-        classes_per_client=p.classes_per_client, min_size=p.min_size,
+        transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)),
+        partition=p.name,
+        partition_alpha=p.alpha,
+        classes_per_client=p.classes_per_client,
+        min_size=p.min_size,
         samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
-        num_clients=cfg.num_clients, seed=cfg.seed if seed is None else seed, standardize=bool(d.standardize),
+        num_clients=cfg.num_clients,
+        seed=cfg.seed if seed is None else seed,
+        standardize=bool(d.standardize),
     )
-    return RunSpec(world=world, rounds=cfg.rounds, students=students, epochs=t.epochs, lr=t.lr,
-                   batch_size=t.batch_size, round_timeout=cfg.round_timeout, measure_agreement=cfg.measure_agreement,
-                   clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients))
+    return RunSpec(
+        world=world,
+        rounds=cfg.rounds,
+        students=students,
+        epochs=t.epochs,
+        lr=t.lr,
+        batch_size=t.batch_size,
+        round_timeout=cfg.round_timeout,
+        measure_agreement=cfg.measure_agreement,
+        clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
+    )
 
 
 def _fractions(d: Any) -> tuple[float, float, float]:
@@ -212,8 +252,9 @@ def _fractions(d: Any) -> tuple[float, float, float]:
         return given
     if d.name != "file":
         field = ("data.test_frac", "data.public_frac", "data.server_frac")[given.index(None)]
-        raise ConfigError(field, f"is null; only data=file chooses fractions by size, not data={d.name}",
-                          "a number in [0, 1)")
+        raise ConfigError(
+            field, f"is null; only data=file chooses fractions by size, not data={d.name}", "a number in [0, 1)"
+        )
     data = load_dataset("file", d.path, d.label)
     return file_fractions(*given, len(data.y), data.num_classes)
 
@@ -284,5 +325,7 @@ def check_resources(r: ResourcesConf) -> dict[str, float]:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("resources.num_gpus", f"{r.num_gpus:g} asked for, but no CUDA device is visible", "0 on this machine")
+            raise ConfigError(
+                "resources.num_gpus", f"{r.num_gpus:g} asked for, but no CUDA device is visible", "0 on this machine"
+            )
     return {"num_cpus": float(r.num_cpus), "num_gpus": float(r.num_gpus)}

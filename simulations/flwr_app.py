@@ -29,15 +29,30 @@ log = logging.getLogger("peerkd")
 UNSET = ""  # a rule setting's run-config default: the rule's own default
 _RUN_KEYS = {
     "strategy": "strategy.name",
-    "data": "data.name", "data-path": "data.path", "data-label": "data.label", "data-size": "data.size",
-    "transfer": "data.transfer", "transfer-size": "data.transfer_size", "standardize": "data.standardize",
-    "test-frac": "data.test_frac", "public-frac": "data.public_frac", "server-frac": "data.server_frac",
-    "partition": "partition.name", "partition-alpha": "partition.alpha",
-    "classes-per-client": "partition.classes_per_client", "min-size": "partition.min_size",
+    "data": "data.name",
+    "data-path": "data.path",
+    "data-label": "data.label",
+    "data-size": "data.size",
+    "transfer": "data.transfer",
+    "transfer-size": "data.transfer_size",
+    "standardize": "data.standardize",
+    "test-frac": "data.test_frac",
+    "public-frac": "data.public_frac",
+    "server-frac": "data.server_frac",
+    "partition": "partition.name",
+    "partition-alpha": "partition.alpha",
+    "classes-per-client": "partition.classes_per_client",
+    "min-size": "partition.min_size",
     "samples-per-client": "partition.samples_per_client",
-    "epochs": "train.epochs", "lr": "train.lr", "batch-size": "train.batch_size",
-    "num-clients": "num_clients", "rounds": "rounds", "seed": "seed", "students": "students",
-    "out": "out", "round-timeout": "round_timeout",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch-size": "train.batch_size",
+    "num-clients": "num_clients",
+    "rounds": "rounds",
+    "seed": "seed",
+    "students": "students",
+    "out": "out",
+    "round-timeout": "round_timeout",
 }
 _RULE_KEYS = {f.name.replace("_", "-"): f"strategy.{f.name}" for f in dataclasses.fields(SharedRuleConf)}
 RUN_CONFIG_KEYS: dict[str, str] = {**_RUN_KEYS, **_RULE_KEYS}  # flat run-config key -> structured key
@@ -83,6 +98,12 @@ def flower_main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(dict(context.run_config))
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
     out = Path(cfg.out or f"runs/flwr-{context.run_id}").resolve()
-    log.info("peerkd: %s on %s, %d clients, %d rounds; results in %s", strategy.name, spec.world.dataset,
-             spec.world.num_clients, spec.rounds, out)
+    log.info(
+        "peerkd: %s on %s, %d clients, %d rounds; results in %s",
+        strategy.name,
+        spec.world.dataset,
+        spec.world.num_clients,
+        spec.rounds,
+        out,
+    )
     run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)))

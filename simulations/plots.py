@@ -34,8 +34,17 @@ PANEL_W, PANEL_H, DPI = 4.4, 3.4, 150
 # One colour per rule in every plot (colour-blind-safe Okabe-Ito and tab10 hues); the baseline
 # grey, the teacher family in blues, the peer family in oranges and reds.
 RULE_COLORS = {
-    "local": "#7f7f7f", "fedavg": "#009e73", "feddf": "#8fbc8f", "teacher": "#0072b2", "teacher_ensemble": "#56b4e9",
-    "oracle": "#17becf", "peer": "#d55e00", "wml": "#e69f00", "fd": "#cc79a7", "dsfl": "#9467bd", "fedmd": "#8c564b",
+    "local": "#7f7f7f",
+    "fedavg": "#009e73",
+    "feddf": "#8fbc8f",
+    "teacher": "#0072b2",
+    "teacher_ensemble": "#56b4e9",
+    "oracle": "#17becf",
+    "peer": "#d55e00",
+    "wml": "#e69f00",
+    "fd": "#cc79a7",
+    "dsfl": "#9467bd",
+    "fedmd": "#8c564b",
 }
 _EXTRA_COLORS = ("#bcbd22", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2", "#17becf")
 CHANCE_STYLE = {"color": "black", "ls": ":", "lw": 1.2, "label": "chance"}
@@ -62,7 +71,7 @@ def _figure(panels: Sequence[Panel], ncols: int | None, title: str, sharey: bool
     rows, cols = _grid(len(panels), ncols)
     fig = Figure(figsize=(PANEL_W * cols + 0.6, PANEL_H * rows + 1.0), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax, (name, _) in zip(axes, panels):
         ax.set_title(name, fontsize=10)
@@ -79,14 +88,27 @@ def _legend(fig: Figure, axes: list) -> None:
                 handles[label] = h
                 labels.append(label)
     per_row = max(3, int(fig.get_figwidth() / 1.2))  # an entry takes about 1.2 inches
-    fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
-               ncols=min(len(labels), per_row), fontsize=10)
+    fig.legend(
+        [handles[label] for label in labels],
+        labels,
+        loc="outside lower center",
+        ncols=min(len(labels), per_row),
+        fontsize=10,
+    )
 
 
-def line_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, xlabel: str, ylabel: str,
-                ncols: int | None = None, logx: bool = False,
-                xticks: tuple[Sequence[float], Sequence[str]] | None = None,
-                chance: Sequence[float | None] = (), integer_x: bool = False) -> Figure:
+def line_figure(
+    panels: Sequence[Panel],
+    rules: Sequence[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ncols: int | None = None,
+    logx: bool = False,
+    xticks: tuple[Sequence[float], Sequence[str]] | None = None,
+    chance: Sequence[float | None] = (),
+    integer_x: bool = False,
+) -> Figure:
     """Lines with a ±1 std band per rule in each panel; ``{rule: (x, mean, std)}`` per panel.
 
     A rule whose x is all zero (it sends nothing) is drawn as a dashed level at its last mean.
@@ -125,8 +147,14 @@ def line_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, xlabe
     return fig
 
 
-def box_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, ylabel: str, ncols: int | None = None,
-               chance: Sequence[float | None] = ()) -> Figure:
+def box_figure(
+    panels: Sequence[Panel],
+    rules: Sequence[str],
+    title: str,
+    ylabel: str,
+    ncols: int | None = None,
+    chance: Sequence[float | None] = (),
+) -> Figure:
     """Box plots of values per rule (``{rule: [values]}`` per panel) with the points on top; the
     median is a black bar over the light box, so it shows whatever the rule's colour."""
     fig, axes = _figure(panels, ncols, title)
@@ -136,14 +164,25 @@ def box_figure(panels: Sequence[Panel], rules: Sequence[str], title: str, ylabel
         present = [r for r in rules if values.get(r)]
         if not present:
             continue
-        box = ax.boxplot([values[r] for r in present], widths=0.5, patch_artist=True, showfliers=False,
-                         medianprops={"color": "black", "lw": 2.0})
+        box = ax.boxplot(
+            [values[r] for r in present],
+            widths=0.5,
+            patch_artist=True,
+            showfliers=False,
+            medianprops={"color": "black", "lw": 2.0},
+        )
         ax.set_xticks(range(1, len(present) + 1), present)
         for patch, rule in zip(box["boxes"], present):
             patch.set(facecolor=rule_color(rule), alpha=0.3)
         for i, rule in enumerate(present, start=1):
-            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values[rule])), values[rule], s=10, color=rule_color(rule),
-                       alpha=0.8, zorder=3)
+            ax.scatter(
+                i + rng.uniform(-0.15, 0.15, len(values[rule])),
+                values[rule],
+                s=10,
+                color=rule_color(rule),
+                alpha=0.8,
+                zorder=3,
+            )
         ax.set_ylabel(ylabel, fontsize=9)
         ax.tick_params(labelsize=8)
     if any(c is not None for c in chance):
@@ -180,8 +219,12 @@ def bytes_curves(runs: Sequence[dict[str, Any]], rules: Sequence[str]) -> dict[s
         rs = [r for r in rs if r["rounds"]]
         if not rs:
             continue
-        kb = [np.cumsum([row.get("bytes_up", 0) + row.get("bytes_down", 0) for row in r["rounds"]])
-              / 1000 / r["summary"]["num_clients"] for r in rs]
+        kb = [
+            np.cumsum([row.get("bytes_up", 0) + row.get("bytes_down", 0) for row in r["rounds"]])
+            / 1000
+            / r["summary"]["num_clients"]
+            for r in rs
+        ]
         x, _ = mean_curve(kb)
         mean, std = mean_curve([[_acc(row) for row in r["rounds"]] for r in rs])
         out[rule] = (x, mean, std)
@@ -190,8 +233,10 @@ def bytes_curves(runs: Sequence[dict[str, Any]], rules: Sequence[str]) -> dict[s
 
 def client_accuracies(runs: Sequence[dict[str, Any]], rules: Sequence[str]) -> dict[str, list[float]]:
     """Per rule: every client's final test accuracy, pooled over seeds."""
-    return {rule: [c["acc"] for r in rs for c in r["summary"].get("per_client", []) if c.get("acc") is not None]
-            for rule, rs in _by_rule(runs, rules).items()}
+    return {
+        rule: [c["acc"] for r in rs for c in r["summary"].get("per_client", []) if c.get("acc") is not None]
+        for rule, rs in _by_rule(runs, rules).items()
+    }
 
 
 def variable_curves(groups: dict[Point, list[dict[str, Any]]], key: str, rules: Sequence[str]) -> list[Panel]:
@@ -209,11 +254,17 @@ def variable_curves(groups: dict[Point, list[dict[str, Any]]], key: str, rules: 
             accs = [r["summary"]["acc_mean"] for r in rs if r["summary"].get("acc_mean") is not None]
             if accs:
                 std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-                points.setdefault(rest, {}).setdefault(rule, []).append((place[dict(point)[key]], float(np.mean(accs)), std))
+                points.setdefault(rest, {}).setdefault(rule, []).append(
+                    (place[dict(point)[key]], float(np.mean(accs)), std)
+                )
     names = key_names(keys)
-    return [(point_label(rest, names) if len(keys) > 1 else "",
-             {rule: tuple(np.array(column) for column in zip(*pts)) for rule, pts in curves.items()})
-            for rest, curves in points.items()]
+    return [
+        (
+            point_label(rest, names) if len(keys) > 1 else "",
+            {rule: tuple(np.array(column) for column in zip(*pts)) for rule, pts in curves.items()},
+        )
+        for rest, curves in points.items()
+    ]
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -232,15 +283,39 @@ def report_figures(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, Figur
 
     chance = [panel_chance(rs) for rs in groups.values()]
     figs = [
-        ("accuracy_vs_round.png",
-         "Mean client accuracy per round (line: mean over seeds; band: ±1 std; dotted: chance)",
-         line_figure(panels(round_curves), rules, "Accuracy vs round", "round", "test accuracy", ncols, chance=chance,
-                     integer_x=True)),
-        ("accuracy_vs_bytes.png", "Mean client accuracy vs cumulative traffic per client (sent + received)",
-         line_figure(panels(bytes_curves), rules, "Accuracy vs traffic", "KB per client (log)", "test accuracy", ncols,
-                     logx=True, chance=chance)),
-        ("client_accuracy.png", "Final accuracy of every client, all seeds pooled (black bar: median)",
-         box_figure(panels(client_accuracies), rules, "Per-client accuracy", "test accuracy", ncols, chance=chance)),
+        (
+            "accuracy_vs_round.png",
+            "Mean client accuracy per round (line: mean over seeds; band: ±1 std; dotted: chance)",
+            line_figure(
+                panels(round_curves),
+                rules,
+                "Accuracy vs round",
+                "round",
+                "test accuracy",
+                ncols,
+                chance=chance,
+                integer_x=True,
+            ),
+        ),
+        (
+            "accuracy_vs_bytes.png",
+            "Mean client accuracy vs cumulative traffic per client (sent + received)",
+            line_figure(
+                panels(bytes_curves),
+                rules,
+                "Accuracy vs traffic",
+                "KB per client (log)",
+                "test accuracy",
+                ncols,
+                logx=True,
+                chance=chance,
+            ),
+        ),
+        (
+            "client_accuracy.png",
+            "Final accuracy of every client, all seeds pooled (black bar: median)",
+            box_figure(panels(client_accuracies), rules, "Per-client accuracy", "test accuracy", ncols, chance=chance),
+        ),
     ]
     return figs + [_variable_figure(groups, key, names, rules) for key in keys]
 
@@ -251,19 +326,31 @@ def panel_chance(runs: Sequence[dict[str, Any]]) -> float | None:
     return levels.pop() if len(levels) == 1 else None
 
 
-def _variable_figure(groups: dict[Point, list[dict[str, Any]]], key: str, names: dict[str, str],
-                     rules: Sequence[str]) -> tuple[str, str, Figure]:
+def _variable_figure(
+    groups: dict[Point, list[dict[str, Any]]], key: str, names: dict[str, str], rules: Sequence[str]
+) -> tuple[str, str, Figure]:
     name, values = names[key], sorted({dict(p)[key] for p in groups}, key=sort_key)
     numeric = _numeric(values)
     logx = numeric and min(values) > 0 and max(values) / min(values) >= 4  # 2, 4, 8, 16: even steps
-    ticks = ([float(v) for v in values] if numeric else list(range(len(values))), [f"{v:g}" if numeric else str(v) for v in values])
+    ticks = (
+        [float(v) for v in values] if numeric else list(range(len(values))),
+        [f"{v:g}" if numeric else str(v) for v in values],
+    )
     by_title: dict[str, list[dict[str, Any]]] = {}  # the runs behind each panel of variable_curves
     for point, rs in groups.items():
         rest = tuple(kv for kv in point if kv[0] != key)
         by_title.setdefault(point_label(rest, names) if len(point) > 1 else "", []).extend(rs)
     panels = variable_curves(groups, key, rules)
-    fig = line_figure(panels, rules, f"Accuracy vs {name}", name + (" (log)" if logx else ""), "test accuracy",
-                      logx=logx, xticks=ticks, chance=[panel_chance(by_title.get(title, [])) for title, _ in panels])
+    fig = line_figure(
+        panels,
+        rules,
+        f"Accuracy vs {name}",
+        name + (" (log)" if logx else ""),
+        "test accuracy",
+        logx=logx,
+        xticks=ticks,
+        chance=[panel_chance(by_title.get(title, [])) for title, _ in panels],
+    )
     return f"accuracy_vs_{name.replace('.', '_')}.png", f"Final mean accuracy vs {name} (±1 std over seeds)", fig
 
 

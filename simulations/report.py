@@ -17,12 +17,33 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ("rule", "runs", "acc_mean", "acc_mean_std", "acc_worst", "acc_worst_std", "teacher_acc",
-           "kb_up_per_round", "kb_down_per_round", "wall_s")
+COLUMNS = (
+    "rule",
+    "runs",
+    "acc_mean",
+    "acc_mean_std",
+    "acc_worst",
+    "acc_worst_std",
+    "teacher_acc",
+    "kb_up_per_round",
+    "kb_down_per_round",
+    "wall_s",
+)
 # Config keys (prefixes) of how a run was made, not of what it computes: where it wrote,
 # logging, time limits, resources, the lists and grid of the command that ran it, the report's pair.
-RUN_SETTINGS = ("out", "verbose", "round_timeout", "resources.", "engine.chunk", "rules", "seeds", "grid", "parallel", "report",
-                "pair")
+RUN_SETTINGS = (
+    "out",
+    "verbose",
+    "round_timeout",
+    "resources.",
+    "engine.chunk",
+    "rules",
+    "seeds",
+    "grid",
+    "parallel",
+    "report",
+    "pair",
+)
 NOT_SWEPT = RUN_SETTINGS + ("seed", "strategy.name")  # ... and which run of the grid point it is
 RULE_ORDER = ("local", "fedavg", "teacher", "peer")
 DEFAULT_PAIR = ("peer", "teacher")  # the headline a − b of a run dir without ``pair`` (made by ``peerkd run``)
@@ -48,14 +69,20 @@ def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dic
         acc, acc_sd = _mean_std([s["acc_mean"] for s in runs])
         worst, worst_sd = _mean_std([s["acc_worst"] for s in runs])
         per = [s["rounds"] * s["num_clients"] * 1000 for s in runs]
-        rows.append({
-            "rule": rule, "runs": len(runs), "acc_mean": acc, "acc_mean_std": acc_sd,
-            "acc_worst": worst, "acc_worst_std": worst_sd,
-            "teacher_acc": _mean_std([s.get("teacher_acc") for s in runs])[0],
-            "kb_up_per_round": float(np.mean([s["bytes_up"] / d for s, d in zip(runs, per)])),
-            "kb_down_per_round": float(np.mean([s["bytes_down"] / d for s, d in zip(runs, per)])),
-            "wall_s": float(np.mean([s["wall_s"] for s in runs])),
-        })
+        rows.append(
+            {
+                "rule": rule,
+                "runs": len(runs),
+                "acc_mean": acc,
+                "acc_mean_std": acc_sd,
+                "acc_worst": worst,
+                "acc_worst_std": worst_sd,
+                "teacher_acc": _mean_std([s.get("teacher_acc") for s in runs])[0],
+                "kb_up_per_round": float(np.mean([s["bytes_up"] / d for s, d in zip(runs, per)])),
+                "kb_down_per_round": float(np.mean([s["bytes_down"] / d for s, d in zip(runs, per)])),
+                "wall_s": float(np.mean([s["wall_s"] for s in runs])),
+            }
+        )
     return rows
 
 
@@ -69,13 +96,25 @@ def _pm(mean: float | None, std: float | None) -> str:
 def table_cells(row: dict[str, Any]) -> list[str]:
     """Human-readable cells of one compare_table row, in TABLE_HEADER order."""
     teacher = "–" if row["teacher_acc"] is None else f"{row['teacher_acc']:.3f}"
-    return [row["rule"], _pm(row["acc_mean"], row["acc_mean_std"]), _pm(row["acc_worst"], row["acc_worst_std"]),
-            teacher, f"{row['kb_up_per_round']:.1f} / {row['kb_down_per_round']:.1f}", f"{row['wall_s']:.0f}"]
+    return [
+        row["rule"],
+        _pm(row["acc_mean"], row["acc_mean_std"]),
+        _pm(row["acc_worst"], row["acc_worst_std"]),
+        teacher,
+        f"{row['kb_up_per_round']:.1f} / {row['kb_down_per_round']:.1f}",
+        f"{row['wall_s']:.0f}",
+    ]
 
 
 # "teacher model": the central teacher network's own accuracy, not the students of the rule named teacher.
-TABLE_HEADER = ["rule", "accuracy (mean ± std)", "worst client", "teacher model", "KB/round/client up / down",
-                "wall s/run"]
+TABLE_HEADER = [
+    "rule",
+    "accuracy (mean ± std)",
+    "worst client",
+    "teacher model",
+    "KB/round/client up / down",
+    "wall s/run",
+]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -89,10 +128,12 @@ def comparison_title(world: Any, rounds: int, seeds: Sequence[int], wall_s: floa
 
     alpha = f" (partition.alpha {world.partition_alpha:g})" if world.partition == "dirichlet" else ""
     spread = "mean ± sample std over seeds" if len(set(seeds)) > 1 else "one seed, so no spread (± –)"
-    return (f"# peerkd comparison\n\n{dataset_name(world.dataset, world.data_path)}, {world.num_clients} clients, "
-            f"{world.partition} partition{alpha}, {rounds} rounds, seeds {sorted(set(seeds))}; "
-            f"accuracy on the held-out test split, {spread}; \"teacher model\" is the central teacher network itself; "
-            f"total wall time {wall_s:.0f} s.\n\n")
+    return (
+        f"# peerkd comparison\n\n{dataset_name(world.dataset, world.data_path)}, {world.num_clients} clients, "
+        f"{world.partition} partition{alpha}, {rounds} rounds, seeds {sorted(set(seeds))}; "
+        f'accuracy on the held-out test split, {spread}; "teacher model" is the central teacher network itself; '
+        f"total wall time {wall_s:.0f} s.\n\n"
+    )
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -185,7 +226,11 @@ def key_names(keys: Sequence[str]) -> dict[str, str]:
 
 def sort_key(value: Any) -> tuple:
     """Sort key that puts numbers first, in numeric order, then everything else as text."""
-    return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
+    return (
+        (0, float(value), "")
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else (1, 0.0, str(value))
+    )
 
 
 def group_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[Point, list[dict[str, Any]]]:
@@ -218,8 +263,10 @@ def comparisons(rules: Sequence[str], pair: Sequence[str] = DEFAULT_PAIR) -> lis
 
 def paired_by_seed(runs: Sequence[dict[str, Any]], a: str, b: str, metric: str = "acc_mean") -> dict[str, Any]:
     """Paired difference of ``metric`` between rules ``a`` and ``b`` over the seeds both ran."""
-    by = {rule: {r["summary"]["seed"]: r["summary"].get(metric) for r in runs if r["summary"]["strategy"] == rule}
-          for rule in (a, b)}
+    by = {
+        rule: {r["summary"]["seed"]: r["summary"].get(metric) for r in runs if r["summary"]["strategy"] == rule}
+        for rule in (a, b)
+    }
     seeds = sorted(s for s in set(by[a]) & set(by[b]) if by[a][s] is not None and by[b][s] is not None)
     return {**paired_difference([by[a][s] for s in seeds], [by[b][s] for s in seeds]), "seeds": seeds}
 
@@ -249,8 +296,9 @@ def point_label(point: Point, names: dict[str, str]) -> str:
     return ", ".join(f"{names[k]}={_fmt_value(v)}" for k, v in point) or "all runs"
 
 
-def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str],
-                  pair: Sequence[str] = DEFAULT_PAIR) -> tuple[list[str], list[list[str]]]:
+def overview_rows(
+    groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str], pair: Sequence[str] = DEFAULT_PAIR
+) -> tuple[list[str], list[list[str]]]:
     """One row per grid point: its values, each rule's accuracy (mean ± std over seeds) and the
     paired differences (``pair``, rule − local) with 95% intervals. Returns header, rows."""
     keys = [k for k, _ in next(iter(groups))]
@@ -258,9 +306,15 @@ def overview_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str
     header = [names[k] for k in keys] + list(rules) + [f"{a} − {b}" for a, b in pairs]
     rows = []
     for point, runs in groups.items():
-        accs = {r["rule"]: _pm(r["acc_mean"], r["acc_mean_std"]) for r in compare_table([x["summary"] for x in runs], list(rules))}
-        rows.append([_fmt_value(v) for _, v in point] + [accs.get(rule, "–") for rule in rules]
-                    + [fmt_diff(paired_by_seed(runs, a, b)) for a, b in pairs])
+        accs = {
+            r["rule"]: _pm(r["acc_mean"], r["acc_mean_std"])
+            for r in compare_table([x["summary"] for x in runs], list(rules))
+        }
+        rows.append(
+            [_fmt_value(v) for _, v in point]
+            + [accs.get(rule, "–") for rule in rules]
+            + [fmt_diff(paired_by_seed(runs, a, b)) for a, b in pairs]
+        )
     return header, rows
 
 
@@ -268,13 +322,17 @@ def detail_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str])
     """compare_table rows (accuracy, worst client, teacher, traffic, wall time) for every point."""
     keys = [k for k, _ in next(iter(groups))]
     names = key_names(keys)
-    rows = [[_fmt_value(v) for _, v in point] + table_cells(row)
-            for point, runs in groups.items() for row in compare_table([r["summary"] for r in runs], list(rules))]
+    rows = [
+        [_fmt_value(v) for _, v in point] + table_cells(row)
+        for point, runs in groups.items()
+        for row in compare_table([r["summary"] for r in runs], list(rules))
+    ]
     return [names[k] for k in keys] + TABLE_HEADER, rows
 
 
-def paired_rows(groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str],
-                pair: Sequence[str] = DEFAULT_PAIR) -> tuple[list[str], list[list[str]]]:
+def paired_rows(
+    groups: dict[Point, list[dict[str, Any]]], rules: Sequence[str], pair: Sequence[str] = DEFAULT_PAIR
+) -> tuple[list[str], list[list[str]]]:
     """Per point and comparison: seeds paired, mean difference, 95% t interval, verdict."""
     keys = [k for k, _ in next(iter(groups))]
     names = key_names(keys)
@@ -308,17 +366,27 @@ def describe(runs: Sequence[dict[str, Any]], keys: Sequence[str], unfinished: in
     """The report's opening paragraph: what was run, what was swept, how long it took."""
     s = [r["summary"] for r in runs]
     rules = rule_order(x["strategy"] for x in s)
-    shared = {"dataset": _values(x["dataset"] for x in s), "clients": _values(x["num_clients"] for x in s),
-              "partition": _values(r["config"].get("partition.name", "?") for r in runs),
-              "rounds": _values(x["rounds"] for x in s)}
-    text = (f"**{len(runs)} finished runs**: rules {', '.join(rules)}; seeds {_values(x['seed'] for x in s)}; "
-            + "; ".join(f"{k} {v}" for k, v in shared.items()) + ".")
+    shared = {
+        "dataset": _values(x["dataset"] for x in s),
+        "clients": _values(x["num_clients"] for x in s),
+        "partition": _values(r["config"].get("partition.name", "?") for r in runs),
+        "rounds": _values(x["rounds"] for x in s),
+    }
+    text = (
+        f"**{len(runs)} finished runs**: rules {', '.join(rules)}; seeds {_values(x['seed'] for x in s)}; "
+        + "; ".join(f"{k} {v}" for k, v in shared.items())
+        + "."
+    )
     private = sorted({x["strategy"] for x in s if x.get("private") is False})
     if private:
         text += f" Not private (they train on data no client may share): {', '.join(private)}."
     if keys:
         names = key_names(keys)
-        text += " Swept: " + "; ".join(f"`{names[k]}` ∈ {{{_values(r['config'].get(k) for r in runs)}}}" for k in keys) + "."
+        text += (
+            " Swept: "
+            + "; ".join(f"`{names[k]}` ∈ {{{_values(r['config'].get(k) for r in runs)}}}" for k in keys)
+            + "."
+        )
     seen = [(x["strategy"], x["seed"], tuple(r["config"].get(k) for k in keys)) for x, r in zip(s, runs)]
     if len(set(seen)) < len(seen):
         text += f" **{len(seen) - len(set(seen))} runs repeat a (rule, seed, grid point)**; the means count every run."
@@ -334,13 +402,21 @@ def provenance_text(records: Sequence[dict[str, Any] | None]) -> str:
     seen = [p for p in records if p]
     if not seen:
         return "Provenance: no provenance.json in these runs.\n"
-    revs = sorted({f"`{(p.get('git_revision') or 'unknown')[:10]}`" + (" (uncommitted changes)" if p.get("git_dirty") else "")
-                   for p in seen})
-    pkgs = {name: sorted({str((p.get("packages") or {}).get(name)) for p in seen})
-            for name in ("peerkd", "flwr", "torch", "numpy")}
-    text = (f"Provenance ({len(seen)} of {len(records)} runs record it): git {', '.join(revs)}; "
-            + ", ".join(f"{k} {'/'.join(v)}" for k, v in pkgs.items())
-            + f"; Python {_values(p.get('python') for p in seen)}; {_values(p.get('cpu_count') for p in seen)} CPUs.")
+    revs = sorted(
+        {
+            f"`{(p.get('git_revision') or 'unknown')[:10]}`" + (" (uncommitted changes)" if p.get("git_dirty") else "")
+            for p in seen
+        }
+    )
+    pkgs = {
+        name: sorted({str((p.get("packages") or {}).get(name)) for p in seen})
+        for name in ("peerkd", "flwr", "torch", "numpy")
+    }
+    text = (
+        f"Provenance ({len(seen)} of {len(records)} runs record it): git {', '.join(revs)}; "
+        + ", ".join(f"{k} {'/'.join(v)}" for k, v in pkgs.items())
+        + f"; Python {_values(p.get('python') for p in seen)}; {_values(p.get('cpu_count') for p in seen)} CPUs."
+    )
     if len(revs) > 1:
         text += " **The runs come from different revisions.**"
     return text + "\n"
@@ -362,13 +438,21 @@ def _folded(table: str, fold: bool) -> str:
     return f"<details><summary>{rows} rows</summary>\n\n{table}\n</details>\n" if fold else table
 
 
-def report_markdown(runs: Sequence[dict[str, Any]], unfinished: int = 0, wall_s: float | None = None,
-                    plots: Sequence[tuple[str, str]] = ()) -> str:
+def report_markdown(
+    runs: Sequence[dict[str, Any]],
+    unfinished: int = 0,
+    wall_s: float | None = None,
+    plots: Sequence[tuple[str, str]] = (),
+) -> str:
     """The whole report.md for finished runs, with links to ``plots`` (file, caption)."""
     keys = swept_keys([r["config"] for r in runs])
     groups = group_runs(runs, keys)
     rules, (a, b) = rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)
-    parts = ["# peerkd report\n", describe(runs, keys, unfinished, wall_s), provenance_text([r.get("provenance") for r in runs])]
+    parts = [
+        "# peerkd report\n",
+        describe(runs, keys, unfinished, wall_s),
+        provenance_text([r.get("provenance") for r in runs]),
+    ]
     if keys:
         parts += ["## Accuracy by grid point\n", md_table(*overview_rows(groups, rules, (a, b)))]
         if len(keys) == 2 and {a, b} <= set(rules):

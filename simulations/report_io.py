@@ -47,8 +47,12 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "config": config,
         "rounds": [r for r in read_jsonl(metrics) if r.get("type") == "round"] if metrics.is_file() else [],
         "provenance": json.loads(prov.read_text()) if prov.is_file() else None,
-        "chance": chance_level(config.get("data.name"), config.get("data.path"), config.get("data.label"),
-                               int(config.get("data.size") or 0)),
+        "chance": chance_level(
+            config.get("data.name"),
+            config.get("data.path"),
+            config.get("data.label"),
+            int(config.get("data.size") or 0),
+        ),
     }
 
 

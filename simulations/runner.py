@@ -25,8 +25,15 @@ def preflight(spec: RunSpec, strategy) -> None:
     strategy.check(spec.students, spec.world.num_clients)
 
 
-def run_engine(spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, Any], engine: EngineConf,
-               resources: dict[str, float], ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_engine(
+    spec: RunSpec,
+    strategy,
+    out_dir: str | Path,
+    config: dict[str, Any],
+    engine: EngineConf,
+    resources: dict[str, float],
+    ray_init: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
     ``batched`` trains every student of an architecture as one vmapped model in this process
@@ -42,7 +49,12 @@ def run_engine(spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, A
 
 
 def run_one(
-    spec: RunSpec, strategy, out_dir: str | Path, config: dict[str, Any], resources: dict[str, float], client_app=None,
+    spec: RunSpec,
+    strategy,
+    out_dir: str | Path,
+    config: dict[str, Any],
+    resources: dict[str, float],
+    client_app=None,
     ray_init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one rule on one world in Flower's simulation engine; return its summary.
@@ -74,9 +86,13 @@ def run_one(
     engine = {"engine": "flower", "client_resources": dict(resources)}
     server = make_server_app(spec, strategy, str(out_dir), config, summary_extra=lambda: engine)
     run_simulation(
-        server_app=server, client_app=client_app, num_supernodes=spec.world.num_clients,
-        backend_config={"client_resources": resources,
-                        "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})}},
+        server_app=server,
+        client_app=client_app,
+        num_supernodes=spec.world.num_clients,
+        backend_config={
+            "client_resources": resources,
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
+        },
     )
     summary_path = Path(out_dir) / SUMMARY_FILE
     if not summary_path.is_file():

@@ -32,8 +32,20 @@ from simulations.report_io import RUNS_FILE, SWEEP_FILE, write_csv
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
 AUTO_MAX = 4  # runs at once with parallel=0: each run holds ~2 GB (Ray, driver, client actors)
 SWEEP_ONLY = ("rules", "seeds", "grid", "parallel", "report")  # left out of each run's config.yaml
-RUN_FIELDS = ("strategy", "seed", "dataset", "num_clients", "rounds", "acc_mean", "acc_worst", "acc_std",
-              "teacher_acc", "bytes_up", "bytes_down", "wall_s")  # runs.csv columns from summary.json
+RUN_FIELDS = (
+    "strategy",
+    "seed",
+    "dataset",
+    "num_clients",
+    "rounds",
+    "acc_mean",
+    "acc_worst",
+    "acc_std",
+    "teacher_acc",
+    "bytes_up",
+    "bytes_down",
+    "wall_s",
+)  # runs.csv columns from summary.json
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,9 @@ def seeds_from_seed(overrides: list[str]) -> list[str]:
         seed = _ints("seed", list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()])
         out.append(f"seeds=[{','.join(map(str, seed))}]")
     if seed is not None and any(t.split("=", 1)[0].strip() == "seeds" for t in overrides):
-        raise ConfigError("seed", "given with seeds=; compare and sweep run the list in seeds",
-                          "one of them, e.g. seeds=[0,1,2]")
+        raise ConfigError(
+            "seed", "given with seeds=; compare and sweep run the list in seeds", "one of them, e.g. seeds=[0,1,2]"
+        )
     return out
 
 
@@ -144,12 +157,17 @@ def check_finished(run: SweepRun) -> dict[str, Any] | None:
         return None
     old = yaml.safe_load((run.out / CONFIG_FILE).read_text()) if (run.out / CONFIG_FILE).is_file() else {}
     if change := config_change(old or {}, run.config):
-        raise ConfigError("out", f"{run.out} holds a finished run made with other settings ({change})",
-                          "a new out directory, or the settings it was made with")
+        raise ConfigError(
+            "out",
+            f"{run.out} holds a finished run made with other settings ({change})",
+            "a new out directory, or the settings it was made with",
+        )
     return json.loads((run.out / SUMMARY_FILE).read_text())
 
 
-def plan(compose: Callable[[list[str]], Any], overrides: list[str], axes: dict[str, list[str]], out: Path) -> list[SweepRun]:
+def plan(
+    compose: Callable[[list[str]], Any], overrides: list[str], axes: dict[str, list[str]], out: Path
+) -> list[SweepRun]:
     """Compose every grid point and validate every run, before any run starts.
 
     ``compose(overrides)`` returns a composed sweep (or compare) config; an axis over ``strategy``
@@ -168,7 +186,11 @@ def plan(compose: Callable[[list[str]], Any], overrides: list[str], axes: dict[s
         _check_lists(rules, seeds, cfg.pair)
         container = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SWEEP_ONLY}
         where = out / point_dir(point) if point else out
-        runs += [_sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}") for seed in seeds for rule in rules]
+        runs += [
+            _sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}")
+            for seed in seeds
+            for rule in rules
+        ]
     return runs
 
 
@@ -225,8 +247,12 @@ def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any])
     return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init)
 
 
-def execute(runs: list[SweepRun], parallel: int, resources: dict[str, float],
-            on_done: Callable[[SweepRun, dict[str, Any] | None], None]) -> None:
+def execute(
+    runs: list[SweepRun],
+    parallel: int,
+    resources: dict[str, float],
+    on_done: Callable[[SweepRun, dict[str, Any] | None], None],
+) -> None:
     """Run ``runs``, ``parallel`` at once (1: in this process); ``on_done(run, summary)`` after
     each, with summary None for a run that failed (its error is logged; the others go on)."""
     if parallel <= 1:
@@ -248,7 +274,10 @@ def _execute_pool(runs, parallel, resources, on_done) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # Each run gets its own Ray instance ("local": never join another's) and a share of the CPUs.
-    ray_init = {"address": "local", "num_cpus": max(math.ceil(resources["num_cpus"]), (os.cpu_count() or 1) // parallel)}
+    ray_init = {
+        "address": "local",
+        "num_cpus": max(math.ceil(resources["num_cpus"]), (os.cpu_count() or 1) // parallel),
+    }
     ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads and Ray state
     pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
@@ -336,12 +365,25 @@ class _Progress:
         self.done, self.ran = self.done + 1, self.ran + 1
         elapsed = time.perf_counter() - self.t0
         result = "FAILED" if summary is None else f"acc {summary['acc_mean']:.3f} ({summary['wall_s']:.0f} s)"
-        log.info("[%d/%d] %s: %s | %s elapsed, ~%s left", self.done, self.total, run.label, result,
-                 _hms(elapsed), _hms(eta_s(self.ran, self.todo, elapsed)))
+        log.info(
+            "[%d/%d] %s: %s | %s elapsed, ~%s left",
+            self.done,
+            self.total,
+            run.label,
+            result,
+            _hms(elapsed),
+            _hms(eta_s(self.ran, self.todo, elapsed)),
+        )
 
 
-def run_sweep(runs: list[SweepRun], out: Path, parallel: int, resources: dict[str, float], meta: dict[str, Any],
-              verbose: bool = False) -> dict[str, Any]:
+def run_sweep(
+    runs: list[SweepRun],
+    out: Path,
+    parallel: int,
+    resources: dict[str, float],
+    meta: dict[str, Any],
+    verbose: bool = False,
+) -> dict[str, Any]:
     """Run the unfinished ``runs`` (skipping those with a summary.json), writing ``runs.csv`` as
     runs finish and ``sweep.json`` (``meta``, counts, wall time of every session) at the end.
 
@@ -355,8 +397,14 @@ def run_sweep(runs: list[SweepRun], out: Path, parallel: int, resources: dict[st
     summaries = {run.out: check_finished(run) for run in runs}
     todo = [run for run in runs if summaries[run.out] is None]
     n = min(workers(parallel), max(1, len(todo)))
-    log.info("%d runs, %d finished already, %d to run, %d at a time; results in %s",
-             len(runs), len(runs) - len(todo), len(todo), n, out)
+    log.info(
+        "%d runs, %d finished already, %d to run, %d at a time; results in %s",
+        len(runs),
+        len(runs) - len(todo),
+        len(todo),
+        n,
+        out,
+    )
     _preflight(todo)
     progress, failed = _Progress(len(runs), len(runs) - len(todo), len(todo)), []
 
@@ -372,17 +420,39 @@ def run_sweep(runs: list[SweepRun], out: Path, parallel: int, resources: dict[st
         with _quiet_runs(verbose), _sigterm_interrupts():
             execute(todo, n, resources, on_done)
     finally:
-        session = {"started": started, "wall_s": round(time.perf_counter() - progress.t0, 1), "ran": progress.ran,
-                   "skipped": len(runs) - len(todo), "failed": failed, "parallel": n}
-        total = _write_sweep_json(out, {**meta, "runs": len(runs), "finished": sum(s is not None for s in summaries.values())}, session)
-    return {"runs": len(runs), "skipped": session["skipped"], "ran": progress.ran, "failed": failed, "wall_s": session["wall_s"],
-            "total_wall_s": total, "summaries": [summaries[run.out] for run in runs if summaries[run.out] is not None]}
+        session = {
+            "started": started,
+            "wall_s": round(time.perf_counter() - progress.t0, 1),
+            "ran": progress.ran,
+            "skipped": len(runs) - len(todo),
+            "failed": failed,
+            "parallel": n,
+        }
+        total = _write_sweep_json(
+            out, {**meta, "runs": len(runs), "finished": sum(s is not None for s in summaries.values())}, session
+        )
+    return {
+        "runs": len(runs),
+        "skipped": session["skipped"],
+        "ran": progress.ran,
+        "failed": failed,
+        "wall_s": session["wall_s"],
+        "total_wall_s": total,
+        "summaries": [summaries[run.out] for run in runs if summaries[run.out] is not None],
+    }
 
 
 def _write_runs_csv(out: Path, runs: list[SweepRun], summaries: dict[Path, dict[str, Any] | None]) -> None:
     keys = [k for k in dict.fromkeys(k for run in runs for k, _ in run.point) if k not in RUN_FIELDS]
-    write_csv(out / RUNS_FILE, [*keys, *RUN_FIELDS, "dir"],
-              ({**dict(run.point), **summaries[run.out], "dir": str(run.out.relative_to(out))} for run in runs if summaries.get(run.out)))
+    write_csv(
+        out / RUNS_FILE,
+        [*keys, *RUN_FIELDS, "dir"],
+        (
+            {**dict(run.point), **summaries[run.out], "dir": str(run.out.relative_to(out))}
+            for run in runs
+            if summaries.get(run.out)
+        ),
+    )
 
 
 def _write_sweep_json(out: Path, meta: dict[str, Any], session: dict[str, Any]) -> float:

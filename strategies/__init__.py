@@ -10,8 +10,8 @@ from peerkd.errors import ConfigError, check_choice
 from strategies.base import DistillationStrategy
 from strategies.dsfl import DSFL
 from strategies.fd import FederatedDistillation
-from strategies.feddf import FedDF
 from strategies.fedavg import FederatedAveraging
+from strategies.feddf import FedDF
 from strategies.fedmd import FedMD
 from strategies.local import LocalOnly
 from strategies.oracle import OracleTeacher
@@ -23,8 +23,17 @@ from strategies.wml import WeightedMutualLearning
 RULES: dict[str, type[DistillationStrategy]] = {
     cls.name: cls
     for cls in (
-        LocalOnly, FederatedAveraging, TeacherDistillation, PeerMutualLearning, WeightedMutualLearning,
-        FederatedDistillation, DSFL, FedMD, FedDF, OracleTeacher, EnsembleTeacher,
+        LocalOnly,
+        FederatedAveraging,
+        TeacherDistillation,
+        PeerMutualLearning,
+        WeightedMutualLearning,
+        FederatedDistillation,
+        DSFL,
+        FedMD,
+        FedDF,
+        OracleTeacher,
+        EnsembleTeacher,
     )
 }
 
@@ -42,6 +51,9 @@ def build_strategy(name: str, **settings: Any) -> DistillationStrategy:
     takes = rule_settings(name)
     for key in settings:
         if key not in takes:
-            raise ConfigError(f"strategy.{key}", f"not a setting of rule {name!r}",
-                              ", ".join(takes) if takes else f"none; {name} takes no settings")
+            raise ConfigError(
+                f"strategy.{key}",
+                f"not a setting of rule {name!r}",
+                ", ".join(takes) if takes else f"none; {name} takes no settings",
+            )
     return RULES[name](**settings)

@@ -19,8 +19,15 @@ from flwr.serverapp import Grid
 from peerkd.codec import decode_logits, encode_logits
 from peerkd.errors import ConfigError, check_range
 from peerkd.protocol import (
-    CFG_ALPHA, CFG_REPLY_LOGITS, CFG_TEMPERATURE, KEY_CONFIG, KEY_LOGITS, KEY_METRICS, KEY_TARGETS,
-    METRIC_PARTITION, MSG_DISTILL,
+    CFG_ALPHA,
+    CFG_REPLY_LOGITS,
+    CFG_TEMPERATURE,
+    KEY_CONFIG,
+    KEY_LOGITS,
+    KEY_METRICS,
+    KEY_TARGETS,
+    METRIC_PARTITION,
+    MSG_DISTILL,
 )
 from peerkd.server_app import ServerContext
 
@@ -36,10 +43,17 @@ class DistillationStrategy(ABC):
     def check(self, students: tuple[str, ...], num_clients: int, transfer_size: int | None = None) -> None:
         """Raise ConfigError if this rule cannot run with these students, clients and transfer set."""
         if num_clients < self.min_clients:
-            raise ConfigError("num_clients", f"{self.name} needs at least {self.min_clients} clients", f"an integer >= {self.min_clients}")
+            raise ConfigError(
+                "num_clients",
+                f"{self.name} needs at least {self.min_clients} clients",
+                f"an integer >= {self.min_clients}",
+            )
         if self.needs_transfer and transfer_size == 0:
-            raise ConfigError("data.public_frac", f"{self.name} distills on a transfer set, but it is empty",
-                              "a fraction > 0, or data.transfer=noise|<dataset> with data.transfer_size > 0")
+            raise ConfigError(
+                "data.public_frac",
+                f"{self.name} distills on a transfer set, but it is empty",
+                "a fraction > 0, or data.transfer=noise|<dataset> with data.transfer_size > 0",
+            )
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         """Prepare state before round 1; return run-level metrics (e.g. teacher accuracy)."""
@@ -49,10 +63,12 @@ class DistillationStrategy(ABC):
         return {}
 
     @abstractmethod
-    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_round(
+        self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Messages for this round, at most one per node."""
 
-    def check_reply(self, content: RecordDict) -> None:
+    def check_reply(self, content: RecordDict) -> None:  # noqa: B027  (optional hook: most rules check nothing)
         """Raise ``peerkd.codec.CodecError`` if a reply lacks what this rule needs."""
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
@@ -105,7 +121,11 @@ class LogitDistillation(DistillationStrategy):
 
     def round_config(self) -> dict[str, Any]:
         """Rule-specific entries merged into each message's config."""
-        return {CFG_ALPHA: float(self.alpha), CFG_TEMPERATURE: float(self.temperature), CFG_REPLY_LOGITS: self.asks_logits}
+        return {
+            CFG_ALPHA: float(self.alpha),
+            CFG_TEMPERATURE: float(self.temperature),
+            CFG_REPLY_LOGITS: self.asks_logits,
+        }
 
     def encode_target(self, target: np.ndarray) -> ArrayRecord:
         return encode_logits(target)
@@ -113,7 +133,9 @@ class LogitDistillation(DistillationStrategy):
     def reply_shape(self) -> tuple[int, int]:
         return self.transfer_shape
 
-    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> list[Message]:
+    def configure_round(
+        self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         config = ConfigRecord({**config, **self.round_config()})
         messages = []
         for node_id, target in self.targets_for(node_ids).items():
@@ -131,6 +153,9 @@ class LogitDistillation(DistillationStrategy):
         return set() if self.wants_logits else {KEY_LOGITS}
 
     def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
-        mats = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
-                if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape]
+        mats = [
+            decode_logits(m.content[KEY_LOGITS], self.transfer_shape)
+            for m in replies
+            if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape
+        ]
         return np.stack(mats) if len(mats) >= 2 else None

@@ -47,8 +47,12 @@ class FederatedDistillation(LogitDistillation):
 
     def encode_target(self, target: np.ndarray) -> ArrayRecord:
         valid = np.isfinite(target).all(axis=1)
-        return ArrayRecord({ARRAY_LOGITS: to_array(np.where(valid[:, None], target, 0).astype(np.float32)),
-                            ARRAY_MASK: to_array(valid.astype(np.float32))})
+        return ArrayRecord(
+            {
+                ARRAY_LOGITS: to_array(np.where(valid[:, None], target, 0).astype(np.float32)),
+                ARRAY_MASK: to_array(valid.astype(np.float32)),
+            }
+        )
 
     def check_reply(self, content: RecordDict) -> None:
         super().check_reply(content)

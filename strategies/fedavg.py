@@ -33,7 +33,11 @@ class FederatedAveraging(DistillationStrategy):
     def check(self, students: tuple[str, ...], num_clients: int, transfer_size: int | None = None) -> None:
         super().check(students, num_clients, transfer_size)
         if len(set(students)) > 1:
-            raise ConfigError("students", f"{self.name} averages weights, so all clients need one architecture; got {list(students)}", "a single model name, e.g. students=[mlp64]")
+            raise ConfigError(
+                "students",
+                f"{self.name} averages weights, so all clients need one architecture; got {list(students)}",
+                "a single model name, e.g. students=[mlp64]",
+            )
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         super().setup(ctx)
@@ -43,7 +47,9 @@ class FederatedAveraging(DistillationStrategy):
         self.acc, self.loss = evaluate(self.model, *world.split("test"), device=ctx.device)
         return {}
 
-    def configure_round(self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid) -> list[Message]:
+    def configure_round(
+        self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         chosen = set(node_ids)  # Flower's FedAvg samples the grid's nodes itself; keep this round's
         messages = self.flower.configure_train(server_round, self.arrays, ConfigRecord(dict(config)), grid)
         return [m for m in messages if m.metadata.dst_node_id in chosen]

@@ -44,8 +44,17 @@ class FedDF(FederatedAveraging):
         if not ensemble:
             return out
         before = self.acc
-        distill_only(self.model, world.transfer_x, np.mean(ensemble, axis=0), epochs=self.server_epochs, lr=ctx.lr,
-                     batch_size=ctx.batch_size, seed=ctx.seed + server_round, temperature=self.temperature, device=ctx.device)
+        distill_only(
+            self.model,
+            world.transfer_x,
+            np.mean(ensemble, axis=0),
+            epochs=self.server_epochs,
+            lr=ctx.lr,
+            batch_size=ctx.batch_size,
+            seed=ctx.seed + server_round,
+            temperature=self.temperature,
+            device=ctx.device,
+        )
         self.arrays = type(self.arrays)(self.model.state_dict())
         self.acc, self.loss = evaluate(self.model, *world.split("test"), device=ctx.device)
         return {**out, "global_acc": self.acc, "avg_acc": before}

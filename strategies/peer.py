@@ -34,5 +34,7 @@ class PeerMutualLearning(LogitDistillation):
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
         # Only this round's senders count: a node that dropped out stops teaching.
-        self.logits = {m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies}
+        self.logits = {
+            m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
+        }
         return {"peers": float(len(self.logits))}

@@ -48,17 +48,37 @@ class TeacherDistillation(LogitDistillation):
         name = default_teacher(world.data.input_shape) if self.model_name == "auto" else self.model_name
         x, y = self.teacher_data(world)
         if len(x) == 0:
-            raise ConfigError("data.server_frac", f"the {self.name} rule needs labelled teacher data, but the split is empty", "a fraction > 0")
+            raise ConfigError(
+                "data.server_frac",
+                f"the {self.name} rule needs labelled teacher data, but the split is empty",
+                "a fraction > 0",
+            )
         test_logits, transfer_logits = [], []
         for k in range(self.members()):
-            teacher = build_model(name, world.data.input_shape, world.num_classes, seed=ctx.seed + k, field="strategy.teacher")
-            train_model(teacher, x, y, epochs=self.epochs, lr=ctx.lr, batch_size=ctx.batch_size, seed=ctx.seed + k, device=ctx.device)
+            teacher = build_model(
+                name, world.data.input_shape, world.num_classes, seed=ctx.seed + k, field="strategy.teacher"
+            )
+            train_model(
+                teacher,
+                x,
+                y,
+                epochs=self.epochs,
+                lr=ctx.lr,
+                batch_size=ctx.batch_size,
+                seed=ctx.seed + k,
+                device=ctx.device,
+            )
             test_logits.append(predict_logits(teacher, world.split("test")[0], device=ctx.device))
             transfer_logits.append(predict_logits(teacher, world.transfer_x, device=ctx.device))
         self.targets = np.mean(transfer_logits, axis=0).astype(np.float32)
         acc = float((np.mean(test_logits, axis=0).argmax(axis=1) == world.split("test")[1]).mean())
         self.resolved_model = name
-        return {"teacher_acc": acc, "teacher_model": name, "teacher_members": self.members(), "teacher_train_size": len(x)}
+        return {
+            "teacher_acc": acc,
+            "teacher_model": name,
+            "teacher_members": self.members(),
+            "teacher_train_size": len(x),
+        }
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         return {n: self.targets for n in node_ids}

@@ -13,8 +13,14 @@ class EnsembleTeacher(TeacherDistillation):
 
     name = "teacher_ensemble"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, teacher: str = "auto", teacher_epochs: int = 30,
-                 teacher_members: int = 3):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        teacher: str = "auto",
+        teacher_epochs: int = 30,
+        teacher_members: int = 3,
+    ):
         super().__init__(alpha, temperature, teacher, teacher_epochs)
         self.n_members = int(check_range("strategy.teacher_members", teacher_members, 1))
 

@@ -56,7 +56,9 @@ class WeightedMutualLearning(LogitDistillation):
             decode_logits(content.get(KEY_PROBE, ArrayRecord()), (len(self.y_server), self.transfer_shape[1]))
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
-        self.logits = {m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies}
+        self.logits = {
+            m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
+        }
         self.node_client = {m.metadata.src_node_id: client_of(m) for m in replies}
         clients = [client_of(m) for m in replies]
         if not clients:
@@ -68,7 +70,14 @@ class WeightedMutualLearning(LogitDistillation):
         loss = None
         if len(self.y_server):
             rows = np.arange(len(self.y_server))
-            true_p = np.stack([_softmax(decode_logits(m.content[KEY_PROBE], (len(rows), self.transfer_shape[1])))[rows, self.y_server] for m in replies])
+            true_p = np.stack(
+                [
+                    _softmax(decode_logits(m.content[KEY_PROBE], (len(rows), self.transfer_shape[1])))[
+                        rows, self.y_server
+                    ]
+                    for m in replies
+                ]
+            )
             for _ in range(self.weight_steps):
                 loss, grad = ensemble_nll_grad(w, true_p)
                 w = mirror_descent_step(w, grad, self.weight_lr)

@@ -23,8 +23,11 @@ def imports(repo: Path) -> list[tuple[str, str, int]]:
         for path in sorted((repo / layer).rglob("*.py")):
             module = ".".join(path.relative_to(repo).with_suffix("").parts)
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                )
                 edges += [(module, name, node.lineno) for name in names if name.split(".")[0] in LAYERS]
     return edges
 

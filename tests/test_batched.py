@@ -12,7 +12,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from peerkd import protocol as P
 from peerkd.batched import BatchedGrid, run_batched
 from peerkd.batched.cohort import Cohort, DeviceData
-from peerkd.batched.stacked import adam_init, adam_step, cross_entropy, fit, kd_divergence, stack_students, stacked_forward
+from peerkd.batched.stacked import (
+    adam_init,
+    adam_step,
+    cross_entropy,
+    fit,
+    kd_divergence,
+    stack_students,
+    stacked_forward,
+)
 from peerkd.env import QUIET_ENV
 from peerkd.losses import distillation_loss
 from peerkd.models import build_model
@@ -42,7 +50,9 @@ def assert_rows_equal(stacked, models, **tol):
     """Row i of every stacked parameter equals model i's parameter of that name."""
     for i, m in enumerate(models):
         for name, p in m.named_parameters():
-            np.testing.assert_allclose(stacked[name][i].numpy(), p.detach().numpy(), **(tol or TOL), err_msg=f"{name}[{i}]")
+            np.testing.assert_allclose(
+                stacked[name][i].numpy(), p.detach().numpy(), **(tol or TOL), err_msg=f"{name}[{i}]"
+            )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -51,7 +61,10 @@ def test_one_stacked_step_equals_a_per_client_step(arch, world):
     models = students(world, arch)
     base, params = stack_students(models)
     g = torch.Generator().manual_seed(0)
-    xi, yi = torch.as_tensor(world.data.x[:48]).view(3, 16, *world.data.input_shape), torch.as_tensor(world.data.y[:48]).view(3, 16)
+    xi, yi = (
+        torch.as_tensor(world.data.x[:48]).view(3, 16, *world.data.input_shape),
+        torch.as_tensor(world.data.y[:48]).view(3, 16),
+    )
     xt = torch.as_tensor(world.transfer_x[:48]).view(3, 16, *world.data.input_shape)
     tgt = torch.randn(3, 16, world.num_classes, generator=g)
     # Execute: per client, torch's Adam on distillation_loss; stacked, one vmapped step.
@@ -74,7 +87,9 @@ def test_one_stacked_step_equals_a_per_client_step(arch, world):
     for i, (m, opt) in enumerate(zip(models, opts)):
         for name, p in m.named_parameters():
             np.testing.assert_allclose(state.exp_avg[name][i].numpy(), opt.state[p]["exp_avg"].numpy(), **TOL)
-            np.testing.assert_allclose(state.exp_avg_sq[name][i].numpy(), opt.state[p]["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-10)
+            np.testing.assert_allclose(
+                state.exp_avg_sq[name][i].numpy(), opt.state[p]["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-10
+            )
     assert state.step.tolist() == [1, 1, 1]
 
 
@@ -84,8 +99,8 @@ def test_fit_holds_finished_students_still(arch, world):
     models = students(world, arch)
     base, params = stack_students(models)
     n_steps = torch.tensor([5, 2, 0])
-    x = torch.as_tensor(world.data.x[:5 * 3 * 8]).view(5, 3, 8, *world.data.input_shape)
-    y = torch.as_tensor(world.data.y[:5 * 3 * 8]).view(5, 3, 8)
+    x = torch.as_tensor(world.data.x[: 5 * 3 * 8]).view(5, 3, 8, *world.data.input_shape)
+    y = torch.as_tensor(world.data.y[: 5 * 3 * 8]).view(5, 3, 8)
     forward = stacked_forward(base)
     # Execute
     new, hist, state = fit(params, lambda w, k: cross_entropy(forward(w, x[k]), y[k]), n_steps, 1e-3)
@@ -107,7 +122,9 @@ def test_fit_holds_finished_students_still(arch, world):
 
 
 def cohort(world, arch, **params):
-    settings = dict(round=2, students=(arch,), epochs=2, lr=1e-3, batch_size=32, alpha=0.5, temperature=4.0, digest_epochs=1)
+    settings = dict(
+        round=2, students=(arch,), epochs=2, lr=1e-3, batch_size=32, alpha=0.5, temperature=4.0, digest_epochs=1
+    )
     base = build_model(arch, world.data.input_shape, world.num_classes, seed=0).to("meta")
     return Cohort(world, DeviceData.of(world, CPU), RoundParams(**{**settings, **params}), base, [0, 1, 2])
 
@@ -125,10 +142,31 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, world):
     ref = []
     for i, m in enumerate(models):
         seed, p = round_seed(0, i, 2), c.params
-        ref.append(train_model(m, *world.private(i), epochs=2, lr=1e-3, batch_size=32, seed=seed, transfer_x=world.transfer_x,
-                               targets=targets[i], alpha=0.5, temperature=4.0))
+        ref.append(
+            train_model(
+                m,
+                *world.private(i),
+                epochs=2,
+                lr=1e-3,
+                batch_size=32,
+                seed=seed,
+                transfer_x=world.transfer_x,
+                targets=targets[i],
+                alpha=0.5,
+                temperature=4.0,
+            )
+        )
         if targets[i] is not None:
-            distill_only(m, world.transfer_x, targets[i], epochs=p.digest_epochs, lr=1e-3, batch_size=32, seed=seed, temperature=4.0)
+            distill_only(
+                m,
+                world.transfer_x,
+                targets[i],
+                epochs=p.digest_epochs,
+                lr=1e-3,
+                batch_size=32,
+                seed=seed,
+                temperature=4.0,
+            )
     # Assert
     np.testing.assert_allclose(losses, ref, **TOL)
     assert_rows_equal(w, models)
@@ -147,8 +185,20 @@ def test_fd_class_targets_match_the_per_client_nan_rows(world):
     for i, m in enumerate(models):
         x, y = world.private(i)
         table = np.where(valid[i][:, None], tables[i], np.nan).astype(np.float32)
-        ref.append(train_model(m, x, y, epochs=2, lr=1e-3, batch_size=32, seed=round_seed(0, i, 2), alpha=0.5,
-                               temperature=4.0, sample_targets=table[y]))
+        ref.append(
+            train_model(
+                m,
+                x,
+                y,
+                epochs=2,
+                lr=1e-3,
+                batch_size=32,
+                seed=round_seed(0, i, 2),
+                alpha=0.5,
+                temperature=4.0,
+                sample_targets=table[y],
+            )
+        )
     # Assert
     assert np.isnan(ref[2]) and not np.isnan(ref[0])
     np.testing.assert_allclose(losses, ref, equal_nan=True, **TOL)
@@ -156,7 +206,9 @@ def test_fd_class_targets_match_the_per_client_nan_rows(world):
 
 
 def tiny_spec(students=("mlp32",), **world):
-    return RunSpec(world=WorldSpec(dataset="digits", num_clients=3, seed=0, **world), rounds=2, epochs=1, students=students)
+    return RunSpec(
+        world=WorldSpec(dataset="digits", num_clients=3, seed=0, **world), rounds=2, epochs=1, students=students
+    )
 
 
 def test_chunks_of_one_student_give_what_one_chunk_gives(tmp_path):
@@ -176,8 +228,17 @@ def test_chunks_of_one_student_give_what_one_chunk_gives(tmp_path):
 def test_a_bad_message_fails_alone():
     # Prepare: three distill messages; node 1's targets have the wrong shape.
     grid = BatchedGrid(3, device="cpu")
-    config = ConfigRecord({**WorldSpec(dataset="digits", num_clients=3).to_config(), P.CFG_STUDENTS: "mlp32",
-                           P.CFG_EPOCHS: 1, P.CFG_LR: 1e-3, P.CFG_BATCH_SIZE: 32, P.CFG_ALPHA: 1.0, P.CFG_REPLY_LOGITS: True})
+    config = ConfigRecord(
+        {
+            **WorldSpec(dataset="digits", num_clients=3).to_config(),
+            P.CFG_STUDENTS: "mlp32",
+            P.CFG_EPOCHS: 1,
+            P.CFG_LR: 1e-3,
+            P.CFG_BATCH_SIZE: 32,
+            P.CFG_ALPHA: 1.0,
+            P.CFG_REPLY_LOGITS: True,
+        }
+    )
     messages = []
     for node in sorted(grid.get_node_ids()):
         content = RecordDict({P.KEY_CONFIG: config})
@@ -199,15 +260,23 @@ def test_cpu_clients_do_not_see_the_gpu():
 
 # --- engine parity, end to end ------------------------------------------------------
 # Each rule's world: heterogeneous students where the rule allows them; FD without a transfer set.
-CASES = {rule: ((("mlp64",), {}) if rule in ("fedavg", "feddf") else (("mlp32", "cnn"), {"public_frac": 0.0} if rule == "fd" else {}))
-         for rule in RULES}
+CASES = {
+    rule: (
+        (("mlp64",), {})
+        if rule in ("fedavg", "feddf")
+        else (("mlp32", "cnn"), {"public_frac": 0.0} if rule == "fd" else {})
+    )
+    for rule in RULES
+}
 CASES["peer-mlp32"] = (("mlp32",), {})
 
 
 def case(name):
     students, world = CASES[name]
     rule = name.split("-")[0]
-    strategy = build_strategy(rule, **{k: v for k, v in dict(teacher_epochs=3, teacher_members=2).items() if k in rule_settings(rule)})
+    strategy = build_strategy(
+        rule, **{k: v for k, v in dict(teacher_epochs=3, teacher_members=2).items() if k in rule_settings(rule)}
+    )
     return tiny_spec(students, **world), strategy
 
 
@@ -237,6 +306,7 @@ def flower_runs(tmp_path_factory):
                 for key in list(context.state.keys()):
                     del context.state[key]
             return handler(msg, context)
+
         return handle
 
     clients.train()(fresh_in_round_one(real.train))
@@ -245,9 +315,15 @@ def flower_runs(tmp_path_factory):
     clients.train("fd")(fresh_in_round_one(real.class_distill))
     clients.query("logits")(fresh_in_round_one(real.query_logits))
     clients.evaluate()(fresh_in_round_one(real.evaluate_student))
-    run_simulation(server_app=server, client_app=clients, num_supernodes=3,
-                   backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+    run_simulation(
+        server_app=server,
+        client_app=clients,
+        num_supernodes=3,
+        backend_config={
+            "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+        },
+    )
     return root
 
 
@@ -265,11 +341,16 @@ def test_batched_engine_gives_flower_engine_numbers(name, flower_runs, tmp_path)
         assert (a["client"], a["arch"]) == (b["client"], b["arch"]) and abs(a["acc"] - b["acc"]) <= 0.005
     assert (batched["bytes_up"], batched["bytes_down"]) == (flower["bytes_up"], flower["bytes_down"])
     assert batched["rejected_replies"] == flower["rejected_replies"] == 0
-    rows = {eng: {(r["round"], r["client"]): r for r in read_jsonl(d / name / "metrics.jsonl") if r["type"] == "client"}
-            for eng, d in (("batched", tmp_path), ("flower", flower_runs))}
+    rows = {
+        eng: {(r["round"], r["client"]): r for r in read_jsonl(d / name / "metrics.jsonl") if r["type"] == "client"}
+        for eng, d in (("batched", tmp_path), ("flower", flower_runs))
+    }
     assert rows["batched"].keys() == rows["flower"].keys() and len(rows["flower"]) == 6
     for key, r in rows["flower"].items():
-        assert (rows["batched"][key]["bytes_up"], rows["batched"][key]["bytes_down"]) == (r["bytes_up"], r["bytes_down"])
+        assert (rows["batched"][key]["bytes_up"], rows["batched"][key]["bytes_down"]) == (
+            r["bytes_up"],
+            r["bytes_down"],
+        )
         if r["train_loss"] is not None:
             assert rows["batched"][key]["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
     assert (batched["engine"], batched["device"], batched["chunk"]) == ("batched", "cpu", 0)

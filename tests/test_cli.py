@@ -9,14 +9,21 @@ from simulations.cli import main
     "args, expected",
     [
         (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth)"),
-        (["run", "strategy=bogus"], "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, teacher, teacher_ensemble, wml)"),
+        (
+            ["run", "strategy=bogus"],
+            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, teacher, "
+            "teacher_ensemble, wml)",
+        ),
         (["run", "partition=zipf"], "partition: unknown value 'zipf' (allowed: dirichlet, iid, shard)"),
         (["run", "students=[mlp32,resnet]"], "students: unknown value 'resnet'"),
         (["run", "strategy.alpha=-1"], "strategy.alpha: -1.0 is out of range (allowed: [0, 100])"),
         (["run", "strategy.temperature=0"], "strategy.temperature: 0.0 is out of range (allowed: (0, 100])"),
         (["run", "rounds=abc"], "rounds: Value 'abc'"),
         (["run", "frobnicate=1"], "frobnicate: unknown setting"),
-        (["run", "data=digits", "partition=shard", "partition.classes_per_client=20"], "partition.classes_per_client: 20 is out of range"),
+        (
+            ["run", "data=digits", "partition=shard", "partition.classes_per_client=20"],
+            "partition.classes_per_client: 20 is out of range",
+        ),
         (["run", "data=digits", "num_clients=500"], "num_clients: 500 clients × partition.min_size 10"),
         (["run", "data=file", "data.path=/no/such.csv"], "data.path: no such file"),
         (["run", "data=digits", "strategy=fedavg", "students=[mlp32,mlp64]"], "students: fedavg averages weights"),

@@ -43,9 +43,21 @@ def test_own_csv_prints_its_splits_and_warns_when_small(tmp_path, capsys):
     rows = ["height,weight,kind"] + [f"{150 + i},{60_000 + 997 * (i % 7)},{kinds[i % 3]}" for i in range(60)]
     (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
     # Execute
-    code = main(["run", "data=file", f"data.path={tmp_path / 'tiny.csv'}", "data.label=kind", "num_clients=2",
-                 "partition=iid", "partition.min_size=5", "rounds=1", "train.epochs=1", "strategy=local",
-                 f"out={tmp_path / 'run'}"])
+    code = main(
+        [
+            "run",
+            "data=file",
+            f"data.path={tmp_path / 'tiny.csv'}",
+            "data.label=kind",
+            "num_clients=2",
+            "partition=iid",
+            "partition.min_size=5",
+            "rounds=1",
+            "train.epochs=1",
+            "strategy=local",
+            f"out={tmp_path / 'run'}",
+        ]
+    )
     out, err = capsys.readouterr()
     # Assert: the split sizes (a 60-row, 3-class file gets the capped fractions 0.3 / 0.2 / 0.2) and the warnings.
     assert code == 0

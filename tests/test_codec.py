@@ -46,4 +46,6 @@ def test_check_weights_against_reference():
     with pytest.raises(CodecError, match="names"):
         check_weights(ArrayRecord({"w": Array(np.ones((2, 2), np.float32))}), ref)
     with pytest.raises(CodecError, match="NaN"):
-        check_weights(ArrayRecord({"w": Array(np.full((2, 2), np.nan, np.float32)), "b": Array(np.ones(2, np.float32))}), ref)
+        check_weights(
+            ArrayRecord({"w": Array(np.full((2, 2), np.nan, np.float32)), "b": Array(np.ones(2, np.float32))}), ref
+        )

@@ -35,7 +35,9 @@ def test_splits_refuse_fractions_leaving_no_pool():
         split_indices(np.zeros(10, int), 1.2, 0.0, 0.0, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("name, shape, n", [("digits", (1, 8, 8), 1797), ("mnist5k", (1, 28, 28), 5000), ("mnist1d", (1, 40), 5000)])
+@pytest.mark.parametrize(
+    "name, shape, n", [("digits", (1, 8, 8), 1797), ("mnist5k", (1, 28, 28), 5000), ("mnist1d", (1, 40), 5000)]
+)
 def test_builtin_datasets_load_offline(name, shape, n):
     d = load_dataset(name)
     assert d.x.shape == (n, *shape) and d.x.dtype == np.float32
@@ -135,8 +137,20 @@ def _write_csv(path, x, labels):
 
 
 def _file_world(path, **kw):
-    return build_world(WorldSpec(dataset="file", data_path=str(path), data_label="kind", num_clients=2, partition="iid",
-                                 min_size=1, test_frac=0.2, public_frac=0.2, server_frac=0.2, **kw))
+    return build_world(
+        WorldSpec(
+            dataset="file",
+            data_path=str(path),
+            data_label="kind",
+            num_clients=2,
+            partition="iid",
+            min_size=1,
+            test_frac=0.2,
+            public_frac=0.2,
+            server_frac=0.2,
+            **kw,
+        )
+    )
 
 
 def test_fit_scaler_by_hand():
@@ -190,8 +204,9 @@ def test_standardisation_opt_out_and_images_untouched(tmp_path):
     np.testing.assert_allclose(raw.data.x, x.astype(np.float32), rtol=1e-5)
     # Images (an .npz of (N, H, W)) and the built-ins are never standardised.
     np.savez(tmp_path / "imgs.npz", x=rng.random((60, 4, 4)) * 255, y=np.arange(60) % 3)
-    imgs = build_world(WorldSpec(dataset="file", data_path=str(tmp_path / "imgs.npz"), num_clients=2, partition="iid",
-                                 min_size=1))
+    imgs = build_world(
+        WorldSpec(dataset="file", data_path=str(tmp_path / "imgs.npz"), num_clients=2, partition="iid", min_size=1)
+    )
     assert imgs.scaler is None and imgs.data.x.max() > 200
     digits = build_world(WorldSpec(dataset="digits", num_clients=3))
     assert digits.scaler is None

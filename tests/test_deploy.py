@@ -21,9 +21,10 @@ from peerkd import deploy as D
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_TIMEOUT = 200.0  # seconds from `flwr run` to summary.json on a loaded 2-core machine
 
-pytestmark = pytest.mark.skipif(not (Path(sys.executable).parent / "flower-supernode").exists()
-                                or not Path("/proc").is_dir(),
-                                reason="needs flower-superlink/flower-supernode next to the interpreter and /proc")
+pytestmark = pytest.mark.skipif(
+    not (Path(sys.executable).parent / "flower-supernode").exists() or not Path("/proc").is_dir(),
+    reason="needs flower-superlink/flower-supernode next to the interpreter and /proc",
+)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -59,15 +60,20 @@ def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
     try:
         info = D.start_local(state, 3, secure=True)
         assert info.secure and Path(info.flwr_home, "config.toml").read_text().count("root-certificates") == 1
-        (rogue_key, _), = D.make_node_keys(state / "rogue-keys", 1, prefix="rogue")
+        ((rogue_key, _),) = D.make_node_keys(state / "rogue-keys", 1, prefix="rogue")
         p1, p2 = D.free_ports(2)
         retry = ["--max-retries", "1", "--max-wait-time", "20"]
         cfg = D.node_config_string(2, 3)
-        cluster.start("rogue-unregistered",
-                      D.supernode_args(info.fleet, cfg, p1, state / "certs" / "ca.crt", rogue_key) + retry,
-                      env={"FLWR_HOME": str(state / "rogue-1")})
-        cluster.start("rogue-plaintext", D.supernode_args(info.fleet, cfg, p2, None, None) + retry,
-                      env={"FLWR_HOME": str(state / "rogue-2")})
+        cluster.start(
+            "rogue-unregistered",
+            D.supernode_args(info.fleet, cfg, p1, state / "certs" / "ca.crt", rogue_key) + retry,
+            env={"FLWR_HOME": str(state / "rogue-1")},
+        )
+        cluster.start(
+            "rogue-plaintext",
+            D.supernode_args(info.fleet, cfg, p2, None, None) + retry,
+            env={"FLWR_HOME": str(state / "rogue-2")},
+        )
 
         # Act
         _run(state, out)
@@ -132,8 +138,10 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
 
 def test_node_config_and_connection_strings():
     assert D.node_config_string(1, 3) == "partition-id=1 num-partitions=3"
-    assert D.node_config_string(0, 2, "/d/a.npz", "cnn") == \
-        'partition-id=0 num-partitions=2 data-path="/d/a.npz" student="cnn"'
+    assert (
+        D.node_config_string(0, 2, "/d/a.npz", "cnn")
+        == 'partition-id=0 num-partitions=2 data-path="/d/a.npz" student="cnn"'
+    )
     assert 'root-certificates = "/c/ca.crt"' in D.connection_toml("127.0.0.1:9093", "/c/ca.crt")
     assert "insecure = true" in D.connection_toml("127.0.0.1:9093", None)
     assert D.is_loopback("127.0.0.1:9092") and not D.is_loopback("10.0.0.2:9092")
@@ -172,7 +180,7 @@ def test_certs_and_keys_load(tmp_path):
     cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in sans.get_values_for_type(x509.DNSName)
-    (private, public), = D.make_node_keys(tmp_path / "k", 1)
+    ((private, public),) = D.make_node_keys(tmp_path / "k", 1)
     assert load_ssh_private_key(private.read_bytes(), None).curve.name == "secp384r1"
     assert load_ssh_public_key(public.read_bytes()).curve.name == "secp384r1"
     assert oct(private.stat().st_mode & 0o777) == "0o600"

@@ -82,7 +82,9 @@ def check_contract_run(rule, tmp_path):
 
 
 def test_heterogeneous_students_peer(tmp_path):
-    spec = RunSpec(world=WorldSpec(dataset="digits", num_clients=3, seed=0), rounds=2, epochs=1, students=("mlp32", "cnn"))
+    spec = RunSpec(
+        world=WorldSpec(dataset="digits", num_clients=3, seed=0), rounds=2, epochs=1, students=("mlp32", "cnn")
+    )
     summary = run_one(spec, build_strategy("peer"), tmp_path / "het", {"rule": "peer"}, CPU)
     assert [c["arch"] for c in summary["per_client"]] == ["mlp32", "cnn", "mlp32"]
     assert summary["acc_by_arch"]["mlp32"]["clients"] == 2
@@ -142,7 +144,9 @@ CLASS_TABLE = 10 * 10 * 4 + NPY + 10 * 4 + NPY  # fd: (10, 10) matrix + (10,) ve
 )
 def test_literature_rules_end_to_end(rule, up, down_round2, students, world, tmp_path):
     # Prepare: heterogeneous students for every logit rule.
-    spec = RunSpec(world=WorldSpec(dataset="digits", num_clients=3, seed=0, **world), rounds=2, epochs=1, students=students)
+    spec = RunSpec(
+        world=WorldSpec(dataset="digits", num_clients=3, seed=0, **world), rounds=2, epochs=1, students=students
+    )
     # Execute
     run_one(spec, tiny_rule(rule, teacher_epochs=3, teacher_members=2), tmp_path / rule, {"rule": rule}, CPU)
     summary, rows = check_contract(tmp_path / rule, rule)

@@ -38,8 +38,10 @@ default = "local"
 address = ":local:"
 """
 
-pytestmark = pytest.mark.skipif(not (BIN / "flwr").exists() or not Path("/proc").is_dir(),
-                                reason="needs the flwr CLI next to the interpreter and /proc")
+pytestmark = pytest.mark.skipif(
+    not (BIN / "flwr").exists() or not Path("/proc").is_dir(),
+    reason="needs the flwr CLI next to the interpreter and /proc",
+)
 
 
 def _processes() -> dict[int, tuple[int, int, str, str]]:
@@ -53,7 +55,7 @@ def _processes() -> dict[int, tuple[int, int, str, str]]:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         procs[int(entry)] = (int(fields[1]), int(fields[3]), fields[0], cmd.strip())
     return procs
 
@@ -132,9 +134,13 @@ def test_flwr_run_dot(tmp_path):
     }
     env.pop("RAY_ADDRESS", None)  # ray.init must start its own instance
     cmd = [
-        str(BIN / "flwr"), "run", ".",
-        "--run-config", f"data='digits' num-clients=3 rounds=2 strategy='peer' out='{out}'",
-        "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+        str(BIN / "flwr"),
+        "run",
+        ".",
+        "--run-config",
+        f"data='digits' num-clients=3 rounds=2 strategy='peer' out='{out}'",
+        "--federation-config",
+        "num-supernodes=3 client-resources-num-cpus=1",
     ]
     link = LocalSuperLink(flwr_home)
     log_file = flwr_home / "local-superlink" / "superlink.log"
@@ -146,8 +152,14 @@ def test_flwr_run_dot(tmp_path):
         run_log = ""
         if run_id is not None and link.alive():
             try:
-                shown = subprocess.run([str(BIN / "flwr"), "log", run_id, "--show"], cwd=REPO, env=env,
-                                       capture_output=True, text=True, timeout=30)
+                shown = subprocess.run(
+                    [str(BIN / "flwr"), "log", run_id, "--show"],
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
                 run_log = f"\nflwr log {run_id}:\n{(shown.stdout + shown.stderr)[-4000:]}"
             except subprocess.TimeoutExpired:
                 run_log = f"\nflwr log {run_id} timed out"
@@ -182,8 +194,9 @@ def test_flwr_run_dot(tmp_path):
             running = link.others_running("flwr-simulation")
             sim_seen |= running
             # The run's process is gone and (checked after it) no summary: the run failed.
-            assert running or not sim_seen or summary_file.exists(), f"run {run_id} ended without summary.json" \
-                f"{diagnostics()}"
+            assert running or not sim_seen or summary_file.exists(), (
+                f"run {run_id} ended without summary.json{diagnostics()}"
+            )
             assert time.monotonic() < deadline, f"no summary.json after {RESULT_TIMEOUT:g} s{diagnostics()}"
             time.sleep(0.5)
         t_result = time.monotonic() - t0

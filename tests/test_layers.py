@@ -7,7 +7,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from import_graph import LAYERS, imports, upward
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,10 +23,15 @@ def test_no_layer_imports_a_higher_one():
 @pytest.mark.parametrize("layer", LAYERS[:2])
 def test_importing_a_layer_loads_nothing_above_it(layer):
     # Execute: import every module of the layer in a fresh interpreter.
-    modules = sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-                     for p in (REPO / layer).rglob("*.py") if p.stem != "__main__")
-    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n" \
-           "print(sorted({n.split('.')[0] for n in sys.modules} & {'peerkd', 'strategies', 'simulations'}))"
+    modules = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for p in (REPO / layer).rglob("*.py")
+        if p.stem != "__main__"
+    )
+    code = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'peerkd', 'strategies', 'simulations'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     # Assert: only this layer and those below it were loaded.
     assert eval(out) == sorted(LAYERS[: LAYERS.index(layer) + 1])

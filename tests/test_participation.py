@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from peerkd.errors import ConfigError
 from peerkd.participation import Roster, sample_clients
 from simulations.config import clients_per_round
-from peerkd.errors import ConfigError
 
 
 def test_sample_is_seeded_sorted_and_sized():
@@ -34,13 +34,22 @@ def test_roster_maps_the_sample_to_nodes_and_keeps_unknown_nodes():
     assert Roster(4, 0, 0).select(1, [3, 1, 2]) == [1, 2, 3]
 
 
-@pytest.mark.parametrize(("participation", "per_round", "expected"), [(1.0, 0, 0), (0.25, 0, 25), (0.001, 0, 1), (1.0, 7, 7), (1.0, 100, 0)])
+@pytest.mark.parametrize(
+    ("participation", "per_round", "expected"), [(1.0, 0, 0), (0.25, 0, 25), (0.001, 0, 1), (1.0, 7, 7), (1.0, 100, 0)]
+)
 def test_clients_per_round_from_config(participation, per_round, expected):
     assert clients_per_round(participation, per_round, 100) == expected
 
 
-@pytest.mark.parametrize(("participation", "per_round", "field"), [(0.0, 0, "participation"), (1.5, 0, "participation"),
-                                                                    (1.0, 101, "clients_per_round"), (0.5, 5, "clients_per_round")])
+@pytest.mark.parametrize(
+    ("participation", "per_round", "field"),
+    [
+        (0.0, 0, "participation"),
+        (1.5, 0, "participation"),
+        (1.0, 101, "clients_per_round"),
+        (0.5, 5, "clients_per_round"),
+    ],
+)
 def test_bad_participation_names_the_field(participation, per_round, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         clients_per_round(participation, per_round, 100)

@@ -75,10 +75,23 @@ def test_fast_paths_equal_flower_datasets_load_partition(scheme):
     order = np.random.default_rng(0).permutation(len(labels)) if scheme == "iid" else np.arange(len(labels))
     partitioner = {
         "iid": IidPartitioner(num_partitions=7),
-        "dirichlet": DirichletPartitioner(num_partitions=7, partition_by="label", alpha=0.3, min_partition_size=5,
-                                          self_balancing=False, shuffle=True, seed=0),
-        "shard": PathologicalPartitioner(num_partitions=7, partition_by="label", num_classes_per_partition=2,
-                                         class_assignment_mode="first-deterministic", shuffle=True, seed=0),
+        "dirichlet": DirichletPartitioner(
+            num_partitions=7,
+            partition_by="label",
+            alpha=0.3,
+            min_partition_size=5,
+            self_balancing=False,
+            shuffle=True,
+            seed=0,
+        ),
+        "shard": PathologicalPartitioner(
+            num_partitions=7,
+            partition_by="label",
+            num_classes_per_partition=2,
+            class_assignment_mode="first-deterministic",
+            shuffle=True,
+            seed=0,
+        ),
     }[scheme]
     partitioner.dataset = HFDataset.from_dict({"label": labels[order].tolist(), "pos": order.tolist()})
     expected = [np.sort(np.asarray(partitioner.load_partition(i)["pos"])) for i in range(7)]

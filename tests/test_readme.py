@@ -40,7 +40,7 @@ def _commands(block: str) -> list[list[str]]:
 
 def _section(title: str) -> str:
     start = README.index(f"\n## {title}\n")
-    return README[start: README.index("\n## ", start + 1)]
+    return README[start : README.index("\n## ", start + 1)]
 
 
 CONFIG_COMMANDS = [c for block in _blocks(README, "bash") for c in _commands(block) if c[0] != "report"]
@@ -87,8 +87,10 @@ def test_own_data_recipe_runs_and_prints_what_the_readme_shows(tmp_path, monkeyp
 def test_readme_links_resolve():
     # Every in-page link names a heading (GitHub's anchors), and every linked file exists.
     root = Path(__file__).resolve().parent.parent
-    anchors = {re.sub(r"[^\w\- ]", "", h.lower().replace("`", "")).replace(" ", "-")
-               for h in re.findall(r"^#{1,6} (.+)$", README, flags=re.M)}
+    anchors = {
+        re.sub(r"[^\w\- ]", "", h.lower().replace("`", "")).replace(" ", "-")
+        for h in re.findall(r"^#{1,6} (.+)$", README, flags=re.M)
+    }
     assert {a for a in re.findall(r"\]\(#([^)]+)\)", README)} <= anchors
     files = re.findall(r"\]\(((?:docs/|LICENSE|CITATION)[^)#]*)\)", README)
     assert files and all((root / f).exists() for f in files)

@@ -48,33 +48,64 @@ def test_swept_keys_ignore_run_identity_and_missing_keys():
 
 def test_points_sort_numerically():
     runs = [{"config": {"num_clients": n}} for n in (10, 2, 4)]
-    assert [p for p in group_runs(runs, ["num_clients"])] == [(("num_clients", 2),), (("num_clients", 4),), (("num_clients", 10),)]
+    assert [p for p in group_runs(runs, ["num_clients"])] == [
+        (("num_clients", 2),),
+        (("num_clients", 4),),
+        (("num_clients", 10),),
+    ]
 
 
 # Accuracies per (num_clients, rule) over seeds 0, 1, 2.
 ACC = {
-    (2, "local"): [0.4, 0.5, 0.6], (2, "teacher"): [0.8, 0.85, 0.9], (2, "peer"): [0.7, 0.9, 0.8],
-    (4, "local"): [0.5, 0.5, 0.5], (4, "teacher"): [0.8, 0.8, 0.8], (4, "peer"): [0.9, 0.9, 0.9],
+    (2, "local"): [0.4, 0.5, 0.6],
+    (2, "teacher"): [0.8, 0.85, 0.9],
+    (2, "peer"): [0.7, 0.9, 0.8],
+    (4, "local"): [0.5, 0.5, 0.5],
+    (4, "teacher"): [0.8, 0.8, 0.8],
+    (4, "peer"): [0.9, 0.9, 0.9],
 }
 
 
 def _write_run(path, clients, rule, seed, acc, data="digits"):
     path.mkdir(parents=True)
-    config = {"strategy": {"name": rule, "alpha": 1.0}, "data": {"name": data}, "partition": {"name": "iid"},
-              "num_clients": clients, "rounds": 2, "seed": seed, "out": str(path)}
+    config = {
+        "strategy": {"name": rule, "alpha": 1.0},
+        "data": {"name": data},
+        "partition": {"name": "iid"},
+        "num_clients": clients,
+        "rounds": 2,
+        "seed": seed,
+        "out": str(path),
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     per_client = [{"client": c, "arch": "mlp64", "acc": acc, "loss": 1.0, "round": 2} for c in range(clients)]
     up = 0 if rule in ("local", "teacher") else 1000 * clients
-    summary = {"strategy": rule, "dataset": "digits", "num_clients": clients, "rounds": 2, "seed": seed,
-               "acc_mean": acc, "acc_worst": acc - 0.1, "acc_std": 0.0, "teacher_acc": 0.95 if rule == "teacher" else None,
-               "bytes_up": 2 * up, "bytes_down": 0 if rule == "local" else 2 * 1000 * clients, "wall_s": 10.0,
-               "per_client": per_client}
+    summary = {
+        "strategy": rule,
+        "dataset": "digits",
+        "num_clients": clients,
+        "rounds": 2,
+        "seed": seed,
+        "acc_mean": acc,
+        "acc_worst": acc - 0.1,
+        "acc_std": 0.0,
+        "teacher_acc": 0.95 if rule == "teacher" else None,
+        "bytes_up": 2 * up,
+        "bytes_down": 0 if rule == "local" else 2 * 1000 * clients,
+        "wall_s": 10.0,
+        "per_client": per_client,
+    }
     (path / "summary.json").write_text(json.dumps(summary))
-    rounds = [{"type": "round", "round": r, "acc_mean": acc * r / 2, "bytes_up": up, "bytes_down": summary["bytes_down"] // 2}
-              for r in (1, 2)]
+    rounds = [
+        {"type": "round", "round": r, "acc_mean": acc * r / 2, "bytes_up": up, "bytes_down": summary["bytes_down"] // 2}
+        for r in (1, 2)
+    ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
-    (path / "provenance.json").write_text(json.dumps({"git_revision": "0123456789abcdef", "git_dirty": False,
-                                                      "packages": {"flwr": "1.39.0", "torch": "2.13.0"}}))
+    (path / "provenance.json").write_text(
+        json.dumps(
+            {"git_revision": "0123456789abcdef", "git_dirty": False, "packages": {"flwr": "1.39.0", "torch": "2.13.0"}}
+        )
+    )
 
 
 @pytest.fixture
@@ -96,8 +127,10 @@ def test_report_tables_match_hand_computation(sweep_dir):
     # peer − teacher: differences -0.1, 0.05, -0.1 -> mean -0.05, std 0.0866, se 0.05, ± 4.302653 · 0.05 = 0.2151
     # teacher − local: 0.4, 0.35, 0.3 -> 0.35 ± 4.302653 · 0.05/√3 = 0.35 ± 0.1242
     # peer − local: 0.3, 0.4, 0.2 -> 0.3 ± 4.302653 · 0.1/√3 = 0.3 ± 0.2484
-    assert ("| 2 | 0.500 ± 0.100 | 0.850 ± 0.050 | 0.800 ± 0.100 "
-            "| -0.050 [-0.265, +0.165] | +0.350 [+0.226, +0.474] | +0.300 [+0.052, +0.548] |") in md
+    assert (
+        "| 2 | 0.500 ± 0.100 | 0.850 ± 0.050 | 0.800 ± 0.100 "
+        "| -0.050 [-0.265, +0.165] | +0.350 [+0.226, +0.474] | +0.300 [+0.052, +0.548] |"
+    ) in md
     assert "| 2 | peer − teacher | 3 | -0.050 | [-0.265, +0.165] | no clear difference |" in md
     assert "| 2 | peer − local | 3 | +0.300 | [+0.052, +0.548] | peer better |" in md
     # n=4: constant differences, so a zero-width interval.
@@ -111,7 +144,12 @@ def test_report_tables_match_hand_computation(sweep_dir):
 
 def test_report_writes_small_linked_plots(sweep_dir):
     md = write_report(sweep_dir).read_text()
-    for name in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "client_accuracy.png", "accuracy_vs_num_clients.png"):
+    for name in (
+        "accuracy_vs_round.png",
+        "accuracy_vs_bytes.png",
+        "client_accuracy.png",
+        "accuracy_vs_num_clients.png",
+    ):
         png = sweep_dir / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size < 200_000
@@ -175,7 +213,10 @@ def test_keys_are_named_in_full_and_dataset_names_agree():
     from simulations.report import comparison_title, key_names
 
     assert key_names(["partition.alpha", "data.name", "num_clients"]) == {
-        "partition.alpha": "partition.alpha", "data.name": "data", "num_clients": "num_clients"}
+        "partition.alpha": "partition.alpha",
+        "data.name": "data",
+        "num_clients": "num_clients",
+    }
     # comparison.md names a user file's dataset as its summaries and report.md do (the file's stem).
     title = comparison_title(WorldSpec(dataset="file", data_path="/data/wine.csv", num_clients=3), 20, [0], 5.0)
     assert title.startswith("# peerkd comparison\n\nwine, 3 clients, dirichlet partition (partition.alpha 0.3)")
@@ -207,8 +248,9 @@ def test_each_rule_keeps_its_colour_in_every_plot():
     curve = (np.array([1, 2, 3]), np.array([0.5, 0.6, 0.7]), np.zeros(3))
     # Execute: two figures with different rule sets (as compare and a sweep would have).
     a = line_figure([("", {"local": curve, "peer": curve})], ["local", "peer"], "t", "round", "acc")
-    b = line_figure([("", {"peer": curve, "wml": curve, "teacher": curve})], ["teacher", "peer", "wml"], "t", "round",
-                    "acc")
+    b = line_figure(
+        [("", {"peer": curve, "wml": curve, "teacher": curve})], ["teacher", "peer", "wml"], "t", "round", "acc"
+    )
     colour = {fig: {line.get_label(): line.get_color() for line in fig.axes[0].lines} for fig in (a, b)}
     # Assert: peer has one colour in both, and the same again on a later call; unknown rules get a fixed one.
     assert colour[a]["peer"] == colour[b]["peer"] == RULE_COLORS["peer"] == rule_color("peer")

@@ -31,15 +31,27 @@ def test_writer_appends_as_it_goes_and_survives_a_torn_line(tmp_path):
 
 
 def _summary(rule, seed, acc, worst, up, down, teacher=None):
-    return {"strategy": rule, "seed": seed, "acc_mean": acc, "acc_worst": worst, "teacher_acc": teacher,
-            "bytes_up": up, "bytes_down": down, "wall_s": 10.0 + seed, "rounds": 2, "num_clients": 5}
+    return {
+        "strategy": rule,
+        "seed": seed,
+        "acc_mean": acc,
+        "acc_worst": worst,
+        "teacher_acc": teacher,
+        "bytes_up": up,
+        "bytes_down": down,
+        "wall_s": 10.0 + seed,
+        "rounds": 2,
+        "num_clients": 5,
+    }
 
 
 def test_compare_table_by_hand():
     # Prepare: two seeds per rule.
     runs = [
-        _summary("local", 0, 0.50, 0.30, 0, 0), _summary("local", 1, 0.60, 0.40, 0, 0),
-        _summary("peer", 0, 0.70, 0.50, 20_000, 10_000), _summary("peer", 1, 0.80, 0.70, 40_000, 30_000),
+        _summary("local", 0, 0.50, 0.30, 0, 0),
+        _summary("local", 1, 0.60, 0.40, 0, 0),
+        _summary("peer", 0, 0.70, 0.50, 20_000, 10_000),
+        _summary("peer", 1, 0.80, 0.70, 40_000, 30_000),
     ]
     # Execute
     rows = compare_table(runs, ["local", "peer", "teacher"])

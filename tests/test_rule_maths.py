@@ -8,7 +8,11 @@ import pytest
 from peerkd.metrics import kl_to_consensus, pairwise_agreement
 from peerkd.training import class_mean_logits
 from strategies.aggregation import (
-    class_consensus, ensemble_nll_grad, entropy_reduction_average, mirror_descent_step, weighted_peer_targets,
+    class_consensus,
+    ensemble_nll_grad,
+    entropy_reduction_average,
+    mirror_descent_step,
+    weighted_peer_targets,
 )
 
 
@@ -64,8 +68,11 @@ def test_class_mean_logits_by_hand():
 
 def test_class_consensus_averages_others_that_hold_the_class():
     # Two classes. Peer A holds both, B only class 0, C only class 1.
-    means = {"A": np.array([[2.0, 0.0], [0.0, 2.0]]), "B": np.array([[4.0, 2.0], [9.0, 9.0]]),
-             "C": np.array([[7.0, 7.0], [1.0, 3.0]])}
+    means = {
+        "A": np.array([[2.0, 0.0], [0.0, 2.0]]),
+        "B": np.array([[4.0, 2.0], [9.0, 9.0]]),
+        "C": np.array([[7.0, 7.0], [1.0, 3.0]]),
+    }
     counts = {"A": np.array([5, 5]), "B": np.array([3, 0]), "C": np.array([0, 4])}
     out = class_consensus(means, counts, ["A", "B"])
     # For A: class 0 from B alone [4, 2]; class 1 from C alone [1, 3] (B's row 9,9 is ignored).
@@ -88,6 +95,8 @@ def test_kl_to_consensus_by_hand():
     # Students with probabilities p = (1/2, 1/2) and q = (3/4, 1/4): p̄ = (5/8, 3/8).
     # KL(p̄‖p) = 5/8 ln(5/4) + 3/8 ln(3/4) = 0.031585; KL(p̄‖q) = 5/8 ln(5/6) + 3/8 ln(3/2) = 0.038098.
     logits = np.array([[[0.0, 0.0]], [[math.log(3), 0.0]]])
-    expected = ((5 / 8 * math.log(5 / 4) + 3 / 8 * math.log(3 / 4)) + (5 / 8 * math.log(5 / 6) + 3 / 8 * math.log(3 / 2))) / 2
+    expected = (
+        (5 / 8 * math.log(5 / 4) + 3 / 8 * math.log(3 / 4)) + (5 / 8 * math.log(5 / 6) + 3 / 8 * math.log(3 / 2))
+    ) / 2
     assert kl_to_consensus(logits) == pytest.approx(expected)  # 0.034842
     assert kl_to_consensus(np.stack([logits[1], logits[1]])) == pytest.approx(0.0, abs=1e-12)

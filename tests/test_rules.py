@@ -9,10 +9,10 @@ from peerkd.codec import CodecError, encode_logits
 from peerkd.errors import ConfigError
 from peerkd.models import build_model
 from peerkd.protocol import KEY_LOGITS, KEY_PROBE, KEY_TARGETS
+from peerkd.server_app import ServerContext
 from peerkd.training import predict_logits, train_model
 from peerkd.world import WorldSpec, build_world
 from strategies import RULES, build_strategy
-from peerkd.server_app import ServerContext
 
 WORLD = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0))
 P, C = WORLD.transfer_x.shape[0], WORLD.num_classes
@@ -30,7 +30,19 @@ def reply(node, client, **records):
 
 
 def test_every_rule_is_registered_and_documented():
-    assert set(RULES) == {"local", "fedavg", "teacher", "peer", "wml", "fd", "dsfl", "fedmd", "feddf", "oracle", "teacher_ensemble"}
+    assert set(RULES) == {
+        "local",
+        "fedavg",
+        "teacher",
+        "peer",
+        "wml",
+        "fd",
+        "dsfl",
+        "fedmd",
+        "feddf",
+        "oracle",
+        "teacher_ensemble",
+    }
     for cls in RULES.values():
         assert cls.__module__.split(".")[-1] in (cls.name, "local")  # one rule per file
         doc = __import__(cls.__module__, fromlist=["x"]).__doc__
@@ -46,8 +58,10 @@ def test_wml_weights_shift_to_the_peer_that_is_right_on_the_server_split(flower_
     good[np.arange(len(y)), y] = 10.0
     flat = np.zeros((len(y), C), np.float32)
     transfer = np.zeros((P, C), np.float32)
-    replies = [reply(100, 0, **{KEY_LOGITS: encode_logits(transfer), KEY_PROBE: encode_logits(good)}),
-               reply(200, 1, **{KEY_LOGITS: encode_logits(transfer), KEY_PROBE: encode_logits(flat)})]
+    replies = [
+        reply(100, 0, **{KEY_LOGITS: encode_logits(transfer), KEY_PROBE: encode_logits(good)}),
+        reply(200, 1, **{KEY_LOGITS: encode_logits(transfer), KEY_PROBE: encode_logits(flat)}),
+    ]
     # Execute
     out = s.aggregate_round(1, replies)
     # Assert: weights stay on the simplex and move to the accurate peer.

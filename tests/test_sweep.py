@@ -25,7 +25,11 @@ def test_grid_axes_command_line_replaces_adds_and_fixes():
     axes = grid_axes(grid, {"num_clients": ["8", "16"], "partition.alpha": ["0.1", "1"]}, set())
     fixed = grid_axes(grid, {}, {"num_clients"})
     # Assert: config order first, then new axes.
-    assert axes == {"partition.samples_per_client": ["25", "50"], "num_clients": ["8", "16"], "partition.alpha": ["0.1", "1"]}
+    assert axes == {
+        "partition.samples_per_client": ["25", "50"],
+        "num_clients": ["8", "16"],
+        "partition.alpha": ["0.1", "1"],
+    }
     assert fixed == {"partition.samples_per_client": ["25", "50"]}
     with pytest.raises(ConfigError, match="grid: 'rounds=3' is not a sweep"):
         grid_axes(["rounds=3"], {}, set())
@@ -33,9 +37,17 @@ def test_grid_axes_command_line_replaces_adds_and_fixes():
 
 def test_expand_is_a_product_first_axis_outermost():
     points = expand({"a": ["1", "2"], "b": ["x", "y"]})
-    assert points == [(("a", "1"), ("b", "x")), (("a", "1"), ("b", "y")), (("a", "2"), ("b", "x")), (("a", "2"), ("b", "y"))]
+    assert points == [
+        (("a", "1"), ("b", "x")),
+        (("a", "1"), ("b", "y")),
+        (("a", "2"), ("b", "x")),
+        (("a", "2"), ("b", "y")),
+    ]
     assert expand({}) == [()]
-    assert point_dir((("partition.samples_per_client", "25"), ("num_clients", "2"))) == "partition.samples_per_client=25,num_clients=2"
+    assert (
+        point_dir((("partition.samples_per_client", "25"), ("num_clients", "2")))
+        == "partition.samples_per_client=25,num_clients=2"
+    )
 
 
 def test_eta_from_the_pace_so_far():
@@ -52,8 +64,12 @@ def test_config_change_names_the_first_setting_that_matters():
 
 def test_scarcity_study_plans_paired_runs(tmp_path):
     # Execute: plan the named study (nothing runs).
-    runs = plan(lambda o: _compose("sweep", o), ["experiment=scarcity"], grid_axes(
-        list(_compose("sweep", ["experiment=scarcity"]).grid), {}, set()), tmp_path)
+    runs = plan(
+        lambda o: _compose("sweep", o),
+        ["experiment=scarcity"],
+        grid_axes(list(_compose("sweep", ["experiment=scarcity"]).grid), {}, set()),
+        tmp_path,
+    )
     # Assert: 4 shard sizes × 4 client counts × 3 rules × 3 seeds, IID shards capped.
     assert len(runs) == 144
     assert {r.rule for r in runs} == {"local", "teacher", "peer"}

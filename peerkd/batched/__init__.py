@@ -16,8 +16,9 @@ from peerkd.batched.memory import peak_gpu_mb, peak_rss_mb
 __all__ = ["BatchedGrid", "run_batched"]
 
 
-def run_batched(spec, strategy, out_dir: str | os.PathLike, config: dict[str, Any], *, device: str = "auto",
-                chunk: int = 0) -> dict[str, Any]:
+def run_batched(
+    spec, strategy, out_dir: str | os.PathLike, config: dict[str, Any], *, device: str = "auto", chunk: int = 0
+) -> dict[str, Any]:
     """Run one rule on one world in the batched engine; write the results directory and return the summary.
 
     Parameters
@@ -50,7 +51,12 @@ def run_batched(spec, strategy, out_dir: str | os.PathLike, config: dict[str, An
         torch.cuda.reset_peak_memory_stats(grid.device)
 
     def extra() -> dict[str, Any]:
-        return {"engine": "batched", "device": str(grid.device), "chunk": chunk,
-                "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu_mb(grid.device)}
+        return {
+            "engine": "batched",
+            "device": str(grid.device),
+            "chunk": chunk,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": peak_gpu_mb(grid.device),
+        }
 
     return run_federation(grid, spec, strategy, RunWriter(Path(out_dir), config), summary_extra=extra)

@@ -36,7 +36,7 @@ class DeviceData:
     server_x: torch.Tensor
 
     @classmethod
-    def of(cls, world: World, device: torch.device) -> "DeviceData":
+    def of(cls, world: World, device: torch.device) -> DeviceData:
         """Copy ``world``'s inputs, labels, transfer set, test and server splits to ``device``."""
         d, sp = world.data, world.splits
         put = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
@@ -76,8 +76,10 @@ class Cohort:
         weights and each student's mean loss over its last epoch."""
         p, n_transfer = self.params, len(self.world.transfer_x)
         on = [t is not None and p.alpha > 0 and n_transfer > 0 for t in (targets or [None] * len(self.clients))]
-        plans = [plan_batches(len(ix), n_transfer if d else 0, p.batch_size, p.epochs, s)
-                 for ix, d, s in zip(self.private, on, self.seeds)]
+        plans = [
+            plan_batches(len(ix), n_transfer if d else 0, p.batch_size, p.epochs, s)
+            for ix, d, s in zip(self.private, on, self.seeds)
+        ]
         priv, pub, n_steps = stack_plans(plans, self.private, self.device)
         if any(on):
             kd = self._transfer_kd(targets, on, pub)
@@ -102,7 +104,9 @@ class Cohort:
         on = [t is not None and p.digest_epochs > 0 for t in targets]
         if not any(on):
             return w
-        plans = [plan_batches(n_transfer, 0, p.batch_size, p.digest_epochs, s) if d else None for d, s in zip(on, self.seeds)]
+        plans = [
+            plan_batches(n_transfer, 0, p.batch_size, p.digest_epochs, s) if d else None for d, s in zip(on, self.seeds)
+        ]
         pub, _, n_steps = stack_plans(plans, None, self.device)
         tt, rows = self._targets(targets), self._rows
 
@@ -127,8 +131,12 @@ class Cohort:
         """α·KD toward the per-class target of each private sample's label, over the samples
         whose class has a valid target (FD); students without targets get 0."""
         c, p, rows = self.world.num_classes, self.params, self._rows
-        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, c) for t in classes]).to(self.device)
-        valid = torch.stack([torch.as_tensor(t[1]) if t is not None else torch.ones(c, dtype=torch.bool) for t in classes]).to(self.device)
+        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, c) for t in classes]).to(
+            self.device
+        )
+        valid = torch.stack(
+            [torch.as_tensor(t[1]) if t is not None else torch.ones(c, dtype=torch.bool) for t in classes]
+        ).to(self.device)
         weight = torch.tensor([p.alpha if t is not None else 0.0 for t in classes], device=self.device)
 
         def term(live: Params, k: int, bi: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -140,7 +148,9 @@ class Cohort:
     def _targets(self, targets: list) -> torch.Tensor:
         """``(S, P, C)`` transfer-set targets; zeros for students without."""
         shape = (len(self.world.transfer_x), self.world.num_classes)
-        return torch.stack([torch.as_tensor(t) if t is not None else torch.zeros(shape) for t in targets]).to(self.device)
+        return torch.stack([torch.as_tensor(t) if t is not None else torch.zeros(shape) for t in targets]).to(
+            self.device
+        )
 
     @cached_property
     def _rows(self) -> torch.Tensor:
@@ -155,7 +165,7 @@ class Cohort:
     @torch.no_grad()
     def _predict(self, w: Params, x: torch.Tensor) -> torch.Tensor:
         shared = stacked_forward(self.base, shared_input=True)
-        return torch.cat([shared(w, x[i:i + EVAL_ROWS]).float() for i in range(0, len(x), EVAL_ROWS)], dim=1)
+        return torch.cat([shared(w, x[i : i + EVAL_ROWS]).float() for i in range(0, len(x), EVAL_ROWS)], dim=1)
 
     def evaluate(self, w: Params) -> list[tuple[float, float]]:
         """Each student's accuracy and mean CE on the test split (``evaluate``'s maths, on the device)."""
@@ -168,11 +178,18 @@ class Cohort:
     def class_means(self, w: Params) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each student's per-class mean logits and label counts on its private shard (FD)."""
         n = [len(ix) for ix in self.private]
-        padded = torch.as_tensor(np.stack([np.resize(ix, max(n)) for ix in self.private])).to(self.device)  # repeats: real inputs
-        z = torch.cat([self.forward(w, self.data.x[padded[:, i:i + EVAL_ROWS]]).float().cpu()
-                       for i in range(0, max(n), EVAL_ROWS)], dim=1).numpy()
+        padded = torch.as_tensor(np.stack([np.resize(ix, max(n)) for ix in self.private])).to(
+            self.device
+        )  # repeats: real inputs
+        z = torch.cat(
+            [
+                self.forward(w, self.data.x[padded[:, i : i + EVAL_ROWS]]).float().cpu()
+                for i in range(0, max(n), EVAL_ROWS)
+            ],
+            dim=1,
+        ).numpy()
         y = self.world.data.y
-        return [class_mean_logits(z[s, :n[s]], y[ix], self.world.num_classes) for s, ix in enumerate(self.private)]
+        return [class_mean_logits(z[s, : n[s]], y[ix], self.world.num_classes) for s, ix in enumerate(self.private)]
 
 
 def stack_plans(plans: list[BatchPlan | None], to_global: list[np.ndarray] | None, device: torch.device):
@@ -187,9 +204,9 @@ def stack_plans(plans: list[BatchPlan | None], to_global: list[np.ndarray] | Non
         if pl is None:
             continue
         local = pl.private.numpy()
-        priv[:n_steps[s], s] = local if to_global is None else to_global[s][local]
+        priv[: n_steps[s], s] = local if to_global is None else to_global[s][local]
         if pub is not None and pl.transfer is not None:
-            pub[:n_steps[s], s] = pl.transfer.numpy()
+            pub[: n_steps[s], s] = pl.transfer.numpy()
     put = lambda a: None if a is None else torch.as_tensor(a).to(device)  # noqa: E731
     return put(priv), put(pub), torch.tensor(n_steps, device=device)
 
@@ -197,4 +214,4 @@ def stack_plans(plans: list[BatchPlan | None], to_global: list[np.ndarray] | Non
 def last_epoch_means(plans: list[BatchPlan], hist: torch.Tensor) -> list[float]:
     """Each student's mean step loss over its last epoch, summed as ``train_model`` sums."""
     h = hist.double().cpu().numpy()
-    return [pl.last_epoch_mean(h[:len(pl.private), s].tolist()) for s, pl in enumerate(plans)]
+    return [pl.last_epoch_mean(h[: len(pl.private), s].tolist()) for s, pl in enumerate(plans)]

@@ -54,7 +54,9 @@ class BatchedGrid(Grid):
 
     def __init__(self, num_nodes: int, *, device: str = "auto", chunk: int = 0, run_id: int = 1):
         if chunk < 0:
-            raise ConfigError("engine.chunk", f"{chunk} students per call", "an integer >= 0 (0: sized from free memory)")
+            raise ConfigError(
+                "engine.chunk", f"{chunk} students per call", "an integer >= 0 (0: sized from free memory)"
+            )
         self.device = pick_device(check_choice("engine.device", device, DEVICES))
         self.chunk = chunk
         self.store = StudentStore(self.device)
@@ -75,8 +77,9 @@ class BatchedGrid(Grid):
         """Run information."""
         return Run(**vars(self._run))
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         """A new message to ``dst_node_id`` (Flower deprecates this; the Message constructor does the same)."""
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
@@ -119,7 +122,7 @@ class BatchedGrid(Grid):
         for reqs in groups.values():
             size = self._chunk_size(reqs)
             for start in range(0, len(reqs), size):
-                replies += self._answer_chunk(reqs[start:start + size])
+                replies += self._answer_chunk(reqs[start : start + size])
         return replies
 
     def _answer_chunk(self, reqs: list[Request]) -> list[Message]:
@@ -127,13 +130,21 @@ class BatchedGrid(Grid):
         first = reqs[0]
         try:
             world = build_world(first.spec)
-            cohort = Cohort(world, self._device_data(world), first.params, self.store.base(first.arch, world), [r.client for r in reqs])
+            cohort = Cohort(
+                world,
+                self._device_data(world),
+                first.params,
+                self.store.base(first.arch, world),
+                [r.client for r in reqs],
+            )
             weights = self.store.load(first.arch, world, cohort.clients)
             weights, records = HANDLERS[first.msg.metadata.message_type](cohort, weights, reqs)
             if weights is not None:
                 self.store.save(first.arch, cohort.clients, weights)
         except Exception as exc:  # noqa: BLE001
-            log.exception("batched %s for %d %s students failed", first.msg.metadata.message_type, len(reqs), first.arch)
+            log.exception(
+                "batched %s for %d %s students failed", first.msg.metadata.message_type, len(reqs), first.arch
+            )
             return [_raised(r.msg, exc) for r in reqs]
         return [reply(r.msg, r.arch, rec) for r, rec in zip(reqs, records)]
 
@@ -159,4 +170,3 @@ def _raised(msg: Message, exc: Exception) -> Message:
 
 def _error(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
-

@@ -23,7 +23,13 @@ from peerkd import protocol as P
 from peerkd.batched.cohort import Cohort
 from peerkd.batched.stacked import Params
 from peerkd.exchange import (
-    class_means_record, class_targets, metrics_record, query_records, reply_records, student_arch, transfer_targets,
+    class_means_record,
+    class_targets,
+    metrics_record,
+    query_records,
+    reply_records,
+    student_arch,
+    transfer_targets,
 )
 from peerkd.models import build_model
 from peerkd.protocol import RoundParams
@@ -146,8 +152,12 @@ def _evaluate(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dic
 
 
 HANDLERS: dict[str, Handler] = {
-    P.MSG_TRAIN: _train, P.MSG_DISTILL: _distill, P.MSG_DIGEST: _digest,
-    P.MSG_CLASS_DISTILL: _class_distill, P.MSG_QUERY_LOGITS: _query, P.MSG_EVALUATE: _evaluate,
+    P.MSG_TRAIN: _train,
+    P.MSG_DISTILL: _distill,
+    P.MSG_DIGEST: _digest,
+    P.MSG_CLASS_DISTILL: _class_distill,
+    P.MSG_QUERY_LOGITS: _query,
+    P.MSG_EVALUATE: _evaluate,
 }
 
 
@@ -160,7 +170,9 @@ def _finish(c: Cohort, w: Params, losses: list[float], secs: float, extra: list 
     probe = c.logits(w, c.data.server_x) if p.reply_probe else None
     out = []
     for i, (client, ix) in enumerate(zip(c.clients, c.private)):
-        metrics = metrics_record(client, len(ix), *scores[i], **{P.METRIC_TRAIN_LOSS: losses[i], P.METRIC_TRAIN_S: secs / n})
+        metrics = metrics_record(
+            client, len(ix), *scores[i], **{P.METRIC_TRAIN_LOSS: losses[i], P.METRIC_TRAIN_S: secs / n}
+        )
         out.append(reply_records(p, metrics, lambda i=i: logits[i], lambda i=i: probe[i], extra[i] if extra else None))
     return out
 

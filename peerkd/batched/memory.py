@@ -22,7 +22,9 @@ def student_bytes(model: nn.Module, input_shape: tuple[int, ...], train_rows: in
     """
     n_params = sum(p.numel() for p in model.parameters())
     acts = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out.numel())) for m in model.modules() if m is not model]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: acts.append(out.numel())) for m in model.modules() if m is not model
+    ]
     try:
         with torch.no_grad():
             model(torch.zeros((1, *input_shape)))
@@ -43,8 +45,9 @@ def free_bytes(device: torch.device) -> int:
         return 8 << 30  # no sysconf: assume 8 GiB
 
 
-def auto_chunk(model: nn.Module, input_shape: tuple[int, ...], train_rows: int, eval_rows: int, students: int,
-               device: torch.device) -> int:
+def auto_chunk(
+    model: nn.Module, input_shape: tuple[int, ...], train_rows: int, eval_rows: int, students: int, device: torch.device
+) -> int:
     """Students per vmapped call so that a call's estimate fits in ``MEMORY_SHARE`` of free memory."""
     need = student_bytes(model, input_shape, train_rows, eval_rows)
     fits = int(MEMORY_SHARE * free_bytes(device) // max(need, 1))

@@ -56,7 +56,9 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
 
 
-def kd_divergence(student: torch.Tensor, target: torch.Tensor, temperature: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+def kd_divergence(
+    student: torch.Tensor, target: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """T²·KL(softmax(target/T) ‖ softmax(student/T)) averaged over the batch rows:
     ``(..., B, C)`` -> ``(...)``; ``peerkd.losses.kd_loss`` for stacked students.
 
@@ -99,7 +101,10 @@ def adam_step(params: Params, grads: Params, state: AdamState, lr: float, active
         return _adam_update(params, grads, state, lr)
     rows = active.nonzero().squeeze(1)
     take = lambda d: {k: v.index_select(0, rows) for k, v in d.items()}  # noqa: E731
-    p, sub = take(params), AdamState(take(state.exp_avg), take(state.exp_avg_sq), state.step.index_select(0, rows.cpu()))
+    p, sub = (
+        take(params),
+        AdamState(take(state.exp_avg), take(state.exp_avg_sq), state.step.index_select(0, rows.cpu())),
+    )
     _adam_update(p, take(grads), sub, lr)
     for full, part in ((params, p), (state.exp_avg, sub.exp_avg), (state.exp_avg_sq, sub.exp_avg_sq)):
         for k, v in full.items():
@@ -119,15 +124,29 @@ def _adam_update(params: Params, grads: Params, state: AdamState, lr: float) -> 
     step = int(state.step[0]) if len(state.step) else 0
     names = list(params)
     torch_adam(
-        [params[k] for k in names], [grads[k].contiguous() for k in names], [state.exp_avg[k] for k in names],
-        [state.exp_avg_sq[k] for k in names], [], [torch.tensor(float(step), device=params[k].device) for k in names], fused=True,
-        amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=lr, weight_decay=0.0, eps=EPS, maximize=False,
+        [params[k] for k in names],
+        [grads[k].contiguous() for k in names],
+        [state.exp_avg[k] for k in names],
+        [state.exp_avg_sq[k] for k in names],
+        [],
+        [torch.tensor(float(step), device=params[k].device) for k in names],
+        fused=True,
+        amsgrad=False,
+        beta1=BETAS[0],
+        beta2=BETAS[1],
+        lr=lr,
+        weight_decay=0.0,
+        eps=EPS,
+        maximize=False,
     )
     state.step += 1
 
 
 def fit(
-    params: Params, loss_at: Callable[[Params, int], torch.Tensor], n_steps: torch.Tensor, lr: float,
+    params: Params,
+    loss_at: Callable[[Params, int], torch.Tensor],
+    n_steps: torch.Tensor,
+    lr: float,
 ) -> tuple[Params, torch.Tensor, AdamState]:
     """Train stacked students with a fresh Adam: student s takes its first ``n_steps[s]`` steps.
 

@@ -23,8 +23,15 @@ def bench(state: Path, sizes: list[int], rounds: int, app: Path, secure: bool, t
             wait_for_summary(out, cluster, 120 + 60 * rounds * max(1, n // 2))
             lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
             times = [r["round_s"] for r in lines if r.get("type") == "round"]
-            rows.append({"nodes": n, "tuned": tuned, "round_s": times, "mean_round_s": sum(times) / len(times),
-                         "load_avg": os.getloadavg()[0]})
+            rows.append(
+                {
+                    "nodes": n,
+                    "tuned": tuned,
+                    "round_s": times,
+                    "mean_round_s": sum(times) / len(times),
+                    "load_avg": os.getloadavg()[0],
+                }
+            )
         finally:
             cluster.stop()
     return rows

@@ -18,11 +18,17 @@ def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peerkd test CA")])
-    ca = (_builder(ca_name, ca_name, ca_key, now, days)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    ca = (
+        _builder(ca_name, ca_name, ca_key, now, days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    cert = (_builder(server_name, ca_name, key, now, days)
-            .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False).sign(ca_key, hashes.SHA256()))
+    cert = (
+        _builder(server_name, ca_name, key, now, days)
+        .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     for name, k in (("ca.key", ca_key), ("server.key", key)):
         _write_secret(out / name, k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -31,12 +37,19 @@ def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
     return out
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, now: dt.datetime,
-             days: int) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, now: dt.datetime, days: int
+) -> x509.CertificateBuilder:
     """A certificate for ``key``'s public half, valid ``days`` days from ``now``, not yet signed."""
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days)))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
 
 
 def _sans(hosts: list[str]) -> list[x509.GeneralName]:
@@ -57,8 +70,12 @@ def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Pa
     for i in range(count):
         key = ec.generate_private_key(ec.SECP384R1())
         private, public = out / f"{prefix}-{i}", out / f"{prefix}-{i}.pub"
-        _write_secret(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                 serialization.NoEncryption()))
+        _write_secret(
+            private,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+        )
         openssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         public.write_bytes(key.public_key().public_bytes(*openssh))
         pairs.append((private, public))

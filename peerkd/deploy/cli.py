@@ -95,8 +95,9 @@ def _add_superlink(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("superlink", help="start a SuperLink in the background")
     s.add_argument("--state", type=Path, required=True, help="directory for logs and the process record")
     s.add_argument("--fleet", default="0.0.0.0:9092", help="Fleet API address (SuperNodes connect here)")
-    s.add_argument("--control", default="0.0.0.0:9093",
-                   help="Control + Runtime HTTP API address (`flwr run` connects here)")
+    s.add_argument(
+        "--control", default="0.0.0.0:9093", help="Control + Runtime HTTP API address (`flwr run` connects here)"
+    )
     s.add_argument("--certs", type=Path, help="directory with ca.crt, server.pem, server.key")
     s.add_argument("--insecure", action="store_true", help="no TLS and no node authentication")
     s.set_defaults(func=_cmd_superlink)
@@ -116,8 +117,13 @@ def _cmd_superlink(a: argparse.Namespace) -> int:
     args = superlink_args(a.fleet, a.control, certs, not a.insecure, cluster.state / "superlink-flwr.log")
     link = cluster.start("superlink", args, env={"FLWR_HOME": str(flwr_home)})
     LocalCluster(str(cluster.state), a.fleet, control, str(flwr_home), not a.insecure, 0).write()
-    log.info("SuperLink pid %d: Fleet API %s, Control API %s%s", link.pid, a.fleet, a.control,
-             " (INSECURE)" if a.insecure else "")
+    log.info(
+        "SuperLink pid %d: Fleet API %s, Control API %s%s",
+        link.pid,
+        a.fleet,
+        a.control,
+        " (INSECURE)" if a.insecure else "",
+    )
     log.info("register nodes: FLWR_HOME=%s flwr supernode register node-0.pub %s", flwr_home, CONNECTION)
     return 0
 
@@ -149,8 +155,9 @@ def _cmd_supernode(a: argparse.Namespace) -> int:
     home = cluster.state / name
     home.mkdir(exist_ok=True)
     config = node_config_string(a.partition_id, a.num_partitions, a.data_path, a.student)
-    args = supernode_args(a.superlink, config, a.port, None if a.insecure else a.root_cert.resolve(),
-                          a.key.resolve() if a.key else None)
+    args = supernode_args(
+        a.superlink, config, a.port, None if a.insecure else a.root_cert.resolve(), a.key.resolve() if a.key else None
+    )
     env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")}
     node = cluster.start(name, args, env=env)
     log.info("SuperNode %s pid %d -> %s", name, node.pid, a.superlink)
@@ -174,8 +181,14 @@ def _cmd_local(a: argparse.Namespace) -> int:
     """Start a whole cluster on loopback."""
     students = [s for s in a.students.split(",") if s]
     info = start_local(a.state, a.nodes, secure=not a.insecure, students=students)
-    log.info("cluster up: Fleet API %s, Control API %s, %d nodes%s; FLWR_HOME=%s", info.fleet, info.control,
-             info.nodes, "" if info.secure else " (INSECURE)", info.flwr_home)
+    log.info(
+        "cluster up: Fleet API %s, Control API %s, %d nodes%s; FLWR_HOME=%s",
+        info.fleet,
+        info.control,
+        info.nodes,
+        "" if info.secure else " (INSECURE)",
+        info.flwr_home,
+    )
     return 0
 
 

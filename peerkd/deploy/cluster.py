@@ -35,8 +35,15 @@ class Cluster:
         """Start ``args`` in its own session, log to ``state/<name>.log``, and record it."""
         logf = (self.state / f"{name}.log").open("ab")
         full_env = {**os.environ, **DEPLOY_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
-                                cwd=cwd or self.state, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd or self.state,
+            start_new_session=True,
+        )
         logf.close()
         self._popen.append(proc)
         rec = Started(name, proc.pid, proc_table().get(proc.pid, (0, 0, "", 0))[3], " ".join(args))

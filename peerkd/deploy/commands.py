@@ -43,21 +43,44 @@ def superlink_args(fleet: str, http: str, certs: Path | None, auth: bool, log_fi
     (the ServerApp) over HTTPS in flwr 1.39; ``fleet`` is the SuperNodes' gRPC Fleet API.
     """
     host, port = http.rsplit(":", 1)
-    args = [str(BIN / "flower-superlink"), "--fleet-api-address", fleet, "--host", host, "--port", port,
-            "--log-file", str(log_file)]
+    args = [
+        str(BIN / "flower-superlink"),
+        "--fleet-api-address",
+        fleet,
+        "--host",
+        host,
+        "--port",
+        port,
+        "--log-file",
+        str(log_file),
+    ]
     if certs is None:
         args.append("--insecure")
     else:
-        args += ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
-                 "--ssl-keyfile", str(certs / "server.key")]
+        args += [
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+            "--ssl-certfile",
+            str(certs / "server.pem"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+        ]
     return args + (["--enable-supernode-auth"] if auth else [])
 
 
-def supernode_args(superlink: str, node_config: str, clientappio_port: int, root_cert: Path | None,
-                   key: Path | None) -> list[str]:
+def supernode_args(
+    superlink: str, node_config: str, clientappio_port: int, root_cert: Path | None, key: Path | None
+) -> list[str]:
     """Command line of a SuperNode (TLS when ``root_cert`` is given, authenticated with ``key``)."""
-    args = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", node_config,
-            "--port", str(clientappio_port)]
+    args = [
+        str(BIN / "flower-supernode"),
+        "--superlink",
+        superlink,
+        "--node-config",
+        node_config,
+        "--port",
+        str(clientappio_port),
+    ]
     args += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
     return args + (["--auth-supernode-private-key", str(key)] if key else [])
 

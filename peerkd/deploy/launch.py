@@ -73,8 +73,16 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
 
 def register_nodes(flwr_home: Path, public_keys: list[Path], timeout: float = 90.0) -> None:
     """``flwr supernode register`` each key (concurrently: each call is a CLI start-up of seconds)."""
-    procs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(k), CONNECTION], env=flwr_env(flwr_home),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in public_keys]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "flwr"), "supernode", "register", str(k), CONNECTION],
+            env=flwr_env(flwr_home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in public_keys
+    ]
     failed = []
     for key, proc in zip(public_keys, procs):
         try:
@@ -88,8 +96,15 @@ def register_nodes(flwr_home: Path, public_keys: list[Path], timeout: float = 90
         raise RuntimeError("flwr supernode register failed: " + " | ".join(failed))
 
 
-def start_local(state: Path, nodes: int, secure: bool = True, students: list[str] | None = None,
-                data_paths: list[str] | None = None, start_timeout: float = 60.0, tuned: bool = True) -> LocalCluster:
+def start_local(
+    state: Path,
+    nodes: int,
+    secure: bool = True,
+    students: list[str] | None = None,
+    data_paths: list[str] | None = None,
+    start_timeout: float = 60.0,
+    tuned: bool = True,
+) -> LocalCluster:
     """A SuperLink and ``nodes`` SuperNodes on loopback; TLS and node authentication when ``secure``.
 
     ``tuned=False`` starts it as Flower's defaults would (1 s task polls, 3 s reply pulls,
@@ -106,8 +121,9 @@ def start_local(state: Path, nodes: int, secure: bool = True, students: list[str
     flwr_home = state / "flwr-home"
     flwr_home.mkdir(exist_ok=True)
     (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
-    link = cluster.start("superlink", superlink_args(fleet, control, certs, secure, state / "superlink-flwr.log"),
-                         env=link_env)
+    link = cluster.start(
+        "superlink", superlink_args(fleet, control, certs, secure, state / "superlink-flwr.log"), env=link_env
+    )
     wait_for_port(fleet, start_timeout, link)
     wait_for_port(control, start_timeout, link)
     keys = make_node_keys(state / "keys", nodes) if secure else [(None, None)] * nodes
@@ -135,8 +151,14 @@ def _start_node(cluster: Cluster, i: int, args: list[str], extra: dict[str, str]
 def submit_run(state: Path, run_config: str, app: Path, timeout: float = 120.0) -> int:
     """``flwr run APP peerkd --run-config ...`` against the cluster in ``state``; the run id."""
     info = LocalCluster.read(state)
-    res = subprocess.run([str(BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", run_config],
-                         cwd=app, env=flwr_env(Path(info.flwr_home)), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [str(BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", run_config],
+        cwd=app,
+        env=flwr_env(Path(info.flwr_home)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     found = re.search(r"Successfully started run (\d+)", res.stdout)
     if res.returncode != 0 or not found:
         raise RuntimeError(f"flwr run failed: {(res.stdout + res.stderr)[-1500:]}")

@@ -40,7 +40,7 @@ def proc_table() -> dict[int, tuple[int, int, str, int]]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            f = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+            f = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
             table[int(entry)] = (int(f[1]), int(f[3]), f[0], int(f[19]))
     return table
 
@@ -67,8 +67,9 @@ def process_tree(roots: list[Started]) -> set[int]:
     return members
 
 
-def stop_escalating(first: Iterable[int], current: Callable[[], set[int]], grace: float = 10.0,
-                    poll: float = 0.1) -> set[int]:
+def stop_escalating(
+    first: Iterable[int], current: Callable[[], set[int]], grace: float = 10.0, poll: float = 0.1
+) -> set[int]:
     """SIGTERM ``first`` and wait; then SIGTERM, then SIGKILL, whatever ``current()`` still reports.
 
     Parameters
