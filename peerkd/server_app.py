@@ -305,12 +305,7 @@ def _final_rows(grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[
 
 
 def _run_round(
-    grid: Grid,
-    spec: RunSpec,
-    strategy: ExchangeRule,
-    rnd: int,
-    config: ConfigRecord,
-    node_ids: list[int],
+    grid: Grid, spec: RunSpec, strategy: ExchangeRule, rnd: int, config: ConfigRecord, node_ids: list[int]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One round on ``node_ids``: messages out, replies screened and aggregated.
 

@@ -59,9 +59,8 @@ def train_model(
         pt, tt = torch.as_tensor(transfer_x, device=device), torch.as_tensor(targets, device=device)
     st = torch.as_tensor(sample_targets, device=device) if sample_targets is not None and alpha > 0 else None
     plan = plan_batches(len(x), len(transfer_x) if distill else 0, batch_size, epochs, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for k in range(len(plan.private)):
+
+    def loss_at(k: int) -> torch.Tensor:
         bi = plan.private[k].to(device)
         out_priv = model(xt[bi])
         out_pub = tgt = None
@@ -72,8 +71,9 @@ def train_model(
             tgt = st[bi]
             has = torch.isfinite(tgt).all(dim=1)
             out_pub, tgt = out_priv[has], tgt[has]
-        losses.append(_step(opt, distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)))
-    return plan.last_epoch_mean(losses)
+        return distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)
+
+    return _fit(model, plan, lr, loss_at)
 
 
 def distill_only(
@@ -88,25 +88,20 @@ def distill_only(
     temperature: float,
     device: torch.device | None = None,
 ) -> float:
-    """Fit ``model`` to ``targets`` on unlabelled ``x`` with T²·KL alone (digest phases, FedDF fusion).
-
-    Returns
-    -------
-    float
-        Mean KD loss over the last epoch.
-    """
+    """Fit ``model`` to ``targets`` on unlabelled ``x`` with T²·KL alone (digest phases, FedDF
+    fusion); return the mean KD loss over the last epoch. Batches as ``train_model``'s."""
     from peerkd.losses import kd_loss
 
     device = device or torch.device("cpu")
     model.to(device).train()
     xt, tt = torch.as_tensor(x, device=device), torch.as_tensor(targets, device=device)
     plan = plan_batches(len(x), 0, batch_size, epochs, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for bi in plan.private:
-        bi = bi.to(device)
-        losses.append(_step(opt, kd_loss(model(xt[bi]), tt[bi], temperature)))
-    return plan.last_epoch_mean(losses)
+
+    def loss_at(k: int) -> torch.Tensor:
+        bi = plan.private[k].to(device)
+        return kd_loss(model(xt[bi]), tt[bi], temperature)
+
+    return _fit(model, plan, lr, loss_at)
 
 
 def class_mean_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +116,13 @@ def class_mean_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tu
     np.add.at(sums, y, logits)
     means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
     return means.astype(np.float32), counts.astype(np.float32)
+
+
+def _fit(model: nn.Module, plan: BatchPlan, lr: float, loss_at) -> float:
+    """Adam (fresh, as every call of the per-client path starts one) over the plan's steps;
+    ``loss_at(k)`` is step k's loss. Returns the mean loss of the last epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    return plan.last_epoch_mean([_step(opt, loss_at(k)) for k in range(len(plan.private))])
 
 
 def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:

@@ -16,16 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from simulations.report import (
-    Point,
-    group_runs,
-    key_names,
-    mean_curve,
-    point_label,
-    rule_order,
-    sort_key,
-    swept_keys,
-)
+from simulations.report import Point, group_runs, key_names, mean_curve, point_label, rule_order, sort_key, swept_keys
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # x, mean, std over seeds
 Panel = tuple[str, dict[str, Any]]  # title, {rule: data}

@@ -26,26 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.errors import ConfigError, check_choice
-from peerkd.results import CONFIG_FILE, SUMMARY_FILE
+from peerkd.results import CONFIG_FILE, SUMMARY_FILE, SUMMARY_KEYS
 from simulations.report_io import RUNS_FILE, SWEEP_FILE, write_csv
 
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
 AUTO_MAX = 4  # runs at once with parallel=0: each run holds ~2 GB (Ray, driver, client actors)
 SWEEP_ONLY = ("rules", "seeds", "grid", "parallel", "report")  # left out of each run's config.yaml
-RUN_FIELDS = (
-    "strategy",
-    "seed",
-    "dataset",
-    "num_clients",
-    "rounds",
-    "acc_mean",
-    "acc_worst",
-    "acc_std",
-    "teacher_acc",
-    "bytes_up",
-    "bytes_down",
-    "wall_s",
-)  # runs.csv columns from summary.json
+# runs.csv columns: the summary's scalar fields, rule and seed first
+RUN_FIELDS = ("strategy", "seed", *(k for k in SUMMARY_KEYS if k not in ("strategy", "seed", "per_client")))
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,7 @@ def mirror_descent_step(weights: np.ndarray, grad: np.ndarray, lr: float) -> np.
 
 
 def weighted_peer_targets(
-    logits: dict[int, np.ndarray],
-    weights: dict[int, float],
-    recipients: list[int],
-    temperature: float,
+    logits: dict[int, np.ndarray], weights: dict[int, float], recipients: list[int], temperature: float
 ) -> dict[int, np.ndarray | None]:
     """WML targets: for each recipient, T·log of the ω-weighted mix of the *other* peers'
     softmax(z/T), weights renormalised over those peers.
@@ -130,9 +127,7 @@ def weighted_peer_targets(
 
 
 def class_consensus(
-    means: dict[int, np.ndarray],
-    counts: dict[int, np.ndarray],
-    recipients: list[int],
+    means: dict[int, np.ndarray], counts: dict[int, np.ndarray], recipients: list[int]
 ) -> dict[int, np.ndarray | None]:
     """FD targets: for each recipient, per class, the mean of the *other* peers' per-class mean
     logits over the peers that hold that class; rows no other peer holds are NaN.

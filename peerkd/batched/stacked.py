@@ -143,10 +143,7 @@ def _adam_update(params: Params, grads: Params, state: AdamState, lr: float) -> 
 
 
 def fit(
-    params: Params,
-    loss_at: Callable[[Params, int], torch.Tensor],
-    n_steps: torch.Tensor,
-    lr: float,
+    params: Params, loss_at: Callable[[Params, int], torch.Tensor], n_steps: torch.Tensor, lr: float
 ) -> tuple[Params, torch.Tensor, AdamState]:
     """Train stacked students with a fresh Adam: student s takes its first ``n_steps[s]`` steps.
 

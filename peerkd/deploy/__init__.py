@@ -25,28 +25,8 @@ from peerkd.deploy.bench import bench
 from peerkd.deploy.certs import make_certs, make_node_keys
 from peerkd.deploy.cli import main
 from peerkd.deploy.cluster import PROCESS_FILE, Cluster
-from peerkd.deploy.commands import (
-    BASELINE_ENV,
-    BIN,
-    CONNECTION,
-    DEPLOY_ENV,
-    connection_toml,
-    free_ports,
-    is_loopback,
-    node_config_string,
-    superlink_args,
-    supernode_args,
-)
-from peerkd.deploy.launch import (
-    CLUSTER_FILE,
-    LocalCluster,
-    flwr_env,
-    register_nodes,
-    start_local,
-    submit_run,
-    wait_for_port,
-    wait_for_summary,
-)
+from peerkd.deploy.commands import *  # noqa: F403  (its __all__: command lines and config text)
+from peerkd.deploy.launch import *  # noqa: F403  (its __all__: the loopback cluster and runs)
 from peerkd.deploy.processes import Started, process_tree, stop_escalating, stop_processes
 
 __all__ = [

@@ -8,6 +8,19 @@ from pathlib import Path
 
 from peerkd.env import QUIET_ENV
 
+__all__ = [
+    "BASELINE_ENV",
+    "BIN",
+    "CONNECTION",
+    "DEPLOY_ENV",
+    "connection_toml",
+    "free_ports",
+    "is_loopback",
+    "node_config_string",
+    "superlink_args",
+    "supernode_args",
+]
+
 BIN = Path(sys.executable).parent
 CONNECTION = "peerkd"  # the Flower connection name written to FLWR_HOME/config.toml
 # The environment of every process we start. The SuperExec polls for tasks (a ServerApp

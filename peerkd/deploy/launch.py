@@ -26,6 +26,17 @@ from peerkd.deploy.commands import (
 )
 from peerkd.deploy.processes import Started, process_tree
 
+__all__ = [
+    "CLUSTER_FILE",
+    "LocalCluster",
+    "flwr_env",
+    "register_nodes",
+    "start_local",
+    "submit_run",
+    "wait_for_port",
+    "wait_for_summary",
+]
+
 CLUSTER_FILE = "cluster.json"
 
 
