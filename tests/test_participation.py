@@ -53,3 +53,24 @@ def test_clients_per_round_from_config(participation, per_round, expected):
 def test_bad_participation_names_the_field(participation, per_round, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         clients_per_round(participation, per_round, 100)
+
+
+@pytest.mark.parametrize("rule", ["peer", "local", "fedavg"])
+def test_each_round_trains_the_sampled_clients_and_the_summary_covers_all(rule, tmp_path):
+    # Prepare: 6 clients, 2 per round, on the batched engine (seconds).
+    from peerkd.batched import run_batched
+    from peerkd.results import METRICS_FILE, read_jsonl
+    from peerkd.server_app import RunSpec
+    from peerkd.world import WorldSpec
+    from strategies import build_strategy
+
+    spec = RunSpec(world=WorldSpec(dataset="digits", num_clients=6, seed=3), rounds=3, epochs=1, clients_per_round=2)
+    # Execute
+    summary = run_batched(spec, build_strategy(rule), tmp_path, {"rule": rule})
+    rows = read_jsonl(tmp_path / METRICS_FILE)
+    # Assert: round r trained exactly sample_clients(6, 2, 3, r); a final evaluation covers everyone.
+    for r in (1, 2, 3):
+        trained = sorted(x["client"] for x in rows if x["type"] == "client" and x["round"] == r and "final_evaluation" not in x)
+        assert trained == sample_clients(6, 2, seed=3, server_round=r).tolist()
+    assert sorted(c["client"] for c in summary["per_client"]) == list(range(6))
+    assert summary["clients_per_round"] == 2 and summary["acc_mean"] is not None
