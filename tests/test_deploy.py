@@ -229,3 +229,13 @@ def test_node_data_path_is_the_only_training_data(tmp_path):
     Ctx.node_config = {"partition-id": 0, "data-path": str(tmp_path / "bad.npz")}
     with pytest.raises(ConfigError, match="data-path"):
         _private_data(world, 0, Ctx())
+
+
+def test_stop_says_what_it_stopped(tmp_path, capsys):
+    # Prepare: one recorded process (a stand-in for a SuperNode).
+    started = D.Cluster(tmp_path).start("node-0", ["sleep", "60"])
+    # Execute / Assert: the first stop names it, the second finds nothing running.
+    assert D.main(["stop", "--state", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"stopped node-0 (PID {started.pid})"
+    assert D.main(["stop", "--state", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"nothing recorded in {tmp_path} was running"

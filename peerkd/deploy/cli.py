@@ -22,6 +22,7 @@ from peerkd.deploy.commands import (
     supernode_args,
 )
 from peerkd.deploy.launch import LocalCluster, start_local, submit_run, wait_for_summary
+from peerkd.deploy.processes import process_tree
 
 log = logging.getLogger("peerkd.deploy")
 
@@ -222,8 +223,12 @@ def _add_stop(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_stop(a: argparse.Namespace) -> int:
-    """Stop the recorded processes; 1 if any survived."""
-    left = Cluster(a.state).stop(a.names or None)
+    """Stop the recorded processes and say which; 1 if any survived."""
+    cluster = Cluster(a.state)
+    running = [s for s in cluster.started() if (not a.names or s.name in a.names) and process_tree([s])]
+    left = cluster.stop(a.names or None)
+    stopped = [f"{s.name} (PID {s.pid})" for s in running if s.pid not in left]
+    print(f"stopped {', '.join(stopped)}" if stopped else f"nothing recorded in {a.state} was running")
     if left:
         log.error("still running: %s", sorted(left))
         return 1
