@@ -70,7 +70,9 @@ def test_each_round_trains_the_sampled_clients_and_the_summary_covers_all(rule, 
     rows = read_jsonl(tmp_path / METRICS_FILE)
     # Assert: round r trained exactly sample_clients(6, 2, 3, r); a final evaluation covers everyone.
     for r in (1, 2, 3):
-        trained = sorted(x["client"] for x in rows if x["type"] == "client" and x["round"] == r and "final_evaluation" not in x)
+        trained = sorted(
+            x["client"] for x in rows if x["type"] == "client" and x["round"] == r and "final_evaluation" not in x
+        )
         assert trained == sample_clients(6, 2, seed=3, server_round=r).tolist()
     assert sorted(c["client"] for c in summary["per_client"]) == list(range(6))
     assert summary["clients_per_round"] == 2 and summary["acc_mean"] is not None
