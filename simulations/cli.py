@@ -299,6 +299,12 @@ def _hydra_message(exc: Exception) -> str:
         return f"{group}: unknown value {value!r} (allowed: {', '.join(options)})"
     if m := re.search(r"Key '\w+' not in '(\w+)'\s*\n\s*full_key: ([\w.]+)", text):
         schema, key = m.groups()
+        from simulations.config import RULE_NODES
+
+        rule = next((name for name, node in RULE_NODES.items() if node.__name__ == schema), None)
+        if rule is not None:  # one rule's node: its own keys, from its constructor
+            keys = [k for k in _schema_fields(schema) if k != "name"]
+            return f"{key}: not a setting of rule {rule!r} (allowed: {', '.join(keys) or 'none'})"
         return f"{key}: unknown setting (allowed: {', '.join(_schema_fields(schema))})"
     if m := re.search(r"^(.*)\n\s*full_key: ([\w.\[\]]+)", str(exc.__cause__ or exc), flags=re.M):
         return f"{m.group(2)}: {m.group(1).strip()}"
