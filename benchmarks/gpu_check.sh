@@ -35,7 +35,7 @@ for dev in ("cuda", "cpu"):
 EOF
 
 # 2. The target: 10,000 mlp64 students x 20 rounds of peer on one GPU (synth, >= 24 private samples each).
-W10K="strategy=peer data=synth data.size=420000 partition=iid num_clients=10000 rounds=20 data.test_frac=0.05 data.transfer_size=1000"
+W10K="strategy=peer data=synth data.size=420000 partition=iid num_clients=10000 rounds=20 data.test_frac=0.005 data.transfer_size=1000"
 step 230 $PK run $W10K measure_agreement=false engine.device=cuda out=/tmp/run10k > /tmp/run10k.log 2>&1
 grep -E "round (1|2|10|20)/|accuracy mean|FAILED|Error" /tmp/run10k.log | tee "$OUT/run10k.txt"
 python3 -c "
