@@ -12,6 +12,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from peerkd.batched.grid import DEVICES
 from peerkd.data import BUILTIN_DATASETS, file_fractions, load_dataset
 from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.models import MODELS
@@ -102,7 +103,6 @@ class EngineConf:
 
 
 ENGINES = ("batched", "flower")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
