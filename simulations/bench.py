@@ -56,7 +56,7 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
     import torch
 
     from peerkd.models import build_model
-    from peerkd.training import evaluate, predict_logits, train_model
+    from peerkd.training import evaluate, predict_logits, round_seed, train_model
     from peerkd.world import build_world
     from strategies.aggregation import peer_targets
 
@@ -81,7 +81,7 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
                 epochs=spec.epochs,
                 lr=spec.lr,
                 batch_size=spec.batch_size,
-                seed=w.seed * 1_000_003 + c * 1_009 + rnd,
+                seed=round_seed(w.seed, c, rnd),
                 transfer_x=world.transfer_x,
                 targets=targets[c],
                 alpha=alpha,
