@@ -31,6 +31,7 @@ from torch import nn
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
+from peerkd.codec import decode_logits, encode_logits
 from peerkd.exchange import (
     class_means_record,
     class_targets,
@@ -38,6 +39,7 @@ from peerkd.exchange import (
     query_records,
     reply,
     reply_records,
+    sent_logits,
     student_arch,
     transfer_targets,
 )
@@ -58,6 +60,7 @@ app = ClientApp()
 
 _STATE_WEIGHTS = "student"
 _STATE_META = "student-meta"
+_STATE_SENT = "sent-logits"  # the logits last sent (peer_sum subtracts them from the peers' sum)
 
 
 @dataclass
@@ -147,17 +150,27 @@ def _finish(
     """Save the student, evaluate it, and reply with metrics plus what the config asks for."""
     _save_student(s, context)
     metrics = _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})
-    return reply(
-        msg,
-        s.arch,
-        reply_records(
-            s.params,
-            metrics,
-            lambda: predict_logits(s.model, s.world.transfer_x, s.device),
-            lambda: predict_logits(s.model, s.world.split("server")[0], s.device),
-            records,
-        ),
+    out = reply_records(
+        s.params,
+        metrics,
+        lambda: predict_logits(s.model, s.world.transfer_x, s.device),
+        lambda: predict_logits(s.model, s.world.split("server")[0], s.device),
+        records,
+        world_seed=s.world.spec.seed,
     )
+    if s.params.keep_sent and (sent := sent_logits(out, _transfer_shape(s))) is not None:
+        context.state[_STATE_SENT] = encode_logits(sent)
+    return reply(msg, s.arch, out)
+
+
+def _transfer_shape(s: Student) -> tuple[int, int]:
+    return (len(s.world.transfer_x), s.world.num_classes)
+
+
+def _sent(s: Student, context: Context) -> np.ndarray | None:
+    """The logits this node sent last (kept only for rules that ask, ``keep-sent``)."""
+    kept = context.state.get(_STATE_SENT)
+    return decode_logits(kept, _transfer_shape(s)) if s.params.keep_sent and kept is not None else None
 
 
 @app.train()
@@ -177,7 +190,7 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
     s = _load_student(msg, context)
-    loss, secs = _train(s, targets=transfer_targets(msg.content, s.world))
+    loss, secs = _train(s, targets=transfer_targets(msg.content, s.world, _sent(s, context)))
     return _finish(msg, s, context, loss, secs)
 
 

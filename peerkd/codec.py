@@ -3,26 +3,110 @@
 Arrays travel as Flower serialises them (``numpy.save`` bytes, never pickle). Decoding
 checks name, shape, dtype and finiteness, so a malformed or malicious reply is refused
 before it can reach an aggregate.
+
+A ``(rows, C)`` matrix travels in one of four codecs (``Codec``), named by the arrays the
+record holds, so a decoder needs no other setting:
+
+- ``fp32``, ``fp16``: ``<name>`` in that float type.
+- ``int8``: ``<name>`` int8 with a per-row affine map, ``<name>.scale`` and ``<name>.zero``
+  float32 ``(rows,)``: value = q·scale + zero, q in [-127, 127] spanning the row's min..max.
+- ``topk``: ``<name>`` float32 ``(rows, k)``, the row's k largest values, and ``<name>.index``
+  ``(rows, k)`` unsigned ints, their columns. The rest of a row is filled as the receiver reads
+  it: logits with the k-th largest value minus ``TOPK_MARGIN``; probabilities with the mass the
+  k values leave, spread evenly (never below 0).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from peerkd.errors import check_choice, check_range
 from peerkd.protocol import ARRAY_LOGITS
+
+CODECS = ("fp32", "fp16", "int8", "topk")
+TOPK_MARGIN = 1.0  # logits: a dropped class sits this far below the smallest kept one
+_FP16_MAX = float(np.finfo(np.float16).max)
+_INDEX_DTYPES = ("uint8", "uint16", "uint32")
 
 
 class CodecError(ValueError):
     """A record that does not hold what the protocol says it must."""
 
 
-def encode_logits(logits: np.ndarray) -> ArrayRecord:
-    """Pack a ``(P, C)`` logits matrix as float32 into an ArrayRecord."""
-    return ArrayRecord({ARRAY_LOGITS: to_array(np.asarray(logits, dtype=np.float32))})
+@dataclass(frozen=True)
+class Codec:
+    """How a ``(rows, C)`` matrix is packed: ``name`` in ``CODECS``; ``k`` columns kept by ``topk``."""
+
+    name: str = "fp32"
+    k: int = 3
+
+    def __post_init__(self) -> None:
+        check_choice("codec", self.name, CODECS)
+        check_range("codec.k", self.k, 1)
+
+
+FP32 = Codec()
+
+
+def encode_logits(logits: np.ndarray, codec: Codec = FP32, probs: bool = False) -> ArrayRecord:
+    """Pack a ``(P, C)`` logits (or, with ``probs``, probabilities) matrix into an ArrayRecord."""
+    return ArrayRecord(encode_arrays(ARRAY_LOGITS, logits, codec, probs))
+
+
+def encode_arrays(name: str, values: np.ndarray, codec: Codec = FP32, probs: bool = False) -> dict[str, Array]:
+    """The arrays that carry a ``(rows, C)`` matrix under ``name`` in ``codec`` (see the module doc)."""
+    values = np.asarray(values, dtype=np.float32)
+    if codec.name == "fp16":
+        return {name: to_array(np.clip(values, -_FP16_MAX, _FP16_MAX).astype(np.float16))}
+    if codec.name == "int8":
+        q, scale, zero = quantize_int8(values)
+        return {name: to_array(q), f"{name}.scale": to_array(scale), f"{name}.zero": to_array(zero)}
+    if codec.name == "topk" and codec.k < values.shape[1]:
+        index, kept = top_k(values, codec.k)
+        return {name: to_array(kept), f"{name}.index": to_array(index)}
+    return {name: to_array(values)}
+
+
+def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row affine int8: ``q``, ``scale``, ``zero`` with ``values ≈ q·scale + zero``.
+
+    A row's min maps to -127 and its max to 127: ``[0, 1, 2]`` gives zero 1, scale 1/127,
+    q ``[-127, 0, 127]``. A constant row gets scale 1 and q 0.
+    """
+    lo, hi = values.min(axis=1), values.max(axis=1)
+    zero = ((hi.astype(np.float64) + lo) / 2).astype(np.float32)
+    scale = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint((values - zero[:, None]) / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale, zero
+
+
+def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest values (descending) and their columns, in the smallest unsigned dtype."""
+    index = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    dtype = next(np.dtype(d) for d in _INDEX_DTYPES if values.shape[1] <= np.iinfo(d).max + 1)
+    return index.astype(dtype), np.take_along_axis(values, index, axis=1)
+
+
+def fill_top_k(index: np.ndarray, kept: np.ndarray, columns: int, probs: bool) -> np.ndarray:
+    """The ``(rows, columns)`` matrix ``top_k`` encoded, its other entries filled (see the module doc).
+
+    Logits ``[[5, 3]]`` at columns ``[[2, 0]]`` of 4 give ``[[3, 2, 5, 2]]``; probabilities
+    ``[[0.6, 0.2]]`` give ``[[0.2, 0.1, 0.6, 0.1]]``.
+    """
+    kept = kept.astype(np.float64)
+    if probs:
+        fill = np.clip(1.0 - kept.sum(axis=1), 0.0, None) / max(columns - kept.shape[1], 1)
+    else:
+        fill = kept.min(axis=1) - TOPK_MARGIN
+    out = np.repeat(fill[:, None], columns, axis=1)
+    np.put_along_axis(out, index.astype(np.int64), kept, axis=1)
+    return out.astype(np.float32)
 
 
 def to_array(values: np.ndarray) -> Array:
@@ -59,19 +143,30 @@ def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()[: buf.tell() - int(np.prod(shape)) * np.dtype(descr).itemsize]
 
 
-def decode_logits(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
-    """Unpack and validate logits; raise CodecError on any mismatch.
+def decode_logits(record: ArrayRecord, shape: tuple[int, ...], probs: bool = False) -> np.ndarray:
+    """Unpack and validate logits (or, with ``probs``, probabilities) in any codec; raise
+    CodecError on any mismatch.
 
     Parameters
     ----------
     record : ArrayRecord
         The record from a message.
-    shape : tuple[int, int]
-        Expected ``(P, C)``: transfer-set size by number of classes.
+    shape : tuple[int, ...]
+        Expected ``(P, C)``: transfer-set size by number of classes (or ``(C,)`` for a vector).
+    probs : bool
+        The matrix holds probabilities (fills a ``topk`` encoding's dropped entries).
     """
     if not isinstance(record, ArrayRecord) or ARRAY_LOGITS not in record:
         raise CodecError(f"no {ARRAY_LOGITS!r} array in record")
-    arr = record[ARRAY_LOGITS]
+    if f"{ARRAY_LOGITS}.index" in record and len(shape) == 2:
+        return _decode_top_k(record, shape, probs)
+    if f"{ARRAY_LOGITS}.scale" in record and len(shape) == 2:
+        return _decode_int8(record, shape)
+    return _decode_float(record[ARRAY_LOGITS], shape)
+
+
+def _decode_float(arr: Array, shape: tuple[int, ...]) -> np.ndarray:
+    """A float array of ``shape``, finite, as float32."""
     if tuple(arr.shape) != tuple(shape):
         raise CodecError(f"logits shape {tuple(arr.shape)}, expected {tuple(shape)}")
     if arr.dtype not in ("float32", "float16", "float64"):
@@ -85,6 +180,52 @@ def decode_logits(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
     if not np.isfinite(out).all():
         raise CodecError("logits contain NaN or infinity")
     return out.astype(np.float32, copy=False)
+
+
+def _decode_typed(arr: Array, shape: tuple[int, ...], dtypes: tuple[str, ...], what: str) -> np.ndarray:
+    """An array of ``shape`` and one of ``dtypes``; CodecError otherwise."""
+    if tuple(arr.shape) != tuple(shape) or arr.dtype not in dtypes:
+        raise CodecError(f"{what}: {arr.dtype} {tuple(arr.shape)}, expected {'|'.join(dtypes)} {tuple(shape)}")
+    try:
+        out = to_numpy(arr)
+    except Exception as exc:
+        raise CodecError(f"{what} bytes do not decode: {exc}") from exc
+    if out.shape != tuple(shape):
+        raise CodecError(f"{what} bytes decode to shape {out.shape}, header says {tuple(shape)}")
+    return out
+
+
+def _decode_int8(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
+    """An int8 encoding: validated scales (finite, > 0) and zero points (finite), dequantised."""
+    q = _decode_typed(record[ARRAY_LOGITS], shape, ("int8",), "int8 values")
+    if f"{ARRAY_LOGITS}.zero" not in record:
+        raise CodecError("int8 encoding without zero points")
+    scale = _decode_float(record[f"{ARRAY_LOGITS}.scale"], (shape[0],))
+    zero = _decode_float(record[f"{ARRAY_LOGITS}.zero"], (shape[0],))
+    if (scale <= 0).any():
+        raise CodecError("int8 scales must be > 0")
+    out = q.astype(np.float64) * scale[:, None] + zero[:, None]
+    if not np.isfinite(out.astype(np.float32)).all():
+        raise CodecError("int8 values decode beyond float32")
+    return out.astype(np.float32)
+
+
+def _decode_top_k(record: ArrayRecord, shape: tuple[int, int], probs: bool) -> np.ndarray:
+    """A top-k encoding: validated indices (in range, unique per row), values filled out."""
+    kept_arr = record[ARRAY_LOGITS]
+    k = tuple(kept_arr.shape)[1] if len(kept_arr.shape) == 2 else 0
+    if not 1 <= k < shape[1]:
+        raise CodecError(f"top-k values of shape {tuple(kept_arr.shape)}, expected ({shape[0]}, k < {shape[1]})")
+    kept = _decode_float(kept_arr, (shape[0], k))
+    index = _decode_typed(record[f"{ARRAY_LOGITS}.index"], (shape[0], k), _INDEX_DTYPES, "top-k indices")
+    if (index >= shape[1]).any():
+        raise CodecError(f"top-k indices outside 0..{shape[1] - 1}")
+    ordered = np.sort(index, axis=1)
+    if (ordered[:, 1:] == ordered[:, :-1]).any():
+        raise CodecError("top-k indices repeat within a row")
+    if probs and ((kept < 0).any() or (kept.sum(axis=1) > 1 + 1e-3).any()):
+        raise CodecError("top-k probabilities must be >= 0 and sum to at most 1 per row")
+    return fill_top_k(index, kept, shape[1], probs)
 
 
 def check_weights(record: ArrayRecord, reference: ArrayRecord) -> None:

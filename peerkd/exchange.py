@@ -15,7 +15,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from peerkd import protocol as P
-from peerkd.codec import decode_logits, encode_logits, to_array
+from peerkd.codec import Codec, CodecError, decode_logits, encode_logits, to_array
+from peerkd.privacy import privatize
 from peerkd.protocol import RoundParams
 from peerkd.world import World
 
@@ -27,10 +28,40 @@ def student_arch(params: RoundParams, client: int, node_config: Mapping[str, Any
     return str((node_config or {}).get(P.NODE_STUDENT, default))
 
 
-def transfer_targets(content: RecordDict, world: World) -> np.ndarray | None:
-    """The ``(P, C)`` targets on the transfer set a request carries, or None; CodecError if malformed."""
+def transfer_targets(content: RecordDict, world: World, sent: np.ndarray | None = None) -> np.ndarray | None:
+    """The ``(P, C)`` targets on the transfer set a request carries, or None; CodecError if malformed.
+
+    A peers' sum (``peer_sum``: the record also holds ``ARRAY_PEERS``) becomes this node's
+    leave-one-out mean, ``sent`` being the logits this node sent last (as the server decoded them).
+    """
+    if P.KEY_TARGETS not in content:
+        return None
     shape = (len(world.transfer_x), world.num_classes)
-    return decode_logits(content[P.KEY_TARGETS], shape) if P.KEY_TARGETS in content else None
+    record = content[P.KEY_TARGETS]
+    if P.ARRAY_PEERS not in record:
+        return decode_logits(record, shape)
+    count, included = decode_logits(ArrayRecord({P.ARRAY_LOGITS: record[P.ARRAY_PEERS]}), (2,))
+    if count != int(count) or count < 0 or included not in (0, 1) or (included and count < 1):
+        raise CodecError(f"peers' sum record [{count:g}, {included:g}] is not [senders >= 0, 0|1]")
+    return leave_one_out_from_sum(decode_logits(record, shape), int(count), sent if included else None)
+
+
+def leave_one_out_from_sum(total: np.ndarray, count: int, own: np.ndarray | None) -> np.ndarray | None:
+    """The mean of the other senders' logits from their sum: ``(total - own) / (count - 1)``, or
+    ``total / count`` for a node not among the senders (``own`` None); None with no other sender.
+
+    ``leave_one_out_from_sum([[6, 6]], 3, [[1, 3]]) == [[2.5, 1.5]]``.
+    """
+    others = count - (own is not None)
+    if others < 1:
+        return None
+    rest = np.asarray(total, dtype=np.float64) - (0.0 if own is None else np.asarray(own, dtype=np.float64))
+    return (rest / others).astype(np.float32)
+
+
+def sent_logits(records: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
+    """The transfer-set logits a reply's ``records`` carry, decoded as the server decodes them."""
+    return decode_logits(records[P.KEY_LOGITS], shape) if P.KEY_LOGITS in records else None
 
 
 def class_targets(content: RecordDict, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -65,8 +96,10 @@ def reply_records(
     transfer_logits: Callable[[], np.ndarray],
     probe_logits: Callable[[], np.ndarray],
     records: dict | None = None,
+    world_seed: int = 0,
 ) -> dict[str, Any]:
-    """A trained student's reply records: ``metrics``, ``records``, and what ``params`` asks for.
+    """A trained student's reply records: ``metrics``, ``records``, and what ``params`` asks for,
+    privatised when ``params.dp_noise`` > 0 and packed in ``params``'s codec.
 
     Parameters
     ----------
@@ -79,15 +112,24 @@ def reply_records(
         only when asked for.
     records : dict | None
         Handler-specific records (weights, FD class means).
+    world_seed : int
+        With the round and the client, seeds the privacy noise.
     """
     out = {P.KEY_METRICS: metrics, **(records or {})}
+    released = {}
     if params.reply_logits:
-        logits = transfer_logits()
-        if params.reply_probs:
-            logits = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
-        out[P.KEY_LOGITS] = encode_logits(logits)
+        released[P.KEY_LOGITS] = transfer_logits()
     if params.reply_probe:
-        out[P.KEY_PROBE] = encode_logits(probe_logits())
+        released[P.KEY_PROBE] = probe_logits()
+    if released and params.dp_noise > 0:
+        key = (world_seed, params.round, int(metrics[P.METRIC_PARTITION]))
+        released = privatize(released, params.dp_clip, params.dp_noise, key)
+    codec = Codec(params.codec, params.codec_k)
+    for name, values in released.items():
+        probs = params.reply_probs and name == P.KEY_LOGITS
+        if probs:
+            values = torch.softmax(torch.as_tensor(values), dim=1).numpy()
+        out[name] = encode_logits(values, codec, probs=probs)
     return out
 
 

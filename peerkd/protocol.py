@@ -31,6 +31,7 @@ KEY_PROBE = "probe-logits"  # ArrayRecord: logits on the server split's inputs (
 ARRAY_LOGITS = "logits"
 ARRAY_MASK = "mask"  # (C,) 1 where a per-class target row is valid (FD)
 ARRAY_COUNTS = "counts"  # (C,) label counts of the private shard (FD)
+ARRAY_PEERS = "peers"  # (2,) [senders in the sum, 1 if this node is one of them] (peer_sum)
 
 # Config keys sent by the server (besides the world spec, see peerkd.world.WorldSpec).
 CFG_ROUND = "server-round"  # Flower's FedAvg injects this very key
@@ -44,6 +45,11 @@ CFG_REPLY_LOGITS = "reply-logits"  # reply with logits on the transfer set
 CFG_REPLY_PROBS = "reply-probs"  # ... as softmax probabilities instead (DS-FL)
 CFG_REPLY_PROBE = "reply-probe"  # also reply with logits on the server split (WML)
 CFG_DIGEST_EPOCHS = "digest-epochs"
+CFG_CODEC = "codec"  # fp32 | fp16 | int8 | topk: how a client packs what it sends (peerkd.codec)
+CFG_CODEC_K = "codec-k"  # columns a topk encoding keeps per row
+CFG_DP_CLIP = "dp-clip"  # L2 bound of each released row (centred logits); differential privacy
+CFG_DP_NOISE = "dp-noise"  # noise multiplier z (0: no noise): std = z x the release's L2 sensitivity
+CFG_KEEP_SENT = "keep-sent"  # remember the logits sent, to subtract them from a peers' sum (peer_sum)
 
 # Metric keys in replies.
 METRIC_NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key
@@ -81,6 +87,11 @@ class RoundParams:
     reply_logits: bool = False
     reply_probs: bool = False
     reply_probe: bool = False
+    codec: str = "fp32"
+    codec_k: int = 3
+    dp_clip: float = 1.0
+    dp_noise: float = 0.0
+    keep_sent: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RoundParams:
@@ -99,4 +110,9 @@ class RoundParams:
             reply_logits=bool(get(CFG_REPLY_LOGITS, False)),
             reply_probs=bool(get(CFG_REPLY_PROBS, False)),
             reply_probe=bool(get(CFG_REPLY_PROBE, False)),
+            codec=str(get(CFG_CODEC, d.codec)),
+            codec_k=int(get(CFG_CODEC_K, d.codec_k)),
+            dp_clip=float(get(CFG_DP_CLIP, d.dp_clip)),
+            dp_noise=float(get(CFG_DP_NOISE, d.dp_noise)),
+            keep_sent=bool(get(CFG_KEEP_SENT, False)),
         )

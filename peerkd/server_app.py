@@ -24,8 +24,10 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
-from peerkd.codec import CodecError, array_bytes
+from peerkd.codec import FP32, Codec, CodecError, array_bytes
+from peerkd.errors import ConfigError
 from peerkd.participation import Roster
+from peerkd.privacy import PrivacySpec, epsilon_spent, noise_multiplier
 from peerkd.results import RunWriter, accuracy_stats
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
@@ -47,6 +49,8 @@ class RunSpec:
     wait_timeout: float = 120.0  # seconds to wait for nodes to connect at start
     measure_agreement: bool = True  # peer-agreement metrics (may ask clients for measurement-only logits)
     clients_per_round: int = 0  # partial participation: a seeded sample of this many clients per round (0: all)
+    codec: Codec = FP32  # how logits, probabilities and targets travel, both ways
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)  # clients' noise (epsilon None: off)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ServerContext:
     lr: float
     batch_size: int
     measure_agreement: bool = True  # ask clients for transfer-set logits even if the rule needs none
+    codec: Codec = FP32  # how the rule packs the targets it sends
 
 
 class ExchangeRule(Protocol):
@@ -172,9 +177,17 @@ def run_federation(
     world = build_world(spec.world)
     device = pick_device()
     ctx = ServerContext(
-        world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement
+        world,
+        spec.students,
+        spec.world.seed,
+        device,
+        spec.epochs,
+        spec.lr,
+        spec.batch_size,
+        spec.measure_agreement,
+        spec.codec,
     )
-    run_metrics = strategy.setup(ctx)
+    run_metrics = {**strategy.setup(ctx), **privacy_setup(spec, strategy)}
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
@@ -183,6 +196,7 @@ def run_federation(
         P.CFG_EPOCHS: spec.epochs,
         P.CFG_LR: spec.lr,
         P.CFG_BATCH_SIZE: spec.batch_size,
+        **wire_settings(spec, run_metrics.get("dp_noise", 0.0)),
     }
     roster = Roster(spec.world.num_clients, spec.clients_per_round, spec.world.seed)
     if roster.partial:  # learn each node's client id, so that the sample picks clients
@@ -198,7 +212,7 @@ def run_federation(
         for client_row in client_rows:
             latest[client_row["client"]] = client_row
             roster.learn(client_row["node_id"], client_row["client"])
-        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
+        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected", "releases")})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
         log.info("[%s] round %d/%d  %s", strategy.name, rnd, spec.rounds, _round_line(row))
@@ -208,6 +222,9 @@ def run_federation(
         final = _final_rows(grid, spec, strategy, {**base_config, P.CFG_ROUND: spec.rounds})
         writer.log(*final)
         latest.update({r["client"]: r for r in final})
+    if spec.privacy.enabled:
+        run_metrics["dp_epsilon_spent"] = epsilon_spent(run_metrics["dp_noise"], totals["releases"], spec.privacy.delta)
+        run_metrics["dp_releases"] = totals["releases"]
     summary = {
         **_summary(spec, strategy, world, latest, totals, run_metrics),
         "wall_s": time.perf_counter() - t_start,
@@ -215,6 +232,43 @@ def run_federation(
     }
     writer.finish(summary)
     return summary
+
+
+def privacy_setup(spec: RunSpec, strategy: ExchangeRule) -> dict[str, Any]:
+    """The run's noise multiplier for its privacy target over one release per round (run metrics);
+    ConfigError for a budget no noise meets, or a rule whose clients send what noise cannot cover."""
+    p = spec.privacy
+    if not p.enabled:
+        return {}
+    if not getattr(strategy, "dp_supported", False):
+        raise ConfigError(
+            "privacy.epsilon", f"rule {strategy.name!r} sends more than outputs on shared inputs", "null for this rule"
+        )
+    noise = noise_multiplier(p.epsilon, p.delta, spec.rounds)
+    log.info(
+        "[%s] privacy: noise multiplier %.3f for (%g, %g) over %d rounds",
+        strategy.name,
+        noise,
+        p.epsilon,
+        p.delta,
+        spec.rounds,
+    )
+    return {"dp_noise": noise, "dp_epsilon": p.epsilon, "dp_delta": p.delta, "dp_clip": p.clip}
+
+
+def wire_settings(spec: RunSpec, noise: float) -> dict[str, Any]:
+    """The codec and privacy settings every message carries."""
+    out = {P.CFG_CODEC: spec.codec.name, P.CFG_CODEC_K: spec.codec.k}
+    if noise > 0:
+        out.update({P.CFG_DP_CLIP: spec.privacy.clip, P.CFG_DP_NOISE: noise})
+    return out
+
+
+def _releases(messages: list[Message]) -> int:
+    """1 if this round asks clients for outputs (a private release each), else 0."""
+    asks = (P.CFG_REPLY_LOGITS, P.CFG_REPLY_PROBE)
+    configs = [m.content[P.KEY_CONFIG] for m in messages if P.KEY_CONFIG in m.content]
+    return int(any(bool(c.get(k, False)) for c in configs for k in asks))
 
 
 def _round_line(row: dict[str, Any]) -> str:
@@ -362,6 +416,7 @@ def _run_round(
         "bytes_up": sum(r["bytes_up"] for r in rows) + sum(r["bytes_up"] for r in rejected),
         "bytes_down": sum(down.values()),
         "bytes_measure": sum(r["bytes_measure"] for r in rows),
+        "releases": _releases(messages),
         "round_s": time.perf_counter() - t0,
         **round_metrics,
     }

@@ -13,10 +13,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from peerkd.batched.grid import DEVICES
+from peerkd.codec import CODECS, Codec
 from peerkd.data import BUILTIN_DATASETS, file_fractions, load_dataset
 from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.models import MODELS
 from peerkd.partition import PARTITIONS
+from peerkd.privacy import PrivacySpec
 from peerkd.server_app import RunSpec
 from peerkd.transfer import TRANSFER_KINDS
 from peerkd.world import WorldSpec
@@ -106,6 +108,19 @@ ENGINES = ("batched", "flower")
 
 
 @dataclass
+class CodecConf:
+    name: str = "fp32"  # fp32 | fp16 | int8 | topk: how logits, probabilities and targets travel (both ways)
+    k: int = 3  # topk: values kept per row
+
+
+@dataclass
+class PrivacyConf:
+    epsilon: Optional[float] = None  # target epsilon for the whole run; null: no noise
+    delta: float = 1e-5
+    clip: float = 1.0  # L2 bound of each released row of centred logits
+
+
+@dataclass
 class RunConf:
     strategy: Any = MISSING  # one rule's node from the `strategy` group: its name and settings
     data: DataConf = field(default_factory=DataConf)
@@ -113,6 +128,8 @@ class RunConf:
     train: TrainConf = field(default_factory=TrainConf)
     resources: ResourcesConf = field(default_factory=ResourcesConf)
     engine: EngineConf = field(default_factory=EngineConf)
+    codec: CodecConf = field(default_factory=CodecConf)
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)
     num_clients: int = 10
     rounds: int = 20
     seed: int = 0
@@ -172,6 +189,8 @@ def _node_types() -> list[type]:
         TrainConf,
         ResourcesConf,
         EngineConf,
+        CodecConf,
+        PrivacyConf,
         SharedRuleConf,
         *RULE_NODES.values(),
     ]
@@ -184,6 +203,7 @@ GROUPS: dict[str, dict[str, Any]] = {  # config group -> option name -> its node
         "file": DataConf(name="file", test_frac=None, public_frac=None, server_frac=None),
     },
     "partition": {name: PartitionConf(name=name) for name in PARTITIONS},
+    "codec": {name: CodecConf(name=name) for name in CODECS},
 }
 
 
@@ -242,6 +262,8 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         round_timeout=cfg.round_timeout,
         measure_agreement=cfg.measure_agreement,
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
+        codec=Codec(cfg.codec.name, cfg.codec.k),
+        privacy=PrivacySpec(cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip),
     )
 
 

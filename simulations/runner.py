@@ -12,7 +12,7 @@ from typing import Any
 
 from peerkd.models import build_model
 from peerkd.results import SUMMARY_FILE
-from peerkd.server_app import RunSpec, make_server_app
+from peerkd.server_app import RunSpec, make_server_app, privacy_setup
 from peerkd.world import build_world
 from simulations.config import EngineConf
 
@@ -23,6 +23,7 @@ def preflight(spec: RunSpec, strategy) -> None:
     for name in sorted(set(spec.students)):
         build_model(name, world.data.input_shape, world.num_classes, seed=0)
     strategy.check(spec.students, spec.world.num_clients)
+    privacy_setup(spec, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
 
 
 def run_engine(

@@ -16,6 +16,7 @@ from strategies.fedmd import FedMD
 from strategies.local import LocalOnly
 from strategies.oracle import OracleTeacher
 from strategies.peer import PeerMutualLearning
+from strategies.peer_sum import PeerSumLearning
 from strategies.teacher import TeacherDistillation
 from strategies.teacher_ensemble import EnsembleTeacher
 from strategies.wml import WeightedMutualLearning
@@ -27,6 +28,7 @@ RULES: dict[str, type[DistillationStrategy]] = {
         FederatedAveraging,
         TeacherDistillation,
         PeerMutualLearning,
+        PeerSumLearning,
         WeightedMutualLearning,
         FederatedDistillation,
         DSFL,

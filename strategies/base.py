@@ -39,6 +39,7 @@ class DistillationStrategy(ABC):
     private: ClassVar[bool] = True  # False: the rule uses pooled private data (an upper bound)
     needs_transfer: ClassVar[bool] = False  # True: the rule cannot run without a transfer set
     min_clients: ClassVar[int] = 1  # peers teaching peers need at least 2
+    dp_supported: ClassVar[bool] = False  # True: clients send only outputs on shared inputs, which privacy.* noises
 
     def check(self, students: tuple[str, ...], num_clients: int, transfer_size: int | None = None) -> None:
         """Raise ConfigError if this rule cannot run with these students, clients and transfer set."""
@@ -106,6 +107,8 @@ class LogitDistillation(DistillationStrategy):
     wants_logits: ClassVar[bool] = True
     needs_transfer: ClassVar[bool] = True
     message_type: ClassVar[str] = MSG_DISTILL
+    dp_supported: ClassVar[bool] = True
+    sends_probs: ClassVar[bool] = False  # clients reply with probabilities, not logits (DS-FL)
 
     def __init__(self, alpha: float = 1.0, temperature: float = 4.0):
         self.alpha = check_range("strategy.alpha", alpha, 0.0, 100.0)
@@ -128,7 +131,7 @@ class LogitDistillation(DistillationStrategy):
         }
 
     def encode_target(self, target: np.ndarray) -> ArrayRecord:
-        return encode_logits(target)
+        return encode_logits(target, self.ctx.codec)
 
     def reply_shape(self) -> tuple[int, int]:
         return self.transfer_shape
@@ -147,14 +150,14 @@ class LogitDistillation(DistillationStrategy):
 
     def check_reply(self, content: RecordDict) -> None:
         if self.wants_logits or KEY_LOGITS in content:
-            decode_logits(content.get(KEY_LOGITS, ArrayRecord()), self.reply_shape())
+            decode_logits(content.get(KEY_LOGITS, ArrayRecord()), self.reply_shape(), self.sends_probs)
 
     def measurement_keys(self) -> set[str]:
         return set() if self.wants_logits else {KEY_LOGITS}
 
     def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
         mats = [
-            decode_logits(m.content[KEY_LOGITS], self.transfer_shape)
+            decode_logits(m.content[KEY_LOGITS], self.transfer_shape, self.sends_probs)
             for m in replies
             if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape
         ]

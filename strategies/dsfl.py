@@ -27,6 +27,7 @@ class DSFL(LogitDistillation):
 
     name = "dsfl"
     message_type = MSG_DIGEST
+    sends_probs = True
 
     def __init__(self, era_temperature: float = 0.1, digest_epochs: int = 2):
         super().__init__(alpha=1.0, temperature=1.0)  # DS-FL distills at T = 1
@@ -47,7 +48,7 @@ class DSFL(LogitDistillation):
         return {n: target for n in node_ids}
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
-        probs = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
+        probs = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape, probs=True) for m in replies]
         if probs:
             self.global_probs = entropy_reduction_average(np.stack(probs), self.era_temperature)
             entropy = -(self.global_probs * np.log(np.clip(self.global_probs, 1e-12, None))).sum(axis=1).mean()

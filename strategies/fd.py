@@ -28,6 +28,7 @@ class FederatedDistillation(LogitDistillation):
     min_clients = 2
     message_type = MSG_CLASS_DISTILL
     needs_transfer = False
+    dp_supported = False  # label counts travel in the clear
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)

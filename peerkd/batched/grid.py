@@ -25,7 +25,7 @@ from peerkd.batched.handlers import HANDLERS, Request, decode_request
 from peerkd.batched.memory import auto_chunk
 from peerkd.batched.store import StudentStore
 from peerkd.errors import ConfigError, check_choice
-from peerkd.exchange import reply
+from peerkd.exchange import reply, sent_logits
 from peerkd.models import build_model
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
@@ -114,7 +114,8 @@ class BatchedGrid(Grid):
                 replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"))
                 continue
             try:
-                req = decode_request(msg, self._nodes[msg.metadata.dst_node_id])
+                client = self._nodes[msg.metadata.dst_node_id]
+                req = decode_request(msg, client, self.store.sent.get(client))
             except Exception as exc:  # noqa: BLE001  (a bad message fails alone, as in a ClientApp)
                 replies.append(_raised(msg, exc))
                 continue
@@ -141,12 +142,21 @@ class BatchedGrid(Grid):
             weights, records = HANDLERS[first.msg.metadata.message_type](cohort, weights, reqs)
             if weights is not None:
                 self.store.save(first.arch, cohort.clients, weights)
+            if first.params.keep_sent:
+                self._keep_sent(world, cohort.clients, records)
         except Exception as exc:  # noqa: BLE001
             log.exception(
                 "batched %s for %d %s students failed", first.msg.metadata.message_type, len(reqs), first.arch
             )
             return [_raised(r.msg, exc) for r in reqs]
         return [reply(r.msg, r.arch, rec) for r, rec in zip(reqs, records)]
+
+    def _keep_sent(self, world: World, clients: list[int], records: list[dict]) -> None:
+        """Remember each student's sent logits, as the ClientApp keeps them in ``context.state``."""
+        shape = (len(world.transfer_x), world.num_classes)
+        for client, rec in zip(clients, records):
+            if (sent := sent_logits(rec, shape)) is not None:
+                self.store.sent[client] = sent
 
     def _chunk_size(self, reqs: list[Request]) -> int:
         if self.chunk:

@@ -53,8 +53,9 @@ class Request:
         return (self.msg.metadata.message_type, self.arch, self.spec, self.params)
 
 
-def decode_request(msg: Message, client: int) -> Request:
-    """Decode ``msg`` for ``client``'s student; raise as the ClientApp would on a bad message."""
+def decode_request(msg: Message, client: int, sent=None) -> Request:
+    """Decode ``msg`` for ``client``'s student; raise as the ClientApp would on a bad message.
+    ``sent``: the logits this student sent last (a peers' sum becomes its leave-one-out mean)."""
     kind = msg.metadata.message_type
     if kind not in HANDLERS:
         raise ValueError(f"no handler for message type {kind!r}")
@@ -64,7 +65,7 @@ def decode_request(msg: Message, client: int) -> Request:
     world = build_world(spec)
     inputs = None
     if kind in (P.MSG_DISTILL, P.MSG_DIGEST):
-        inputs = transfer_targets(msg.content, world)
+        inputs = transfer_targets(msg.content, world, sent if params.keep_sent else None)
     elif kind == P.MSG_CLASS_DISTILL:
         inputs = class_targets(msg.content, world.num_classes)
     elif kind == P.MSG_TRAIN and P.KEY_ARRAYS in msg.content:
@@ -173,7 +174,16 @@ def _finish(c: Cohort, w: Params, losses: list[float], secs: float, extra: list 
         metrics = metrics_record(
             client, len(ix), *scores[i], **{P.METRIC_TRAIN_LOSS: losses[i], P.METRIC_TRAIN_S: secs / n}
         )
-        out.append(reply_records(p, metrics, lambda i=i: logits[i], lambda i=i: probe[i], extra[i] if extra else None))
+        out.append(
+            reply_records(
+                p,
+                metrics,
+                lambda i=i: logits[i],
+                lambda i=i: probe[i],
+                extra[i] if extra else None,
+                world_seed=c.world.spec.seed,
+            )
+        )
     return out
 
 

@@ -27,6 +27,7 @@ class StudentStore:
         self._rows: dict[str, dict[int, int]] = {}  # arch -> client -> row
         self._arch: dict[int, str] = {}  # client -> the architecture its student has now
         self._bases: dict[tuple, nn.Module] = {}
+        self.sent: dict[int, np.ndarray] = {}  # client -> the logits it sent last (kept for peer_sum)
 
     def base(self, arch: str, world: World) -> nn.Module:
         """The weightless (meta-device) module of ``arch`` for ``world``'s inputs and classes."""

@@ -1,0 +1,79 @@
+"""Sum-only peer mutual learning: Deep Mutual Learning (Zhang et al., CVPR 2018), federated so
+that the server handles only the sum of the peers' logits.
+
+Targets are those of ``peer`` (the leave-one-out mean of the other peers' last logits), but
+the server sends every client the same thing: the sum of all senders' logits, their count,
+and whether the client is one of them. The client subtracts the logits it sent itself and
+divides by the others' count. The server folds replies into the sum in one place
+(``sum_logits``), which a secure-aggregation protocol can replace (the server then learns the
+sum alone; Flower 1.39's SecAgg+ serves only the legacy fit workflow, so peerkd sums in the
+clear today). Agreement metrics, which read each matrix, are off for this rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+from peerkd.codec import decode_logits, encode_arrays, to_array
+from peerkd.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
+from peerkd.server_app import ServerContext
+from strategies.base import LogitDistillation
+
+
+@dataclass(frozen=True)
+class PeersSum:
+    """What one node receives: the senders' logit sum, their count, and whether it sent."""
+
+    total: np.ndarray
+    count: int
+    included: bool
+
+
+def sum_logits(matrices: list[np.ndarray]) -> np.ndarray:
+    """The element-wise sum of ``(P, C)`` matrices, accumulated in float64.
+
+    ``sum_logits([[[1, 3]], [[3, 1]], [[2, 2]]]) == [[6, 6]]``.
+    """
+    return np.sum(np.asarray(matrices, dtype=np.float64), axis=0)
+
+
+class PeerSumLearning(LogitDistillation):
+    """DML where the server sends only the peers' sum and count; each client removes its own."""
+
+    name = "peer_sum"
+    wants_logits = True
+    min_clients = 2
+
+    def setup(self, ctx: ServerContext) -> dict[str, float]:
+        self.total: np.ndarray | None = None
+        self.senders: set[int] = set()
+        return super().setup(ctx)
+
+    def round_config(self) -> dict:
+        return {**super().round_config(), CFG_KEEP_SENT: True}
+
+    def targets_for(self, node_ids: list[int]) -> dict[int, PeersSum | None]:
+        if self.total is None:
+            return {n: None for n in node_ids}
+        return {n: PeersSum(self.total, len(self.senders), n in self.senders) for n in node_ids}
+
+    def encode_target(self, target: PeersSum) -> ArrayRecord:
+        peers = np.array([target.count, float(target.included)], dtype=np.float32)
+        return ArrayRecord({**encode_arrays(ARRAY_LOGITS, target.total, self.ctx.codec), ARRAY_PEERS: to_array(peers)})
+
+    def sum_logits(self, replies: list[Message]) -> np.ndarray | None:
+        """The sum of the replies' logits (None without replies): the one place that reads them."""
+        mats = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
+        return sum_logits(mats) if mats else None
+
+    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
+        # Only this round's senders count: a node that dropped out stops teaching.
+        self.total = self.sum_logits(replies)
+        self.senders = {m.metadata.src_node_id for m in replies}
+        return {"peers": float(len(self.senders))}
+
+    def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
+        return None  # the server does not read individual matrices
