@@ -1,0 +1,147 @@
+"""Codecs for logits on the wire: hand-checked int8 and top-k values, exact byte counts, and
+malformed encodings rejected (a rejected reply, never a crash)."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+from peerkd.codec import (
+    Codec,
+    CodecError,
+    array_bytes,
+    decode_logits,
+    encode_logits,
+    fill_top_k,
+    quantize_int8,
+    to_array,
+    top_k,
+)
+from peerkd.errors import ConfigError
+from peerkd.protocol import ARRAY_LOGITS, KEY_LOGITS
+from peerkd.server_app import ServerContext, screen_reply
+from peerkd.world import WorldSpec, build_world
+from strategies import build_strategy
+
+
+def test_int8_maps_a_rows_min_and_max_to_the_ends():
+    # Prepare: row [0, 1, 2] spans 2 -> zero 1, scale 2/254; a constant row gets scale 1.
+    values = np.array([[0.0, 1.0, 2.0], [-1.0, -1.0, -1.0]], dtype=np.float32)
+    # Execute
+    q, scale, zero = quantize_int8(values)
+    # Assert
+    assert q.tolist() == [[-127, 0, 127], [0, 0, 0]]
+    np.testing.assert_allclose(scale, [2 / 254, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(zero, [1.0, -1.0])
+    np.testing.assert_allclose(decode_logits(encode_logits(values, Codec("int8")), (2, 3)), values, atol=1e-6)
+
+
+def test_int8_error_is_at_most_half_a_step():
+    values = np.random.default_rng(0).normal(0, 5, (50, 10)).astype(np.float32)
+    decoded = decode_logits(encode_logits(values, Codec("int8")), values.shape)
+    step = (values.max(axis=1) - values.min(axis=1)) / 254
+    assert (np.abs(decoded - values) <= step[:, None] / 2 + 1e-5).all()
+
+
+def test_top_k_keeps_the_largest_and_fills_logits_below_them():
+    # Prepare: k = 2 of [1, 5, 0, 3] keeps 5 (column 1) and 3 (column 3).
+    index, kept = top_k(np.array([[1.0, 5.0, 0.0, 3.0]], dtype=np.float32), 2)
+    assert index.tolist() == [[1, 3]] and kept.tolist() == [[5.0, 3.0]] and index.dtype == np.uint8
+    # Execute / Assert: logits fill with the smallest kept value minus 1 (3 - 1 = 2).
+    assert fill_top_k(index, kept, 4, probs=False).tolist() == [[2.0, 5.0, 2.0, 3.0]]
+
+
+def test_top_k_fills_probabilities_with_the_mass_left_spread_evenly():
+    # 0.6 + 0.2 kept, 0.2 left over 2 columns -> 0.1 each.
+    out = fill_top_k(np.array([[2, 0]]), np.array([[0.6, 0.2]]), 4, probs=True)
+    np.testing.assert_allclose(out, [[0.2, 0.1, 0.6, 0.1]], rtol=1e-6)
+    decoded = decode_logits(
+        encode_logits(np.array([[0.2, 0.05, 0.6, 0.15]]), Codec("topk", 2), probs=True), (1, 4), True
+    )
+    np.testing.assert_allclose(decoded, [[0.2, 0.1, 0.6, 0.1]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("codec", "payload"),
+    [
+        # (500, 10) logits; every array carries numpy.save's 128-byte header.
+        (Codec("fp32"), 500 * 10 * 4 + 128),
+        (Codec("fp16"), 500 * 10 * 2 + 128),
+        (Codec("int8"), 500 * 10 + 128 + 2 * (500 * 4 + 128)),  # values, scale, zero
+        (Codec("topk", 3), 500 * 3 * 4 + 128 + 500 * 3 + 128),  # float32 values, uint8 indices
+    ],
+)
+def test_bytes_are_the_serialised_arrays(codec, payload):
+    logits = np.random.default_rng(1).normal(size=(500, 10)).astype(np.float32)
+    record = encode_logits(logits, codec)
+    assert array_bytes(RecordDict({KEY_LOGITS: record})) == payload
+    decoded = decode_logits(record, (500, 10))
+    assert decoded.shape == (500, 10) and decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded.argmax(axis=1), logits.argmax(axis=1))  # every codec keeps the top class
+
+
+def _topk_record(index, kept=None, index_dtype=np.uint8):
+    index = np.asarray(index)
+    kept = np.ones(index.shape, dtype=np.float32) if kept is None else np.asarray(kept, dtype=np.float32)
+    return ArrayRecord({ARRAY_LOGITS: to_array(kept), f"{ARRAY_LOGITS}.index": to_array(index.astype(index_dtype))})
+
+
+def _int8_record(scale, zero=(0.0,), q_dtype=np.int8):
+    return ArrayRecord(
+        {
+            ARRAY_LOGITS: to_array(np.zeros((1, 3), dtype=q_dtype)),
+            f"{ARRAY_LOGITS}.scale": to_array(np.asarray(scale, dtype=np.float32)),
+            f"{ARRAY_LOGITS}.zero": to_array(np.asarray(zero, dtype=np.float32)),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (_topk_record([[0, 3]]), "top-k indices outside 0..2"),
+        (_topk_record([[1, 1]]), "repeat within a row"),
+        (_topk_record([[0, 1]], index_dtype=np.float32), "top-k indices"),
+        (_topk_record([[0, 1, 2]]), "k < 3"),
+        (_topk_record([[0, 1]], kept=[[np.nan, 1.0]]), "NaN"),
+        (_int8_record([0.0]), "scales must be > 0"),
+        (_int8_record([np.inf]), "NaN or infinity"),
+        (_int8_record([-1.0]), "scales must be > 0"),
+        (_int8_record([1.0], zero=(np.nan,)), "NaN or infinity"),
+        (_int8_record([1.0], q_dtype=np.int16), "int8 values"),
+        (
+            ArrayRecord({ARRAY_LOGITS: to_array(np.zeros((1, 3), np.int8)), "logits.scale": to_array(np.ones(1))}),
+            "zero",
+        ),
+    ],
+)
+def test_malformed_encodings_are_refused(record, message):
+    with pytest.raises(CodecError, match=message):
+        decode_logits(record, (1, 3))
+
+
+def test_top_k_probabilities_that_sum_past_one_are_refused():
+    with pytest.raises(CodecError, match="sum to at most 1"):
+        decode_logits(_topk_record([[0, 1]], kept=[[0.9, 0.9]]), (1, 3), probs=True)
+
+
+def test_a_bad_encoding_is_a_rejected_reply(flower_identity):
+    # Prepare: a peer rule on a digits world, and a reply whose top-k indices point past the classes.
+    world = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0))
+    rule = build_strategy("peer")
+    rule.setup(ServerContext(world, ("mlp64",), 0, torch.device("cpu"), 1, 1e-3, 32))
+    p, c = len(world.transfer_x), world.num_classes
+    bad = _topk_record(np.tile([c, 0], (p, 1)))
+    metrics = MetricRecord({"partition-id": 1, "num-examples": 10, "test-acc": 0.5, "test-loss": 1.2})
+    request = Message(RecordDict(), dst_node_id=7, message_type="train.distill")
+    # Execute
+    values, reason = screen_reply(Message(RecordDict({"metrics": metrics, KEY_LOGITS: bad}), reply_to=request), rule, 3)
+    # Assert
+    assert values is None and reason == f"top-k indices outside 0..{c - 1}"
+
+
+def test_codec_settings_are_validated():
+    with pytest.raises(ConfigError, match="codec"):
+        Codec("int4")
+    with pytest.raises(ConfigError, match="codec.k"):
+        Codec("topk", 0)

@@ -1,0 +1,94 @@
+"""Differential privacy of what clients send: row clipping and noise by hand, the accountant
+against published formulas, the budget inverted and refused, and a run's ε spent."""
+
+import math
+
+import numpy as np
+import pytest
+
+from peerkd.batched import run_batched
+from peerkd.errors import ConfigError
+from peerkd.privacy import PrivacySpec, clip_rows, epsilon_spent, noise_multiplier, privatize, sensitivity
+from peerkd.server_app import RunSpec
+from peerkd.world import WorldSpec
+from simulations.runner import preflight
+from strategies import build_strategy
+
+
+def test_rows_are_centred_then_clipped():
+    # [3, -1, 1] centres to [2, -2, 0] (norm √8) -> scaled to norm 1; [0.2, 0, -0.2] is inside the ball.
+    out = clip_rows(np.array([[3.0, -1.0, 1.0], [0.2, 0.0, -0.2]]), 1.0)
+    np.testing.assert_allclose(out, [[1 / math.sqrt(2), -1 / math.sqrt(2), 0.0], [0.2, 0.0, -0.2]], atol=1e-12)
+
+
+def test_sensitivity_is_two_clips_per_row_in_l2():
+    assert sensitivity(500, 1.0) == pytest.approx(2 * math.sqrt(500))
+    assert sensitivity(4, 0.5) == pytest.approx(2.0)
+
+
+def test_epsilon_matches_the_gaussian_rdp_closed_form():
+    # Mironov 2017 (Prop. 7): a Gaussian release of noise multiplier z is (α, α / 2z²)-RDP, so 20
+    # releases at z = 1 are (α, 10α)-RDP. Converted to (ε, δ) by Balle et al. 2020 (Thm 21),
+    # ε = 10α + log((α-1)/α) - (log δ + log α)/(α - 1), smallest over the accountant's orders at α = 2:
+    by_hand = 20 + math.log(1 / 2) - (math.log(1e-5) + math.log(2))
+    assert by_hand == pytest.approx(30.1266, abs=1e-4)
+    assert epsilon_spent(1.0, 20, 1e-5) == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_the_classical_gaussian_mechanism_meets_its_published_budget():
+    # Dwork & Roth 2014 (Thm A.1): one release with σ = √(2 ln(1.25/δ)) / ε is (ε, δ)-DP for ε < 1;
+    # the RDP accountant must certify at most that ε for the same noise.
+    eps, delta = 0.9, 1e-5
+    assert epsilon_spent(math.sqrt(2 * math.log(1.25 / delta)) / eps, 1, delta) <= eps
+
+
+def test_the_noise_multiplier_meets_the_target_tightly():
+    z = noise_multiplier(8.0, 1e-5, 20)
+    assert 0.99 * 8.0 <= epsilon_spent(z, 20, 1e-5) <= 8.0
+    assert noise_multiplier(1.0, 1e-5, 20) > noise_multiplier(4.0, 1e-5, 20) > z  # less ε, more noise
+
+
+def test_an_unreachable_budget_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"privacy.epsilon: 0.0001 cannot be met over 20 releases"):
+        noise_multiplier(1e-4, 1e-5, 20)
+
+
+def test_noise_has_the_calibrated_scale_and_is_seeded():
+    # Prepare: 1,000 zero rows, clip 1, z = 0.5 -> std = 0.5 x 2 x √1000 ≈ 31.6 on every entry.
+    released = {"logits": np.zeros((1000, 10))}
+    # Execute
+    a = privatize(released, 1.0, 0.5, (0, 1, 2))
+    # Assert
+    assert np.std(a["logits"]) == pytest.approx(0.5 * 2 * math.sqrt(1000), rel=0.03)
+    np.testing.assert_array_equal(a["logits"], privatize(released, 1.0, 0.5, (0, 1, 2))["logits"])
+    assert not np.array_equal(a["logits"], privatize(released, 1.0, 0.5, (0, 1, 3))["logits"])  # another client
+
+
+def test_privacy_settings_are_validated():
+    with pytest.raises(ConfigError, match="privacy.delta"):
+        PrivacySpec(epsilon=1.0, delta=1.0)
+    with pytest.raises(ConfigError, match="privacy.clip"):
+        PrivacySpec(epsilon=1.0, clip=0.0)
+    with pytest.raises(ConfigError, match="privacy.epsilon"):
+        PrivacySpec(epsilon=-1.0)
+
+
+def tiny(rounds=2, **privacy):
+    world = WorldSpec(dataset="digits", num_clients=3, seed=0, samples_per_client=64, transfer_size=96)
+    return RunSpec(world=world, rounds=rounds, epochs=1, students=("mlp32",), privacy=PrivacySpec(**privacy))
+
+
+def test_a_rule_noise_cannot_cover_is_refused_before_the_run():
+    with pytest.raises(ConfigError, match="privacy.epsilon: rule 'fedavg' sends more than outputs"):
+        preflight(tiny(epsilon=8.0), build_strategy("fedavg"))
+    with pytest.raises(ConfigError, match="cannot be met"):
+        preflight(tiny(epsilon=1e-4), build_strategy("peer"))
+
+
+def test_a_private_run_reports_the_epsilon_it_spent(tmp_path, flower_identity):
+    # Execute: peer with (4, 1e-5) over 3 rounds; every round releases logits.
+    summary = run_batched(tiny(rounds=3, epsilon=4.0), build_strategy("peer"), tmp_path, {}, device="cpu")
+    # Assert
+    assert summary["dp_releases"] == 3 and summary["rejected_replies"] == 0
+    assert 0.99 * 4.0 <= summary["dp_epsilon_spent"] <= 4.0
+    assert summary["dp_epsilon_spent"] == pytest.approx(epsilon_spent(summary["dp_noise"], 3, 1e-5))
