@@ -232,7 +232,7 @@ def class_distill(msg: Message, context: Context) -> Message:
         sample_targets = table[y]
     loss, secs = _train(s, sample_targets=sample_targets)
     means, counts = class_mean_logits(predict_logits(s.model, x, s.device), y, c)
-    return _finish(msg, s, context, loss, secs, {P.KEY_LOGITS: class_means_record(means, counts)})
+    return _finish(msg, s, context, loss, secs, {P.KEY_LOGITS: class_means_record(means, counts, s.params)})
 
 
 @app.query("logits")

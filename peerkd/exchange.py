@@ -15,7 +15,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from peerkd import protocol as P
-from peerkd.codec import Codec, CodecError, decode_logits, encode_logits, to_array
+from peerkd.codec import Codec, CodecError, decode_logits, encode_arrays, encode_logits, to_array
 from peerkd.privacy import privatize
 from peerkd.protocol import RoundParams
 from peerkd.world import World
@@ -138,9 +138,10 @@ def query_records(client: int, logits: np.ndarray) -> dict[str, Any]:
     return {P.KEY_LOGITS: encode_logits(logits), P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: client})}
 
 
-def class_means_record(means: np.ndarray, counts: np.ndarray) -> ArrayRecord:
-    """FD's reply: per-class mean logits ``(C, C)`` and label counts ``(C,)``."""
-    return ArrayRecord({P.ARRAY_LOGITS: to_array(means), P.ARRAY_COUNTS: to_array(counts)})
+def class_means_record(means: np.ndarray, counts: np.ndarray, params: RoundParams | None = None) -> ArrayRecord:
+    """FD's reply: per-class mean logits ``(C, C)`` in ``params``'s codec and label counts ``(C,)``."""
+    codec = Codec(params.codec, params.codec_k) if params is not None else Codec()
+    return ArrayRecord({**encode_arrays(P.ARRAY_LOGITS, means, codec), P.ARRAY_COUNTS: to_array(counts)})
 
 
 def reply(msg: Message, arch: str, records: dict) -> Message:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from peerkd.codec import CodecError, decode_logits, to_array
+from peerkd.codec import CodecError, decode_logits, encode_arrays, to_array
 from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from peerkd.server_app import ServerContext
 from strategies.aggregation import class_consensus
@@ -50,7 +50,7 @@ class FederatedDistillation(LogitDistillation):
         valid = np.isfinite(target).all(axis=1)
         return ArrayRecord(
             {
-                ARRAY_LOGITS: to_array(np.where(valid[:, None], target, 0).astype(np.float32)),
+                **encode_arrays(ARRAY_LOGITS, np.where(valid[:, None], target, 0), self.ctx.codec),
                 ARRAY_MASK: to_array(valid.astype(np.float32)),
             }
         )

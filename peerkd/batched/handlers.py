@@ -136,7 +136,7 @@ def _class_distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, l
     t0 = time.perf_counter()
     w, losses = c.train(w, classes=[r.inputs for r in reqs])
     secs = time.perf_counter() - t0
-    extra = [{P.KEY_LOGITS: class_means_record(*mc)} for mc in c.class_means(w)]
+    extra = [{P.KEY_LOGITS: class_means_record(*mc, c.params)} for mc in c.class_means(w)]
     return w, _finish(c, w, losses, secs, extra)
 
 
