@@ -10,10 +10,11 @@ record holds, so a decoder needs no other setting:
 - ``fp32``, ``fp16``: ``<name>`` in that float type.
 - ``int8``: ``<name>`` int8 with a per-row affine map, ``<name>.scale`` and ``<name>.zero``
   float32 ``(rows,)``: value = q·scale + zero, q in [-127, 127] spanning the row's min..max.
-- ``topk``: ``<name>`` float32 ``(rows, k)``, the row's k largest values, and ``<name>.index``
-  ``(rows, k)`` unsigned ints, their columns. The rest of a row is filled as the receiver reads
-  it: logits with the k-th largest value minus ``TOPK_MARGIN``; probabilities with the mass the
-  k values leave, spread evenly (never below 0).
+- ``topk``: ``<name>`` float16 ``(rows, k)``, the row's k largest values, ``<name>.index``
+  ``(rows, k)`` unsigned ints, their columns, and ``<name>.fill`` float16 ``(rows,)``, the mean
+  of the values dropped, which fills the rest of the row. For logits this keeps the row's mean
+  and the gap between the kept classes and the others; for probabilities it is the mass the k
+  values leave, spread evenly, so a row still sums to 1.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from peerkd.errors import check_choice, check_range
 from peerkd.protocol import ARRAY_LOGITS
 
 CODECS = ("fp32", "fp16", "int8", "topk")
-TOPK_MARGIN = 1.0  # logits: a dropped class sits this far below the smallest kept one
 _FP16_MAX = float(np.finfo(np.float16).max)
 _INDEX_DTYPES = ("uint8", "uint16", "uint32")
 
@@ -62,13 +62,17 @@ def encode_arrays(name: str, values: np.ndarray, codec: Codec = FP32, probs: boo
     """The arrays that carry a ``(rows, C)`` matrix under ``name`` in ``codec`` (see the module doc)."""
     values = np.asarray(values, dtype=np.float32)
     if codec.name == "fp16":
-        return {name: to_array(np.clip(values, -_FP16_MAX, _FP16_MAX).astype(np.float16))}
+        return {name: to_array(_to_fp16(values))}
     if codec.name == "int8":
         q, scale, zero = quantize_int8(values)
         return {name: to_array(q), f"{name}.scale": to_array(scale), f"{name}.zero": to_array(zero)}
     if codec.name == "topk" and codec.k < values.shape[1]:
-        index, kept = top_k(values, codec.k)
-        return {name: to_array(kept), f"{name}.index": to_array(index)}
+        index, kept, fill = top_k(values, codec.k)
+        return {
+            name: to_array(_to_fp16(kept)),
+            f"{name}.index": to_array(index),
+            f"{name}.fill": to_array(_to_fp16(fill)),
+        }
     return {name: to_array(values)}
 
 
@@ -86,26 +90,26 @@ def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return q, scale, zero
 
 
-def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` largest values (descending) and their columns, in the smallest unsigned dtype."""
-    index = np.argsort(-values, axis=1, kind="stable")[:, :k]
+def _to_fp16(values: np.ndarray) -> np.ndarray:
+    return np.clip(values, -_FP16_MAX, _FP16_MAX).astype(np.float16)
+
+
+def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest values (descending), their columns in the smallest unsigned dtype,
+    and the mean of the values dropped: ``[[1, 5, 0, 3]]``, k 2 -> ``[[1, 3]]``, ``[[5, 3]]``, ``[0.5]``."""
+    order = np.argsort(-values, axis=1, kind="stable")
     dtype = next(np.dtype(d) for d in _INDEX_DTYPES if values.shape[1] <= np.iinfo(d).max + 1)
-    return index.astype(dtype), np.take_along_axis(values, index, axis=1)
+    fill = np.take_along_axis(values, order[:, k:], axis=1).astype(np.float64).mean(axis=1)
+    return order[:, :k].astype(dtype), np.take_along_axis(values, order[:, :k], axis=1), fill.astype(np.float32)
 
 
-def fill_top_k(index: np.ndarray, kept: np.ndarray, columns: int, probs: bool) -> np.ndarray:
-    """The ``(rows, columns)`` matrix ``top_k`` encoded, its other entries filled (see the module doc).
+def fill_top_k(index: np.ndarray, kept: np.ndarray, fill: np.ndarray, columns: int) -> np.ndarray:
+    """The ``(rows, columns)`` matrix ``top_k`` encoded: ``kept`` at ``index``, ``fill`` elsewhere.
 
-    Logits ``[[5, 3]]`` at columns ``[[2, 0]]`` of 4 give ``[[3, 2, 5, 2]]``; probabilities
-    ``[[0.6, 0.2]]`` give ``[[0.2, 0.1, 0.6, 0.1]]``.
+    ``fill_top_k([[1, 3]], [[5, 3]], [0.5], 4) == [[0.5, 5, 0.5, 3]]``.
     """
-    kept = kept.astype(np.float64)
-    if probs:
-        fill = np.clip(1.0 - kept.sum(axis=1), 0.0, None) / max(columns - kept.shape[1], 1)
-    else:
-        fill = kept.min(axis=1) - TOPK_MARGIN
-    out = np.repeat(fill[:, None], columns, axis=1)
-    np.put_along_axis(out, index.astype(np.int64), kept, axis=1)
+    out = np.repeat(np.asarray(fill, dtype=np.float64)[:, None], columns, axis=1)
+    np.put_along_axis(out, np.asarray(index, dtype=np.int64), np.asarray(kept, dtype=np.float64), axis=1)
     return out.astype(np.float32)
 
 
@@ -154,7 +158,7 @@ def decode_logits(record: ArrayRecord, shape: tuple[int, ...], probs: bool = Fal
     shape : tuple[int, ...]
         Expected ``(P, C)``: transfer-set size by number of classes (or ``(C,)`` for a vector).
     probs : bool
-        The matrix holds probabilities (fills a ``topk`` encoding's dropped entries).
+        The matrix holds probabilities: a ``topk`` encoding must then be >= 0 and sum to at most 1.
     """
     if not isinstance(record, ArrayRecord) or ARRAY_LOGITS not in record:
         raise CodecError(f"no {ARRAY_LOGITS!r} array in record")
@@ -223,9 +227,12 @@ def _decode_top_k(record: ArrayRecord, shape: tuple[int, int], probs: bool) -> n
     ordered = np.sort(index, axis=1)
     if (ordered[:, 1:] == ordered[:, :-1]).any():
         raise CodecError("top-k indices repeat within a row")
-    if probs and ((kept < 0).any() or (kept.sum(axis=1) > 1 + 1e-3).any()):
+    if f"{ARRAY_LOGITS}.fill" not in record:
+        raise CodecError("top-k encoding without fill values")
+    fill = _decode_float(record[f"{ARRAY_LOGITS}.fill"], (shape[0],))
+    if probs and ((kept < 0).any() or (fill < 0).any() or (kept.sum(axis=1) + fill * (shape[1] - k) > 1.001).any()):
         raise CodecError("top-k probabilities must be >= 0 and sum to at most 1 per row")
-    return fill_top_k(index, kept, shape[1], probs)
+    return fill_top_k(index, kept, fill, shape[1])
 
 
 def check_weights(record: ArrayRecord, reference: ArrayRecord) -> None:

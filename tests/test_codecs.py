@@ -43,22 +43,22 @@ def test_int8_error_is_at_most_half_a_step():
     assert (np.abs(decoded - values) <= step[:, None] / 2 + 1e-5).all()
 
 
-def test_top_k_keeps_the_largest_and_fills_logits_below_them():
-    # Prepare: k = 2 of [1, 5, 0, 3] keeps 5 (column 1) and 3 (column 3).
-    index, kept = top_k(np.array([[1.0, 5.0, 0.0, 3.0]], dtype=np.float32), 2)
-    assert index.tolist() == [[1, 3]] and kept.tolist() == [[5.0, 3.0]] and index.dtype == np.uint8
-    # Execute / Assert: logits fill with the smallest kept value minus 1 (3 - 1 = 2).
-    assert fill_top_k(index, kept, 4, probs=False).tolist() == [[2.0, 5.0, 2.0, 3.0]]
+def test_top_k_keeps_the_largest_and_fills_with_the_mean_of_the_rest():
+    # Prepare: k = 2 of [1, 5, 0, 3] keeps 5 (column 1) and 3 (column 3); the dropped 1 and 0 average 0.5.
+    index, kept, fill = top_k(np.array([[1.0, 5.0, 0.0, 3.0]], dtype=np.float32), 2)
+    assert index.tolist() == [[1, 3]] and kept.tolist() == [[5.0, 3.0]] and fill.tolist() == [0.5]
+    assert index.dtype == np.uint8
+    # Execute / Assert
+    assert fill_top_k(index, kept, fill, 4).tolist() == [[0.5, 5.0, 0.5, 3.0]]
+    decoded = decode_logits(encode_logits(np.array([[1.0, 5.0, 0.0, 3.0]]), Codec("topk", 2)), (1, 4))
+    assert decoded.tolist() == [[0.5, 5.0, 0.5, 3.0]]
 
 
-def test_top_k_fills_probabilities_with_the_mass_left_spread_evenly():
-    # 0.6 + 0.2 kept, 0.2 left over 2 columns -> 0.1 each.
-    out = fill_top_k(np.array([[2, 0]]), np.array([[0.6, 0.2]]), 4, probs=True)
-    np.testing.assert_allclose(out, [[0.2, 0.1, 0.6, 0.1]], rtol=1e-6)
-    decoded = decode_logits(
-        encode_logits(np.array([[0.2, 0.05, 0.6, 0.15]]), Codec("topk", 2), probs=True), (1, 4), True
-    )
-    np.testing.assert_allclose(decoded, [[0.2, 0.1, 0.6, 0.1]], rtol=1e-6)
+def test_top_k_of_probabilities_spreads_the_mass_left_evenly():
+    # 0.6 and 0.2 kept; the dropped 0.05 and 0.15 average 0.1: the row still sums to 1.
+    probs = np.array([[0.2, 0.05, 0.6, 0.15]])
+    decoded = decode_logits(encode_logits(probs, Codec("topk", 2), probs=True), (1, 4), probs=True)
+    np.testing.assert_allclose(decoded, [[0.2, 0.1, 0.6, 0.1]], rtol=1e-3)  # float16 values
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_top_k_fills_probabilities_with_the_mass_left_spread_evenly():
         (Codec("fp32"), 500 * 10 * 4 + 128),
         (Codec("fp16"), 500 * 10 * 2 + 128),
         (Codec("int8"), 500 * 10 + 128 + 2 * (500 * 4 + 128)),  # values, scale, zero
-        (Codec("topk", 3), 500 * 3 * 4 + 128 + 500 * 3 + 128),  # float32 values, uint8 indices
+        (Codec("topk", 3), 500 * 3 * 2 + 128 + 500 * 3 + 128 + 500 * 2 + 128),  # fp16 values, uint8 indices, fp16 fill
     ],
 )
 def test_bytes_are_the_serialised_arrays(codec, payload):
@@ -80,10 +80,16 @@ def test_bytes_are_the_serialised_arrays(codec, payload):
     np.testing.assert_array_equal(decoded.argmax(axis=1), logits.argmax(axis=1))  # every codec keeps the top class
 
 
-def _topk_record(index, kept=None, index_dtype=np.uint8):
+def _topk_record(index, kept=None, index_dtype=np.uint8, fill=0.0):
     index = np.asarray(index)
     kept = np.ones(index.shape, dtype=np.float32) if kept is None else np.asarray(kept, dtype=np.float32)
-    return ArrayRecord({ARRAY_LOGITS: to_array(kept), f"{ARRAY_LOGITS}.index": to_array(index.astype(index_dtype))})
+    return ArrayRecord(
+        {
+            ARRAY_LOGITS: to_array(kept),
+            f"{ARRAY_LOGITS}.index": to_array(index.astype(index_dtype)),
+            f"{ARRAY_LOGITS}.fill": to_array(np.full(len(index), fill, dtype=np.float32)),
+        }
+    )
 
 
 def _int8_record(scale, zero=(0.0,), q_dtype=np.int8):
@@ -104,6 +110,8 @@ def _int8_record(scale, zero=(0.0,), q_dtype=np.int8):
         (_topk_record([[0, 1]], index_dtype=np.float32), "top-k indices"),
         (_topk_record([[0, 1, 2]]), "k < 3"),
         (_topk_record([[0, 1]], kept=[[np.nan, 1.0]]), "NaN"),
+        (_topk_record([[0, 1]], fill=np.inf), "NaN or infinity"),
+        (ArrayRecord({k: v for k, v in _topk_record([[0, 1]]).items() if k != "logits.fill"}), "without fill"),
         (_int8_record([0.0]), "scales must be > 0"),
         (_int8_record([np.inf]), "NaN or infinity"),
         (_int8_record([-1.0]), "scales must be > 0"),
@@ -122,7 +130,9 @@ def test_malformed_encodings_are_refused(record, message):
 
 def test_top_k_probabilities_that_sum_past_one_are_refused():
     with pytest.raises(CodecError, match="sum to at most 1"):
-        decode_logits(_topk_record([[0, 1]], kept=[[0.9, 0.9]]), (1, 3), probs=True)
+        decode_logits(_topk_record([[0, 1]], kept=[[0.5, 0.3]], fill=0.3), (1, 3), probs=True)
+    with pytest.raises(CodecError, match="sum to at most 1"):
+        decode_logits(_topk_record([[0, 1]], kept=[[0.5, 0.3]], fill=-0.1), (1, 3), probs=True)
 
 
 def test_a_bad_encoding_is_a_rejected_reply(flower_identity):
