@@ -1,0 +1,42 @@
+"""The frontier tables: bytes per round and accuracy over seeds by hand, the targets' verdict."""
+
+import math
+
+import pytest
+
+from simulations.frontier import codec_table, epsilon_table, frontier_rows
+
+
+def run(rule, acc, up, down, codec="fp32", k=3, epsilon=None, spent=None, seed=0):
+    config = {"codec.name": codec, "codec.k": k, "privacy.epsilon": epsilon}
+    summary = {"strategy": rule, "acc_mean": acc, "bytes_up": up, "bytes_down": down, "rounds": 2, "num_clients": 2}
+    return {"config": config, "summary": {**summary, "seed": seed, "dp_epsilon_spent": spent}}
+
+
+def test_rows_average_seeds_and_count_bytes_per_client_per_round():
+    # Two seeds of peer at 0.8 and 0.9; 400 B up + 400 B down over 2 clients x 2 rounds = 200 B.
+    (row,) = frontier_rows([run("peer", 0.8, 400, 400), run("peer", 0.9, 400, 400, seed=1)])
+    assert (row["rule"], row["codec"], row["epsilon"], row["seeds"]) == ("peer", "fp32", math.inf, 2)
+    assert row["acc"] == pytest.approx(0.85) and row["acc_std"] == pytest.approx(0.0707107, abs=1e-6)
+    assert row["bytes_round"] == 200
+
+
+def test_the_codec_table_checks_both_targets():
+    # fedavg: 8,000 B/round; peer fp32: 0.900 at 800 B; int8 at 0.896 with 400 B (20x, -0.4 points)
+    # meets both; topk1 at 200 B (40x) but 0.880 (-2.0 points) does not.
+    rows = frontier_rows(
+        [
+            run("fedavg", 0.91, 16000, 16000),
+            run("peer", 0.9, 1600, 1600),
+            run("peer", 0.896, 800, 800, codec="int8"),
+            run("peer", 0.88, 400, 400, codec="topk", k=1),
+        ]
+    )
+    table = codec_table(rows)
+    assert "| peer | int8 | 0.896 | 0.4 | 20.0× | -0.4 | yes |" in table
+    assert "| peer | topk1 | 0.880 | 0.2 | 40.0× | -2.0 | no |" in table
+
+
+def test_the_epsilon_table_reports_spent_budget_against_local():
+    rows = frontier_rows([run("local", 0.5, 0, 0), run("peer", 0.6, 10, 10, epsilon=4.0, spent=3.99)])
+    assert "| peer | 4 | 3.990 | 0.600 | +10.0 |" in epsilon_table(rows)
