@@ -2,9 +2,10 @@
 round (one point per rule and codec) and against the privacy budget ε.
 
 ``python -m simulations.frontier OUT DIR...`` reads every finished run under the ``DIR``s (sweeps
-and comparisons of one world) and writes ``OUT/frontier.md`` with ``accuracy_vs_bytes_per_round.png``
-and, when runs set ``privacy.epsilon``, ``accuracy_vs_epsilon.png``. The maths are pure functions
-of loaded runs (``simulations.report_io.load_run``).
+and comparisons of one world; a ``runs.csv`` given instead of a directory adds the rules the
+directories lack, as float32 runs without privacy) and writes ``OUT/frontier.md`` with
+``accuracy_vs_bytes_per_round.png`` and, when runs set ``privacy.epsilon``,
+``accuracy_vs_epsilon.png``. The maths are pure functions of loaded runs (``simulations.report_io.load_run``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def codec_table(rows: Sequence[dict[str, Any]]) -> str:
                 _pm(r["acc"], r["acc_std"]),
                 f"{r['bytes_round'] / 1000:.1f}",
                 "–" if ratio is None else f"{ratio:.1f}×",
-                "–" if drop is None else f"{-drop * 100:+.1f}",
+                "–" if drop is None else f"{(r['acc'] - base['acc']) * 100:+.1f}",
                 "yes" if meets else "no",
             ]
         )
@@ -170,13 +171,26 @@ def epsilon_figure(rows: Sequence[dict[str, Any]]):
     return fig
 
 
+def csv_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of a ``runs.csv`` (one row per run) as loaded runs with a float32, non-private config."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = {"acc_mean": float, "bytes_up": int, "bytes_down": int, "rounds": int, "num_clients": int, "seed": int}
+    return [{"config": {}, "summary": {**r, **{k: cast(r[k]) for k, cast in keys.items()}}} for r in rows]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m simulations.frontier OUT DIR...``: write OUT/frontier.md and its plots."""
     from simulations.plots import png_bytes
     from simulations.report_io import load_run
 
     out, *dirs = argv if argv is not None else sys.argv[1:]
-    runs = [load_run(p.parent) for d in dirs for p in sorted(Path(d).rglob("summary.json"))]
+    runs = [load_run(p.parent) for d in dirs if Path(d).is_dir() for p in sorted(Path(d).rglob("summary.json"))]
+    have = {r["summary"]["strategy"] for r in runs}
+    for table in (Path(d) for d in dirs if Path(d).is_file()):
+        runs += [r for r in csv_runs(table) if r["summary"]["strategy"] not in have]
     rows = frontier_rows(runs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

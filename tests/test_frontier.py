@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from simulations.frontier import codec_table, epsilon_table, frontier_rows
+from simulations.frontier import codec_table, epsilon_table, frontier_rows, main
 
 
 def run(rule, acc, up, down, codec="fp32", k=3, epsilon=None, spent=None, seed=0):
@@ -40,3 +40,16 @@ def test_the_codec_table_checks_both_targets():
 def test_the_epsilon_table_reports_spent_budget_against_local():
     rows = frontier_rows([run("local", 0.5, 0, 0), run("peer", 0.6, 10, 10, epsilon=4.0, spent=3.99)])
     assert "| peer | 4 | 3.990 | 0.600 | +10.0 |" in epsilon_table(rows)
+
+
+def test_a_runs_csv_adds_the_rules_the_directories_lack(tmp_path):
+    # Prepare: a runs.csv with one fedavg and one peer run; the directories hold no run at all.
+    table = tmp_path / "runs.csv"
+    header = "strategy,seed,num_clients,rounds,acc_mean,bytes_up,bytes_down\n"
+    table.write_text(header + "fedavg,0,2,2,0.9,800,800\npeer,0,2,2,0.8,80,80\n")
+    # Execute
+    main([str(tmp_path / "out"), str(table)])
+    # Assert: 400 B/round for fedavg, 40 for peer: 10x.
+    text = (tmp_path / "out" / "frontier.md").read_text()
+    assert "| peer | fp32 | 0.800 | 0.0 | 10.0× | +0.0 | no |" in text
+    assert (tmp_path / "out" / "accuracy_vs_bytes_per_round.png").stat().st_size > 0
