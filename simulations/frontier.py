@@ -123,8 +123,9 @@ def frontier_figure(rows: Sequence[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for rule in dict.fromkeys(r["rule"] for r in rows if r["epsilon"] == math.inf):
-        pts = [r for r in rows if r["rule"] == rule and r["epsilon"] == math.inf]
+    shown = [r for r in rows if r["epsilon"] == math.inf and r["bytes_round"] > 0]  # log scale: local has none
+    for rule in dict.fromkeys(r["rule"] for r in shown):
+        pts = sorted((r for r in shown if r["rule"] == rule), key=lambda r: r["bytes_round"])
         ax.errorbar(
             [p["bytes_round"] / 1000 for p in pts],
             [p["acc"] for p in pts],
