@@ -11,8 +11,8 @@ from simulations.cli import main
         (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth)"),
         (
             ["run", "strategy=bogus"],
-            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, teacher, "
-            "teacher_ensemble, wml)",
+            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, peer_sum, "
+            "teacher, teacher_ensemble, wml)",
         ),
         (["run", "partition=zipf"], "partition: unknown value 'zipf' (allowed: dirichlet, iid, shard)"),
         (["run", "students=[mlp32,resnet]"], "students: unknown value 'resnet'"),
@@ -31,6 +31,9 @@ from simulations.cli import main
         (["compare", "rules=[local,nope]"], "strategy: unknown value 'nope'"),
         (["compare", "seeds=[]"], "seeds: needs at least one seed"),
         (["deploy"], "command: unknown value 'deploy'"),
+        (["run", "data=digits", "codec=topk", "codec.k=0"], "codec.k: 0 is out of range (allowed: [1, inf))"),
+        (["run", "data=digits", "privacy.epsilon=0.0001"], "privacy.epsilon: 0.0001 cannot be met over 20 releases"),
+        (["run", "data=digits", "strategy=fedavg", "privacy.epsilon=8"], "privacy.epsilon: rule 'fedavg' sends more"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected, capsys):
