@@ -35,6 +35,7 @@ def test_every_rule_is_registered_and_documented():
         "fedavg",
         "teacher",
         "peer",
+        "peer_sum",
         "wml",
         "fd",
         "dsfl",
