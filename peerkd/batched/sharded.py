@@ -37,6 +37,8 @@ log = logging.getLogger("peerkd")
 
 # Ray's own restart of a dead worker; each restart serves the shard from its last saved state.
 MAX_RESTARTS = 4
+# A call the dead worker left unanswered, or made while it restarts, runs again on the restarted one.
+TASK_RETRIES = 2
 TRAINING_PREFIX = "train"  # the message types that change a student (P.MSG_TRAIN, MSG_DISTILL, ...)
 
 
@@ -78,6 +80,7 @@ class ShardWorker:
             saved = torch.load(self.state_file, weights_only=True)
             self.grid.store.restore(saved["students"])
             self.saved_round, self.restored = saved["round"], True
+        self.restored_round = self.saved_round or 0  # training it already saved must not run twice
 
     def info(self) -> dict[str, Any]:
         """This worker: process id, placement, device, and whether it restarted and restored."""
@@ -87,14 +90,24 @@ class ShardWorker:
             "device": str(self.grid.device),
             "restarted": self.restarted,
             "restored": self.restored,
+            "restored_round": self.restored_round,
             "saved_round": self.saved_round,
         }
 
     def answer(self, messages: list[Message]) -> tuple[list[Message], dict[str, Any]]:
-        """Replies to ``messages`` (all for this shard's nodes) and this worker's ``info``."""
+        """Replies to ``messages`` (all for this shard's nodes) and this worker's ``info``.
+
+        Ray retries a call that a dead worker left unanswered on the restarted worker; a
+        training round that worker had already saved is not run twice: its replies are lost.
+        """
+        training = [m for m in messages if m.metadata.message_type.startswith(TRAINING_PREFIX)]
+        done = [m for m in training if _round(m) <= self.restored_round]
+        if done:
+            reason = f"worker restarted after saving round {self.restored_round}: this round's replies are lost"
+            return [_error(m, ErrorCode.NODE_UNAVAILABLE, reason) for m in messages], self.info()
         replies = self.grid._answer(messages)
-        if any(m.metadata.message_type.startswith(TRAINING_PREFIX) for m in messages):
-            self._save(max((_round(m) for m in messages), default=0))
+        if training:
+            self._save(max(_round(m) for m in training))
         return replies, self.info()
 
     def _save(self, rnd: int) -> None:
@@ -108,9 +121,13 @@ class ShardWorker:
 
 
 def _was_restarted() -> bool:
+    import warnings
+
     import ray
 
-    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    with warnings.catch_warnings():  # Ray's own property calls a deprecated one inside
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def _round(msg: Message) -> int:
@@ -164,9 +181,9 @@ class ShardedGrid(BatchedGrid):
         self.set_run(Run.create_empty(1))
         self.shards = shard_clients(num_nodes, workers)
         self._owner = {NODE_ID_BASE + c: k for k, clients in enumerate(self.shards) for c in clients}
-        actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)(
-            ShardWorker
-        )
+        actor = ray.remote(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=TASK_RETRIES
+        )(ShardWorker)
         state = Path(state_dir)
         for k in range(workers):
             Path(state / f"shard-{k}.pt").unlink(missing_ok=True)  # a fresh run never restores an old one
@@ -220,7 +237,7 @@ class ShardedGrid(BatchedGrid):
                     "worker %d restarted; its %d students restored from round %s",
                     k,
                     len(self.shards[k]),
-                    info["saved_round"],
+                    info["restored_round"],
                 )
             else:
                 log.error(
@@ -229,7 +246,9 @@ class ShardedGrid(BatchedGrid):
                     k,
                     len(self.shards[k]),
                 )
-            self.events.append({"shard": k, "event": event, "saved_round": info["saved_round"], "pid": info["pid"]})
+            self.events.append(
+                {"shard": k, "event": event, "restored_round": info["restored_round"], "pid": info["pid"]}
+            )
         self.info[k] = info
 
     def describe(self) -> list[dict[str, Any]]:
