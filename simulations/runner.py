@@ -100,7 +100,8 @@ def run_one(
         from peerkd.client_app import app as client_app
 
     preflight(spec, strategy)
-    engine = {"engine": "flower", "client_resources": dict(resources)}
+    init_args = cluster_args(None, ray_init or {})
+    engine = {"engine": "flower", "client_resources": dict(resources), "ray_address": init_args["address"]}
     server = make_server_app(spec, strategy, str(out_dir), config, summary_extra=lambda: engine)
     run_simulation(
         server_app=server,
@@ -108,7 +109,7 @@ def run_one(
         num_supernodes=spec.world.num_clients,
         backend_config={
             "client_resources": resources,
-            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **cluster_args(None, ray_init or {})},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **init_args},
         },
     )
     summary_path = Path(out_dir) / SUMMARY_FILE
