@@ -193,6 +193,20 @@ def test_a_killed_worker_costs_at_most_one_round_of_its_shard(cluster, single_ma
         assert {(r["round"], r["client"]): r["acc"] for r in rows if r["type"] == "client" and r["round"] <= 2} == ref
 
 
+def test_workers_the_cluster_cannot_hold_are_refused(cluster, tmp_path):
+    # Execute: 2 workers of 2 CPUs each on a cluster of 1 + 1 CPUs.
+    import ray
+
+    ray.init(**cluster_args(cluster.address, {"logging_level": "ERROR"}))
+    try:
+        with pytest.raises(ConfigError) as err:
+            ShardedGrid(4, 2, tmp_path, device="cpu", num_cpus=2.0)
+    finally:
+        ray.shutdown()
+    # Assert: one line naming the field and what the cluster has (instead of waiting forever).
+    assert err.value.field == "engine.worker_cpus" and "the Ray cluster has 2" in str(err.value)
+
+
 def test_clients_per_node_counts_rows_that_name_a_node():
     rows = [{"ray_node": "a", "host": "h", "ip": "1"}, {"ray_node": "a", "host": "h", "ip": "1"}, {"client": 3}]
     assert clients_per_node(rows) == {"a": {"host": "h", "ip": "1", "clients": 2}}

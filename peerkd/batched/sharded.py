@@ -10,10 +10,12 @@ simulation; what crosses the network is the Messages (config, targets, logits) a
 control, never a client's data (each worker builds the world from its seed).
 
 A worker saves its shard's students after every answer that trained them (atomically,
-``<state_dir>/shard-<k>.pt``). A worker that dies costs the replies it owed (error
-replies, which the server rejects and logs); Ray restarts the actor and it serves its
-students from that file, or, where the file is not visible (another machine without a
-shared directory), says that they were lost and starts them afresh.
+``<state_dir>/shard-<k>.pt``). When a worker dies, Ray restarts the actor, which serves
+its students from that file (or, where the file is not visible: another machine without a
+shared directory, says that they were lost and starts them afresh), and re-runs the call
+it left unanswered. A round it had already saved is not trained twice, and a worker that
+stays down past the timeout or its restarts loses that call: either way the replies it
+owed come back as error replies, which the server rejects and logs.
 
 Ray is imported only here, only when a grid is created.
 """
@@ -81,6 +83,7 @@ class ShardWorker:
             self.grid.store.restore(saved["students"])
             self.saved_round, self.restored = saved["round"], True
         self.restored_round = self.saved_round or 0  # training it already saved must not run twice
+        self.last_s = {"answer_s": 0.0, "save_s": 0.0}  # the last call's time in this worker (saving included)
 
     def info(self) -> dict[str, Any]:
         """This worker: process id, placement, device, and whether it restarted and restored."""
@@ -92,6 +95,7 @@ class ShardWorker:
             "restored": self.restored,
             "restored_round": self.restored_round,
             "saved_round": self.saved_round,
+            **self.last_s,
         }
 
     def answer(self, messages: list[Message]) -> tuple[list[Message], dict[str, Any]]:
@@ -105,9 +109,12 @@ class ShardWorker:
         if done:
             reason = f"worker restarted after saving round {self.restored_round}: this round's replies are lost"
             return [_error(m, ErrorCode.NODE_UNAVAILABLE, reason) for m in messages], self.info()
+        t0 = time.perf_counter()
         replies = self.grid._answer(messages)
+        t1 = time.perf_counter()
         if training:
             self._save(max(_round(m) for m in training))
+        self.last_s = {"answer_s": time.perf_counter() - t0, "save_s": time.perf_counter() - t1}
         return replies, self.info()
 
     def _save(self, rnd: int) -> None:
@@ -128,6 +135,22 @@ def _was_restarted() -> bool:
     with warnings.catch_warnings():  # Ray's own property calls a deprecated one inside
         warnings.simplefilter("ignore", DeprecationWarning)
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+def _check_fits(workers: int, num_cpus: float, num_gpus: float) -> None:
+    """Refuse workers the cluster cannot hold at all (Ray would wait for them forever)."""
+    import ray
+
+    from peerkd.errors import ConfigError
+
+    have = ray.cluster_resources()
+    for key, per, name in (("CPU", num_cpus, "engine.worker_cpus"), ("GPU", num_gpus, "engine.worker_gpus")):
+        if workers * per > have.get(key, 0.0) + 1e-9:
+            raise ConfigError(
+                name,
+                f"{workers} workers x {per:g} {key}s, but the Ray cluster has {have.get(key, 0.0):g}",
+                f"at most {have.get(key, 0.0) / workers:g} per worker, or fewer engine.workers",
+            )
 
 
 def _round(msg: Message) -> int:
@@ -184,9 +207,10 @@ class ShardedGrid(BatchedGrid):
         actor = ray.remote(
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=TASK_RETRIES
         )(ShardWorker)
-        state = Path(state_dir)
+        _check_fits(workers, num_cpus, num_gpus)
+        state = Path(state_dir).resolve()  # a worker's working directory is not the driver's
         for k in range(workers):
-            Path(state / f"shard-{k}.pt").unlink(missing_ok=True)  # a fresh run never restores an old one
+            (state / f"shard-{k}.pt").unlink(missing_ok=True)  # a fresh run never restores an old one
         self.workers = [
             actor.options(scheduling_strategy="SPREAD").remote(
                 clients, num_nodes, device, chunk, str(state / f"shard-{k}.pt"), max(1, int(num_cpus))
@@ -194,6 +218,9 @@ class ShardedGrid(BatchedGrid):
             for k, clients in enumerate(self.shards)
         ]
         self.events: list[dict[str, Any]] = []
+        # Totals over calls: the driver's wall time calling the workers, the slowest worker's own
+        # time (saving included) and its saving; gather - slowest worker = the split's transport cost.
+        self.timing = {"gather_s": 0.0, "slowest_worker_s": 0.0, "its_save_s": 0.0}
         self.info = ray.get([w.info.remote() for w in self.workers])
 
     def _answer(self, messages: list[Message]) -> list[Message]:
@@ -209,8 +236,9 @@ class ShardedGrid(BatchedGrid):
                 replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"))
             else:
                 by_shard.setdefault(k, []).append(msg)
+        t0 = time.perf_counter()
         calls = {k: self.workers[k].answer.remote(msgs) for k, msgs in by_shard.items()}
-        deadline = time.monotonic() + self.timeout
+        deadline, slowest = time.monotonic() + self.timeout, {"answer_s": 0.0, "save_s": 0.0}
         for k, ref in calls.items():
             try:
                 got, info = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
@@ -218,7 +246,11 @@ class ShardedGrid(BatchedGrid):
                 replies += self._lost(k, by_shard[k], exc)
                 continue
             self._note(k, info)
+            slowest = max(slowest, {key: info[key] for key in slowest}, key=lambda t: t["answer_s"])
             replies += got
+        self.timing["gather_s"] += time.perf_counter() - t0
+        self.timing["slowest_worker_s"] += slowest["answer_s"]
+        self.timing["its_save_s"] += slowest["save_s"]
         return replies
 
     def _lost(self, k: int, messages: list[Message], exc: Exception) -> list[Message]:
@@ -332,6 +364,7 @@ def run_sharded(
                 "ray_address": address,
                 "workers": grid.describe(),
                 "worker_events": grid.events,
+                "worker_timing": grid.timing,
             }
 
         return run_federation(grid, spec, strategy, RunWriter(Path(out_dir), config), summary_extra=extra)
