@@ -22,7 +22,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+_VENV_RAY = Path(sys.executable).with_name("ray")  # the Ray of this interpreter, not another on PATH
+RAY = str(_VENV_RAY) if _VENV_RAY.is_file() else shutil.which("ray") or "ray"
 
 
 def ray_cli() -> str | None:
