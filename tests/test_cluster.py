@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -106,6 +107,7 @@ def cluster():
     finally:
         survivors = c.stop()
         assert survivors == [], f"cluster processes survived: {survivors}"
+        shutil.rmtree(c.temp_dir, ignore_errors=True)  # Ray's logs and sockets (kept when something survived)
 
 
 @pytest.fixture(scope="module")
