@@ -181,10 +181,12 @@ def _plan_and_run(
 ) -> tuple[Path, list, dict]:
     """Plan every run of ``command`` (all validated before any starts), then run the unfinished
     ones; return the results directory, the planned runs and ``run_sweep``'s result."""
+    from peerkd.results import check_out_dir
     from simulations.config import check_resources
     from simulations.sweep import plan, run_sweep
 
     out = Path(cfg.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out_dir(out)
     runs = plan(lambda o: _compose(command, o), overrides, axes, out)
     resources = check_resources(cfg.resources)
     _print_splits([r.spec.world for r in runs])

@@ -36,7 +36,7 @@ def test_a_well_formed_reply_passes(flower_identity):
 def test_missing_or_bad_test_loss_is_rejected(flower_identity):
     logits = {KEY_LOGITS: encode_logits(np.zeros(SHAPE))}
     no_loss = {k: v for k, v in GOOD.items() if k != "test-loss"}
-    assert screen_reply(reply(no_loss, **logits), peer(), 3) == (None, "test-loss None is not a finite loss >= 0")
+    assert screen_reply(reply(no_loss, **logits), peer(), 3) == (None, "test-loss None is not a finite number >= 0")
     assert screen_reply(reply({**GOOD, "test-loss": float("nan")}, **logits), peer(), 3)[0] is None
 
 
