@@ -27,6 +27,7 @@ REPLY_RECORDS: dict[str, type] = {
 }
 # Metrics a reply may carry beyond the required partition id, test accuracy and test loss.
 OPTIONAL_METRICS = (P.METRIC_NUM_EXAMPLES, P.METRIC_TRAIN_LOSS, P.METRIC_TRAIN_S)
+INT64_MAX = 2**63 - 1  # the largest integer a MetricRecord carries over the wire
 REPLY_METRICS = (P.METRIC_PARTITION, P.METRIC_TEST_ACC, P.METRIC_TEST_LOSS, *OPTIONAL_METRICS)
 
 
@@ -71,7 +72,7 @@ def _records_problem(content: RecordDict) -> str | None:
         if expected is None:
             return f"unknown record {_short(repr(name))} (allowed: {', '.join(REPLY_RECORDS)})"
         if not isinstance(record, expected):
-            return f"record {name!r} is a {type(record).__name__}, expected a {expected.__name__}"
+            return f"record {name!r} holds a {type(record).__name__}, expected {expected.__name__}"
     return None
 
 
@@ -90,8 +91,8 @@ def _metrics_problem(values: dict[str, Any], num_clients: int) -> str | None:
         if (key == P.METRIC_TEST_LOSS or value is not None) and not _finite_at_least(value, 0.0):
             return f"{key} {_short(repr(value))} is not a finite number >= 0"
     n = values.get(P.METRIC_NUM_EXAMPLES)
-    if n is not None and (not _is_int(n) or n < 1):
-        return f"{P.METRIC_NUM_EXAMPLES} {_short(repr(n))} is not an integer >= 1"
+    if n is not None and (not _is_int(n) or not 1 <= n <= INT64_MAX):
+        return f"{P.METRIC_NUM_EXAMPLES} {_short(repr(n))} is not an integer in 1..2**63-1"
     return None
 
 
