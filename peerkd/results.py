@@ -61,17 +61,20 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
 
     from peerkd.errors import ConfigError
 
-    path = Path(out_dir)
-    allowed = "a directory path that can be created and written"
-    if path.exists() and not path.is_dir():
-        raise ConfigError("out", f"{str(path)!r} is an existing file, not a directory", allowed)
-    created = [p for p in (path, *path.parents) if not p.exists()]
+    path, allowed = Path(out_dir), "a directory path that can be created and written"
+    try:
+        if path.exists() and not path.is_dir():
+            raise ConfigError("out", f"{str(path)!r} is an existing file, not a directory", allowed)
+        created = [p for p in (path, *path.parents) if not p.exists()]
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ConfigError("out", f"{str(path)!r} is not a usable path: {exc}", allowed) from None
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
-    except OSError as exc:
-        raise ConfigError("out", f"cannot write results in {str(path)!r}: {exc.strerror or exc}", allowed) from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("out", f"cannot write results in {str(path)!r}: {reason}", allowed) from None
     finally:
         for p in created:  # innermost first: leave the filesystem as found
             if p.is_dir():
