@@ -88,11 +88,16 @@ shapes = st.one_of(
 
 
 @st.composite
-def arrays(draw):
-    """A Flower Array: a declared dtype and shape, and bytes that may or may not match them."""
+def arrays(draw, like=None):
+    """A Flower Array: a declared dtype and shape (often those of the array ``like`` it replaces),
+    and bytes that may or may not match them."""
     from flwr.app import Array
 
     dtype, shape = draw(st.sampled_from(DTYPES)), draw(shapes)
+    if like is not None and draw(st.booleans()):
+        dtype = like.dtype
+    if like is not None and draw(st.integers(0, 2)):
+        shape = tuple(like.shape)
     kind = draw(st.sampled_from(["match", "random", "text", "truncated", "other", "strings"]))
     small = not shape or max(shape) < 10**6
     size = int(np.prod(shape)) if small else 4
@@ -170,7 +175,8 @@ def replies(draw, name: str):
             key = draw(st.sampled_from(sorted(k for k in content if k != P.KEY_METRICS)))
             record = content[key]
             target = draw(st.sampled_from(sorted(record.keys()) + ["new"]))
-            content[key] = ArrayRecord({**record, target: draw(arrays())})
+            like = record.get(target) if isinstance(record, ArrayRecord) else None
+            content[key] = ArrayRecord({**record, target: draw(arrays(like))})
         else:
             key = draw(st.sampled_from(sorted(content))) if what == "record" else draw(st.sampled_from(RECORD_NAMES))
             content[key] = draw(records())
