@@ -127,3 +127,14 @@ def test_the_command_exits_2_without_a_traceback(tmp_path, args):
     )
     assert res.returncode == 2 and res.stdout == "", res.stderr
     assert res.stderr.startswith("peerkd: error: ") and res.stderr.count("\n") == 1, res.stderr
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_compare_and_sweep_refuse_bad_seeds_and_out_too(capsys, tmp_path, command):
+    existing = tmp_path / "a-file"
+    existing.write_text("x")
+    base = [command, "data=digits", "num_clients=3", "rounds=1", "rules=[local]"]
+    for extra, field in ((["seeds=[0,-1]"], "seed"), ([f"out={existing}"], "out")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"peerkd: error: {field}: ") and "\n" not in err, err
