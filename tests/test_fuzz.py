@@ -369,12 +369,41 @@ junk = st.text(alphabet=" =,[]{}'\"\\:$%@~+-abc019.\u00e9", max_size=12)
 
 
 @st.composite
-def overrides(draw):
-    chosen = draw(st.lists(st.sampled_from(sorted(KEYS)), unique=True, max_size=4))
-    out = [f"{k}={draw(KEYS[k]) if draw(st.integers(0, 7)) else draw(junk)}" for k in chosen]
-    if draw(st.integers(0, 9)) == 0:
+def overrides(draw, keys=None, junk_share=8):
+    """Up to 4 ``key=value`` overrides; about one value in ``junk_share`` (0: none) is junk text."""
+    chosen = draw(st.lists(st.sampled_from(keys or sorted(KEYS)), unique=True, max_size=4))
+    out = [
+        f"{k}={draw(junk) if junk_share and not draw(st.integers(0, junk_share - 1)) else draw(KEYS[k])}"
+        for k in chosen
+    ]
+    if junk_share and draw(st.integers(0, 9)) == 0:
         out.append(draw(junk))
     return out
+
+
+# Keys whose every accepted value still gives a run of seconds (no huge rounds, sizes or epochs).
+RUNNABLE = (
+    "seed", "partition", "partition.alpha", "students", "strategy", "strategy.alpha", "strategy.temperature",
+    "participation", "data.test_frac", "data.public_frac", "engine.chunk", "train.lr",
+)  # fmt: skip
+
+
+@settings(FUZZ, max_examples=4)
+@given(args=overrides(RUNNABLE, junk_share=0))
+def test_a_config_that_passes_check_runs_to_a_summary(capsys, tmp_path_factory, args):
+    from simulations.cli import main
+
+    out = tmp_path_factory.mktemp("fuzz-run") / "run"
+    base = ["data=digits", "num_clients=3", "rounds=1", "train.epochs=1", f"out={out}"]
+    if main(["run", *base, *args, "--check"]) != 0:
+        event("refused by --check")
+        return
+    # Execute: the same overrides, run for real (batched engine).
+    code = main(["run", *base, *args])
+    # Assert
+    event(f"ran: exit {code}")
+    assert code == 0, capsys.readouterr().err
+    assert (out / "summary.json").is_file()
 
 
 @settings(FUZZ, max_examples=120)
