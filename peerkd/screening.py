@@ -51,7 +51,7 @@ def screen_reply(reply: Message, strategy: ReplyChecker, num_clients: int) -> tu
     """
     try:
         if reply.has_error():
-            return None, f"client error: {_short(str(reply.error.reason))}"
+            return None, f"client error: {_short(str(reply.error.reason), tail=True)}"
         reason = _records_problem(reply.content) or _metrics_problem(dict(reply.content[P.KEY_METRICS]), num_clients)
         if reason:
             return None, reason
@@ -104,7 +104,10 @@ def _finite_at_least(value: Any, low: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
 
 
-def _short(text: str, limit: int = 200) -> str:
-    """``text`` on one line, at most ``limit`` characters (a forged reply may carry megabytes of it)."""
+def _short(text: str, limit: int = 300, tail: bool = False) -> str:
+    """``text`` on one line, at most ``limit`` characters (a forged reply may carry megabytes of it);
+    ``tail`` keeps the end (a client's traceback ends with its exception)."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    return "..." + text[3 - limit :] if tail else text[: limit - 3] + "..."

@@ -309,6 +309,7 @@ def test_ip_hosts_become_ip_sans_and_invalid_hosts_are_refused(tmp_path, capsys)
     # Assert
     assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1")]
     assert sans.get_values_for_type(x509.DNSName) == ["coordinator.lan"]
+    capsys.readouterr()  # the "wrote ..." log line
     for bad in ("a b", "host_1", "-x.lan", "[::1", "", "1.2.3.4.5:80"):
         assert D.main(["certs", str(tmp_path / "bad"), f"--hosts={bad}"]) == 2
         err = capsys.readouterr().err.strip()
