@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.models import build_model
-from peerkd.results import SUMMARY_FILE
+from peerkd.results import SUMMARY_FILE, check_out_dir
 from peerkd.server_app import RunSpec, make_server_app
 from peerkd.world import build_world
 from simulations.config import EngineConf
@@ -50,6 +50,7 @@ def run_engine(
         )
     from peerkd.batched import run_batched
 
+    check_out_dir(out_dir)
     preflight(spec, strategy)
     cluster = None
     if engine.workers:
@@ -99,6 +100,7 @@ def run_one(
     if client_app is None:
         from peerkd.client_app import app as client_app
 
+    check_out_dir(out_dir)  # before Ray starts
     preflight(spec, strategy)
     init_args = cluster_args(None, ray_init or {})
     engine = {"engine": "flower", "client_resources": dict(resources), "ray_address": init_args["address"]}
