@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
-from peerkd.codec import FP32, Codec, CodecError, array_bytes
+from peerkd.codec import FP32, Codec, array_bytes
 from peerkd.errors import ConfigError
 from peerkd.participation import Roster
 from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
