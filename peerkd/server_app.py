@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.codec import CodecError, array_bytes
+from peerkd.faults import AttackSpec, FaultSpec, inject
 from peerkd.participation import Roster
 from peerkd.results import RunWriter, accuracy_stats
 from peerkd.training import pick_device
@@ -47,6 +48,8 @@ class RunSpec:
     wait_timeout: float = 120.0  # seconds to wait for nodes to connect at start
     measure_agreement: bool = True  # peer-agreement metrics (may ask clients for measurement-only logits)
     clients_per_round: int = 0  # partial participation: a seeded sample of this many clients per round (0: all)
+    faults: FaultSpec = field(default_factory=FaultSpec)  # injected crashes, stragglers, dropouts, late joiners
+    attack: AttackSpec = field(default_factory=AttackSpec)  # attacking clients
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ def run_federation(
         world, spec.students, spec.world.seed, device, spec.epochs, spec.lr, spec.batch_size, spec.measure_agreement
     )
     run_metrics = strategy.setup(ctx)
+    faulty = inject(grid, spec.faults, spec.attack, spec.world.seed, spec.world.num_clients, spec.round_timeout)
+    grid = faulty or grid
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
@@ -199,6 +204,7 @@ def run_federation(
             latest[client_row["client"]] = client_row
             roster.learn(client_row["node_id"], client_row["client"])
         totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
+        row.update(faulty.round_fields(client_rows) if faulty else {})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
         log.info("[%s] round %d/%d  %s", strategy.name, rnd, spec.rounds, _round_line(row))
@@ -209,7 +215,8 @@ def run_federation(
         writer.log(*final)
         latest.update({r["client"]: r for r in final})
     summary = {
-        **_summary(spec, strategy, world, latest, totals, run_metrics),
+        **(summary := _summary(spec, strategy, world, latest, totals, run_metrics)),
+        **(faulty.summary_fields(summary["per_client"]) if faulty else {}),
         "wall_s": time.perf_counter() - t_start,
         **(summary_extra() if summary_extra else {}),
     }

@@ -6,7 +6,7 @@ Everything below ``to_run_spec`` / ``to_strategy`` takes plain typed arguments.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -15,6 +15,7 @@ from omegaconf import MISSING
 from peerkd.batched.grid import DEVICES
 from peerkd.data import BUILTIN_DATASETS, file_fractions, load_dataset
 from peerkd.errors import ConfigError, check_choice, check_range
+from peerkd.faults import AttackSpec, FaultSpec
 from peerkd.models import MODELS
 from peerkd.partition import PARTITIONS
 from peerkd.server_app import RunSpec
@@ -105,6 +106,20 @@ class EngineConf:
 ENGINES = ("batched", "flower")
 
 
+def _spec_node(spec: type, name: str) -> type:
+    """A config node type with ``spec``'s fields and defaults (the frozen spec validates them)."""
+    import typing
+
+    hints = typing.get_type_hints(spec)
+    return _named(
+        dataclasses.make_dataclass(name, [(f.name, hints[f.name], field(default=f.default)) for f in fields(spec)])
+    )
+
+
+FaultsConf = _spec_node(FaultSpec, "FaultsConf")  # faults.crash_prob=0.3 ... (peerkd.faults)
+AttackConf = _spec_node(AttackSpec, "AttackConf")  # attack.fraction=0.2 attack.kind=wrong
+
+
 @dataclass
 class RunConf:
     strategy: Any = MISSING  # one rule's node from the `strategy` group: its name and settings
@@ -122,6 +137,8 @@ class RunConf:
     measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
     participation: float = 1.0  # fraction of clients training each round (a seeded sample, the same for every rule)
     clients_per_round: int = 0  # or this many clients per round (0: from participation)
+    faults: FaultsConf = field(default_factory=FaultsConf)  # injected faults, seeded (peerkd.faults)
+    attack: AttackConf = field(default_factory=AttackConf)  # attacking clients, seeded
     verbose: bool = False
 
 
@@ -172,6 +189,8 @@ def _node_types() -> list[type]:
         TrainConf,
         ResourcesConf,
         EngineConf,
+        FaultsConf,
+        AttackConf,
         SharedRuleConf,
         *RULE_NODES.values(),
     ]
@@ -242,6 +261,8 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         round_timeout=cfg.round_timeout,
         measure_agreement=cfg.measure_agreement,
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
+        faults=FaultSpec(**_as_dict(cfg.faults)),
+        attack=AttackSpec(**_as_dict(cfg.attack)),
     )
 
 
