@@ -75,12 +75,13 @@ def clip_norms(stack: np.ndarray, clip_norm: float = 0.0) -> np.ndarray:
 def consensus_weights(stack: np.ndarray) -> np.ndarray:
     """Weights (summing to 1) that fall with a peer's distance to the coordinate-wise median.
 
-    ``w_i ∝ exp(-(d_i / m)^2)``, ``d_i = ||x_i - median||``, ``m = median_i d_i``; all equal when m is 0.
+    ``w_i ∝ exp(-(d_i / m)^2)``, ``d_i = ||x_i - median||``, ``m = median_i d_i``; when m is 0 (most
+    peers sit exactly on the median), those peers share the weight.
     """
     stack = np.asarray(stack, dtype=np.float64)
     dist = peer_norms(stack - coordinate_median(stack))
     m = float(np.median(dist))
-    w = np.exp(-((dist / m) ** 2)) if m > 0 else np.ones(len(stack))
+    w = np.exp(-((dist / m) ** 2)) if m > 0 else (dist == 0).astype(np.float64)  # m = 0: most agree exactly
     return w / w.sum()
 
 
