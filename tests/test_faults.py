@@ -182,3 +182,23 @@ def test_real_delays_hold_replies_back(tmp_path):
     run_batched(spec, build_strategy("local"), tmp_path, {"rule": "local"}, device="cpu")
     row = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "round")
     assert row["replies"] == 3 and row["rejected"] == 0 and row["round_s"] >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["faults.crash_prob=2"], "faults.crash_prob"),
+        (["attack.kind=polite"], "attack.kind"),
+        (["strategy.aggregator=mode"], "strategy.aggregator"),
+        (["strategy=fedavg", "attack.fraction=0.2"], "attack.fraction"),
+    ],
+)
+def test_bad_fault_attack_and_defence_settings_are_one_line(args, field, tmp_path, capsys):
+    from simulations.cli import main
+
+    # Execute: refused before anything runs.
+    code = main(["run", "data=digits", "rounds=1", f"out={tmp_path / 'run'}", *args])
+    # Assert
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and field in err[0]
+    assert not (tmp_path / "run").exists()
