@@ -10,9 +10,11 @@ A rule that averages what clients send (logits, probabilities, per-class means) 
 - ``clip``: scale each peer's array down to at most ``clip_norm`` (Frobenius norm; 0: the
   median of the peers' norms), then average (norm bounding, Sun et al. 2019, "Can You
   Really Backdoor Federated Learning?");
-- ``consensus``: clip as above, then weight each peer by how close it is to the robust
-  consensus (the coordinate-wise median of the clipped arrays), ``w_i = exp(-(d_i / m)^2)``
-  with ``d_i`` its distance to the median and ``m`` the median distance. In the spirit of
+- ``consensus``: weight each peer by how close it is to the robust consensus (the
+  coordinate-wise median), ``w_i = exp(-SHARPNESS * max(0, d_i / m - 1)^2)`` with ``d_i`` its
+  distance to the median and ``m`` the median distance: the closer half keeps full weight, a
+  peer twice as far as the median peer keeps e^-4, one three times as far e^-16 (clipped first
+  only if ``clip_norm`` is set; a huge-scale peer is far from the median anyway). In the spirit of
   AGRE-KD (Kenfack, Aïvodji & Kahou, TMLR 2025, arXiv:2411.14984), which weights each
   teacher of an ensemble by its direction relative to a reference, and of FedTKD (Chen et
   al., Entropy 26(1):96, 2024), which down-weights clients whose knowledge disagrees with
@@ -31,6 +33,7 @@ import numpy as np
 from peerkd.errors import check_choice, check_range
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "clip", "consensus")
+SHARPNESS = 4.0  # consensus: how fast a peer's weight falls beyond the median distance
 EXACT_LOO_MAX = 256  # above this many peers, a robust leave-one-out target is the all-peer aggregate
 
 
@@ -75,13 +78,16 @@ def clip_norms(stack: np.ndarray, clip_norm: float = 0.0) -> np.ndarray:
 def consensus_weights(stack: np.ndarray) -> np.ndarray:
     """Weights (summing to 1) that fall with a peer's distance to the coordinate-wise median.
 
-    ``w_i ∝ exp(-(d_i / m)^2)``, ``d_i = ||x_i - median||``, ``m = median_i d_i``; when m is 0 (most
-    peers sit exactly on the median), those peers share the weight.
+    ``w_i ∝ exp(-SHARPNESS * max(0, d_i / m - 1)^2)``, ``d_i = ||x_i - median||``, ``m = median_i d_i``;
+    when m is 0 (most peers sit exactly on the median), those peers share the weight.
     """
     stack = np.asarray(stack, dtype=np.float64)
     dist = peer_norms(stack - coordinate_median(stack))
     m = float(np.median(dist))
-    w = np.exp(-((dist / m) ** 2)) if m > 0 else (dist == 0).astype(np.float64)  # m = 0: most agree exactly
+    if m == 0:  # most peers agree exactly
+        w = (dist == 0).astype(np.float64)
+    else:
+        w = np.exp(-SHARPNESS * np.maximum(0.0, dist / m - 1.0) ** 2)
     return w / w.sum()
 
 
@@ -104,7 +110,8 @@ class Aggregator:
     trim : float
         ``trimmed_mean``: share of peers dropped at each end, in [0, 0.5).
     clip_norm : float
-        ``clip`` and ``consensus``: largest norm a peer's array keeps (0: the median of the peers' norms).
+        ``clip``: largest norm a peer's array keeps (0: the median of the peers' norms);
+        ``consensus``: clip at this norm first (0: no clipping).
     """
 
     method: str = "mean"
@@ -135,12 +142,13 @@ class Aggregator:
         elif self.method == "mean":
             out = _weighted_mean(stack, weights)
         else:
-            clipped = clip_norms(stack, self.clip_norm)
+            clip = self.method == "clip" or self.clip_norm > 0
+            stack = clip_norms(stack, self.clip_norm) if clip else stack
             w = None if weights is None else np.asarray(weights, dtype=np.float64)
             if self.method == "consensus":
-                c = consensus_weights(clipped)
+                c = consensus_weights(stack)
                 w = c if w is None else c * w
-            out = _weighted_mean(clipped, w)
+            out = _weighted_mean(stack, w)
         return out.astype(np.float32)
 
     def leave_one_out(self, stack: np.ndarray) -> np.ndarray:

@@ -41,7 +41,8 @@ def test_clip_norms_at_the_median_norm_or_a_given_bound():
 def test_consensus_weights_by_hand():
     # Median of [0,0],[1,0],[0,1],[10,10] per coordinate: (0+1)/2 = 0.5 -> [0.5, 0.5].
     # Distances: the three honest rows sqrt(0.5) = 0.7071, the outlier 9.5*sqrt(2) = 13.435;
-    # median distance 0.7071, so honest weights exp(-1) each and the outlier exp(-19^2) ~ 0.
+    # median distance 0.7071 (d/m = 1 and 19), so honest weights exp(0) = 1 each and the outlier
+    # exp(-4 * 18^2) ~ 0.
     w = consensus_weights([[0, 0], [1, 0], [0, 1], [10, 10]])
     np.testing.assert_allclose(w[:3], [1 / 3] * 3, rtol=1e-12)
     assert w[3] < 1e-100
@@ -130,3 +131,11 @@ def test_every_rule_that_averages_client_outputs_takes_an_aggregator(rule):
 def test_rules_that_average_no_client_outputs_refuse_an_aggregator():
     with pytest.raises(ConfigError, match="strategy.aggregator"):
         build_strategy("teacher", aggregator="median")
+
+
+def test_consensus_keeps_the_closer_half_whole_and_fades_the_far():
+    # Distances to the median [0] of [-1], [0], [1], [2], [0]: 1, 0, 1, 2, 0; median distance 1.
+    # d/m - 1 <= 0 for the first four but [2]: weights 1, 1, 1, exp(-4 * 1^2), 1.
+    w = consensus_weights([[-1.0], [0.0], [1.0], [2.0], [0.0]])
+    e = np.exp(-4.0)
+    np.testing.assert_allclose(w, np.array([1, 1, 1, e, 1]) / (4 + e))
