@@ -233,6 +233,7 @@ class FaultyGrid(Grid):
         mode = plan.faults.delays
         self.real_delays = mode == "real" or (mode == "auto" and not getattr(grid, "answers_at_once", False))
         self.client: dict[int, int] = {}  # node id -> client (partition) id
+        self._asked: set[int] = set()  # nodes sent a discovery message (once each: a dead node costs one wait)
         self.events: Counter = Counter()
         self.attackers = set(plan.attackers())
         self.joins = plan.join_rounds()
@@ -265,7 +266,8 @@ class FaultyGrid(Grid):
         messages = list(messages)
         rounds = [_round_of(m) for m in messages]
         if self.plan.faults.needs_roster and max(rounds, default=0) >= 1:
-            self._discover([m for m in messages if m.metadata.dst_node_id not in self.client])
+            known = self.client.keys() | self._asked
+            self._discover([m for m in messages if m.metadata.dst_node_id not in known])
         self._held = {k: v for k, v in self._held.items() if v[1] >= max(rounds, default=0)}  # abandoned rounds
         deliver = []
         for msg, rnd in zip(messages, rounds):
@@ -356,6 +358,7 @@ class FaultyGrid(Grid):
         nodes = sorted({m.metadata.dst_node_id for m in messages})
         if not nodes:
             return
+        self._asked.update(nodes)
         config = ConfigRecord({**messages[0].content[P.KEY_CONFIG], P.CFG_ROUND: 0})
         probes = [
             Message(RecordDict({P.KEY_CONFIG: config}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in nodes
