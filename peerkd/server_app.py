@@ -9,7 +9,6 @@ of every serialised array sent and received, and the clock go to ``metrics.jsonl
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -24,14 +23,17 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
-from peerkd.codec import CodecError, array_bytes
+from peerkd.codec import array_bytes
 from peerkd.faults import AttackSpec, FaultSpec, inject
 from peerkd.participation import Roster
+from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
 from peerkd.results import RunWriter, accuracy_stats
+from peerkd.screening import screen_reply
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
+PLACEMENT_KEYS = (KEY_NODE, KEY_HOST, KEY_IP)  # a client row's Ray placement (absent outside Ray)
 
 
 @dataclass(frozen=True)
@@ -131,33 +133,6 @@ def send_and_receive(
     return replies, sent
 
 
-def screen_reply(reply: Message, strategy: ExchangeRule, num_clients: int) -> tuple[dict[str, Any] | None, str | None]:
-    """The reply's metrics if it is well-formed, else None and the reason it was rejected."""
-    if reply.has_error():
-        return None, f"client error: {reply.error.reason}"
-    content = reply.content
-    metrics = content.get(P.KEY_METRICS)
-    if not isinstance(metrics, MetricRecord):
-        return None, "no metrics record"
-    values = dict(metrics)
-    client = values.get(P.METRIC_PARTITION)
-    if not isinstance(client, int) or not 0 <= client < num_clients:
-        return None, f"{P.METRIC_PARTITION} {client!r} outside 0..{num_clients - 1}"
-    acc = values.get(P.METRIC_TEST_ACC)
-    if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
-        return None, f"{P.METRIC_TEST_ACC} {acc!r} outside [0, 1]"
-    loss = values.get(P.METRIC_TEST_LOSS)
-    if not isinstance(loss, float) or not math.isfinite(loss) or loss < 0:
-        return None, f"{P.METRIC_TEST_LOSS} {loss!r} is not a finite loss >= 0"
-    try:
-        strategy.check_reply(content)
-    except CodecError as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001  (forged bytes or dtypes can fail anywhere in decoding: a rejection, not a crash)
-        return None, f"malformed reply ({type(exc).__name__}: {exc})"
-    return values, None
-
-
 def run_federation(
     grid: Grid,
     spec: RunSpec,
@@ -203,7 +178,7 @@ def run_federation(
         for client_row in client_rows:
             latest[client_row["client"]] = client_row
             roster.learn(client_row["node_id"], client_row["client"])
-        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
+        totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected", "replies")})
         row.update(faulty.round_fields(client_rows) if faulty else {})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
@@ -226,7 +201,9 @@ def run_federation(
 
 def _round_line(row: dict[str, Any]) -> str:
     """``acc mean 0.862 worst 0.848  10 replies  0.4 s`` for a round's log line."""
-    acc, worst = row["acc_mean"] or 0, row["acc_worst"] or 0
+    if not row["replies"]:  # a round with no accepted reply has no accuracy to show
+        return f"no reply accepted ({row['rejected']} rejected, {len(row['missing'])} missing)  {row['round_s']:.1f} s"
+    acc, worst = row["acc_mean"], row["acc_worst"]
     return f"acc mean {acc:.3f} worst {worst:.3f}  {row['replies']} replies  {row['round_s']:.1f} s"
 
 
@@ -256,10 +233,13 @@ def _summary(
         "per_client": per_client,
         "acc_by_arch": _by_arch(per_client),
         "rejected_replies": totals["rejected"],
+        "accepted_replies": totals["replies"],
+        "no_reply_accepted": totals["replies"] == 0,  # then every accuracy above is null
         "bytes_measure": totals["bytes_measure"],
         "students": list(spec.students),
         "private": strategy.private,
         "clients_per_round": spec.clients_per_round or spec.world.num_clients,
+        "clients_per_node": clients_per_node(latest.values()),
         **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
     }
 
@@ -281,6 +261,7 @@ def _evaluate_nodes(
             out[sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)] = {
                 **values,
                 "arch": _arch(reply),
+                **_placement(reply),
             }
     return out
 
@@ -302,6 +283,7 @@ def _final_rows(grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[
                     "acc": acc,
                     "loss": loss,
                     "final_evaluation": True,
+                    **{k: values[k] for k in PLACEMENT_KEYS if k in values},
                 }
             )
     return rows
@@ -355,6 +337,7 @@ def _run_round(
             "bytes_up": up,
             "bytes_down": down.get(node, 0),
             "bytes_measure": measure,
+            **_placement(reply),
         }
         rows.append(row)
     answered = {sent.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies}
@@ -363,6 +346,7 @@ def _run_round(
         "round": rnd,
         **accuracy_stats([r["acc"] for r in rows]),
         "replies": len(rows),
+        "no_reply_accepted": not rows,  # the rule aggregated nothing this round
         "rejected": len(rejected),
         "rejections": rejected,
         "missing": sorted(set(down) - answered),
@@ -379,6 +363,22 @@ def _arch(reply: Message) -> str | None:
     """The student architecture a reply names in its info record, if any."""
     info = reply.content.get(P.KEY_INFO)
     return str(info["arch"]) if isinstance(info, ConfigRecord) and "arch" in info else None
+
+
+def _placement(reply: Message) -> dict[str, str]:
+    """The Ray node, host and IP a reply's student ran on (empty outside Ray)."""
+    info = reply.content.get(P.KEY_INFO)
+    return {k: str(info[k]) for k in PLACEMENT_KEYS if k in info} if isinstance(info, ConfigRecord) else {}
+
+
+def clients_per_node(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{ray node id: {host, ip, clients}}`` of client rows that name a Ray node (``{}`` outside Ray)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if KEY_NODE in r:
+            entry = out.setdefault(r[KEY_NODE], {KEY_HOST: r.get(KEY_HOST), KEY_IP: r.get(KEY_IP), "clients": 0})
+            entry["clients"] += 1
+    return dict(sorted(out.items()))
 
 
 def _reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from peerkd.errors import ConfigError
 from peerkd.models import build_model
-from peerkd.results import SUMMARY_FILE
+from peerkd.results import SUMMARY_FILE, check_out_dir
 from peerkd.server_app import RunSpec, make_server_app
 from peerkd.world import build_world
 from simulations.config import EngineConf
@@ -52,15 +52,30 @@ def run_engine(
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
     ``batched`` trains every student of an architecture as one vmapped model in this process
-    (``engine.device``, ``engine.chunk``); ``flower`` is Flower's simulation engine, one Ray
-    actor per client slot with ``resources`` (``run_one``).
+    (``engine.device``, ``engine.chunk``), or sharded over ``engine.workers`` Ray actors;
+    ``flower`` is Flower's simulation engine, one Ray actor per client slot with ``resources``
+    (``run_one``). Both use the Ray cluster at ``engine.ray_address`` if set, else a private
+    local Ray.
     """
+    from peerkd.batched.sharded import cluster_args
+
     if engine.name == "flower":
-        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init)
+        return run_one(
+            spec, strategy, out_dir, config, resources, ray_init=cluster_args(engine.ray_address, ray_init or {})
+        )
     from peerkd.batched import run_batched
 
+    check_out_dir(out_dir)
     preflight(spec, strategy)
-    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk)
+    cluster = None
+    if engine.workers:
+        cluster = {
+            "address": engine.ray_address,
+            "workers": engine.workers,
+            "num_cpus": engine.worker_cpus,
+            "num_gpus": engine.worker_gpus,
+        }
+    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster)
 
 
 def run_one(
@@ -90,15 +105,20 @@ def run_one(
         The clients' app (default: peerkd's); tests pass faulty ones.
     ray_init : dict | None
         Extra ``ray.init`` arguments (a sweep running runs side by side gives each its own
-        local Ray instance and a share of the CPUs).
+        local Ray instance and a share of the CPUs; ``address``: a Ray cluster, default a
+        private local instance).
     """
     from flwr.simulation import run_simulation
+
+    from peerkd.batched.sharded import cluster_args
 
     if client_app is None:
         from peerkd.client_app import app as client_app
 
+    check_out_dir(out_dir)  # before Ray starts
     preflight(spec, strategy)
-    engine = {"engine": "flower", "client_resources": dict(resources)}
+    init_args = cluster_args(None, ray_init or {})
+    engine = {"engine": "flower", "client_resources": dict(resources), "ray_address": init_args["address"]}
     server = make_server_app(spec, strategy, str(out_dir), config, summary_extra=lambda: engine)
     run_simulation(
         server_app=server,
@@ -106,7 +126,7 @@ def run_one(
         num_supernodes=spec.world.num_clients,
         backend_config={
             "client_resources": resources,
-            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **init_args},
         },
     )
     summary_path = Path(out_dir) / SUMMARY_FILE

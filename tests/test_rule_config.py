@@ -12,7 +12,10 @@ from strategies import RULES, build_strategy, rule_settings
 def test_a_key_the_rule_does_not_take_is_refused_naming_its_keys(capsys):
     assert main(["run", "strategy=dsfl", "strategy.temperature=2"]) == 2
     err = capsys.readouterr().err
-    expected = "strategy.temperature: not a setting of rule 'dsfl' (allowed: era_temperature, digest_epochs, aggregator, trim, clip_norm)"
+    expected = (
+        "strategy.temperature: not a setting of rule 'dsfl'"
+        " (allowed: era_temperature, digest_epochs, aggregator, trim, clip_norm)"
+    )
     assert err == f"peerkd: error: {expected}\n"
 
 
@@ -40,8 +43,8 @@ def test_cfg_job_lists_only_the_rules_own_settings(capsys):
 def test_compare_refuses_a_setting_no_listed_rule_takes(capsys):
     assert main(["compare", "rules=[local,peer]", "strategy.weight_lr=2"]) == 2
     assert (
-        "strategy.weight_lr: no rule of ['local', 'peer'] takes it (allowed: aggregator, alpha, clip_norm, temperature, trim)"
-        in capsys.readouterr().err
+        "strategy.weight_lr: no rule of ['local', 'peer'] takes it"
+        " (allowed: aggregator, alpha, clip_norm, temperature, trim)" in capsys.readouterr().err
     )
 
 

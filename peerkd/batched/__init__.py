@@ -17,7 +17,14 @@ __all__ = ["BatchedGrid", "run_batched"]
 
 
 def run_batched(
-    spec, strategy, out_dir: str | os.PathLike, config: dict[str, Any], *, device: str = "auto", chunk: int = 0
+    spec,
+    strategy,
+    out_dir: str | os.PathLike,
+    config: dict[str, Any],
+    *,
+    device: str = "auto",
+    chunk: int = 0,
+    cluster: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one rule on one world in the batched engine; write the results directory and return the summary.
 
@@ -35,12 +42,20 @@ def run_batched(
         ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
     chunk : int
         Most students per vmapped call (0: sized from free memory).
+    cluster : dict | None
+        Shard the students over Ray workers (``peerkd.batched.sharded.run_sharded``'s
+        ``address``, ``workers``, ``num_cpus``, ``num_gpus``); None: all in this process.
 
     Returns
     -------
     dict
-        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``.
+        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
+        (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
     """
+    if cluster is not None:
+        from peerkd.batched.sharded import run_sharded
+
+        return run_sharded(spec, strategy, out_dir, config, device=device, chunk=chunk, **cluster)
     import torch
 
     from peerkd.results import RunWriter

@@ -61,3 +61,26 @@ class StudentStore:
         for i, c in enumerate(clients):
             rows[c] = start + i  # a client that comes back to an architecture starts afresh
             self._arch[c] = arch
+
+    def snapshot(self) -> dict[int, tuple[str, dict[str, torch.Tensor]]]:
+        """Every student's architecture and weights, on CPU: client -> (arch, state dict)."""
+        out = {}
+        for arch, rows in self._rows.items():
+            weights = {k: v.detach().cpu() for k, v in self._weights[arch].items()}
+            for c, row in rows.items():
+                if self._arch.get(c) == arch:
+                    out[c] = (arch, {k: v[row].clone() for k, v in weights.items()})
+        return out
+
+    def restore(self, snapshot: dict[int, tuple[str, dict[str, torch.Tensor]]]) -> None:
+        """Replace every student by those of ``snapshot`` (from ``snapshot``)."""
+        self._weights, self._rows, self._arch = {}, {}, {}
+        by_arch: dict[str, list[int]] = {}
+        for c, (arch, _) in sorted(snapshot.items()):
+            by_arch.setdefault(arch, []).append(c)
+        for arch, clients in by_arch.items():
+            self._weights[arch] = {
+                k: torch.stack([snapshot[c][1][k] for c in clients]).to(self.device) for k in snapshot[clients[0]][1]
+            }
+            self._rows[arch] = {c: i for i, c in enumerate(clients)}
+            self._arch.update({c: arch for c in clients})
