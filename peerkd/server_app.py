@@ -25,6 +25,7 @@ import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.codec import FP32, Codec, array_bytes
 from peerkd.errors import ConfigError
+from peerkd.faults import AttackSpec, FaultSpec, inject
 from peerkd.participation import Roster
 from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
 from peerkd.privacy import PrivacySpec, epsilon_spent, noise_multiplier
@@ -53,6 +54,8 @@ class RunSpec:
     clients_per_round: int = 0  # partial participation: a seeded sample of this many clients per round (0: all)
     codec: Codec = FP32  # how logits, probabilities and targets travel, both ways
     privacy: PrivacySpec = field(default_factory=PrivacySpec)  # clients' noise (epsilon None: off)
+    faults: FaultSpec = field(default_factory=FaultSpec)  # injected crashes, stragglers, dropouts, late joiners
+    attack: AttackSpec = field(default_factory=AttackSpec)  # attacking clients
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ def run_federation(
         spec.codec,
     )
     run_metrics = {**strategy.setup(ctx), **privacy_setup(spec, strategy)}
+    faulty = inject(grid, spec.faults, spec.attack, spec.world.seed, spec.world.num_clients, spec.round_timeout)
+    grid = faulty or grid
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
@@ -190,6 +195,7 @@ def run_federation(
         totals.update(
             {k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected", "replies", "releases")}
         )
+        row.update(faulty.round_fields(client_rows) if faulty else {})
         row["wall_s"] = time.perf_counter() - t_start
         writer.log(row)
         log.info("[%s] round %d/%d  %s", strategy.name, rnd, spec.rounds, _round_line(row))
@@ -203,7 +209,8 @@ def run_federation(
         run_metrics["dp_epsilon_spent"] = epsilon_spent(run_metrics["dp_noise"], totals["releases"], spec.privacy.delta)
         run_metrics["dp_releases"] = totals["releases"]
     summary = {
-        **_summary(spec, strategy, world, latest, totals, run_metrics),
+        **(summary := _summary(spec, strategy, world, latest, totals, run_metrics)),
+        **(faulty.summary_fields(summary["per_client"]) if faulty else {}),
         "wall_s": time.perf_counter() - t_start,
         **(summary_extra() if summary_extra else {}),
     }

@@ -6,7 +6,7 @@ Everything below ``to_run_spec`` / ``to_strategy`` takes plain typed arguments.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -16,6 +16,7 @@ from peerkd.batched.grid import DEVICES
 from peerkd.codec import CODECS, Codec
 from peerkd.data import BUILTIN_DATASETS, file_fractions, load_dataset
 from peerkd.errors import ConfigError, check_choice, check_range
+from peerkd.faults import AttackSpec, FaultSpec
 from peerkd.models import MODELS
 from peerkd.partition import PARTITIONS
 from peerkd.privacy import PrivacySpec
@@ -111,6 +112,20 @@ class EngineConf:
 ENGINES = ("batched", "flower")
 
 
+def _spec_node(spec: type, name: str) -> type:
+    """A config node type with ``spec``'s fields and defaults (the frozen spec validates them)."""
+    import typing
+
+    hints = typing.get_type_hints(spec)
+    return _named(
+        dataclasses.make_dataclass(name, [(f.name, hints[f.name], field(default=f.default)) for f in fields(spec)])
+    )
+
+
+FaultsConf = _spec_node(FaultSpec, "FaultsConf")  # faults.crash_prob=0.3 ... (peerkd.faults)
+AttackConf = _spec_node(AttackSpec, "AttackConf")  # attack.fraction=0.2 attack.kind=wrong
+
+
 @dataclass
 class CodecConf:
     name: str = "fp32"  # fp32 | fp16 | int8 | topk: how logits, probabilities and targets travel (both ways)
@@ -143,6 +158,8 @@ class RunConf:
     measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
     participation: float = 1.0  # fraction of clients training each round (a seeded sample, the same for every rule)
     clients_per_round: int = 0  # or this many clients per round (0: from participation)
+    faults: FaultsConf = field(default_factory=FaultsConf)  # injected faults, seeded (peerkd.faults)
+    attack: AttackConf = field(default_factory=AttackConf)  # attacking clients, seeded
     verbose: bool = False
 
 
@@ -195,6 +212,8 @@ def _node_types() -> list[type]:
         EngineConf,
         CodecConf,
         PrivacyConf,
+        FaultsConf,
+        AttackConf,
         SharedRuleConf,
         *RULE_NODES.values(),
     ]
@@ -268,6 +287,8 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
         codec=Codec(cfg.codec.name, cfg.codec.k),
         privacy=PrivacySpec(cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip),
+        faults=FaultSpec(**_as_dict(cfg.faults)),
+        attack=AttackSpec(**_as_dict(cfg.attack)),
     )
 
 

@@ -99,17 +99,19 @@ def line_figure(
     xticks: tuple[Sequence[float], Sequence[str]] | None = None,
     chance: Sequence[float | None] = (),
     integer_x: bool = False,
+    colors: dict[str, str] | None = None,
 ) -> Figure:
     """Lines with a ±1 std band per rule in each panel; ``{rule: (x, mean, std)}`` per panel.
 
     A rule whose x is all zero (it sends nothing) is drawn as a dashed level at its last mean.
     ``xticks`` (positions, labels) replaces the x ticks, e.g. for a swept variable's values;
-    ``integer_x`` keeps ticks on whole numbers (rounds); ``chance[i]`` draws panel i's chance level.
+    ``integer_x`` keeps ticks on whole numbers (rounds); ``chance[i]`` draws panel i's chance level;
+    ``colors`` replaces the rules' colours (lines that are not rules).
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     fig, axes = _figure(panels, ncols, title)
-    colors = {rule: rule_color(rule) for rule in rules}
+    colors = colors or {rule: rule_color(rule) for rule in rules}
     for i, (ax, (_, curves)) in enumerate(zip(axes, panels)):
         _chance_line(ax, chance[i] if i < len(chance) else None)
         for rule in rules:
@@ -308,7 +310,38 @@ def report_figures(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, Figur
             box_figure(panels(client_accuracies), rules, "Per-client accuracy", "test accuracy", ncols, chance=chance),
         ),
     ]
-    return figs + [_variable_figure(groups, key, names, rules) for key in keys]
+    return figs + [_variable_figure(groups, key, names, rules) for key in keys] + setting_figures(runs, keys)
+
+
+def setting_figures(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[tuple[str, str, Figure]]:
+    """For a swept rule setting (``strategy.aggregator``) and another swept key: final accuracy vs
+    that key with one line per value of the setting (and rule), e.g. each defence vs attacker share."""
+    names = key_names(keys)
+    out = []
+    for setting in [k for k in keys if k.startswith("strategy.")]:
+        for key in [k for k in keys if k != setting]:
+            rules = {r["summary"]["strategy"] for r in runs}
+            relabelled = [
+                {**r, "summary": {**r["summary"], "strategy": _setting_label(r, setting, len(rules) > 1)}} for r in runs
+            ]
+            labels = sorted({r["summary"]["strategy"] for r in relabelled}, key=sort_key)
+            colors = {label: _EXTRA_COLORS[i % len(_EXTRA_COLORS)] for i, label in enumerate(labels)}
+            name, caption, fig = _variable_figure(group_runs(relabelled, [key]), key, key_names([key]), labels, colors)
+            fig.suptitle(f"Accuracy vs {names[key]} by {names[setting]}", fontsize=12)
+            fig.set_size_inches(max(fig.get_figwidth(), 7.5), fig.get_figheight())  # room for the legend
+            out.append(
+                (
+                    name.replace(".png", f"_by_{names[setting].replace('.', '_')}.png"),
+                    caption.replace(" (±1", f", one line per {names[setting]} (±1"),
+                    fig,
+                )
+            )
+    return out
+
+
+def _setting_label(run: dict[str, Any], setting: str, with_rule: bool) -> str:
+    value = str(run["config"].get(setting))
+    return f"{run['summary']['strategy']} {value}" if with_rule else value
 
 
 def panel_chance(runs: Sequence[dict[str, Any]]) -> float | None:
@@ -318,7 +351,11 @@ def panel_chance(runs: Sequence[dict[str, Any]]) -> float | None:
 
 
 def _variable_figure(
-    groups: dict[Point, list[dict[str, Any]]], key: str, names: dict[str, str], rules: Sequence[str]
+    groups: dict[Point, list[dict[str, Any]]],
+    key: str,
+    names: dict[str, str],
+    rules: Sequence[str],
+    colors: dict[str, str] | None = None,
 ) -> tuple[str, str, Figure]:
     name, values = names[key], sorted({dict(p)[key] for p in groups}, key=sort_key)
     numeric = _numeric(values)
@@ -341,6 +378,7 @@ def _variable_figure(
         logx=logx,
         xticks=ticks,
         chance=[panel_chance(by_title.get(title, [])) for title, _ in panels],
+        colors=colors,
     )
     return f"accuracy_vs_{name.replace('.', '_')}.png", f"Final mean accuracy vs {name} (±1 std over seeds)", fig
 

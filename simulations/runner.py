@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from peerkd.errors import ConfigError
 from peerkd.models import build_model
 from peerkd.results import SUMMARY_FILE, check_out_dir
 from peerkd.server_app import RunSpec, make_server_app, privacy_setup
@@ -24,6 +25,20 @@ def preflight(spec: RunSpec, strategy) -> None:
         build_model(name, world.data.input_shape, world.num_classes, seed=0)
     strategy.check(spec.students, spec.world.num_clients)
     privacy_setup(spec, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
+    check_attack(spec, strategy)
+
+
+def check_attack(spec: RunSpec, strategy) -> None:
+    """Refuse attackers with a rule whose clients send weights: the attack forges what a client
+    sends of logits, probabilities or class means, so there it would change nothing."""
+    from strategies.base import LogitDistillation
+
+    if spec.attack.fraction > 0 and not isinstance(strategy, LogitDistillation):
+        raise ConfigError(
+            "attack.fraction",
+            f"{strategy.name}'s clients send weights, and attacks forge logits",
+            "0 with this rule, or a logit rule (peer, wml, fd, dsfl, fedmd, teacher, local)",
+        )
 
 
 def run_engine(

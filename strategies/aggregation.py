@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from strategies.robust import Aggregator
+
 
 def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
     """Row i of the result is the mean of all rows but i.
@@ -27,8 +29,10 @@ def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
     return ((stack.sum(axis=0, keepdims=True) - stack) / (n - 1)).astype(np.float32)
 
 
-def peer_targets(logits: dict[int, np.ndarray], recipients: list[int]) -> dict[int, np.ndarray | None]:
-    """Target for each recipient: the mean of the *other* peers' logits.
+def peer_targets(
+    logits: dict[int, np.ndarray], recipients: list[int], aggregator: Aggregator | None = None
+) -> dict[int, np.ndarray | None]:
+    """Target for each recipient: the mean (or ``aggregator``'s robust aggregate) of the *other* peers' logits.
 
     A recipient that sent logits gets the leave-one-out mean; one that did not (new or
     failed last round) gets the mean of all senders; with no other sender it gets None.
@@ -39,14 +43,17 @@ def peer_targets(logits: dict[int, np.ndarray], recipients: list[int]) -> dict[i
         Latest ``(P, C)`` logits by peer id.
     recipients : list[int]
         Peer ids to build targets for.
+    aggregator : Aggregator | None
+        A robust aggregate instead of the mean (its leave-one-out variant for senders).
     """
     senders = sorted(logits)
     out: dict[int, np.ndarray | None] = {}
     if not senders:
         return {r: None for r in recipients}
     stack = np.stack([logits[s] for s in senders])
-    loo = leave_one_out_mean(stack) if len(senders) >= 2 else None
-    everyone = stack.mean(axis=0).astype(np.float32)
+    robust = aggregator is not None and not aggregator.plain
+    loo = None if len(senders) < 2 else aggregator.leave_one_out(stack) if robust else leave_one_out_mean(stack)
+    everyone = aggregator(stack) if robust else stack.mean(axis=0).astype(np.float32)
     position = {s: k for k, s in enumerate(senders)}
     for r in recipients:
         if r in logits:
@@ -62,7 +69,9 @@ def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def entropy_reduction_average(probs: np.ndarray, temperature: float) -> np.ndarray:
+def entropy_reduction_average(
+    probs: np.ndarray, temperature: float, aggregator: Aggregator | None = None
+) -> np.ndarray:
     """DS-FL's ERA: the mean of peers' probabilities, sharpened by softmax(p̄ / T).
 
     ``entropy_reduction_average([[[0.6, 0.4]], [[0.8, 0.2]]], 0.1)[0]`` is
@@ -74,8 +83,11 @@ def entropy_reduction_average(probs: np.ndarray, temperature: float) -> np.ndarr
         ``(n, P, C)`` softmax outputs of n peers.
     temperature : float
         Sharpening temperature; below 1 lowers the entropy of the average.
+    aggregator : Aggregator | None
+        A robust aggregate of the probabilities instead of their mean.
     """
-    mean = np.asarray(probs, dtype=np.float64).mean(axis=0)
+    probs = np.asarray(probs, dtype=np.float64)
+    mean = probs.mean(axis=0) if aggregator is None or aggregator.plain else aggregator(probs).astype(np.float64)
     return _softmax(mean / temperature).astype(np.float32)
 
 
@@ -103,14 +115,19 @@ def mirror_descent_step(weights: np.ndarray, grad: np.ndarray, lr: float) -> np.
 
 
 def weighted_peer_targets(
-    logits: dict[int, np.ndarray], weights: dict[int, float], recipients: list[int], temperature: float
+    logits: dict[int, np.ndarray],
+    weights: dict[int, float],
+    recipients: list[int],
+    temperature: float,
+    aggregator: Aggregator | None = None,
 ) -> dict[int, np.ndarray | None]:
     """WML targets: for each recipient, T·log of the ω-weighted mix of the *other* peers'
     softmax(z/T), weights renormalised over those peers.
 
     Sent as logits, ``softmax(target / T)`` is exactly the mixture p̄_i, and KL(p̄_i ‖ p_i) has
     the same gradient in the student as Σ_j ω̃_j KL(p_j ‖ p_i): one matrix per recipient
-    carries the whole weighted loss.
+    carries the whole weighted loss. With a robust ``aggregator`` the mix is its aggregate of the
+    others' probabilities (ω scaling the mean-like methods), renormalised per row.
     """
     out: dict[int, np.ndarray | None] = {}
     probs = {k: _softmax(np.asarray(v, dtype=np.float64) / temperature) for k, v in logits.items()}
@@ -121,13 +138,21 @@ def weighted_peer_targets(
             continue
         w = np.array([weights.get(k, 0.0) for k in others])
         w = w / w.sum() if w.sum() > 0 else np.full(len(others), 1.0 / len(others))
-        mix = np.tensordot(w, np.stack([probs[k] for k in others]), axes=1)
+        others_p = np.stack([probs[k] for k in others])
+        if aggregator is None or aggregator.plain:
+            mix = np.tensordot(w, others_p, axes=1)
+        else:
+            mix = np.clip(aggregator(others_p, w).astype(np.float64), 1e-12, None)
+            mix = mix / mix.sum(axis=-1, keepdims=True)
         out[r] = (temperature * np.log(np.clip(mix, 1e-12, None))).astype(np.float32)
     return out
 
 
 def class_consensus(
-    means: dict[int, np.ndarray], counts: dict[int, np.ndarray], recipients: list[int]
+    means: dict[int, np.ndarray],
+    counts: dict[int, np.ndarray],
+    recipients: list[int],
+    aggregator: Aggregator | None = None,
 ) -> dict[int, np.ndarray | None]:
     """FD targets: for each recipient, per class, the mean of the *other* peers' per-class mean
     logits over the peers that hold that class; rows no other peer holds are NaN.
@@ -138,6 +163,8 @@ def class_consensus(
         ``(C, C)`` per-class mean logits by peer.
     counts : dict[int, np.ndarray]
         ``(C,)`` label counts by peer (0: the peer lacks the class).
+    aggregator : Aggregator | None
+        Per class, a robust aggregate of the holders' rows instead of their mean.
     """
     out: dict[int, np.ndarray | None] = {}
     for r in recipients:
@@ -145,8 +172,22 @@ def class_consensus(
         if not others:
             out[r] = None
             continue
+        if aggregator is not None and not aggregator.plain:
+            out[r] = _robust_class_rows(
+                np.stack([means[k] for k in others]), np.stack([counts[k] > 0 for k in others]), aggregator
+            )
+            continue
         has = np.stack([counts[k] > 0 for k in others]).astype(np.float64)  # (n, C)
         total = np.einsum("nc,ncd->cd", has, np.stack([means[k] for k in others]).astype(np.float64))
         n = has.sum(axis=0)[:, None]
         out[r] = np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+    return out
+
+
+def _robust_class_rows(means: np.ndarray, has: np.ndarray, aggregator: Aggregator) -> np.ndarray:
+    """Per class c, ``aggregator`` over the ``(C,)`` rows c of the peers holding c (NaN where none does)."""
+    out = np.full(means.shape[1:], np.nan, dtype=np.float32)
+    for c in range(means.shape[1]):
+        if has[:, c].any():
+            out[c] = aggregator(means[has[:, c], c])
     return out

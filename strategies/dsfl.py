@@ -20,6 +20,7 @@ from peerkd.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_
 from peerkd.server_app import ServerContext
 from strategies.aggregation import entropy_reduction_average
 from strategies.base import LogitDistillation
+from strategies.robust import Aggregator
 
 
 class DSFL(LogitDistillation):
@@ -29,8 +30,16 @@ class DSFL(LogitDistillation):
     message_type = MSG_DIGEST
     sends_probs = True
 
-    def __init__(self, era_temperature: float = 0.1, digest_epochs: int = 2):
+    def __init__(
+        self,
+        era_temperature: float = 0.1,
+        digest_epochs: int = 2,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
         super().__init__(alpha=1.0, temperature=1.0)  # DS-FL distills at T = 1
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
         self.era_temperature = check_range("strategy.era_temperature", era_temperature, 0.0, low_open=True)
         self.digest_epochs = int(check_range("strategy.digest_epochs", digest_epochs, 0))
 
@@ -50,7 +59,7 @@ class DSFL(LogitDistillation):
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         probs = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape, probs=True) for m in replies]
         if probs:
-            self.global_probs = entropy_reduction_average(np.stack(probs), self.era_temperature)
+            self.global_probs = entropy_reduction_average(np.stack(probs), self.era_temperature, self.aggregator)
             entropy = -(self.global_probs * np.log(np.clip(self.global_probs, 1e-12, None))).sum(axis=1).mean()
             return {"global_entropy": float(entropy)}
         return {}

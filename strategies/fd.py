@@ -19,6 +19,7 @@ from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LO
 from peerkd.server_app import ServerContext
 from strategies.aggregation import class_consensus
 from strategies.base import LogitDistillation
+from strategies.robust import Aggregator
 
 
 class FederatedDistillation(LogitDistillation):
@@ -29,6 +30,17 @@ class FederatedDistillation(LogitDistillation):
     message_type = MSG_CLASS_DISTILL
     needs_transfer = False
     dp_supported = False  # label counts travel in the clear
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
+        super().__init__(alpha, temperature)
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)
@@ -44,7 +56,7 @@ class FederatedDistillation(LogitDistillation):
         return (c, c)
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
-        return class_consensus(self.means, self.counts, node_ids)
+        return class_consensus(self.means, self.counts, node_ids, self.aggregator)
 
     def encode_target(self, target: np.ndarray) -> ArrayRecord:
         valid = np.isfinite(target).all(axis=1)

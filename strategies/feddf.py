@@ -19,6 +19,7 @@ from peerkd.models import build_model
 from peerkd.protocol import KEY_ARRAYS
 from peerkd.training import distill_only, evaluate, predict_logits
 from strategies.fedavg import FederatedAveraging
+from strategies.robust import Aggregator
 
 
 class FedDF(FederatedAveraging):
@@ -28,8 +29,16 @@ class FedDF(FederatedAveraging):
     needs_transfer = True
 
     # T = 4 is what every measured FedDF run used (README); Lin et al. tune T per task.
-    def __init__(self, temperature: float = 4.0, server_epochs: int = 2):
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        server_epochs: int = 2,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
         super().__init__()
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
         self.temperature = check_range("strategy.temperature", temperature, 0.0, 100.0, low_open=True)
         self.server_epochs = int(check_range("strategy.server_epochs", server_epochs, 0))
 
@@ -47,7 +56,7 @@ class FedDF(FederatedAveraging):
         distill_only(
             self.model,
             world.transfer_x,
-            np.mean(ensemble, axis=0),
+            np.mean(ensemble, axis=0) if self.aggregator.plain else self.aggregator(np.stack(ensemble)),
             epochs=self.server_epochs,
             lr=ctx.lr,
             batch_size=ctx.batch_size,

@@ -19,6 +19,7 @@ from peerkd.errors import check_range
 from peerkd.protocol import CFG_DIGEST_EPOCHS, KEY_LOGITS, MSG_DIGEST
 from peerkd.server_app import ServerContext
 from strategies.base import LogitDistillation
+from strategies.robust import Aggregator
 
 
 class FedMD(LogitDistillation):
@@ -27,8 +28,16 @@ class FedMD(LogitDistillation):
     name = "fedmd"
     message_type = MSG_DIGEST
 
-    def __init__(self, temperature: float = 4.0, digest_epochs: int = 2):
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        digest_epochs: int = 2,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
         super().__init__(alpha=1.0, temperature=temperature)
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
         self.digest_epochs = int(check_range("strategy.digest_epochs", digest_epochs, 0))
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
@@ -44,5 +53,8 @@ class FedMD(LogitDistillation):
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
         if logits:
-            self.consensus = np.mean(np.stack(logits), axis=0).astype(np.float32)
+            stack = np.stack(logits)
+            self.consensus = (
+                np.mean(stack, axis=0).astype(np.float32) if self.aggregator.plain else self.aggregator(stack)
+            )
         return {}

@@ -16,6 +16,7 @@ from peerkd.protocol import KEY_LOGITS
 from peerkd.server_app import ServerContext
 from strategies.aggregation import peer_targets
 from strategies.base import LogitDistillation
+from strategies.robust import Aggregator
 
 
 class PeerMutualLearning(LogitDistillation):
@@ -25,12 +26,23 @@ class PeerMutualLearning(LogitDistillation):
     wants_logits = True
     min_clients = 2
 
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
+        super().__init__(alpha, temperature)
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
+
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}
         return super().setup(ctx)
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
-        return peer_targets(self.logits, node_ids)
+        return peer_targets(self.logits, node_ids, self.aggregator)
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
         # Only this round's senders count: a node that dropped out stops teaching.

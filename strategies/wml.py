@@ -22,6 +22,7 @@ from peerkd.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
 from peerkd.server_app import ServerContext
 from strategies.aggregation import _softmax, ensemble_nll_grad, mirror_descent_step, weighted_peer_targets
 from strategies.base import LogitDistillation, client_of
+from strategies.robust import Aggregator
 
 
 class WeightedMutualLearning(LogitDistillation):
@@ -30,8 +31,18 @@ class WeightedMutualLearning(LogitDistillation):
     name = "wml"
     min_clients = 2
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, weight_lr: float = 1.0, weight_steps: int = 5):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        weight_lr: float = 1.0,
+        weight_steps: int = 5,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
         super().__init__(alpha, temperature)
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
         self.weight_lr = check_range("strategy.weight_lr", weight_lr, 0.0)
         self.weight_steps = int(check_range("strategy.weight_steps", weight_steps, 0))
 
@@ -48,7 +59,7 @@ class WeightedMutualLearning(LogitDistillation):
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         by_node = {n: self.weights.get(c, 0.0) for n, c in self.node_client.items()}
-        return weighted_peer_targets(self.logits, by_node, node_ids, self.temperature)
+        return weighted_peer_targets(self.logits, by_node, node_ids, self.temperature, self.aggregator)
 
     def check_reply(self, content: RecordDict) -> None:
         super().check_reply(content)

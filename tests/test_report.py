@@ -279,3 +279,28 @@ def test_plots_are_print_ready(sweep_dir):
     assert image.info["dpi"][0] >= 150 and image.size[0] >= 1000
     runs, _ = load_results(sweep_dir)
     assert runs[0]["chance"] == pytest.approx(183 / 1797)
+
+
+def test_a_swept_rule_setting_gets_one_line_per_value(tmp_path):
+    from simulations.plots import setting_figures
+    from simulations.report_io import load_results
+
+    # Prepare: peer with two aggregators at two attacker shares, two seeds each.
+    acc = {("mean", 0.0): 0.7, ("mean", 0.2): 0.3, ("median", 0.0): 0.65, ("median", 0.2): 0.6}
+    for (agg, frac), base in acc.items():
+        for seed in (0, 1):
+            path = tmp_path / f"attack.fraction={frac},strategy.aggregator={agg}" / f"peer-seed{seed}"
+            _write_run(path, 2, "peer", seed, base + seed / 100)
+            config = yaml.safe_load((path / "config.yaml").read_text())
+            config["strategy"]["aggregator"], config["attack"] = agg, {"fraction": frac}
+            (path / "config.yaml").write_text(yaml.safe_dump(config))
+    runs, _ = load_results(tmp_path)
+    # Execute
+    [(name, caption, fig)] = setting_figures(runs, ["attack.fraction", "strategy.aggregator"])
+    # Assert: one line per aggregator, at the mean over seeds (0.7 + 0.71) / 2 and (0.3 + 0.31) / 2 for mean.
+    assert name == "accuracy_vs_attack_fraction_by_strategy_aggregator.png" and "strategy.aggregator" in caption
+    lines = {line.get_label(): line for line in fig.axes[0].lines if line.get_label() in ("mean", "median")}
+    assert set(lines) == {"mean", "median"}
+    np.testing.assert_allclose(lines["mean"].get_ydata(), [0.705, 0.305])
+    np.testing.assert_allclose(lines["median"].get_ydata(), [0.655, 0.605])
+    assert lines["mean"].get_color() != lines["median"].get_color()

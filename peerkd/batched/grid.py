@@ -52,6 +52,8 @@ class BatchedGrid(Grid):
         (Flower's ``TaskIdentity``), so rules can build Messages.
     """
 
+    answers_at_once = True  # replies are ready when push_messages returns (injected delays are simulated)
+
     def __init__(self, num_nodes: int, *, device: str = "auto", chunk: int = 0, run_id: int = 1):
         if chunk < 0:
             raise ConfigError(

@@ -1,0 +1,204 @@
+"""Injected faults and attackers (peerkd/faults.py): the seeded plan, the forgeries, and real
+runs on both engines that record what was injected and finish."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from peerkd.batched import run_batched
+from peerkd.errors import ConfigError
+from peerkd.faults import HUGE_SCALE, WRONG_MARGIN, AttackSpec, FaultPlan, FaultSpec, attack_array
+from peerkd.results import read_jsonl
+from peerkd.server_app import RunSpec
+from peerkd.world import WorldSpec
+from simulations.runner import run_one
+from strategies import build_strategy
+
+CPU = {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def plan(seed=0, clients=10, **faults) -> FaultPlan:
+    attack = AttackSpec(**{k[7:]: faults.pop(k) for k in list(faults) if k.startswith("attack_")})
+    return FaultPlan(FaultSpec(**faults), attack, seed, clients)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"crash_prob": 1.5}, "faults.crash_prob"),
+        ({"delay": "pareto"}, "faults.delay"),
+        ({"delays": "sometimes"}, "faults.delays"),
+        ({"late_round": 1}, "faults.late_round"),
+        ({"delay_mean": -1.0}, "faults.delay_mean"),
+    ],
+)
+def test_bad_fault_settings_name_their_field(settings, field):
+    with pytest.raises(ConfigError, match=field):
+        FaultSpec(**settings)
+
+
+def test_bad_attack_settings_name_their_field():
+    with pytest.raises(ConfigError, match="attack.kind"):
+        AttackSpec(kind="polite")
+    with pytest.raises(ConfigError, match="attack.fraction"):
+        AttackSpec(fraction=-0.1)
+
+
+def test_crashes_depend_on_seed_round_and_client_alone():
+    # Prepare: two plans of the same seed, one of another seed.
+    a, b, other = plan(crash_prob=0.3), plan(crash_prob=0.3), plan(seed=1, crash_prob=0.3)
+    cells = [(r, c) for r in range(1, 201) for c in range(50)]
+    # Execute
+    crashes = [a.crashed(r, c) for r, c in cells]
+    # Assert: the same seed gives the same schedule, in any order of asking; the rate is the probability.
+    assert crashes == [b.crashed(r, c) for r, c in reversed(cells)][::-1]
+    assert crashes != [other.crashed(r, c) for r, c in cells]
+    assert abs(np.mean(crashes) - 0.3) < 0.02  # 10,000 draws: std of the rate 0.0046
+    assert not any(plan(crash_prob=0.0).crashed(r, c) for r, c in cells)
+
+
+def test_dropout_is_for_good_and_late_joiners_join_in_range():
+    p = plan(dropout_prob=0.2, late_fraction=0.3, late_round=4)
+    for client in range(10):
+        left = p.left_in(20, client)
+        if left is not None:
+            assert all(p.left_in(r, client) == left for r in range(left, 21))  # gone for good
+            assert p.left_in(left - 1, client) is None
+    joins = p.join_rounds()
+    assert len(joins) == 3 and all(2 <= r <= 4 for r in joins.values())
+    assert joins == plan(dropout_prob=0.2, late_fraction=0.3, late_round=4).join_rounds()
+
+
+def test_straggler_delays():
+    always = plan(straggler_prob=1.0, delay="constant", delay_mean=5.0)
+    assert always.delay(3, 7) == 5.0
+    assert plan(straggler_prob=0.0, delay_mean=5.0).delay(3, 7) == 0.0
+    uniform = plan(straggler_prob=1.0, delay="uniform", delay_mean=5.0)
+    delays = [uniform.delay(r, 0) for r in range(1, 2001)]
+    assert 0 <= min(delays) and max(delays) <= 10.0 and abs(np.mean(delays) - 5.0) < 0.25
+
+
+def test_attackers_are_a_seeded_share_of_the_clients():
+    p = plan(attack_fraction=0.2)
+    assert len(p.attackers()) == 2 and p.attackers() == plan(attack_fraction=0.2).attackers()
+    assert set(p.attackers()) <= set(range(10))
+    assert plan(attack_fraction=0.0).attackers() == []
+
+
+def test_forgeries_by_hand():
+    z = np.array([[1.0, 2.0, 0.0], [3.0, -1.0, 0.5]])
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(attack_array(z, "sign_flip", rng), -z)
+    np.testing.assert_allclose(attack_array(z, "huge", rng), z * HUGE_SCALE)
+    colluding = attack_array(z, "colluding", rng, push_class=2)
+    np.testing.assert_allclose(colluding, z + [[0, 0, WRONG_MARGIN], [0, 0, WRONG_MARGIN]])
+    wrong = attack_array(z, "wrong", rng)
+    changed = wrong - z
+    assert ((changed == WRONG_MARGIN).sum(axis=1) == 1).all() and ((changed == 0).sum(axis=1) == 2).all()
+    assert (changed[[0, 1], z.argmax(axis=1)] == 0).all()  # never the row's own top class
+    random = attack_array(z, "random", rng)
+    assert random.shape == z.shape and not np.allclose(random, z)
+
+
+def test_probability_forgeries_stay_distributions():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    for kind in ("wrong", "sign_flip", "random", "colluding"):
+        out = attack_array(p, kind, np.random.default_rng(0), 1, probabilities=True)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    assert (attack_array(p, "colluding", np.random.default_rng(0), 1, probabilities=True).argmax(axis=1) == 1).all()
+
+
+def tiny(rounds=2, timeout=600.0, **kw) -> RunSpec:
+    faults = FaultSpec(**{k: v for k, v in kw.items() if k != "attack"})
+    return RunSpec(
+        world=WorldSpec(dataset="digits", num_clients=3, seed=0),
+        rounds=rounds,
+        epochs=1,
+        round_timeout=timeout,
+        faults=faults,
+        attack=kw.get("attack", AttackSpec()),
+    )
+
+
+def rejections(out) -> list[tuple[int, str]]:
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "round"]
+    return [(r["round"], x["reason"]) for r in rows for x in r["rejections"]]
+
+
+FAULTY = {"crash_prob": 0.4, "late_fraction": 0.34, "late_round": 2, "attack": AttackSpec(0.34, "colluding")}
+
+
+def expected_rejections(spec: RunSpec) -> list[tuple[int, int]]:
+    """(round, client) of every message the plan stops, worked out from the plan itself."""
+    p = FaultPlan(spec.faults, spec.attack, 0, 3)
+    joins = p.join_rounds()
+    return sorted((r, c) for r in range(1, spec.rounds + 1) for c in range(3) if joins.get(c, 1) > r or p.crashed(r, c))
+
+
+def check_faulty_run(out, spec: RunSpec) -> dict:
+    summary = json.loads((out / "summary.json").read_text())  # the run finished
+    got = sorted((rnd, int(re.findall(r"client (\d+)", reason)[0])) for rnd, reason in rejections(out))
+    assert got == expected_rejections(spec) and got  # every injected fault, and only those, rejected
+    assert all("injected" in reason for _, reason in rejections(out))
+    assert summary["attackers"] == FaultPlan(spec.faults, spec.attack, 0, 3).attackers() and summary["attackers"]
+    honest = [r["acc"] for r in summary["per_client"] if not r["attacker"]]
+    assert summary["acc_mean"] == pytest.approx(np.mean(honest))
+    assert summary["faults"]["forged"] >= 1 and summary["faults"]["late_joiners"]
+    return summary
+
+
+def test_faults_and_attackers_on_the_batched_engine(tmp_path):
+    # Execute: 3 clients, 2 rounds; a late joiner (round 2), crashes, one colluding attacker.
+    spec = tiny(**FAULTY)
+    run_batched(spec, build_strategy("peer", aggregator="median"), tmp_path, {"rule": "peer"}, device="cpu")
+    # Assert
+    summary = check_faulty_run(tmp_path, spec)
+    assert summary["faults"]["delays"] == "simulated"
+
+
+def test_faults_and_attackers_on_the_flower_engine(tmp_path):
+    # Execute: the same fleet in Flower's simulation engine (nodes numbered at random).
+    spec = tiny(**FAULTY)
+    run_one(spec, build_strategy("peer"), tmp_path, {"rule": "peer"}, CPU)
+    # Assert: the same injected events as on the batched engine (decided by seed, round, client).
+    summary = check_faulty_run(tmp_path, spec)
+    assert summary["faults"]["delays"] == "real"
+
+
+def test_simulated_stragglers_later_than_the_timeout_lose_their_reply(tmp_path):
+    # Every reply 5,000 s late, round timeout 3,000 s: every reply is lost, without waiting for it.
+    spec = tiny(rounds=1, timeout=3000.0, straggler_prob=1.0, delay="constant", delay_mean=5000.0)
+    summary = run_batched(spec, build_strategy("local"), tmp_path, {"rule": "local"}, device="cpu")
+    reasons = [reason for _, reason in rejections(tmp_path)]
+    assert len(reasons) == 3 and all(r.startswith("client error: timed out") for r in reasons)
+    assert summary["faults"]["timed_out"] == 3 and summary["wall_s"] < 3000.0
+
+
+def test_real_delays_hold_replies_back(tmp_path):
+    # Every reply 0.5 s late, in wall-clock time, well within the timeout: all accepted, the round slower.
+    spec = tiny(rounds=1, straggler_prob=1.0, delay="constant", delay_mean=0.5, delays="real")
+    run_batched(spec, build_strategy("local"), tmp_path, {"rule": "local"}, device="cpu")
+    row = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "round")
+    assert row["replies"] == 3 and row["rejected"] == 0 and row["round_s"] >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["faults.crash_prob=2"], "faults.crash_prob"),
+        (["attack.kind=polite"], "attack.kind"),
+        (["strategy.aggregator=mode"], "strategy.aggregator"),
+        (["strategy=fedavg", "attack.fraction=0.2"], "attack.fraction"),
+    ],
+)
+def test_bad_fault_attack_and_defence_settings_are_one_line(args, field, tmp_path, capsys):
+    from simulations.cli import main
+
+    # Execute: refused before anything runs.
+    code = main(["run", "data=digits", "rounds=1", f"out={tmp_path / 'run'}", *args])
+    # Assert
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and field in err[0]
+    assert not (tmp_path / "run").exists()

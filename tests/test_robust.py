@@ -1,0 +1,141 @@
+"""Robust aggregation (strategies/robust.py) and its use by the rules, with values worked out by hand."""
+
+import numpy as np
+import pytest
+
+from peerkd.errors import ConfigError
+from strategies import build_strategy, rule_settings
+from strategies.aggregation import class_consensus, entropy_reduction_average, peer_targets, weighted_peer_targets
+from strategies.robust import Aggregator, clip_norms, consensus_weights, coordinate_median, trim_count, trimmed_mean
+
+
+def test_coordinate_median_by_hand():
+    # Column 0: 1, 2, 7 -> 2; column 1: 9, 0, 4 -> 4.
+    np.testing.assert_allclose(coordinate_median([[1, 9], [2, 0], [7, 4]]), [2, 4])
+    # An even count averages the two middle values: 1, 2, 3, 10 -> 2.5.
+    np.testing.assert_allclose(coordinate_median([[1], [2], [3], [10]]), [2.5])
+
+
+def test_trimmed_mean_drops_both_ends():
+    # trim 0.2 of 5 peers drops ceil(1.0) = 1 at each end: mean of 2, 3, 4.
+    np.testing.assert_allclose(trimmed_mean([[1], [2], [3], [4], [100]], 0.2), [3.0])
+    # Per coordinate: column 1 is 50, 0, 10, 20, 30 -> drops 0 and 50 -> mean of 10, 20, 30 = 20.
+    np.testing.assert_allclose(trimmed_mean([[1, 50], [2, 0], [3, 10], [4, 20], [100, 30]], 0.2), [3.0, 20.0])
+
+
+def test_trim_count_rounds_up_and_leaves_one():
+    assert trim_count(9, 0.2) == 2  # ceil(1.8)
+    assert trim_count(10, 0.2) == 2  # exactly 2.0
+    assert trim_count(5, 0.0) == 0
+    assert trim_count(2, 0.4) == 0  # dropping 1 of 2 at each end would leave none
+
+
+def test_clip_norms_at_the_median_norm_or_a_given_bound():
+    stack = [[3, 4], [0, 1], [30, 40]]  # norms 5, 1, 50; median 5
+    np.testing.assert_allclose(clip_norms(stack), [[3, 4], [0, 1], [3, 4]])
+    np.testing.assert_allclose(clip_norms(stack, 2.5), [[1.5, 2], [0, 1], [1.5, 2]])
+    # The clip aggregator averages the clipped rows: ([3,4] + [0,1] + [3,4]) / 3 = [2, 3].
+    np.testing.assert_allclose(Aggregator("clip")(np.array(stack, dtype=float)), [2, 3])
+
+
+def test_consensus_weights_by_hand():
+    # Median of [0,0],[1,0],[0,1],[10,10] per coordinate: (0+1)/2 = 0.5 -> [0.5, 0.5].
+    # Distances: the three honest rows sqrt(0.5) = 0.7071, the outlier 9.5*sqrt(2) = 13.435;
+    # median distance 0.7071 (d/m = 1 and 19), so honest weights exp(0) = 1 each and the outlier
+    # exp(-4 * 18^2) ~ 0.
+    w = consensus_weights([[0, 0], [1, 0], [0, 1], [10, 10]])
+    np.testing.assert_allclose(w[:3], [1 / 3] * 3, rtol=1e-12)
+    assert w[3] < 1e-100
+
+
+def test_consensus_ignores_a_dissenter_when_most_agree_exactly():
+    # Three identical peers and one sign-flipped: median distance 0, the dissenter gets no weight.
+    stack = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    np.testing.assert_allclose(Aggregator("consensus")(stack), [1.0, 1.0])
+    np.testing.assert_allclose(Aggregator("mean")(stack), [0.5, 0.5])
+
+
+def test_weights_scale_the_mean_but_not_the_median():
+    stack = np.array([[0.0], [3.0], [9.0]])
+    np.testing.assert_allclose(Aggregator("mean")(stack, np.array([2.0, 1.0, 0.0])), [1.0])  # (0*2 + 3*1) / 3
+    np.testing.assert_allclose(Aggregator("median")(stack, np.array([2.0, 1.0, 0.0])), [3.0])
+
+
+def test_leave_one_out_median_by_hand():
+    loo = Aggregator("median").leave_one_out(np.array([[1.0], [2.0], [3.0], [10.0]]))
+    # Row 0: median(2, 3, 10) = 3; row 1: median(1, 3, 10) = 3; row 2: median(1, 2, 10) = 2; row 3: 2.
+    np.testing.assert_allclose(loo[:, 0], [3, 3, 2, 2])
+
+
+def test_peer_targets_with_a_robust_aggregator():
+    logits = {10: np.array([[1.0]]), 20: np.array([[2.0]]), 30: np.array([[3.0]]), 40: np.array([[10.0]])}
+    targets = peer_targets(logits, [10, 40, 99], Aggregator("median"))
+    np.testing.assert_allclose(targets[10], [[3.0]])  # median of 2, 3, 10
+    np.testing.assert_allclose(targets[40], [[2.0]])  # median of 1, 2, 3
+    np.testing.assert_allclose(targets[99], [[2.5]])  # a non-sender: median of all four
+    # The plain mean keeps the exact leave-one-out mean: (2 + 3 + 10) / 3 = 5.
+    np.testing.assert_allclose(peer_targets(logits, [10], Aggregator("mean"))[10], [[5.0]])
+
+
+def test_era_of_the_median_probabilities():
+    # Median of 0.6, 0.8, 0.1 is 0.6 (and of 0.4, 0.2, 0.9 is 0.4): softmax([6, 4]) at T = 0.1.
+    probs = [[[0.6, 0.4]], [[0.8, 0.2]], [[0.1, 0.9]]]
+    out = entropy_reduction_average(probs, 0.1, Aggregator("median"))
+    e = np.exp([6.0, 4.0])
+    np.testing.assert_allclose(out[0], e / e.sum(), rtol=1e-6)
+
+
+def test_fd_class_consensus_median_per_class():
+    # Recipient 0 learns from peers 1, 2, 3. Class 0 is held by all three: median of rows
+    # [1,0], [2,0], [9,0] -> [2, 0]. Class 1 is held by peers 1 and 2 only: median of [0,4], [0,6] -> [0, 5].
+    means = {
+        0: np.zeros((2, 2)),
+        1: np.array([[1.0, 0.0], [0.0, 4.0]]),
+        2: np.array([[2.0, 0.0], [0.0, 6.0]]),
+        3: np.array([[9.0, 0.0], [0.0, 99.0]]),
+    }
+    counts = {0: np.array([1, 1]), 1: np.array([5, 5]), 2: np.array([5, 5]), 3: np.array([5, 0])}
+    out = class_consensus(means, counts, [0], Aggregator("median"))[0]
+    np.testing.assert_allclose(out, [[2.0, 0.0], [0.0, 5.0]])
+
+
+def test_wml_mix_with_a_robust_aggregator_is_a_distribution():
+    rng = np.random.default_rng(0)
+    logits = {k: rng.normal(size=(4, 3)) for k in range(5)}
+    targets = weighted_peer_targets(logits, {k: 1.0 for k in range(5)}, [0], 2.0, Aggregator("trimmed_mean"))
+    mix = np.exp(targets[0] / 2.0)
+    np.testing.assert_allclose(mix.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"method": "max"}, "strategy.aggregator"),
+        ({"trim": 0.5}, "strategy.trim"),
+        ({"clip_norm": -1}, "strategy.clip_norm"),
+    ],
+)
+def test_bad_aggregator_settings_name_their_field(settings, field):
+    with pytest.raises(ConfigError, match=field):
+        Aggregator(**settings)
+
+
+@pytest.mark.parametrize("rule", ["peer", "wml", "fedmd", "dsfl", "fd", "feddf"])
+def test_every_rule_that_averages_client_outputs_takes_an_aggregator(rule):
+    assert {"aggregator", "trim", "clip_norm"} <= set(rule_settings(rule))
+    assert build_strategy(rule, aggregator="median").aggregator.method == "median"
+    with pytest.raises(ConfigError, match="strategy.aggregator"):
+        build_strategy(rule, aggregator="mode")
+
+
+def test_rules_that_average_no_client_outputs_refuse_an_aggregator():
+    with pytest.raises(ConfigError, match="strategy.aggregator"):
+        build_strategy("teacher", aggregator="median")
+
+
+def test_consensus_keeps_the_closer_half_whole_and_fades_the_far():
+    # Distances to the median [0] of [-1], [0], [1], [2], [0]: 1, 0, 1, 2, 0; median distance 1.
+    # d/m - 1 <= 0 for the first four but [2]: weights 1, 1, 1, exp(-4 * 1^2), 1.
+    w = consensus_weights([[-1.0], [0.0], [1.0], [2.0], [0.0]])
+    e = np.exp(-4.0)
+    np.testing.assert_allclose(w, np.array([1, 1, 1, e, 1]) / (4 + e))
