@@ -44,7 +44,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from peerkd import protocol as P
-from peerkd.codec import to_array, to_numpy
+from peerkd.codec import Codec, CodecError, decode_logits, encode_arrays
 from peerkd.errors import check_choice, check_range
 from peerkd.results import accuracy_stats
 
@@ -120,6 +120,7 @@ class FaultPlan:
     attack: AttackSpec
     seed: int
     num_clients: int
+    num_classes: int = 0  # columns of what clients send (0: read from an unpacked array's shape)
 
     def crashed(self, rnd: int, client: int) -> bool:
         """True if ``client`` crashes in round ``rnd``."""
@@ -213,6 +214,7 @@ class _Sent:
     round: int
     pushed_at: float
     probabilities: bool
+    codec: Codec  # how the client packs what it sends: a forgery travels packed the same way
 
 
 class FaultyGrid(Grid):
@@ -283,8 +285,10 @@ class FaultyGrid(Grid):
         for msg, rnd in zip(messages, rounds):
             if id(msg) in ids and ids[id(msg)]:
                 config = msg.content.get(P.KEY_CONFIG)
-                probs = isinstance(config, ConfigRecord) and bool(config.get(P.CFG_REPLY_PROBS, False))
-                self._sent[ids[id(msg)]] = _Sent(msg, rnd, now, probs)
+                config = config if isinstance(config, ConfigRecord) else {}
+                probs = bool(config.get(P.CFG_REPLY_PROBS, False))
+                codec = Codec(str(config.get(P.CFG_CODEC, "fp32")), int(config.get(P.CFG_CODEC_K, 3)))
+                self._sent[ids[id(msg)]] = _Sent(msg, rnd, now, probs, codec)
         return [ids.get(id(m), m.metadata.message_id) for m in messages]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -343,12 +347,16 @@ class FaultyGrid(Grid):
             record = reply.content.get(key)
             if not isinstance(record, ArrayRecord) or P.ARRAY_LOGITS not in record:
                 continue
-            honest = to_numpy(record[P.ARRAY_LOGITS])
-            if honest.ndim != 2:
+            probs = sent.probabilities and key == P.KEY_LOGITS
+            try:  # the honest outputs, in whatever codec they travel (a reply that does not decode is left as is)
+                shape = record[P.ARRAY_LOGITS].shape
+                honest = decode_logits(record, (shape[0], self.plan.num_classes or shape[-1]), probs)
+            except (CodecError, IndexError):
                 continue
             push = self.plan.colluding_class(honest.shape[1])
-            forged = attack_array(honest, self.plan.attack.kind, rng, push, sent.probabilities and key == P.KEY_LOGITS)
-            reply.content[key] = ArrayRecord({**record, P.ARRAY_LOGITS: to_array(forged)})
+            forged = attack_array(honest, self.plan.attack.kind, rng, push, probs)
+            rest = {k: v for k, v in record.items() if k != P.ARRAY_LOGITS and not k.startswith(f"{P.ARRAY_LOGITS}.")}
+            reply.content[key] = ArrayRecord({**rest, **encode_arrays(P.ARRAY_LOGITS, forged, sent.codec, probs)})
         self.events["forged"] += 1
 
     def _discover(self, messages: list[Message]) -> None:
@@ -399,8 +407,16 @@ class FaultyGrid(Grid):
         return out
 
 
-def inject(grid: Grid, faults: FaultSpec, attack: AttackSpec, seed: int, num_clients: int, round_timeout: float):
+def inject(
+    grid: Grid,
+    faults: FaultSpec,
+    attack: AttackSpec,
+    seed: int,
+    num_clients: int,
+    round_timeout: float,
+    num_classes: int = 0,
+):
     """``grid`` wrapped in a ``FaultyGrid`` if any fault or attack is asked for, else None."""
     if not faults.active and attack.fraction == 0:
         return None
-    return FaultyGrid(grid, FaultPlan(faults, attack, seed, num_clients), round_timeout)
+    return FaultyGrid(grid, FaultPlan(faults, attack, seed, num_clients, num_classes), round_timeout)

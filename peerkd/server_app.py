@@ -166,7 +166,9 @@ def run_federation(
         spec.codec,
     )
     run_metrics = {**strategy.setup(ctx), **privacy_setup(spec, strategy)}
-    faulty = inject(grid, spec.faults, spec.attack, spec.world.seed, spec.world.num_clients, spec.round_timeout)
+    faulty = inject(
+        grid, spec.faults, spec.attack, spec.world.seed, spec.world.num_clients, spec.round_timeout, world.num_classes
+    )
     grid = faulty or grid
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)

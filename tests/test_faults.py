@@ -1,6 +1,7 @@
 """Injected faults and attackers (peerkd/faults.py): the seeded plan, the forgeries, and real
 runs on both engines that record what was injected and finish."""
 
+import dataclasses
 import json
 import re
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from peerkd.batched import run_batched
+from peerkd.codec import Codec
 from peerkd.errors import ConfigError
 from peerkd.faults import HUGE_SCALE, WRONG_MARGIN, AttackSpec, FaultPlan, FaultSpec, attack_array
 from peerkd.results import read_jsonl
@@ -156,6 +158,15 @@ def test_faults_and_attackers_on_the_batched_engine(tmp_path):
     # Assert
     summary = check_faulty_run(tmp_path, spec)
     assert summary["faults"]["delays"] == "simulated"
+
+
+@pytest.mark.parametrize("codec", [Codec("int8"), Codec("topk", 2)])
+def test_forgeries_travel_in_the_runs_codec(codec, tmp_path):
+    # Execute: the same fleet with packed logits: an attacker's forgery must decode like an honest reply.
+    spec = dataclasses.replace(tiny(**FAULTY), codec=codec)
+    run_batched(spec, build_strategy("peer"), tmp_path, {"rule": "peer"}, device="cpu")
+    # Assert: only the injected events are rejected (a forgery in the wrong packing would be too), and it was forged
+    check_faulty_run(tmp_path, spec)
 
 
 def test_faults_and_attackers_on_the_flower_engine(tmp_path):
