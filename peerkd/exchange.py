@@ -29,7 +29,7 @@ def student_arch(params: RoundParams, client: int, node_config: Mapping[str, Any
 
 def transfer_targets(content: RecordDict, world: World) -> np.ndarray | None:
     """The ``(P, C)`` targets on the transfer set a request carries, or None; CodecError if malformed."""
-    shape = (len(world.transfer_x), world.num_classes)
+    shape = (world.transfer_rows, world.num_classes)
     return decode_logits(content[P.KEY_TARGETS], shape) if P.KEY_TARGETS in content else None
 
 

@@ -27,6 +27,7 @@ from peerkd import protocol as P
 from peerkd.codec import CodecError, array_bytes
 from peerkd.participation import Roster
 from peerkd.results import RunWriter, accuracy_stats
+from peerkd.text import text_summary
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
 
@@ -253,6 +254,7 @@ def _summary(
         "students": list(spec.students),
         "private": strategy.private,
         "clients_per_round": spec.clients_per_round or spec.world.num_clients,
+        **(text_summary(world.data.name, *world.split("test"), per_client) if world.data.text else {}),
         **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
     }
 

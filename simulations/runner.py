@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peerkd.models import build_model
+from peerkd.models import build_model, check_modality
 from peerkd.results import SUMMARY_FILE
 from peerkd.server_app import RunSpec, make_server_app
 from peerkd.world import build_world
@@ -21,8 +21,10 @@ def preflight(spec: RunSpec, strategy) -> None:
     """Fail fast, before Ray starts, on anything the world or the rule would refuse."""
     world = build_world(spec.world)
     for name in sorted(set(spec.students)):
+        check_modality(name, world.data.text)
         build_model(name, world.data.input_shape, world.num_classes, seed=0)
     strategy.check(spec.students, spec.world.num_clients)
+    strategy.check_data(world.data.text)
 
 
 def run_engine(
