@@ -49,7 +49,9 @@ class TeacherDistillation(LogitDistillation):
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         super().setup(ctx)
         world = ctx.world
-        name = default_teacher(world.data.input_shape, world.data.text) if self.model_name == "auto" else self.model_name
+        name = self.model_name
+        if name == "auto":
+            name = default_teacher(world.data.input_shape, world.data.text)
         check_modality(name, world.data.text, field="strategy.teacher")
         x, y = self.teacher_data(world)
         if len(x) == 0:

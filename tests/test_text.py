@@ -114,7 +114,8 @@ def test_a_gru_trained_on_a_known_source_approaches_its_entropy():
     train_model(model, train_x, train_y, epochs=3, lr=1e-2, batch_size=32, seed=0)
     with torch.no_grad():
         _, loss = score_logits(model(torch.as_tensor(test_x)).reshape(-1, v).numpy(), test_y)
-    # Assert: within 0.1 nats of the entropy rate (measured: 0.720 after 48 steps) (no model beats it by more than sampling noise).
+    # Assert: within 0.1 nats of the entropy rate (measured: 0.720 after 48 steps); no model beats
+    # it by more than sampling noise.
     assert source.entropy_rates()[0] == pytest.approx(math.log(2))
     assert math.log(2) - 0.05 < loss < math.log(2) + 0.1
 
@@ -194,3 +195,48 @@ def test_cohort_trains_lms_as_train_model(arch, text_world):
     assert stacked.shape == (3, 32 * 32, len(ALPHABET))
     for i, m in enumerate(models):
         np.testing.assert_allclose(stacked[i], predict_logits(m, w.transfer_x), rtol=1e-3, atol=1e-3)
+
+
+def tiny_text_spec():
+    from peerkd.server_app import RunSpec
+
+    world = WorldSpec(
+        dataset="synthtext", data_size=400, num_clients=3, seed=0, samples_per_client=16, transfer_size=16
+    )
+    return RunSpec(world=world, rounds=2, epochs=1, students=("gru", "tlm"), batch_size=16)
+
+
+def check_text_summary(summary, rule):
+    assert summary["strategy"] == rule and summary["dataset"] == "synthtext" and len(summary["per_client"]) == 3
+    assert 0.0 <= summary["acc_worst"] <= summary["acc_mean"] <= 1.0
+    for row in summary["per_client"]:
+        assert row["ppl"] == pytest.approx(math.exp(row["loss"]))
+    # floor: exp(≈1.7) ≈ 5.4 < anything a 2-round student reaches < about V = 28 (plus untrained slack)
+    assert summary["floor_ppl"] < summary["ppl_mean"] <= summary["ppl_worst"] < 60
+
+
+@pytest.mark.parametrize("engine", ["batched", "flower"])
+@pytest.mark.parametrize("rule", ["peer", "teacher"])
+def test_text_runs_end_to_end(rule, engine, tmp_path):
+    # Prepare
+    from simulations.runner import run_one
+    from strategies import build_strategy
+
+    spec = tiny_text_spec()
+    settings = {"teacher": "tlm", "teacher_epochs": 1} if rule == "teacher" else {}
+    strategy = build_strategy(rule, **settings)
+    # Execute
+    if engine == "batched":
+        from peerkd.batched import run_batched
+
+        summary = run_batched(spec, strategy, tmp_path, {"rule": rule}, device="cpu")
+    else:
+        summary = run_one(spec, strategy, tmp_path, {"rule": rule}, {"num_cpus": 1.0, "num_gpus": 0.0})
+    # Assert: logits are (16 windows × 32 positions) × 28 float32 = 57,344 B + the .npy header,
+    # down to each client every round for teacher; up from each client every round for peer.
+    check_text_summary(summary, rule)
+    logits_bytes = 16 * 32 * 28 * 4 + 128
+    if rule == "teacher":
+        assert summary["bytes_down"] == 2 * 3 * logits_bytes and summary["teacher_ppl"] > 1
+    else:
+        assert summary["bytes_up"] == 2 * 3 * logits_bytes
