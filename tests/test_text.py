@@ -240,3 +240,25 @@ def test_text_runs_end_to_end(rule, engine, tmp_path):
         assert summary["bytes_down"] == 2 * 3 * logits_bytes and summary["teacher_ppl"] > 1
     else:
         assert summary["bytes_up"] == 2 * 3 * logits_bytes
+
+
+def test_report_shows_perplexity_and_paired_differences_for_text_runs():
+    # Prepare: 2 seeds of peer and teacher at one grid point (literals, as report_io reads them).
+    from simulations.report import group_runs
+    from simulations.report_text import floor_level, perplexity_rows
+
+    def run(rule, seed, ppl):
+        summary = {"strategy": rule, "seed": seed, "ppl_mean": ppl, "floor_ppl": 5.0}
+        if rule == "teacher":
+            summary["teacher_ppl"] = 6.0
+        return {"summary": summary, "config": {"partition.samples_per_client": 8}}
+
+    runs = [run("peer", 0, 8.0), run("peer", 1, 10.0), run("teacher", 0, 9.0), run("teacher", 1, 9.0)]
+    groups = group_runs(runs, ["partition.samples_per_client"])
+    # Execute
+    header, rows = perplexity_rows(groups, ["teacher", "peer"], ("peer", "teacher"))
+    # Assert: peer 9 ± 1.414 (8, 10); teacher 9 ± 0; peer − teacher differences (−1, +1): mean 0.
+    assert header[1:5] == ["teacher", "peer", "teacher model", "floor"]
+    assert rows[0][1:5] == ["9.000 ± 0.000", "9.000 ± 1.414", "6.000 ± 0.000", "5.000 ± 0.000"]
+    assert rows[0][5].startswith("+0.000 [")
+    assert floor_level(runs) == 5.0
