@@ -52,6 +52,6 @@ def perplexity_rows(
 
 
 def floor_level(runs: Sequence[dict[str, Any]]) -> float | None:
-    """The perplexity floor the runs share (one test text), or None."""
-    levels = {round(r["summary"]["floor_ppl"], 9) for r in runs if r["summary"].get("floor_ppl") is not None}
-    return levels.pop() if len(levels) == 1 else None
+    """The mean perplexity floor of the runs (each seed's test text has its own), or None without one."""
+    levels = [r["summary"]["floor_ppl"] for r in runs if r["summary"].get("floor_ppl") is not None]
+    return float(sum(levels) / len(levels)) if levels else None

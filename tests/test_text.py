@@ -261,4 +261,22 @@ def test_report_shows_perplexity_and_paired_differences_for_text_runs():
     assert header[1:5] == ["teacher", "peer", "teacher model", "floor"]
     assert rows[0][1:5] == ["9.000 ± 0.000", "9.000 ± 1.414", "6.000 ± 0.000", "5.000 ± 0.000"]
     assert rows[0][5].startswith("+0.000 [")
-    assert floor_level(runs) == 5.0
+    assert floor_level([*runs, run("peer", 2, 9.0)]) == 5.0
+
+
+@pytest.mark.parametrize("rule", ["wml", "dsfl", "fedmd", "feddf", "fedavg", "oracle"])
+def test_every_other_rule_runs_on_text_in_the_batched_engine(rule, tmp_path):
+    # Prepare: one architecture (fedavg and feddf average weights), 2 rounds.
+    import dataclasses
+
+    from peerkd.batched import run_batched
+    from strategies import build_strategy, rule_settings
+
+    spec = dataclasses.replace(tiny_text_spec(), students=("tlm",))
+    small_teacher = {"teacher": "tlm", "teacher_epochs": 1}
+    strategy = build_strategy(rule, **{k: v for k, v in small_teacher.items() if k in rule_settings(rule)})
+    # Execute
+    summary = run_batched(spec, strategy, tmp_path, {"rule": rule}, device="cpu")
+    # Assert: every client's reply was accepted in both rounds, and perplexity is reported.
+    assert summary["rejected_replies"] == 0
+    check_text_summary(summary, rule)
