@@ -212,7 +212,7 @@ def check_text_summary(summary, rule):
     for row in summary["per_client"]:
         assert row["ppl"] == pytest.approx(math.exp(row["loss"]))
     # floor: exp(≈1.7) ≈ 5.4 < anything a 2-round student reaches < about V = 28 (plus untrained slack)
-    assert summary["floor_ppl"] < summary["ppl_mean"] <= summary["ppl_worst"] < 60
+    assert summary["floor_ppl"] < summary["ppl_mean"] <= summary["ppl_worst"] * (1 + 1e-12) < 60  # fedavg: all equal
 
 
 @pytest.mark.parametrize("engine", ["batched", "flower"])
