@@ -164,7 +164,7 @@ def _finish(
 
 
 def _transfer_shape(s: Student) -> tuple[int, int]:
-    return (len(s.world.transfer_x), s.world.num_classes)
+    return (s.world.transfer_rows, s.world.num_classes)
 
 
 def _sent(s: Student, context: Context) -> np.ndarray | None:

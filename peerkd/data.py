@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from peerkd.errors import ConfigError, check_range
+from peerkd.text import ALPHABET, TEXT_SIZE, read_text_file, synth_windows, windows_to_samples
 
-BUILTIN_DATASETS = ("digits", "mnist5k", "mnist1d", "synth")
+BUILTIN_DATASETS = ("digits", "mnist5k", "mnist1d", "synth", "synthtext")
 SYNTH_SIZE = 20_000  # synth samples when no size is given
-FILE_SUFFIXES = (".npz", ".csv")
+FILE_SUFFIXES = (".npz", ".csv", ".txt")
 # Split sizes below which a result means little (the CLI warns; README "Your own data"):
 MIN_TEST_ROWS = 50  # one accuracy on n rows has a 95% interval of about ±1/√n: ±0.14 at 50
 # Transfer inputs, server rows and each client's private rows, per class. Measured on wine
@@ -40,6 +41,7 @@ class Dataset:
     y: np.ndarray
     num_classes: int
     class_names: tuple[str, ...]
+    groups: np.ndarray | None = None  # text: each window's source (style), which splits and partitions stratify by
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -48,7 +50,22 @@ class Dataset:
     @property
     def tabular(self) -> bool:
         """Flat features ``(N, D)``, as from a CSV (images and sequences have a channel axis)."""
-        return self.x.ndim == 2
+        return self.x.ndim == 2 and not self.text
+
+    @property
+    def text(self) -> bool:
+        """Token windows: int64 ids ``(N, L)``, a next-token label at every position ``(N, L)``."""
+        return self.x.dtype.kind in "iu"
+
+    @property
+    def strata(self) -> np.ndarray:
+        """What splits stratify by and partitions skew over: the labels, or a text window's source."""
+        return self.y if self.groups is None else self.groups
+
+    @property
+    def positions(self) -> int:
+        """Predictions per sample: 1, or a text window's length (its logits are that many rows)."""
+        return int(np.prod(self.y.shape[1:], dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -67,13 +84,15 @@ def load_dataset(name: str, path: str | None = None, label: str | None = None, s
     Parameters
     ----------
     name : str
-        One of ``digits``, ``mnist5k``, ``mnist1d`` or ``file``.
+        One of ``BUILTIN_DATASETS`` or ``file``.
     path : str | None
-        Path of a ``.npz`` (arrays ``x``, ``y``) or ``.csv`` file, for ``name == "file"``.
+        Path of a ``.npz`` (arrays ``x``, ``y``), ``.csv`` or ``.txt`` (text, ``peerkd.text``) file,
+        for ``name == "file"``.
     label : str | None
         Name of the label column of a CSV file (default ``label``).
     size : int
-        Samples to generate for ``synth`` (0: ``SYNTH_SIZE``); the other datasets have a fixed size.
+        Samples to generate for ``synth`` (0: ``SYNTH_SIZE``) or windows for ``synthtext`` (0: ``TEXT_SIZE``);
+        the other datasets have a fixed size.
     """
     if name == "file":
         if not path:
@@ -85,8 +104,12 @@ def load_dataset(name: str, path: str | None = None, label: str | None = None, s
         raise ConfigError("data", f"unknown dataset {name!r}", [*BUILTIN_DATASETS, "file"])
     if name == "synth":
         return _synth(int(check_range("data.size", size, 0)) or SYNTH_SIZE)
+    if name == "synthtext":
+        return _synthtext(int(check_range("data.size", size, 0)) or TEXT_SIZE)
     if size:
-        raise ConfigError("data.size", f"only synth is generated at a chosen size, not data={name}", "0, or data=synth")
+        raise ConfigError(
+            "data.size", f"only synth and synthtext are generated at a chosen size, not data={name}", "0, or data=synth"
+        )
     return _load_builtin(name)
 
 
@@ -113,6 +136,16 @@ def _synth(size: int) -> Dataset:
     )
     names = tuple(str(c) for c in range(10))
     return Dataset("synth", x.astype(np.float32), y.astype(np.int64), 10, names)
+
+
+@functools.lru_cache(maxsize=2)
+def _synthtext(size: int) -> Dataset:
+    """``size`` windows of the synthetic language (``peerkd.text``): 28 characters, 4 styles."""
+    if size < 100:
+        raise ConfigError("data.size", f"{size} windows is too few for splits of 4 styles", "0 (4,000) or >= 100")
+    windows, styles = synth_windows(size)
+    x, y = windows_to_samples(windows)
+    return Dataset("synthtext", x, y, len(ALPHABET), tuple(ALPHABET), styles)
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,6 +191,10 @@ def _load_file(path: str, label: str) -> Dataset:
 def _read_file(path: str, label: str, resolved: str, mtime_ns: int) -> Dataset:
     """A user file's Dataset, read once per process while the file is unchanged (a sweep plans many runs on it)."""
     p = Path(path)
+    if p.suffix == ".txt":
+        windows, groups, alphabet, _ = read_text_file(p)
+        x, y = windows_to_samples(windows)
+        return Dataset(dataset_name("file", path), x, y, len(alphabet), tuple(alphabet), groups)
     x, y_raw = _read_npz(p) if p.suffix == ".npz" else _read_csv(p, label)
     if len(x) != len(y_raw):
         raise ConfigError("data.path", f"{len(x)} inputs but {len(y_raw)} labels in {path!r}")

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from peerkd.errors import ConfigError
+from peerkd.lm import LM_MODELS, build_lm
 
 # name -> hidden widths (MLP) or conv channels + hidden width (CNN)
 MLP_WIDTHS = {"mlp32": (32,), "mlp64": (64,), "mlp128": (128,), "mlp256x2": (256, 256)}
 CNN_SIZES = {"cnn": ((8, 16), 32), "cnn_large": ((32, 64), 128)}
-MODELS = (*MLP_WIDTHS, *CNN_SIZES)
+MODELS = (*MLP_WIDTHS, *CNN_SIZES, *LM_MODELS)
 
 
 def build_model(
@@ -27,7 +28,8 @@ def build_model(
     Parameters
     ----------
     name : str
-        A key of the zoo (``mlp32``, ``mlp64``, ``mlp128``, ``mlp256x2``, ``cnn``, ``cnn_large``).
+        A key of the zoo (``mlp32``, ``mlp64``, ``mlp128``, ``mlp256x2``, ``cnn``, ``cnn_large``; for text,
+        the causal LMs ``gru``, ``gru2``, ``tlm``, ``tlm_large`` of ``peerkd.lm``).
     input_shape : tuple[int, ...]
         Shape of one input, without the batch axis.
     num_classes : int
@@ -52,9 +54,21 @@ def build_model(
                     MLP_WIDTHS,
                 )
             return _cnn(input_shape, *CNN_SIZES[name], num_classes)
+        if name in LM_MODELS:
+            if len(input_shape) != 1:
+                raise ConfigError(field, f"{name} needs token windows (L,), data has shape {input_shape}")
+            return build_lm(name, input_shape[0], num_classes)
         raise ConfigError(field, f"unknown model {name!r}", MODELS)
     finally:
         torch.default_generator.set_state(gen_state)
+
+
+def check_modality(name: str, text: bool, field: str = "students") -> None:
+    """ConfigError unless ``name`` fits the data: a causal LM for text, any other model otherwise."""
+    if text and name not in LM_MODELS:
+        raise ConfigError(field, f"{name} is not a language model; text worlds need one", LM_MODELS)
+    if not text and name in LM_MODELS:
+        raise ConfigError(field, f"{name} is a language model; this world is not text", [*MLP_WIDTHS, *CNN_SIZES])
 
 
 def _mlp(d_in: int, widths: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -31,6 +31,7 @@ from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
 from peerkd.privacy import PrivacySpec, epsilon_spent, noise_multiplier
 from peerkd.results import RunWriter, accuracy_stats
 from peerkd.screening import screen_reply
+from peerkd.text import text_summary
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
 
@@ -298,6 +299,7 @@ def _summary(
         "private": strategy.private,
         "clients_per_round": spec.clients_per_round or spec.world.num_clients,
         "clients_per_node": clients_per_node(latest.values()),
+        **(text_summary(world.data.name, *world.split("test"), per_client) if world.data.text else {}),
         **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
     }
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peerkd.losses import distillation_loss
+from peerkd.losses import as_rows, distillation_loss
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -56,7 +56,7 @@ def train_model(
     xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
     distill = targets is not None and transfer_x is not None and alpha > 0 and len(transfer_x) > 0
     if distill:
-        pt, tt = torch.as_tensor(transfer_x, device=device), torch.as_tensor(targets, device=device)
+        pt, tt = torch.as_tensor(transfer_x, device=device), per_input(targets, len(transfer_x), device)
     st = torch.as_tensor(sample_targets, device=device) if sample_targets is not None and alpha > 0 else None
     plan = plan_batches(len(x), len(transfer_x) if distill else 0, batch_size, epochs, seed)
 
@@ -94,7 +94,7 @@ def distill_only(
 
     device = device or torch.device("cpu")
     model.to(device).train()
-    xt, tt = torch.as_tensor(x, device=device), torch.as_tensor(targets, device=device)
+    xt, tt = torch.as_tensor(x, device=device), per_input(targets, len(x), device)
     plan = plan_batches(len(x), 0, batch_size, epochs, seed)
 
     def loss_at(k: int) -> torch.Tensor:
@@ -102,6 +102,13 @@ def distill_only(
         return kd_loss(model(xt[bi]), tt[bi], temperature)
 
     return _fit(model, plan, lr, loss_at)
+
+
+def per_input(targets: np.ndarray, n: int, device: torch.device) -> torch.Tensor:
+    """``(P, C)`` target rows grouped by input, ``(n, P/n, C)``, so that a batch of inputs picks its
+    rows (text: a window's ``L`` positions; otherwise one row each)."""
+    t = torch.as_tensor(targets, device=device)
+    return t.reshape(n, -1, t.shape[-1])
 
 
 def class_mean_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,11 +197,11 @@ def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator)
 def predict_logits(
     model: nn.Module, x: np.ndarray, device: torch.device | None = None, batch_size: int = 2048
 ) -> np.ndarray:
-    """Logits of ``model`` on ``x`` as a float32 ``(N, C)`` array."""
+    """Logits of ``model`` on ``x`` as a float32 ``(N, C)`` array (text: ``(N·L, V)``, one row per position)."""
     device = device or torch.device("cpu")
     model.to(device).eval()
     xt = torch.as_tensor(x)
-    outs = [model(xt[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [as_rows(model(xt[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -204,7 +211,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.devic
 
 
 def score_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Accuracy in [0, 1] and mean cross-entropy of ``(N, C)`` logits against labels ``y``."""
-    logits, labels = torch.as_tensor(logits), torch.as_tensor(y)
+    """Accuracy in [0, 1] and mean cross-entropy of ``(N, C)`` logits against labels ``y`` (text:
+    ``(N·L, V)`` against ``(N, L)`` next tokens: next-token accuracy, nats per token)."""
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(y).reshape(-1)
     acc = float((logits.argmax(dim=1) == labels).float().mean())
     return acc, float(F.cross_entropy(logits, labels))

@@ -34,6 +34,8 @@ def make_transfer_set(kind: str, data: Dataset, splits: Splits, size: int, rng: 
     """
     if kind not in TRANSFER_KINDS:
         raise ConfigError("data.transfer", f"unknown value {kind!r}", TRANSFER_KINDS)
+    if data.text and kind != "public":
+        raise ConfigError("data.transfer", f"text worlds distill on public text only, not {kind!r}", "public")
     if kind in ("public", "imbalanced"):
         idx = splits.public if kind == "public" else long_tail(data.y[splits.public], splits.public, rng)
         return _take(data.x[idx], size, rng, kind)

@@ -110,6 +110,11 @@ class World:
     def num_classes(self) -> int:
         return self.data.num_classes
 
+    @property
+    def transfer_rows(self) -> int:
+        """Rows of a transfer-set logit matrix: inputs × predictions per input (text: positions)."""
+        return len(self.transfer_x) * self.data.positions
+
 
 @functools.lru_cache(maxsize=8)
 def build_world(spec: WorldSpec) -> World:
@@ -137,7 +142,7 @@ def build_world(spec: WorldSpec) -> World:
 def _build_world(spec: WorldSpec) -> World:
     data = load_dataset(spec.dataset, spec.data_path or None, spec.data_label or None, spec.data_size)
     rng = np.random.default_rng(spec.seed)
-    splits = split_indices(data.y, spec.test_frac, spec.public_frac, spec.server_frac, rng)
+    splits = split_indices(data.strata, spec.test_frac, spec.public_frac, spec.server_frac, rng)
     if len(splits.test) == 0:  # every accuracy would be measured on nothing
         raise ConfigError(
             "data.test_frac",
@@ -149,7 +154,7 @@ def _build_world(spec: WorldSpec) -> World:
     if scaler is not None:
         data = dataclasses.replace(data, x=scaler.apply(data.x))
     parts = partition_labels(
-        data.y[splits.pool],
+        data.strata[splits.pool],
         spec.num_clients,
         spec.partition,
         alpha=spec.partition_alpha,
@@ -263,6 +268,8 @@ def save_world(world: World, path: Path) -> None:
         part_sizes=sizes,
         parts=parts,
         transfer_x=world.transfer_x,
+        groups=d.groups if d.groups is not None else np.zeros(0, np.int64),
+        has_groups=np.array(d.groups is not None),
         key=np.array(spec_key(world.spec)),
         **_scaler_arrays(world.scaler),
     )
@@ -274,7 +281,9 @@ def load_world(path: Path, spec: WorldSpec) -> World:
     with np.load(path, allow_pickle=False) as f:
         if str(f["key"]) != spec_key(spec):
             raise ValueError(f"{path} holds another world")
-        data = Dataset(str(f["name"]), f["x"], f["y"], int(f["num_classes"]), tuple(str(c) for c in f["class_names"]))
+        groups = f["groups"] if "has_groups" in f.files and bool(f["has_groups"]) else None
+        names = tuple(str(c) for c in f["class_names"])
+        data = Dataset(str(f["name"]), f["x"], f["y"], int(f["num_classes"]), names, groups)
         splits = Splits(f["test"], f["public"], f["server"], f["pool"])
         parts = tuple(np.split(f["parts"], np.cumsum(f["part_sizes"])[:-1])) if len(f["part_sizes"]) else ()
         rows = int(f["scale_rows"])

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from simulations.report import Point, group_runs, key_names, mean_curve, point_label, rule_order, sort_key, swept_keys
+from simulations.report_text import floor_level, is_text
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # x, mean, std over seeds
 Panel = tuple[str, dict[str, Any]]  # title, {rule: data}
@@ -232,8 +233,11 @@ def client_accuracies(runs: Sequence[dict[str, Any]], rules: Sequence[str]) -> d
     }
 
 
-def variable_curves(groups: dict[Point, list[dict[str, Any]]], key: str, rules: Sequence[str]) -> list[Panel]:
-    """Final accuracy against swept ``key``: one panel per combination of the other keys.
+def variable_curves(
+    groups: dict[Point, list[dict[str, Any]]], key: str, rules: Sequence[str], metric: str = "acc_mean"
+) -> list[Panel]:
+    """Final accuracy (or another summary ``metric``, e.g. ``ppl_mean``) against swept ``key``: one
+    panel per combination of the other keys.
 
     Values that are not numbers (``data=digits,mnist5k``) are placed at 0, 1, ... in sorted order.
     """
@@ -244,7 +248,7 @@ def variable_curves(groups: dict[Point, list[dict[str, Any]]], key: str, rules: 
     for point, runs in groups.items():
         rest = tuple(kv for kv in point if kv[0] != key)
         for rule, rs in _by_rule(runs, rules).items():
-            accs = [r["summary"]["acc_mean"] for r in rs if r["summary"].get("acc_mean") is not None]
+            accs = [r["summary"][metric] for r in rs if r["summary"].get(metric) is not None]
             if accs:
                 std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
                 points.setdefault(rest, {}).setdefault(rule, []).append(
@@ -310,7 +314,8 @@ def report_figures(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, Figur
             box_figure(panels(client_accuracies), rules, "Per-client accuracy", "test accuracy", ncols, chance=chance),
         ),
     ]
-    return figs + [_variable_figure(groups, key, names, rules) for key in keys] + setting_figures(runs, keys)
+    figs += [_variable_figure(groups, key, names, rules) for key in keys] + setting_figures(runs, keys)
+    return figs + ([perplexity_figure(groups, key, names, rules) for key in keys] if is_text(runs) else [])
 
 
 def setting_figures(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[tuple[str, str, Figure]]:
@@ -342,6 +347,28 @@ def setting_figures(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list
 def _setting_label(run: dict[str, Any], setting: str, with_rule: bool) -> str:
     value = str(run["config"].get(setting))
     return f"{run['summary']['strategy']} {value}" if with_rule else value
+
+
+def perplexity_figure(
+    groups: dict[Point, list[dict[str, Any]]], key: str, names: dict[str, str], rules: Sequence[str]
+) -> tuple[str, str, Figure]:
+    """Final mean client perplexity against swept ``key``, the floor dotted (text worlds)."""
+    name, values = names[key], sorted({dict(p)[key] for p in groups}, key=sort_key)
+    numeric = _numeric(values)
+    ticks = ([float(v) for v in values] if numeric else list(range(len(values))), [str(v) for v in values])
+    panels = variable_curves(groups, key, rules, metric="ppl_mean")
+    floor = floor_level([r for rs in groups.values() for r in rs])
+    fig = line_figure(
+        panels,
+        rules,
+        f"Perplexity vs {name}",
+        name + (" (log)" if numeric and min(values) > 0 else ""),
+        "test perplexity (dotted: floor)",
+        logx=numeric and min(values) > 0,
+        xticks=ticks,
+        chance=[floor] * len(panels),
+    )
+    return f"perplexity_vs_{name.replace('.', '_')}.png", f"Final mean client perplexity vs {name} (±1 std)", fig
 
 
 def panel_chance(runs: Sequence[dict[str, Any]]) -> float | None:

@@ -447,6 +447,8 @@ def report_markdown(
     plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole report.md for finished runs, with links to ``plots`` (file, caption)."""
+    from simulations.report_text import PPL_NOTE, is_text, perplexity_rows  # it builds on this module
+
     keys = swept_keys([r["config"] for r in runs])
     groups = group_runs(runs, keys)
     rules, (a, b) = rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)
@@ -459,6 +461,8 @@ def report_markdown(
         parts += ["## Accuracy by grid point\n", md_table(*overview_rows(groups, rules, (a, b)))]
         if len(keys) == 2 and {a, b} <= set(rules):
             parts += [f"### {a} − {b}\n", md_table(*pivot_rows(groups, a, b))]
+    if is_text(runs := list(runs)):  # perplexity where the data is text (simulations.report_text)
+        parts += ["## Perplexity by grid point\n", md_table(*perplexity_rows(groups, rules, (a, b))), PPL_NOTE + "\n"]
     parts += ["## Per rule\n", _folded(md_table(*detail_rows(groups, rules)), len(groups) > 4)]
     if comparisons(rules, (a, b)):
         parts += ["## Paired differences\n", _folded(md_table(*paired_rows(groups, rules, (a, b))), len(groups) > 4)]

@@ -66,7 +66,7 @@ def chance_level(name: str | None, path: str | None, label: str | None, size: in
     if not name:
         return None
     try:
-        y = load_dataset(name, path or None, label, size).y
+        y = load_dataset(name, path or None, label, size).y.reshape(-1)  # text: every position's next token
     except (ConfigError, OSError, ValueError):
         return None
     return float(np.bincount(y).max() / len(y))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.errors import ConfigError
-from peerkd.models import build_model
+from peerkd.models import build_model, check_modality
 from peerkd.results import SUMMARY_FILE, check_out_dir
 from peerkd.server_app import RunSpec, make_server_app, privacy_setup
 from peerkd.world import build_world
@@ -22,10 +22,12 @@ def preflight(spec: RunSpec, strategy) -> None:
     """Fail fast, before Ray starts, on anything the world or the rule would refuse."""
     world = build_world(spec.world)
     for name in sorted(set(spec.students)):
+        check_modality(name, world.data.text)
         build_model(name, world.data.input_shape, world.num_classes, seed=0)
     strategy.check(spec.students, spec.world.num_clients)
     privacy_setup(spec, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
     check_attack(spec, strategy)
+    strategy.check_data(world.data.text)
 
 
 def check_attack(spec: RunSpec, strategy) -> None:

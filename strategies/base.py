@@ -56,11 +56,15 @@ class DistillationStrategy(ABC):
                 "a fraction > 0, or data.transfer=noise|<dataset> with data.transfer_size > 0",
             )
 
+    def check_data(self, text: bool) -> None:  # noqa: B027  (optional hook: most rules take any data)
+        """Raise ConfigError if this rule cannot run on this kind of data (``text``: token windows)."""
+
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         """Prepare state before round 1; return run-level metrics (e.g. teacher accuracy)."""
         self.check(ctx.students, ctx.world.spec.num_clients, len(ctx.world.transfer_x))
         self.ctx = ctx
-        self.transfer_shape = (len(ctx.world.transfer_x), ctx.world.num_classes)
+        self.check_data(ctx.world.data.text)
+        self.transfer_shape = (ctx.world.transfer_rows, ctx.world.num_classes)
         return {}
 
     @abstractmethod

@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.codec import CodecError, decode_logits, encode_arrays, to_array
+from peerkd.errors import ConfigError
 from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from peerkd.server_app import ServerContext
 from strategies.aggregation import class_consensus
@@ -41,6 +42,15 @@ class FederatedDistillation(LogitDistillation):
     ):
         super().__init__(alpha, temperature)
         self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
+
+    def check_data(self, text: bool) -> None:
+        if text:
+            raise ConfigError(
+                "strategy",
+                "fd averages logits per class of a sample's label; next-token prediction has no per-sample class "
+                "(a per-previous-token table would be a bigram model, not the student's knowledge)",
+                ["local", "peer", "wml", "teacher", "dsfl", "fedmd", "fedavg"],
+            )
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)

@@ -8,18 +8,22 @@ and trains on CE + α·T²·KL(teacher ‖ student). Clients send back only metr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from peerkd.errors import ConfigError, check_choice, check_range
-from peerkd.models import MODELS, build_model
+from peerkd.models import MODELS, build_model, check_modality
 from peerkd.server_app import ServerContext
-from peerkd.training import predict_logits, train_model
+from peerkd.training import predict_logits, score_logits, train_model
 from peerkd.world import World
 from strategies.base import LogitDistillation
 
 
-def default_teacher(input_shape: tuple[int, ...]) -> str:
-    """``cnn_large`` for images and sequences, ``mlp256x2`` for flat features."""
+def default_teacher(input_shape: tuple[int, ...], text: bool = False) -> str:
+    """``cnn_large`` for images and sequences, ``mlp256x2`` for flat features, ``tlm_large`` for text."""
+    if text:
+        return "tlm_large"
     return "cnn_large" if len(input_shape) in (2, 3) else "mlp256x2"
 
 
@@ -45,7 +49,10 @@ class TeacherDistillation(LogitDistillation):
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         super().setup(ctx)
         world = ctx.world
-        name = default_teacher(world.data.input_shape) if self.model_name == "auto" else self.model_name
+        name = self.model_name
+        if name == "auto":
+            name = default_teacher(world.data.input_shape, world.data.text)
+        check_modality(name, world.data.text, field="strategy.teacher")
         x, y = self.teacher_data(world)
         if len(x) == 0:
             raise ConfigError(
@@ -71,10 +78,12 @@ class TeacherDistillation(LogitDistillation):
             test_logits.append(predict_logits(teacher, world.split("test")[0], device=ctx.device))
             transfer_logits.append(predict_logits(teacher, world.transfer_x, device=ctx.device))
         self.targets = np.mean(transfer_logits, axis=0).astype(np.float32)
-        acc = float((np.mean(test_logits, axis=0).argmax(axis=1) == world.split("test")[1]).mean())
+        mean_logits, test_y = np.mean(test_logits, axis=0), world.split("test")[1]
+        acc = float((mean_logits.argmax(axis=1) == test_y.reshape(-1)).mean())
         self.resolved_model = name
         return {
             "teacher_acc": acc,
+            **({"teacher_ppl": math.exp(score_logits(mean_logits, test_y)[1])} if world.data.text else {}),
             "teacher_model": name,
             "teacher_members": self.members(),
             "teacher_train_size": len(x),

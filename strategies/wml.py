@@ -48,7 +48,7 @@ class WeightedMutualLearning(LogitDistillation):
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)
-        self.y_server = ctx.world.split("server")[1]
+        self.y_server = ctx.world.split("server")[1].reshape(-1)  # text: a label per position
         self.logits: dict[int, np.ndarray] = {}
         self.weights: dict[int, float] = {}  # by client id
         self.node_client: dict[int, int] = {}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peerkd.batched.stacked import Params, cross_entropy, fit, kd_divergence, stacked_forward
+from peerkd.batched.stacked import Params, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
 from peerkd.protocol import RoundParams
 from peerkd.training import BatchPlan, class_mean_logits, plan_batches, round_seed
 from peerkd.world import World
@@ -90,8 +90,8 @@ class Cohort:
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             bi = priv[k]
-            out = self.forward(live, self.data.x[bi])
-            loss = cross_entropy(out, self.data.y[bi])
+            out = student_rows(self.forward(live, self.data.x[bi]))
+            loss = cross_entropy(out, student_rows(self.data.y[bi]))
             return loss if kd is None else loss + kd(live, k, bi, out)
 
         w, hist, _ = fit(w, loss_at, n_steps, p.lr)
@@ -112,7 +112,8 @@ class Cohort:
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             bj = pub[k]
-            return kd_divergence(self.forward(live, self.data.transfer[bj]), tt[rows, bj], p.temperature)
+            out = student_rows(self.forward(live, self.data.transfer[bj]))
+            return kd_divergence(out, student_rows(tt[rows, bj]), p.temperature)
 
         return fit(w, loss_at, n_steps, p.lr)[0]
 
@@ -123,7 +124,8 @@ class Cohort:
 
         def term(live: Params, k: int, bi: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             bj = pub[k]
-            return weight * kd_divergence(self.forward(live, self.data.transfer[bj]), tt[rows, bj], p.temperature)
+            out = student_rows(self.forward(live, self.data.transfer[bj]))
+            return weight * kd_divergence(out, student_rows(tt[rows, bj]), p.temperature)
 
         return term
 
@@ -146,18 +148,19 @@ class Cohort:
         return term
 
     def _targets(self, targets: list) -> torch.Tensor:
-        """``(S, P, C)`` transfer-set targets; zeros for students without."""
-        shape = (len(self.world.transfer_x), self.world.num_classes)
-        return torch.stack([torch.as_tensor(t) if t is not None else torch.zeros(shape) for t in targets]).to(
-            self.device
-        )
+        """``(S, N, P/N, C)`` transfer-set targets grouped by input (text: a window's positions); zeros
+        for students without."""
+        shape = (self.world.transfer_rows, self.world.num_classes)
+        stacked = torch.stack([torch.as_tensor(t) if t is not None else torch.zeros(shape) for t in targets])
+        return stacked.reshape(len(targets), len(self.world.transfer_x), -1, shape[1]).to(self.device)
 
     @cached_property
     def _rows(self) -> torch.Tensor:
         return torch.arange(len(self.clients), device=self.device)[:, None]
 
     def logits(self, w: Params, x: torch.Tensor) -> np.ndarray:
-        """Every student's float32 logits on the shared inputs ``x``: ``(S, N, C)`` (``predict_logits``)."""
+        """Every student's float32 logits on the shared inputs ``x``: ``(S, N, C)``, text ``(S, N·L, V)``
+        (``predict_logits``)."""
         if len(x) == 0:
             return np.zeros((len(self.clients), 0, 0), dtype=np.float32)  # as predict_logits on no inputs
         return self._predict(w, x).cpu().numpy()
@@ -165,12 +168,13 @@ class Cohort:
     @torch.no_grad()
     def _predict(self, w: Params, x: torch.Tensor) -> torch.Tensor:
         shared = stacked_forward(self.base, shared_input=True)
-        return torch.cat([shared(w, x[i : i + EVAL_ROWS]).float() for i in range(0, len(x), EVAL_ROWS)], dim=1)
+        z = torch.cat([shared(w, x[i : i + EVAL_ROWS]).float() for i in range(0, len(x), EVAL_ROWS)], dim=1)
+        return student_rows(z)
 
     def evaluate(self, w: Params) -> list[tuple[float, float]]:
         """Each student's accuracy and mean CE on the test split (``evaluate``'s maths, on the device)."""
         z = self._predict(w, self.data.test_x)
-        y = self.data.test_y.expand(len(z), -1)
+        y = self.data.test_y.reshape(-1).expand(len(z), -1)
         acc, loss = (z.argmax(dim=-1) == y).float().mean(dim=-1), cross_entropy(z, y)
         return list(zip(acc.tolist(), loss.tolist()))
 

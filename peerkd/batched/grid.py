@@ -155,7 +155,7 @@ class BatchedGrid(Grid):
 
     def _keep_sent(self, world: World, clients: list[int], records: list[dict]) -> None:
         """Remember each student's sent logits, as the ClientApp keeps them in ``context.state``."""
-        shape = (len(world.transfer_x), world.num_classes)
+        shape = (world.transfer_rows, world.num_classes)
         for client, rec in zip(clients, records):
             if (sent := sent_logits(rec, shape)) is not None:
                 self.store.sent[client] = sent

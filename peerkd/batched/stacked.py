@@ -50,6 +50,12 @@ def stacked_forward(base: nn.Module, shared_input: bool = False) -> Callable[[Pa
     return vmap(one, in_dims=(0, None if shared_input else 0))
 
 
+def student_rows(z: torch.Tensor) -> torch.Tensor:
+    """Stacked outputs as rows of one prediction each: ``(S, B, C)`` as is, text ``(S, B, L, V)``
+    as ``(S, B·L, V)``; labels ``(S, B, L)`` as ``(S, B·L)`` (``peerkd.losses.as_rows``, stacked)."""
+    return z.flatten(1, -2) if z.dim() > 2 and z.is_floating_point() else z.flatten(1)
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the batch axis: ``(..., B, C)``, ``(..., B)`` -> ``(...)``."""
     log_p = F.log_softmax(logits, dim=-1)
