@@ -63,6 +63,8 @@ def leave_one_out_from_sum(total: np.ndarray, count: int, own: np.ndarray | None
 def sent_logits(records: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
     """The transfer-set logits a reply's ``records`` carry, decoded as the server decodes them."""
     return decode_logits(records[P.KEY_LOGITS], shape) if P.KEY_LOGITS in records else None
+
+
 def class_targets(content: RecordDict, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
     """FD's per-class targets: the ``(C, C)`` table and a ``(C,)`` bool mask of its valid rows
     (all valid when the request sends no mask), or None without targets."""
