@@ -44,6 +44,8 @@ CFG_REPLY_LOGITS = "reply-logits"  # reply with logits on the transfer set
 CFG_REPLY_PROBS = "reply-probs"  # ... as softmax probabilities instead (DS-FL)
 CFG_REPLY_PROBE = "reply-probe"  # also reply with logits on the server split (WML)
 CFG_DIGEST_EPOCHS = "digest-epochs"
+CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
+CFG_RESUME_ROUND = "resume-round"  # ... and, resuming, the round of the server's checkpoint (load the student of it)
 
 # Metric keys in replies.
 METRIC_NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key
@@ -81,6 +83,8 @@ class RoundParams:
     reply_logits: bool = False
     reply_probs: bool = False
     reply_probe: bool = False
+    checkpoint_dir: str = ""  # "" : the student lives in context.state alone
+    resume_round: int = 0  # a fresh context loads its student of this round from checkpoint_dir (0: none)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RoundParams:
@@ -99,4 +103,6 @@ class RoundParams:
             reply_logits=bool(get(CFG_REPLY_LOGITS, False)),
             reply_probs=bool(get(CFG_REPLY_PROBS, False)),
             reply_probe=bool(get(CFG_REPLY_PROBE, False)),
+            checkpoint_dir=str(get(CFG_CHECKPOINT_DIR, d.checkpoint_dir)),
+            resume_round=int(get(CFG_RESUME_ROUND, d.resume_round)),
         )

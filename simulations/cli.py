@@ -57,15 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from peerkd.errors import ConfigError
+    from simulations.sweep import sigterm_interrupts
 
     try:
-        return COMMANDS[command](args)
+        with sigterm_interrupts():
+            return COMMANDS[command](args)
     except ConfigError as exc:
         return _fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         return _fail(_hydra_message(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted; finished runs and rounds are on disk", code=130)
+        return _fail(
+            "interrupted; finished runs and rounds are on disk: to go on, run the same command again "
+            "(with resume=true for peerkd run)",
+            code=130,
+        )
 
 
 def _load(command: str, args: list[str]):
@@ -109,7 +115,8 @@ def _run(args: list[str]) -> int:
     resources, engine = check_resources(cfg.resources), check_engine(cfg.engine)
     _print_splits([spec.world])
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_engine(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), engine, resources)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
     if summary["acc_mean"] is None:
         print(

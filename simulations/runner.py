@@ -7,9 +7,11 @@ Lists of runs (``peerkd compare`` and ``peerkd sweep``) are planned and executed
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
+from peerkd.checkpoint import Checkpoint
 from peerkd.models import build_model
 from peerkd.results import SUMMARY_FILE
 from peerkd.server_app import RunSpec, make_server_app
@@ -33,19 +35,25 @@ def run_engine(
     engine: EngineConf,
     resources: dict[str, float],
     ray_init: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
     ``batched`` trains every student of an architecture as one vmapped model in this process
     (``engine.device``, ``engine.chunk``); ``flower`` is Flower's simulation engine, one Ray
-    actor per client slot with ``resources`` (``run_one``).
+    actor per client slot with ``resources`` (``run_one``). With ``resume``, a run killed in
+    ``out_dir`` goes on from its last checkpointed round (``simulations.resume.prepare``).
     """
+    from simulations.resume import prepare
+
+    if (finished := prepare(out_dir, config, resume)) is not None:
+        return finished
     if engine.name == "flower":
-        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init)
+        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init, resume=resume)
     from peerkd.batched import run_batched
 
     preflight(spec, strategy)
-    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk)
+    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, resume=resume)
 
 
 def run_one(
@@ -56,6 +64,7 @@ def run_one(
     resources: dict[str, float],
     client_app=None,
     ray_init: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run one rule on one world in Flower's simulation engine; return its summary.
 
@@ -76,6 +85,8 @@ def run_one(
     ray_init : dict | None
         Extra ``ray.init`` arguments (a sweep running runs side by side gives each its own
         local Ray instance and a share of the CPUs).
+    resume : bool
+        Go on from the checkpoint in ``out_dir`` if there is one (else it is removed).
     """
     from flwr.simulation import run_simulation
 
@@ -84,16 +95,25 @@ def run_one(
 
     preflight(spec, strategy)
     engine = {"engine": "flower", "client_resources": dict(resources)}
-    server = make_server_app(spec, strategy, str(out_dir), config, summary_extra=lambda: engine)
-    run_simulation(
-        server_app=server,
-        client_app=client_app,
-        num_supernodes=spec.world.num_clients,
-        backend_config={
-            "client_resources": resources,
-            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
-        },
+    checkpoint, stop = Checkpoint(out_dir, "flower"), threading.Event()
+    if not resume:
+        checkpoint.clear()
+    server = make_server_app(
+        spec, strategy, str(out_dir), config, summary_extra=lambda: engine, checkpoint=checkpoint, stop=stop
     )
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client_app,
+            num_supernodes=spec.world.num_clients,
+            backend_config={
+                "client_resources": resources,
+                "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
+            },
+        )
+    except BaseException:  # Ctrl-C, SIGTERM: Flower stops Ray, but its ServerApp thread would go on
+        stop.set()
+        raise
     summary_path = Path(out_dir) / SUMMARY_FILE
     if not summary_path.is_file():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")

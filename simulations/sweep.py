@@ -232,7 +232,9 @@ def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any])
     logging.getLogger("peerkd").setLevel(logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(max(1, ray_init["num_cpus"]))  # the batched engine's share of the cores
-    return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init)
+    return run_engine(
+        run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init, resume=True
+    )
 
 
 def execute(
@@ -248,7 +250,7 @@ def execute(
 
         for run in runs:
             try:
-                summary = run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources)
+                summary = run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, resume=True)
             except (RuntimeError, OSError) as exc:
                 log.error("%s failed: %s", run.label, exc)
                 summary = None
@@ -298,7 +300,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
+def sigterm_interrupts():
     """Within: SIGTERM stops the sweep like Ctrl-C (runs in flight stopped, sweep.json written)."""
     import signal
     import threading
@@ -405,7 +407,7 @@ def run_sweep(
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
-        with _quiet_runs(verbose), _sigterm_interrupts():
+        with _quiet_runs(verbose), sigterm_interrupts():
             execute(todo, n, resources, on_done)
     finally:
         session = {

@@ -17,7 +17,14 @@ __all__ = ["BatchedGrid", "run_batched"]
 
 
 def run_batched(
-    spec, strategy, out_dir: str | os.PathLike, config: dict[str, Any], *, device: str = "auto", chunk: int = 0
+    spec,
+    strategy,
+    out_dir: str | os.PathLike,
+    config: dict[str, Any],
+    *,
+    device: str = "auto",
+    chunk: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run one rule on one world in the batched engine; write the results directory and return the summary.
 
@@ -35,6 +42,9 @@ def run_batched(
         ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
     chunk : int
         Most students per vmapped call (0: sized from free memory).
+    resume : bool
+        Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
+        saved after every round) if there is one; else it is removed.
 
     Returns
     -------
@@ -43,6 +53,7 @@ def run_batched(
     """
     import torch
 
+    from peerkd.checkpoint import Checkpoint
     from peerkd.results import RunWriter
     from peerkd.server_app import run_federation
 
@@ -59,4 +70,8 @@ def run_batched(
             "peak_gpu_mb": peak_gpu_mb(grid.device),
         }
 
-    return run_federation(grid, spec, strategy, RunWriter(Path(out_dir), config), summary_extra=extra)
+    checkpoint = Checkpoint(out_dir, "batched", grid.store.snapshot, grid.store.restore)
+    if not resume:
+        checkpoint.clear()
+    writer = RunWriter(Path(out_dir), config, resume=checkpoint.exists())
+    return run_federation(grid, spec, strategy, writer, summary_extra=extra, checkpoint=checkpoint)

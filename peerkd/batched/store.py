@@ -61,3 +61,23 @@ class StudentStore:
         for i, c in enumerate(clients):
             rows[c] = start + i  # a client that comes back to an architecture starts afresh
             self._arch[c] = arch
+
+    def snapshot(self) -> dict[int, tuple[str, dict[str, torch.Tensor]]]:
+        """Every client's student now: client -> (architecture, CPU weights), for a checkpoint."""
+        out = {}
+        for client, arch in sorted(self._arch.items()):
+            row = self._rows[arch][client]
+            out[client] = (arch, {k: v[row].detach().to("cpu", copy=True) for k, v in self._weights[arch].items()})
+        return out
+
+    def restore(self, snapshot: dict[int, tuple[str, dict[str, torch.Tensor]]]) -> None:
+        """Replace every student by those of ``snapshot`` (``snapshot()``'s output)."""
+        self._weights, self._rows, self._arch = {}, {}, {}
+        by_arch: dict[str, list[int]] = {}
+        for client, (arch, _) in sorted(snapshot.items()):
+            by_arch.setdefault(arch, []).append(client)
+        for arch, clients in by_arch.items():
+            names = snapshot[clients[0]][1]
+            self._weights[arch] = {k: torch.stack([snapshot[c][1][k] for c in clients]).to(self.device) for k in names}
+            self._rows[arch] = {c: i for i, c in enumerate(clients)}
+            self._arch.update(dict.fromkeys(clients, arch))
