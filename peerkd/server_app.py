@@ -506,6 +506,9 @@ def make_server_app(
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         writer = RunWriter(out_dir, config, resume=checkpoint is not None and checkpoint.exists())
-        run_federation(grid, spec, strategy, writer, on_round, summary_extra, checkpoint, stop)
+        try:
+            run_federation(grid, spec, strategy, writer, on_round, summary_extra, checkpoint, stop)
+        except RunInterrupted as exc:  # not an error: the caller set ``stop`` and knows
+            log.warning("[%s] run stopped (%s); no summary written", strategy.name, exc)
 
     return server

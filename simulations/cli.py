@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import time
@@ -329,5 +330,20 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def console() -> None:
+    """The console script: ``main``, then exit without tearing the interpreter down.
+
+    Everything is written by then (results files closed or fsynced, logs flushed here, Ray
+    shut down by Flower). Module teardown is a full garbage collection over torch, Ray and
+    Flower objects: measured ~5 s after a Flower run on a loaded 2-core machine, longer
+    than stopping the run took after Ctrl-C.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -11,12 +11,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from peerkd.checkpoint import Checkpoint
+from peerkd.checkpoint import Checkpoint, RunInterrupted
 from peerkd.models import build_model
 from peerkd.results import SUMMARY_FILE
 from peerkd.server_app import RunSpec, make_server_app
 from peerkd.world import build_world
 from simulations.config import EngineConf
+from simulations.interrupts import graceful_stop
 
 
 def preflight(spec: RunSpec, strategy) -> None:
@@ -101,19 +102,22 @@ def run_one(
     server = make_server_app(
         spec, strategy, str(out_dir), config, summary_extra=lambda: engine, checkpoint=checkpoint, stop=stop
     )
-    try:
-        run_simulation(
-            server_app=server,
-            client_app=client_app,
-            num_supernodes=spec.world.num_clients,
-            backend_config={
-                "client_resources": resources,
-                "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
-            },
-        )
-    except BaseException:  # Ctrl-C, SIGTERM: Flower stops Ray, but its ServerApp thread would go on
-        stop.set()
-        raise
+    with graceful_stop(stop):  # Ctrl-C, SIGTERM: the ServerApp stops, then Flower stops Ray
+        try:
+            run_simulation(
+                server_app=server,
+                client_app=client_app,
+                num_supernodes=spec.world.num_clients,
+                backend_config={
+                    "client_resources": resources,
+                    "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
+                },
+            )
+        except RunInterrupted:
+            pass  # graceful_stop raises KeyboardInterrupt on leaving
+        except BaseException:  # a second signal: don't leave the ServerApp thread running
+            stop.set()
+            raise
     summary_path = Path(out_dir) / SUMMARY_FILE
     if not summary_path.is_file():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
