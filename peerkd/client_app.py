@@ -59,6 +59,7 @@ from peerkd.training import (
     predict_logits,
     round_seed,
     train_model,
+    warm_up,
 )
 from peerkd.world import World, WorldSpec, build_world, load_node_data
 
@@ -255,5 +256,7 @@ def query_logits(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_student(msg: Message, context: Context) -> Message:
     """Accuracy and loss of this student on the test split."""
+    if msg.content[P.KEY_CONFIG].get(P.CFG_WARM_UP):
+        warm_up()
     s = _load_student(msg, context)
     return reply(msg, s.arch, {P.KEY_METRICS: _metrics(s)})

@@ -44,6 +44,7 @@ CFG_REPLY_LOGITS = "reply-logits"  # reply with logits on the transfer set
 CFG_REPLY_PROBS = "reply-probs"  # ... as softmax probabilities instead (DS-FL)
 CFG_REPLY_PROBE = "reply-probe"  # also reply with logits on the server split (WML)
 CFG_DIGEST_EPOCHS = "digest-epochs"
+CFG_WARM_UP = "warm-up"  # evaluate before round 1: also pay the training path's start-up (peerkd.training.warm_up)
 CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
 CFG_RESUME_ROUND = "resume-round"  # ... and, resuming, the round of the server's checkpoint (load the student of it)
 

@@ -105,6 +105,7 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
 
 # Seconds between reply pulls (Flower's Grid.send_and_receive sleeps 3 s between pulls).
 POLL_S = float(os.environ.get("PEERKD_GRID_POLL_S", "0.2"))
+TTL_MARGIN_S = 2.0  # a message lives this much longer than the wait for its reply
 
 
 def send_and_receive(
@@ -115,13 +116,13 @@ def send_and_receive(
     Returns the replies and the destination node of each pushed message id (an error reply
     the SuperLink writes for an unavailable node names the SuperLink as its source). Same
     contract as ``Grid.send_and_receive``, whose fixed 3 s pull interval dominated a
-    deployed round on loopback. Each message's TTL ends with the wait, so one still queued
+    deployed round on loopback. Each message's TTL ends with the wait (plus ``TTL_MARGIN_S``), so one still queued
     when the round is abandoned is dropped (by the SuperLink, or by the ClientApp's
     ``drop_expired``) instead of training for a round nobody reads; late replies are
     never pulled. Raises ``RunInterrupted`` once ``stop`` is set.
     """
-    for m in messages:
-        m.metadata.ttl = timeout + max(0.0, time.time() - m.metadata.created_at)
+    for m in messages:  # + TTL_MARGIN_S: a reply pulled at the deadline is not yet "expired" (it is missing)
+        m.metadata.ttl = timeout + TTL_MARGIN_S + max(0.0, time.time() - m.metadata.created_at)
     pending = {mid for mid in grid.push_messages(messages) if mid}  # None: a message the SuperLink refused
     sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # push sets the ids
     replies: list[Message] = []
@@ -288,7 +289,7 @@ def _warm_up(
     """One ``evaluate`` round trip before the first round, timed by ``wait_timeout``: the first
     round's clock starts once the nodes answer (a simulation's Ray start-up is no round's time),
     and each node's client becomes known."""
-    evaluated = _evaluate_nodes(grid, node_ids, config, spec.wait_timeout, stop)
+    evaluated = _evaluate_nodes(grid, node_ids, {**config, P.CFG_WARM_UP: True}, spec.wait_timeout, stop)
     for node, values in evaluated.items():
         roster.learn(node, values[P.METRIC_PARTITION])
     if missing := len(node_ids) - len(evaluated):

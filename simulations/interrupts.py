@@ -37,9 +37,33 @@ def graceful_stop(stop: threading.Event):
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
-        yield
+        with _ray_keeps_off_sigterm():
+            yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     if stop.is_set():
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ray_keeps_off_sigterm():
+    """Within: ``ray.init`` (run by Flower inside ``run_simulation``) does not replace our SIGTERM
+    handler. Its own kills Ray's processes under the running actors and exits with status 1;
+    the driver then aborted in Ray's core worker (status -6, measured). Ray still cleans up:
+    Flower calls ``ray.shutdown`` and Ray's atexit hook kills what is left. The hook is
+    Ray's private ``ray._private.utils.set_sigterm_handler`` (ray 2.x); without it, nothing changes."""
+    try:
+        from ray._private import utils
+    except ImportError:
+        yield
+        return
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
