@@ -23,6 +23,7 @@ USAGE = """usage: peerkd run|compare|sweep|bench [key=value ...]
 commands:
   run      one exchange rule on one world, e.g.
            peerkd run strategy=peer data=digits num_clients=10 rounds=20 seed=0 out=runs/peer
+           (after Ctrl-C or a kill, add resume=true to go on from the last finished round)
   compare  several rules on the same worlds over seeds (default: local, fedavg, teacher, peer
            on mnist5k, 10 clients, Dirichlet alpha 0.3, seeds 0,1,2), e.g.
            peerkd compare data=mnist5k seeds=[0,1,2] out=runs/cmp
