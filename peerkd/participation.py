@@ -44,10 +44,6 @@ class Roster:
         """Record that ``node_id`` serves client ``client``."""
         self.client_of[node_id] = client
 
-    def node_of(self, client: int) -> int | None:
-        """The node known to serve ``client`` (None if none is)."""
-        return next((n for n, c in self.client_of.items() if c == client), None)
-
     def select(self, server_round: int, node_ids: Iterable[int]) -> list[int]:
         """The nodes that take part in ``server_round``, sorted."""
         if not self.partial:

@@ -204,8 +204,9 @@ def run_federation(
     }
     roster = Roster(spec.world.num_clients, spec.clients_per_round, spec.world.seed)
     _warm_up(grid, spec, roster, node_ids, {**base_config, P.CFG_ROUND: state.round}, stop)
-    if state.round:
-        rekey_nodes(strategy, {n: roster.node_of(c) for n, c in state.nodes.items()})
+    if state.round:  # a resumed simulation has new node ids: the rule's per-node state follows its clients
+        node_now = {c: n for n, c in roster.client_of.items()}
+        rekey_nodes(strategy, {n: node_now.get(c) for n, c in state.nodes.items()})
     for rnd in range(state.round + 1, spec.rounds + 1):
         config = ConfigRecord({**base_config, P.CFG_ROUND: rnd})
         nodes = roster.select(rnd, grid.get_node_ids())

@@ -29,8 +29,14 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "simulations.cli", *command], stdout=f, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_terminal_signals,
         )  # fmt: skip
+
+
+def _terminal_signals() -> None:
+    """In the child: SIGINT as in a terminal (a shell's background job, e.g. this test run under
+    `nohup ... &`, starts with SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(predicate, child: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
