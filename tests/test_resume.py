@@ -168,7 +168,11 @@ def test_interrupt_stops_a_run_within_seconds(engine, sig, group, tmp_path):
     # Execute
     t0 = time.monotonic()
     os.killpg(child.pid, sig) if group else child.send_signal(sig)
-    code = child.wait(timeout=60)
+    try:
+        code = child.wait(timeout=60)
+    finally:
+        if child.poll() is None:  # failed: leave nothing running
+            os.killpg(child.pid, signal.SIGKILL)
     stopped_s = time.monotonic() - t0
     # Assert: exit 130 within seconds, no summary, none of its processes left.
     deadline = time.monotonic() + 15
