@@ -162,18 +162,18 @@ def test_interrupt_stops_a_run_within_seconds(engine, sig, group, tmp_path):
     # Prepare: a long run, interrupted once its first round is done (Ray and actors up).
     out, log = tmp_path / "run", tmp_path / "child.log"
     child = start(["run", *RUN[:-2], "rounds=500", f"engine.name={engine}", f"out={out}"], log)
-    wait_for(lambda: checkpointed_round(out) >= 1, child, log)
-    below = descendants(child.pid)
-    assert below or engine == "batched", "Ray started no process"
-    # Execute
-    t0 = time.monotonic()
-    os.killpg(child.pid, sig) if group else child.send_signal(sig)
     try:
+        wait_for(lambda: checkpointed_round(out) >= 1, child, log)
+        below = descendants(child.pid)
+        # Execute
+        t0 = time.monotonic()
+        os.killpg(child.pid, sig) if group else child.send_signal(sig)
         code = child.wait(timeout=60)
+        stopped_s = time.monotonic() - t0
     finally:
         if child.poll() is None:  # failed: leave nothing running
             os.killpg(child.pid, signal.SIGKILL)
-    stopped_s = time.monotonic() - t0
+    assert below or engine == "batched", "Ray started no process"
     # Assert: exit 130 within seconds, no summary, none of its processes left.
     deadline = time.monotonic() + 15
     while alive(below) and time.monotonic() < deadline:
