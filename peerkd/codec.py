@@ -76,12 +76,7 @@ def decode_logits(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
         raise CodecError(f"logits shape {tuple(arr.shape)}, expected {tuple(shape)}")
     if arr.dtype not in ("float32", "float16", "float64"):
         raise CodecError(f"logits dtype {arr.dtype}, expected a float type")
-    try:
-        out = to_numpy(arr)
-    except Exception as exc:  # truncated or forged bytes
-        raise CodecError(f"logits bytes do not decode: {exc}") from exc
-    if out.shape != tuple(shape):
-        raise CodecError(f"logits bytes decode to shape {out.shape}, header says {tuple(shape)}")
+    out = _decoded(arr, tuple(shape), "logits")
     if not np.isfinite(out).all():
         raise CodecError("logits contain NaN or infinity")
     return out.astype(np.float32, copy=False)
@@ -95,12 +90,24 @@ def check_weights(record: ArrayRecord, reference: ArrayRecord) -> None:
         arr = record[name]
         if tuple(arr.shape) != tuple(ref.shape):
             raise CodecError(f"weight {name!r} has shape {tuple(arr.shape)}, expected {tuple(ref.shape)}")
-        try:
-            values = to_numpy(arr)
-        except Exception as exc:
-            raise CodecError(f"weight {name!r} bytes do not decode: {exc}") from exc
-        if not np.isfinite(values).all():
+        values = _decoded(arr, tuple(ref.shape), f"weight {name!r}", np.dtype(ref.dtype))
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise CodecError(f"weight {name!r} contains NaN or infinity")
+
+
+def _decoded(arr: Array, shape: tuple[int, ...], what: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """The numbers in ``arr`` if its bytes decode to an array of ``shape`` and ``dtype`` (default: any
+    float type), else CodecError: forged bytes must not reach ``np.isfinite`` as text or objects."""
+    try:
+        out = to_numpy(arr)
+    except Exception as exc:  # truncated or forged bytes, a dtype numpy cannot read
+        raise CodecError(f"{what} bytes do not decode: {type(exc).__name__}") from exc
+    expected = "a float type" if dtype is None else str(dtype)
+    if (out.dtype.kind != "f") if dtype is None else (out.dtype != dtype):
+        raise CodecError(f"{what} bytes hold {out.dtype} values, expected {expected}")
+    if out.shape != shape:
+        raise CodecError(f"{what} bytes decode to shape {out.shape}, header says {shape}")
+    return out
 
 
 def array_bytes(content: RecordDict) -> int:

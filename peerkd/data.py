@@ -168,8 +168,40 @@ def _read_file(path: str, label: str, resolved: str, mtime_ns: int) -> Dataset:
     classes, y = np.unique(y_raw, return_inverse=True)
     if len(classes) < 2:
         raise ConfigError("data.label", f"{path!r} has a single class; need at least 2")
+    check_class_labels(classes, len(y), path)
     names = tuple(str(c) for c in classes)
     return Dataset(dataset_name("file", path), x.astype(np.float32), y.astype(np.int64), len(names), names)
+
+
+def check_class_labels(classes: np.ndarray, n: int, path: str) -> None:
+    """Refuse a label column that holds a continuous target, not classes: numbers that are not
+    all integers, or more distinct values than half the rows (a split could not hold each class).
+
+    ``check_class_labels(np.array(["0.25", "1.5"]), 100, "f.csv")`` raises; ``np.array(["0", "1"])`` passes.
+    """
+    numbers = _as_numbers(classes)
+    if numbers is not None and not np.all(np.mod(numbers, 1) == 0):
+        example = next(str(c) for c, v in zip(classes, numbers) if v % 1)
+        raise ConfigError(
+            "data.label",
+            f"the labels of {path!r} are non-integer numbers (e.g. {example}): a continuous target, not classes",
+            "class names or integer class ids",
+        )
+    if len(classes) > n / 2:
+        raise ConfigError(
+            "data.label",
+            f"{len(classes)} distinct labels in {n} rows of {path!r}: a continuous or identifier column, not classes",
+            f"at most {n // 2} classes (2 rows per class or more)",
+        )
+
+
+def _as_numbers(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as finite floats if every one is a number, else None."""
+    try:
+        out = values.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out).all() else None
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -183,20 +215,49 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as exc:  # zip/format errors, object arrays (pickle refused)
         raise ConfigError("data.path", f"cannot read {str(p)!r} as .npz: {exc}") from exc
-    if x.dtype.kind not in "biuf" or x.ndim < 2:
+    if x.dtype.kind not in "biuf" or x.ndim < 2 or x[:1].size == 0 and len(x):
         raise ConfigError("data.path", f"x must be a numeric array (N, ...), got {x.dtype} {x.shape}")
+    if y.dtype.kind not in "biufU":
+        raise ConfigError("data.path", f"y must hold numbers or strings, got {y.dtype} {y.shape}")
     if x.ndim == 3:  # (N, H, W) images get a channel axis
         x = x[:, None]
     return x.astype(np.float32), y.reshape(-1)
 
 
 def _read_csv(p: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
-    with p.open(newline="") as f:
+    """Features and raw labels of a UTF-8 CSV file; anything else is one ConfigError naming the file."""
+    try:
+        return _parse_csv(p, label)
+    except UnicodeDecodeError as exc:
+        raise ConfigError("data.path", f"{str(p)!r} is not UTF-8 text ({_what_bytes(p, exc)})", CSV_ALLOWED) from None
+    except csv.Error as exc:
+        raise ConfigError("data.path", f"{str(p)!r} is not a readable CSV file ({exc})", CSV_ALLOWED) from None
+
+
+CSV_ALLOWED = "a UTF-8 .csv file with a header row, or a .npz file with arrays x and y"
+
+
+def _what_bytes(p: Path, exc: UnicodeDecodeError) -> str:
+    """What a file that is not UTF-8 seems to be: an archive (.npz), or text in another encoding."""
+    with p.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return "it is a zip archive: a .npz file named .csv?"
+    if head.startswith(b"\x93NUM"):
+        return "it is a .npy array file"
+    byte = exc.object[exc.start]
+    return f"byte 0x{byte:02x} at offset {exc.start}; re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+
+
+def _parse_csv(p: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
+    with p.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is not a header
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
             raise ConfigError("data.path", f"{str(p)!r} is empty")
         header = [h.strip() for h in header]
+        if dup := sorted({h for h in header if header.count(h) > 1}):
+            raise ConfigError("data.path", f"{str(p)!r} repeats column names {dup}", "distinct column names")
         if label not in header:
             raise ConfigError("data.label", f"no column {label!r} in {str(p)!r}", header)
         li = header.index(label)

@@ -53,6 +53,38 @@ def accuracy_stats(accs: list[float]) -> dict[str, float | None]:
     return {"acc_mean": float(a.mean()), "acc_worst": float(a.min()), "acc_std": float(a.std())}
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path once it is known to be a directory this process can write results
+    into (it may not exist yet: it is created, checked and removed again); else ConfigError
+    naming ``out``. Runs call it before any engine starts, so a bad path costs no simulation."""
+    import tempfile
+
+    from peerkd.errors import ConfigError
+
+    path, allowed = Path(out_dir), "a directory path that can be created and written"
+    try:
+        if path.exists() and not path.is_dir():
+            raise ConfigError("out", f"{str(path)!r} is an existing file, not a directory", allowed)
+        created = [p for p in (path, *path.parents) if not p.exists()]
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ConfigError("out", f"{str(path)!r} is not a usable path: {exc}", allowed) from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("out", f"cannot write results in {str(path)!r}: {reason}", allowed) from None
+    finally:
+        for p in created:  # innermost first: leave the filesystem as found
+            if p.is_dir():
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+    return path
+
+
 class RunWriter:
     """Writes one run's directory. Every metrics line is flushed when written, so a killed
     run keeps all it finished; the summary is replaced atomically."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import threading
 import time
@@ -27,9 +26,10 @@ from flwr.serverapp import Grid, ServerApp
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
 from peerkd.checkpoint import Checkpoint, RunInterrupted, RunState, rekey_nodes, rng_state
-from peerkd.codec import CodecError, array_bytes
+from peerkd.codec import array_bytes
 from peerkd.participation import Roster, participation
 from peerkd.results import RunWriter, accuracy_stats
+from peerkd.screening import screen_reply
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
 
@@ -145,33 +145,6 @@ def _pause(seconds: float, stop: threading.Event | None) -> None:
         raise RunInterrupted("stopped while waiting for replies")
 
 
-def screen_reply(reply: Message, strategy: ExchangeRule, num_clients: int) -> tuple[dict[str, Any] | None, str | None]:
-    """The reply's metrics if it is well-formed, else None and the reason it was rejected."""
-    if reply.has_error():
-        return None, f"client error: {reply.error.reason}"
-    content = reply.content
-    metrics = content.get(P.KEY_METRICS)
-    if not isinstance(metrics, MetricRecord):
-        return None, "no metrics record"
-    values = dict(metrics)
-    client = values.get(P.METRIC_PARTITION)
-    if not isinstance(client, int) or not 0 <= client < num_clients:
-        return None, f"{P.METRIC_PARTITION} {client!r} outside 0..{num_clients - 1}"
-    acc = values.get(P.METRIC_TEST_ACC)
-    if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
-        return None, f"{P.METRIC_TEST_ACC} {acc!r} outside [0, 1]"
-    loss = values.get(P.METRIC_TEST_LOSS)
-    if not isinstance(loss, float) or not math.isfinite(loss) or loss < 0:
-        return None, f"{P.METRIC_TEST_LOSS} {loss!r} is not a finite loss >= 0"
-    try:
-        strategy.check_reply(content)
-    except CodecError as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001  (forged bytes or dtypes can fail anywhere in decoding: a rejection, not a crash)
-        return None, f"malformed reply ({type(exc).__name__}: {exc})"
-    return values, None
-
-
 def run_federation(
     grid: Grid,
     spec: RunSpec,
@@ -216,7 +189,7 @@ def run_federation(
             state.latest[client_row["client"]] = client_row
             state.replies[client_row["client"]] += 1
             roster.learn(client_row["node_id"], client_row["client"])
-        state.totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected")})
+        state.totals.update({k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected", "replies")})
         row["wall_s"] = state.wall_s + time.perf_counter() - t_start
         writer.log(row)
         log.info("[%s] round %d/%d  %s", strategy.name, rnd, spec.rounds, _round_line(row))
@@ -299,7 +272,9 @@ def _warm_up(
 
 def _round_line(row: dict[str, Any]) -> str:
     """``acc mean 0.862 worst 0.848  10 replies  0.4 s`` for a round's log line."""
-    acc, worst = row["acc_mean"] or 0, row["acc_worst"] or 0
+    if not row["replies"]:  # a round with no accepted reply has no accuracy to show
+        return f"no reply accepted ({row['rejected']} rejected, {len(row['missing'])} missing)  {row['round_s']:.1f} s"
+    acc, worst = row["acc_mean"], row["acc_worst"]
     return f"acc mean {acc:.3f} worst {worst:.3f}  {row['replies']} replies  {row['round_s']:.1f} s"
 
 
@@ -329,6 +304,8 @@ def _summary(
         "per_client": per_client,
         "acc_by_arch": _by_arch(per_client),
         "rejected_replies": totals["rejected"],
+        "accepted_replies": totals["replies"],
+        "no_reply_accepted": totals["replies"] == 0,  # then every accuracy above is null
         "bytes_measure": totals["bytes_measure"],
         "students": list(spec.students),
         "private": strategy.private,
@@ -446,6 +423,7 @@ def _run_round(
         "round": rnd,
         **accuracy_stats([r["acc"] for r in rows]),
         "replies": len(rows),
+        "no_reply_accepted": not rows,  # the rule aggregated nothing this round
         "rejected": len(rejected),
         "rejections": rejected,
         "missing": sorted(set(down) - answered),

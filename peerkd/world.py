@@ -39,6 +39,12 @@ _PREFIX = "world."
 CACHE_ENV = "PEERKD_WORLD_CACHE"  # a directory: built worlds are kept there as .npz (deployed nodes)
 
 
+# Seeds run 0..2**32-1 (numpy's legacy range): the largest derived seed, a client's batch order
+# (``training.round_seed``: seed * 1,000,003 + ...), then stays within the int64 that Flower's
+# ConfigRecord carries and torch's generator takes.
+MAX_SEED = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class WorldSpec:
     """Everything that fixes the data each client and the server see."""
@@ -132,6 +138,13 @@ def _build_world(spec: WorldSpec) -> World:
     data = load_dataset(spec.dataset, spec.data_path or None, spec.data_label or None, spec.data_size)
     rng = np.random.default_rng(spec.seed)
     splits = split_indices(data.y, spec.test_frac, spec.public_frac, spec.server_frac, rng)
+    if len(splits.test) == 0:  # every accuracy would be measured on nothing
+        raise ConfigError(
+            "data.test_frac",
+            f"{spec.test_frac:g} of {len(data.y)} rows ({data.num_classes} classes, split per class) leaves the test "
+            "split empty",
+            "a fraction that gives each class at least one test row",
+        )
     scaler = world_scaler(data, splits) if spec.standardize and spec.dataset == "file" and data.tabular else None
     if scaler is not None:
         data = dataclasses.replace(data, x=scaler.apply(data.x))

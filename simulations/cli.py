@@ -23,6 +23,7 @@ USAGE = """usage: peerkd run|compare|sweep|bench [key=value ...]
 commands:
   run      one exchange rule on one world, e.g.
            peerkd run strategy=peer data=digits num_clients=10 rounds=20 seed=0 out=runs/peer
+           (--check: validate the config, the data and out= as a run would, then stop)
            (after Ctrl-C or a kill, add resume=true to go on from the last finished round)
   compare  several rules on the same worlds over seeds (default: local, fedavg, teacher, peer
            on mnist5k, 10 clients, Dirichlet alpha 0.3, seeds 0,1,2), e.g.
@@ -111,12 +112,15 @@ def _run(args: list[str]) -> int:
     from simulations.config import check_engine, check_resources, to_run_spec, to_strategy
     from simulations.runner import run_engine
 
-    if (cfg := _load("run", args)) is None:
+    check_only = CHECK_FLAG in args
+    if (cfg := _load("run", [a for a in args if a != CHECK_FLAG])) is None:
         return 0
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
     resources, engine = check_resources(cfg.resources), check_engine(cfg.engine)
     _print_splits([spec.world])
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if check_only:
+        return _check_run(spec, strategy, out)
     config = OmegaConf.to_container(cfg, resolve=True)
     summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
@@ -131,6 +135,21 @@ def _run(args: list[str]) -> int:
         f"std {summary['acc_std']:.3f}{teacher}  bytes up {summary['bytes_up']:,} down {summary['bytes_down']:,}  "
         f"{summary['wall_s']:.0f} s\nresults: {out}"
     )
+    return 0
+
+
+CHECK_FLAG = "--check"  # peerkd run ... --check: validate everything a run would, then stop
+
+
+def _check_run(spec, strategy, out: str) -> int:
+    """Everything ``run`` checks before an engine starts (config, data, world, rule, ``out``); no run."""
+    from peerkd.results import check_out_dir
+    from simulations.runner import preflight
+
+    check_out_dir(out)
+    preflight(spec, strategy)
+    world = spec.world
+    print(f"ok: {strategy.name} on {world.dataset}, {world.num_clients} clients, {spec.rounds} rounds; out {out}")
     return 0
 
 
@@ -190,10 +209,12 @@ def _plan_and_run(
 ) -> tuple[Path, list, dict]:
     """Plan every run of ``command`` (all validated before any starts), then run the unfinished
     ones; return the results directory, the planned runs and ``run_sweep``'s result."""
+    from peerkd.results import check_out_dir
     from simulations.config import check_resources
     from simulations.sweep import plan, run_sweep
 
     out = Path(cfg.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out_dir(out)
     runs = plan(lambda o: _compose(command, o), overrides, axes, out)
     resources = check_resources(cfg.resources)
     _print_splits([r.spec.world for r in runs])

@@ -19,7 +19,7 @@ from peerkd.models import MODELS
 from peerkd.partition import PARTITIONS
 from peerkd.server_app import RunSpec
 from peerkd.transfer import TRANSFER_KINDS
-from peerkd.world import WorldSpec
+from peerkd.world import MAX_SEED, WorldSpec
 from strategies import RULES, build_strategy, rule_settings
 from strategies.base import DistillationStrategy
 
@@ -230,7 +230,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         min_size=p.min_size,
         samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
         num_clients=cfg.num_clients,
-        seed=cfg.seed if seed is None else seed,
+        seed=check_seed(cfg.seed if seed is None else seed),
         standardize=bool(d.standardize),
     )
     return RunSpec(
@@ -244,6 +244,13 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         measure_agreement=cfg.measure_agreement,
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
     )
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it is an integer in ``0..MAX_SEED``, else ConfigError naming ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError("seed", f"{seed!r} is out of range", f"an integer in 0..{MAX_SEED}")
+    return seed
 
 
 def _fractions(d: Any) -> tuple[float, float, float]:

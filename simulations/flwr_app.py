@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd.errors import ConfigError, check_choice
-from peerkd.results import RunWriter
+from peerkd.results import RunWriter, check_out_dir
 from peerkd.server_app import run_federation
 from simulations.config import RULE_NODES, RunConf, SharedRuleConf, to_run_spec, to_strategy
 from strategies import RULES
@@ -97,7 +97,7 @@ def flower_main(grid: Grid, context: Context) -> None:
     logging.getLogger("peerkd").setLevel(logging.INFO)
     cfg = config_from_run_config(dict(context.run_config))
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
-    out = Path(cfg.out or f"runs/flwr-{context.run_id}").resolve()
+    out = check_out_dir(Path(cfg.out or f"runs/flwr-{context.run_id}").resolve())
     log.info(
         "peerkd: %s on %s, %d clients, %d rounds; results in %s",
         strategy.name,

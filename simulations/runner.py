@@ -13,7 +13,7 @@ from typing import Any
 
 from peerkd.checkpoint import Checkpoint, RunInterrupted
 from peerkd.models import build_model
-from peerkd.results import SUMMARY_FILE
+from peerkd.results import SUMMARY_FILE, check_out_dir
 from peerkd.server_app import RunSpec, make_server_app
 from peerkd.world import build_world
 from simulations.config import EngineConf
@@ -53,6 +53,7 @@ def run_engine(
         return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init, resume=resume)
     from peerkd.batched import run_batched
 
+    check_out_dir(out_dir)
     preflight(spec, strategy)
     return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, resume=resume)
 
@@ -94,6 +95,7 @@ def run_one(
     if client_app is None:
         from peerkd.client_app import app as client_app
 
+    check_out_dir(out_dir)  # before Ray starts
     preflight(spec, strategy)
     engine = {"engine": "flower", "client_resources": dict(resources)}
     checkpoint, stop = Checkpoint(out_dir, "flower"), threading.Event()

@@ -365,7 +365,7 @@ class _Progress:
     def __call__(self, run: SweepRun, summary: dict[str, Any] | None) -> None:
         self.done, self.ran = self.done + 1, self.ran + 1
         elapsed = time.perf_counter() - self.t0
-        result = "FAILED" if summary is None else f"acc {summary['acc_mean']:.3f} ({summary['wall_s']:.0f} s)"
+        result = "FAILED" if summary is None else f"{_acc_text(summary)} ({summary['wall_s']:.0f} s)"
         log.info(
             "[%d/%d] %s: %s | %s elapsed, ~%s left",
             self.done,
@@ -375,6 +375,11 @@ class _Progress:
             _hms(elapsed),
             _hms(eta_s(self.ran, self.todo, elapsed)),
         )
+
+
+def _acc_text(summary: dict[str, Any]) -> str:
+    """``acc 0.871``, or what a run where no reply was accepted has instead of an accuracy."""
+    return "no reply accepted" if summary["acc_mean"] is None else f"acc {summary['acc_mean']:.3f}"
 
 
 def run_sweep(

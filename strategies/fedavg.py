@@ -8,6 +8,8 @@ global model's accuracy on the test split, measured at the server.
 
 from __future__ import annotations
 
+import math
+
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
@@ -57,7 +59,7 @@ class FederatedAveraging(DistillationStrategy):
     def check_reply(self, content: RecordDict) -> None:
         check_weights(content.get(KEY_ARRAYS, ArrayRecord()), self.arrays)
         n = content[KEY_METRICS].get(METRIC_NUM_EXAMPLES) if KEY_METRICS in content else None
-        if not isinstance(n, (int, float)) or n <= 0:
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 < n < math.inf:
             raise CodecError(f"{METRIC_NUM_EXAMPLES} must be a positive number, got {n!r}")
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:

@@ -63,7 +63,7 @@ def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
         ((rogue_key, _),) = D.make_node_keys(state / "rogue-keys", 1, prefix="rogue")
         p1, p2 = D.free_ports(2)
         retry = ["--max-retries", "1", "--max-wait-time", "20"]
-        cfg = D.node_config_string(2, 3)
+        cfg = D.write_node_config(state / "rogue.toml", D.node_config(2, 3))
         cluster.start(
             "rogue-unregistered",
             D.supernode_args(info.fleet, cfg, p1, state / "certs" / "ca.crt", rogue_key) + retry,
@@ -136,15 +136,29 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
 # --- fast checks of the pieces (no processes) -----------------------------------------
 
 
-def test_node_config_and_connection_strings():
-    assert D.node_config_string(1, 3) == "partition-id=1 num-partitions=3"
-    assert (
-        D.node_config_string(0, 2, "/d/a.npz", "cnn")
-        == 'partition-id=0 num-partitions=2 data-path="/d/a.npz" student="cnn"'
-    )
-    assert 'root-certificates = "/c/ca.crt"' in D.connection_toml("127.0.0.1:9093", "/c/ca.crt")
-    assert "insecure = true" in D.connection_toml("127.0.0.1:9093", None)
-    assert D.is_loopback("127.0.0.1:9092") and not D.is_loopback("10.0.0.2:9092")
+def test_node_config_and_connection_files(tmp_path):
+    import tomllib
+
+    from flwr.common.config import parse_config_args
+
+    # Prepare: a data path that tries to inject a second key, as `--data-path '/x" student="cnn_large'` would.
+    hostile = '/x" student="cnn_large'
+    # Execute: the file the SuperNode gets, read by Flower's own --node-config parser.
+    path = D.write_node_config(tmp_path / "node.toml", D.node_config(0, 2, hostile))
+    parsed = parse_config_args([str(path)])
+    # Assert: one value, no injected key.
+    assert parsed == {"partition-id": 0, "num-partitions": 2, "data-path": hostile}
+    assert parse_config_args([str(D.write_node_config(tmp_path / "n1.toml", D.node_config(1, 3, "", "cnn")))]) == {
+        "partition-id": 1,
+        "num-partitions": 3,
+        "student": "cnn",
+    }
+    conn = tomllib.loads(D.connection_toml("127.0.0.1:9093", '/c/"x"/ca.crt'))
+    assert conn["superlink"]["peerkd"] == {"address": "127.0.0.1:9093", "root-certificates": '/c/"x"/ca.crt'}
+    assert tomllib.loads(D.connection_toml("127.0.0.1:9093", None))["superlink"]["peerkd"]["insecure"] is True
+    assert D.is_loopback("127.0.0.1:9092") and D.is_loopback("[::1]:9093") and not D.is_loopback("10.0.0.2:9092")
+    assert D.control_client_address("0.0.0.0:9093") == "127.0.0.1:9093"
+    assert D.control_client_address("10.0.0.5:9093") == "10.0.0.5:9093"
 
 
 def test_stop_escalating_asks_the_roots_first_then_everything_left():
@@ -239,3 +253,114 @@ def test_stop_says_what_it_stopped(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"stopped node-0 (PID {started.pid})"
     assert D.main(["stop", "--state", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"nothing recorded in {tmp_path} was running"
+
+
+# --- hardening: secrets, hosts, the Control API, start-up failures ---------------------
+
+
+def test_a_secret_is_0600_before_its_first_byte_is_written(tmp_path):
+    import os
+    import threading
+
+    # Prepare: a file readable by all already sits where the key goes; it is a FIFO, so the
+    # reader sees the file's mode at the moment the first byte of the key arrives.
+    fifo = tmp_path / "node-0"
+    os.mkfifo(fifo, 0o644)
+    seen = {}
+
+    def read():
+        with open(fifo, "rb") as f:
+            seen["data"] = f.read(1)
+            seen["mode"] = os.stat(fifo).st_mode & 0o777
+            seen["data"] += f.read()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    # Execute
+    D.write_secret(fifo, b"-----BEGIN PRIVATE KEY-----")
+    reader.join(10)
+    # Assert
+    assert seen == {"data": b"-----BEGIN PRIVATE KEY-----", "mode": 0o600}
+
+
+def test_new_keys_are_created_0600_whatever_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0)  # the worst case: files would be created 0666
+    try:
+        D.make_certs(tmp_path / "certs", ["127.0.0.1"])
+        ((private, public),) = D.make_node_keys(tmp_path / "keys", 1)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (*(tmp_path / "certs").iterdir(), private, public)}
+    assert modes["ca.key"] == modes["server.key"] == modes["node-0"] == 0o600
+    assert modes["node-0.pub"] == modes["ca.crt"] == 0o666  # public halves stay readable
+
+
+def test_ip_hosts_become_ip_sans_and_invalid_hosts_are_refused(tmp_path, capsys):
+    import ipaddress
+
+    from cryptography import x509
+
+    # Execute
+    assert D.main(["certs", str(tmp_path / "c"), "--hosts", "[::1], 127.0.0.1 ,Coordinator.lan"]) == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    # Assert
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1")]
+    assert sans.get_values_for_type(x509.DNSName) == ["coordinator.lan"]
+    capsys.readouterr()  # the "wrote ..." log line
+    for bad in ("a b", "host_1", "-x.lan", "[::1", "", "1.2.3.4.5:80"):
+        assert D.main(["certs", str(tmp_path / "bad"), f"--hosts={bad}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("peerkd-deploy certs: error: --hosts: ") and "\n" not in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, field",
+    [
+        (["--certs", "/nonexistent"], "--certs"),
+        ([], "--certs"),
+        (["--insecure", "--control", "0.0.0.0:9093"], "--control"),
+        (["--insecure", "--control", "10.1.2.3:9093"], "--control"),
+        (["--insecure", "--control", "0.0.0.0:9093", "--expose-control"], "--expose-control"),
+    ],
+)
+def test_superlink_refuses_unsafe_or_impossible_settings_in_one_line(tmp_path, capsys, flags, field):
+    # Execute: nothing starts (no process recorded).
+    code = D.main(["superlink", "--state", str(tmp_path), *flags])
+    # Assert
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"peerkd-deploy superlink: error: {field}: ") and "\n" not in err, err
+    assert D.Cluster(tmp_path).started() == []
+
+
+def test_the_control_api_binds_to_loopback_by_default():
+    from peerkd.deploy.cli import _parser
+
+    a = _parser().parse_args(["superlink", "--state", "s", "--insecure"])
+    args = D.superlink_args(a.fleet, a.control, None, False, Path("log"))
+    assert args[args.index("--host") + 1] == "127.0.0.1" and a.control == "127.0.0.1:9093"
+
+
+def test_a_superlink_that_fails_to_start_exits_nonzero_with_the_reason(tmp_path, caplog):
+    # Prepare: certificate files that exist but hold no certificate; then free loopback ports.
+    bad = tmp_path / "junk-certs"
+    bad.mkdir()
+    for name in ("ca.crt", "server.pem", "server.key"):
+        (bad / name).write_text("not a certificate\n")
+    fleet, control = (f"127.0.0.1:{p}" for p in D.free_ports(2))
+    ports = ["--fleet", fleet, "--control", control]
+    # Execute
+    failed = D.main(["superlink", "--state", str(tmp_path / "s1"), "--certs", str(bad), *ports])
+    # Assert: non-zero, the reason from the SuperLink's own output, nothing left running.
+    assert failed == 1
+    assert "SuperLink did not start" in caplog.text and "SSL" in caplog.text, caplog.text
+    assert not D.process_tree(D.Cluster(tmp_path / "s1").started())
+    # A SuperLink that does start returns 0 once both APIs listen (then it is stopped).
+    try:
+        assert D.main(["superlink", "--state", str(tmp_path / "s2"), "--insecure", *ports]) == 0
+        D.wait_for_port(control, 1.0)
+    finally:
+        assert not D.Cluster(tmp_path / "s2").stop()

@@ -22,7 +22,7 @@ submitting runs), ``bench``, ``cli`` (the argparse sub-commands).
 """
 
 from peerkd.deploy.bench import bench
-from peerkd.deploy.certs import make_certs, make_node_keys
+from peerkd.deploy.certs import check_hosts, make_certs, make_node_keys, parse_host, write_secret
 from peerkd.deploy.cli import main
 from peerkd.deploy.cluster import PROCESS_FILE, Cluster
 from peerkd.deploy.commands import *  # noqa: F403  (its __all__: command lines and config text)
@@ -40,14 +40,17 @@ __all__ = [
     "LocalCluster",
     "Started",
     "bench",
+    "check_hosts",
     "connection_toml",
+    "control_client_address",
     "flwr_env",
     "free_ports",
     "is_loopback",
     "main",
     "make_certs",
     "make_node_keys",
-    "node_config_string",
+    "node_config",
+    "parse_host",
     "process_tree",
     "register_nodes",
     "start_local",
@@ -58,4 +61,6 @@ __all__ = [
     "supernode_args",
     "wait_for_port",
     "wait_for_summary",
+    "write_node_config",
+    "write_secret",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -11,9 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from peerkd.errors import ConfigError
+
 
 def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
     """Write ``ca.crt``/``ca.key`` (self-signed CA) and ``server.pem``/``server.key`` for ``hosts``."""
+    hosts = check_hosts(",".join(hosts))
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
@@ -31,7 +36,7 @@ def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
     )
     pem = serialization.Encoding.PEM
     for name, k in (("ca.key", ca_key), ("server.key", key)):
-        _write_secret(out / name, k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        write_secret(out / name, k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (out / "ca.crt").write_bytes(ca.public_bytes(pem))
     (out / "server.pem").write_bytes(cert.public_bytes(pem))
     return out
@@ -53,14 +58,39 @@ def _builder(
 
 
 def _sans(hosts: list[str]) -> list[x509.GeneralName]:
-    """Subject alternative names: an IP address where a host parses as one, else a DNS name."""
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
-    return sans
+    """Subject alternative names: an IP address (``[::1]`` too) where a host is one, else a DNS name."""
+    parsed = [parse_host(h) for h in hosts]
+    return [x509.DNSName(h) if isinstance(h, str) else x509.IPAddress(h) for h in parsed]
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    """``host`` as an IP address (IPv6 with or without brackets), or as a DNS name (lower case).
+
+    Raises ConfigError naming ``--hosts`` for anything else: ``parse_host("[::1]")`` is
+    ``IPv6Address('::1')``, ``parse_host("Node-1.lan")`` is ``"node-1.lan"``, ``parse_host("a b")`` raises.
+    """
+    text = host.strip()
+    try:
+        return ipaddress.ip_address(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+    except ValueError:
+        pass
+    name = text.rstrip(".").lower()
+    if 0 < len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
+        return name
+    raise ConfigError(
+        "--hosts", f"{host!r} is neither an IP address nor a DNS name", "e.g. 192.168.1.10,[::1],coordinator.lan"
+    )
+
+
+def check_hosts(hosts: str) -> list[str]:
+    """The comma list ``hosts`` as certificate host names, each checked by ``parse_host``."""
+    names = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not names:
+        raise ConfigError("--hosts", "no host given", "a comma list of the SuperLink's IP addresses and DNS names")
+    return [str(parse_host(h)) for h in names]
 
 
 def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Path, Path]]:
@@ -70,7 +100,7 @@ def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Pa
     for i in range(count):
         key = ec.generate_private_key(ec.SECP384R1())
         private, public = out / f"{prefix}-{i}", out / f"{prefix}-{i}.pub"
-        _write_secret(
+        write_secret(
             private,
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
@@ -82,7 +112,13 @@ def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Pa
     return pairs
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    """Write ``data`` readable by its owner only."""
-    path.write_bytes(data)
-    path.chmod(0o600)
+def write_secret(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, readable by its owner only from the first byte on: a new file is
+    created 0600 (whatever the umask), an existing one is made 0600 before anything is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+    finally:
+        os.close(fd)

@@ -7,22 +7,26 @@ import json
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 from peerkd.deploy.bench import bench
-from peerkd.deploy.certs import make_certs, make_node_keys
+from peerkd.deploy.certs import check_hosts, make_certs, make_node_keys
 from peerkd.deploy.cluster import Cluster
 from peerkd.deploy.commands import (
     CONNECTION,
     DEPLOY_ENV,
     connection_toml,
+    control_client_address,
     is_loopback,
-    node_config_string,
+    node_config,
     superlink_args,
     supernode_args,
+    write_node_config,
 )
-from peerkd.deploy.launch import LocalCluster, start_local, submit_run, wait_for_summary
+from peerkd.deploy.launch import NODE_CONFIG, LocalCluster, start_local, submit_run, wait_for_port, wait_for_summary
 from peerkd.deploy.processes import process_tree
+from peerkd.errors import ConfigError
 
 log = logging.getLogger("peerkd.deploy")
 
@@ -43,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.update({k: v for k, v in DEPLOY_ENV.items() if k not in os.environ})
     a = _parser().parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except ConfigError as exc:  # a setting the user can fix: one line, no traceback
+        print(f"peerkd-deploy {a.cmd}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,13 +70,15 @@ def _add_certs(sub: argparse._SubParsersAction) -> None:
     """``certs DIR``."""
     c = sub.add_parser("certs", help="self-signed CA + SuperLink certificate (for tests and try-outs)")
     c.add_argument("dir", type=Path)
-    c.add_argument("--hosts", default="127.0.0.1,localhost", help="comma list of the SuperLink's IPs/names")
+    c.add_argument(
+        "--hosts", default="127.0.0.1,localhost", help="comma list of the SuperLink's IPs ([::1] too) and DNS names"
+    )
     c.set_defaults(func=_cmd_certs)
 
 
 def _cmd_certs(a: argparse.Namespace) -> int:
     """Write the CA and the SuperLink certificate."""
-    log.info("wrote %s", make_certs(a.dir, [h.strip() for h in a.hosts.split(",") if h.strip()]))
+    log.info("wrote %s", make_certs(a.dir, check_hosts(a.hosts)))
     return 0
 
 
@@ -97,26 +107,62 @@ def _add_superlink(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--state", type=Path, required=True, help="directory for logs and the process record")
     s.add_argument("--fleet", default="0.0.0.0:9092", help="Fleet API address (SuperNodes connect here)")
     s.add_argument(
-        "--control", default="0.0.0.0:9093", help="Control + Runtime HTTP API address (`flwr run` connects here)"
+        "--control",
+        default="127.0.0.1:9093",
+        help="Control + Runtime HTTP API address (`flwr run` connects here); loopback unless --expose-control",
+    )
+    s.add_argument(
+        "--expose-control",
+        action="store_true",
+        help="allow a non-loopback --control: whoever reaches it can run code on every node (TLS required)",
     )
     s.add_argument("--certs", type=Path, help="directory with ca.crt, server.pem, server.key")
     s.add_argument("--insecure", action="store_true", help="no TLS and no node authentication")
+    s.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for the SuperLink to listen")
     s.set_defaults(func=_cmd_superlink)
 
 
-def _cmd_superlink(a: argparse.Namespace) -> int:
-    """Start a SuperLink and write the Flower connection and ``cluster.json`` for it."""
+CERT_FILES = ("ca.crt", "server.pem", "server.key")
+
+
+def _check_superlink_args(a: argparse.Namespace) -> Path | None:
+    """The resolved certificate directory, once the flags are consistent; else ConfigError."""
     if a.certs is None and not a.insecure:
-        raise SystemExit("peerkd-deploy superlink: --certs DIR is required (or --insecure, loopback try-outs only)")
+        raise ConfigError("--certs", "a certificate directory is required", "--certs DIR, or --insecure on loopback")
+    if not is_loopback(a.control) and not a.expose_control:
+        raise ConfigError(
+            "--control",
+            f"{a.control} is reachable from other machines, and whoever reaches the Control API can run code on "
+            "every node",
+            "a loopback address (reach it through an SSH tunnel), or --expose-control with TLS",
+        )
+    if a.expose_control and a.insecure:
+        raise ConfigError("--expose-control", "refused with --insecure (anyone could submit runs unencrypted)", "TLS")
+    if a.certs is None:
+        return None
+    certs = a.certs.resolve()
+    if missing := [f for f in CERT_FILES if not (certs / f).is_file()]:
+        raise ConfigError("--certs", f"{certs} lacks {', '.join(missing)}", f"a directory with {', '.join(CERT_FILES)}")
+    return certs
+
+
+def _cmd_superlink(a: argparse.Namespace) -> int:
+    """Start a SuperLink, wait until it listens, and write the Flower connection and ``cluster.json`` for it."""
+    certs = _check_superlink_args(a)
     cluster = Cluster(a.state)
-    certs = a.certs.resolve() if a.certs else None
     flwr_home = cluster.state / "flwr-home"
     flwr_home.mkdir(exist_ok=True)
-    port = a.control.rsplit(":", 1)[1]
-    control = f"127.0.0.1:{port}"
+    control = control_client_address(a.control)
     (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
     args = superlink_args(a.fleet, a.control, certs, not a.insecure, cluster.state / "superlink-flwr.log")
     link = cluster.start("superlink", args, env={"FLWR_HOME": str(flwr_home)})
+    try:
+        for address in (control_client_address(a.fleet), control):
+            wait_for_port(address, a.start_timeout, link)
+    except RuntimeError as exc:
+        cluster.stop(["superlink"])
+        log.error("SuperLink did not start: %s: %s", exc, _last_line(cluster.state / "superlink.log"))
+        return 1
     LocalCluster(str(cluster.state), a.fleet, control, str(flwr_home), not a.insecure, 0).write()
     log.info(
         "SuperLink pid %d: Fleet API %s, Control API %s%s",
@@ -127,6 +173,12 @@ def _cmd_superlink(a: argparse.Namespace) -> int:
     )
     log.info("register nodes: FLWR_HOME=%s flwr supernode register node-0.pub %s", flwr_home, CONNECTION)
     return 0
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log file (a failed process's reason), or a pointer to it."""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
+    return lines[-1] if lines else f"see {path}"
 
 
 def _add_supernode(sub: argparse._SubParsersAction) -> None:
@@ -155,7 +207,9 @@ def _cmd_supernode(a: argparse.Namespace) -> int:
     name = f"node-{a.partition_id}"
     home = cluster.state / name
     home.mkdir(exist_ok=True)
-    config = node_config_string(a.partition_id, a.num_partitions, a.data_path, a.student)
+    config = write_node_config(
+        home / NODE_CONFIG, node_config(a.partition_id, a.num_partitions, a.data_path, a.student)
+    )
     args = supernode_args(
         a.superlink, config, a.port, None if a.insecure else a.root_cert.resolve(), a.key.resolve() if a.key else None
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from peerkd.env import QUIET_ENV
 
@@ -14,11 +18,14 @@ __all__ = [
     "CONNECTION",
     "DEPLOY_ENV",
     "connection_toml",
+    "control_client_address",
     "free_ports",
     "is_loopback",
-    "node_config_string",
+    "node_config",
+    "split_address",
     "superlink_args",
     "supernode_args",
+    "write_node_config",
 ]
 
 BIN = Path(sys.executable).parent
@@ -33,20 +40,46 @@ DEPLOY_ENV = {
 BASELINE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0", "PEERKD_GRID_POLL_S": "3", "PEERKD_WORLD_CACHE": ""}
 
 
-def node_config_string(partition_id: int, num_partitions: int, data_path: str = "", student: str = "") -> str:
-    """The ``--node-config`` value of one SuperNode (TOML values, space separated)."""
-    items = [f"partition-id={partition_id}", f"num-partitions={num_partitions}"]
+def node_config(partition_id: int, num_partitions: int, data_path: str = "", student: str = "") -> dict[str, Any]:
+    """The node config of one SuperNode (what its ClientApp reads), empty values left out."""
+    items: dict[str, Any] = {"partition-id": partition_id, "num-partitions": num_partitions}
     if data_path:
-        items.append(f'data-path="{data_path}"')
+        items["data-path"] = data_path
     if student:
-        items.append(f'student="{student}"')
-    return " ".join(items)
+        items["student"] = student
+    return items
+
+
+def write_node_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write ``config`` as a TOML file for ``flower-supernode --node-config PATH.toml``.
+
+    A TOML writer escapes every value, and Flower reads a ``.toml`` node config with a TOML
+    parser: a value with quotes or spaces (``/x" student="cnn_large``) stays one value.
+    (Flower's inline ``key=value`` form splits on quotes without escapes, so it cannot.)
+    """
+    path.write_text(tomli_w.dumps(config))
+    return path
 
 
 def connection_toml(address: str, root_certificates: str | None) -> str:
     """``$FLWR_HOME/config.toml`` with one default connection to a SuperLink's Control API."""
-    tls = f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true"
-    return f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{tls}\n'
+    tls: dict[str, Any] = {"root-certificates": root_certificates} if root_certificates else {"insecure": True}
+    return tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: {"address": address, **tls}}})
+
+
+def control_client_address(bind: str) -> str:
+    """Where the ``flwr`` CLI on the SuperLink's own machine reaches a Control API bound to
+    ``bind``: loopback for a wildcard bind (``0.0.0.0``, ``::``), else the bound address."""
+    host, port = split_address(bind)
+    if host in ("0.0.0.0", "::", ""):
+        return f"127.0.0.1:{port}"
+    return bind
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """``host:port`` (``[v6]:port`` too) as ``(host, port)``; brackets removed."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
 
 
 def superlink_args(fleet: str, http: str, certs: Path | None, auth: bool, log_file: Path) -> list[str]:
@@ -55,7 +88,7 @@ def superlink_args(fleet: str, http: str, certs: Path | None, auth: bool, log_fi
     ``http`` (host:port) serves both the Control API (`flwr` CLI) and the Runtime API
     (the ServerApp) over HTTPS in flwr 1.39; ``fleet`` is the SuperNodes' gRPC Fleet API.
     """
-    host, port = http.rsplit(":", 1)
+    host, port = split_address(http)
     args = [
         str(BIN / "flower-superlink"),
         "--fleet-api-address",
@@ -82,15 +115,16 @@ def superlink_args(fleet: str, http: str, certs: Path | None, auth: bool, log_fi
 
 
 def supernode_args(
-    superlink: str, node_config: str, clientappio_port: int, root_cert: Path | None, key: Path | None
+    superlink: str, node_config: Path, clientappio_port: int, root_cert: Path | None, key: Path | None
 ) -> list[str]:
-    """Command line of a SuperNode (TLS when ``root_cert`` is given, authenticated with ``key``)."""
+    """Command line of a SuperNode (TLS when ``root_cert`` is given, authenticated with ``key``);
+    ``node_config`` is the TOML file ``write_node_config`` wrote."""
     args = [
         str(BIN / "flower-supernode"),
         "--superlink",
         superlink,
         "--node-config",
-        node_config,
+        str(node_config),
         "--port",
         str(clientappio_port),
     ]
@@ -99,9 +133,12 @@ def supernode_args(
 
 
 def is_loopback(address: str) -> bool:
-    """Whether ``host:port`` names this machine only."""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    return host in ("127.0.0.1", "localhost", "::1")
+    """Whether ``host:port`` names this machine only (127.0.0.0/8, ``::1``, ``localhost``)."""
+    host = split_address(address)[0]
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def free_ports(n: int) -> list[int]:

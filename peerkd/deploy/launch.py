@@ -20,15 +20,17 @@ from peerkd.deploy.commands import (
     DEPLOY_ENV,
     connection_toml,
     free_ports,
-    node_config_string,
+    node_config,
     superlink_args,
     supernode_args,
+    write_node_config,
 )
 from peerkd.deploy.processes import Started, process_tree
 
 __all__ = [
     "CLUSTER_FILE",
     "LocalCluster",
+    "NODE_CONFIG",
     "flwr_env",
     "register_nodes",
     "start_local",
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 CLUSTER_FILE = "cluster.json"
+NODE_CONFIG = "node-config.toml"  # in each SuperNode's home: its --node-config
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def start_local(
     for i, (private, _) in enumerate(keys):
         student = students[i % len(students)] if students else ""
         data_path = data_paths[i] if data_paths and i < len(data_paths) else ""
-        config = node_config_string(i, nodes, data_path, student)
+        config = write_node_config(_node_home(cluster, i) / NODE_CONFIG, node_config(i, nodes, data_path, student))
         args = supernode_args(fleet, config, node_ports[i], certs / "ca.crt" if certs else None, private)
         _start_node(cluster, i, args, extra)
     info = LocalCluster(str(state), fleet, control, str(flwr_home), secure, nodes)
@@ -153,10 +156,16 @@ def start_local(
 
 def _start_node(cluster: Cluster, i: int, args: list[str], extra: dict[str, str]) -> Started:
     """Start SuperNode ``node-i`` with its own FLWR_HOME and the cluster's shared world cache."""
-    home = cluster.state / f"node-{i}"
-    home.mkdir(exist_ok=True)
+    home = _node_home(cluster, i)
     env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache"), **extra}
     return cluster.start(f"node-{i}", args, env=env)
+
+
+def _node_home(cluster: Cluster, i: int) -> Path:
+    """``STATE/node-i``, created: SuperNode i's FLWR_HOME and node config."""
+    home = cluster.state / f"node-{i}"
+    home.mkdir(exist_ok=True)
+    return home
 
 
 def submit_run(state: Path, run_config: str, app: Path, timeout: float = 120.0) -> int:
