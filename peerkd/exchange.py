@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from peerkd import protocol as P
 from peerkd.codec import decode_logits, encode_logits, to_array
+from peerkd.placement import placement
 from peerkd.protocol import RoundParams
 from peerkd.world import World
 
@@ -102,5 +103,7 @@ def class_means_record(means: np.ndarray, counts: np.ndarray) -> ArrayRecord:
 
 
 def reply(msg: Message, arch: str, records: dict) -> Message:
-    """The reply to ``msg`` carrying ``records`` and the student's architecture."""
-    return Message(RecordDict({**records, P.KEY_INFO: ConfigRecord({"arch": arch})}), reply_to=msg)
+    """The reply to ``msg`` carrying ``records``, the student's architecture and, inside Ray,
+    the node it ran on (``peerkd.placement``)."""
+    info = ConfigRecord({"arch": arch, **placement()})
+    return Message(RecordDict({**records, P.KEY_INFO: info}), reply_to=msg)

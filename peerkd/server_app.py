@@ -28,12 +28,14 @@ from peerkd import protocol as P
 from peerkd.checkpoint import Checkpoint, RunInterrupted, RunState, rekey_nodes, rng_state
 from peerkd.codec import array_bytes
 from peerkd.participation import Roster, participation
+from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
 from peerkd.results import RunWriter, accuracy_stats
 from peerkd.screening import screen_reply
 from peerkd.training import pick_device
 from peerkd.world import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
+PLACEMENT_KEYS = (KEY_NODE, KEY_HOST, KEY_IP)  # a client row's Ray placement (absent outside Ray)
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ def _summary(
         "students": list(spec.students),
         "private": strategy.private,
         "clients_per_round": spec.clients_per_round or spec.world.num_clients,
+        "clients_per_node": clients_per_node(latest.values()),
         **{k: v for k, v in run_metrics.items() if k != "teacher_acc"},
     }
 
@@ -331,6 +334,7 @@ def _evaluate_nodes(
             out[sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)] = {
                 **values,
                 "arch": _arch(reply),
+                **_placement(reply),
             }
     return out
 
@@ -354,6 +358,7 @@ def _final_rows(
                     "acc": acc,
                     "loss": loss,
                     "final_evaluation": True,
+                    **{k: values[k] for k in PLACEMENT_KEYS if k in values},
                 }
             )
     return rows
@@ -415,6 +420,7 @@ def _run_round(
             "bytes_up": up,
             "bytes_down": down.get(node, 0),
             "bytes_measure": measure,
+            **_placement(reply),
         }
         rows.append(row)
     answered = {sent.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies}
@@ -440,6 +446,22 @@ def _arch(reply: Message) -> str | None:
     """The student architecture a reply names in its info record, if any."""
     info = reply.content.get(P.KEY_INFO)
     return str(info["arch"]) if isinstance(info, ConfigRecord) and "arch" in info else None
+
+
+def _placement(reply: Message) -> dict[str, str]:
+    """The Ray node, host and IP a reply's student ran on (empty outside Ray)."""
+    info = reply.content.get(P.KEY_INFO)
+    return {k: str(info[k]) for k in PLACEMENT_KEYS if k in info} if isinstance(info, ConfigRecord) else {}
+
+
+def clients_per_node(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{ray node id: {host, ip, clients}}`` of client rows that name a Ray node (``{}`` outside Ray)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if KEY_NODE in r:
+            entry = out.setdefault(r[KEY_NODE], {KEY_HOST: r.get(KEY_HOST), KEY_IP: r.get(KEY_IP), "clients": 0})
+            entry["clients"] += 1
+    return dict(sorted(out.items()))
 
 
 def _reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:

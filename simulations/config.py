@@ -100,6 +100,10 @@ class EngineConf:
     )
     device: str = "auto"  # batched: auto (CUDA when visible) | cpu | cuda
     chunk: int = 0  # batched: most students per vmapped call (0: automatic)
+    ray_address: Optional[str] = None  # a running Ray cluster: auto | HOST:PORT (null: a private local Ray)
+    workers: int = 0  # batched: Ray actors holding a fixed shard of students each (0: all in this process)
+    worker_cpus: float = 1.0  # batched: Ray CPUs per worker (its torch threads)
+    worker_gpus: float = 0.0  # batched: Ray GPUs per worker (fractions share a GPU)
 
 
 ENGINES = ("batched", "flower")
@@ -286,12 +290,30 @@ def check_engine(e: Any) -> EngineConf:
     check_range("engine.chunk", e.chunk, 0)
     if e.name == "flower" and e.device != "auto":
         raise ConfigError("engine.device", "the flower engine places clients by resources.num_gpus", "auto")
-    if e.device == "cuda":
+    _check_workers(e)
+    if e.device == "cuda" and not e.workers:
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("engine.device", "cuda asked for, but no CUDA device is visible", "auto, cpu")
     return e
+
+
+def _check_workers(e: EngineConf) -> None:
+    """The cluster settings: workers only for the batched engine, a cluster only where Ray runs."""
+    check_range("engine.workers", e.workers, 0)
+    check_range("engine.worker_cpus", e.worker_cpus, 0.0, low_open=True)
+    check_range("engine.worker_gpus", e.worker_gpus, 0.0)
+    if e.workers and e.name != "batched":
+        raise ConfigError("engine.workers", "shards the batched engine; flower places clients by resources", "0")
+    if e.ray_address is not None and e.name == "batched" and not e.workers:
+        raise ConfigError(
+            "engine.ray_address", "is set, but engine.workers=0 runs the batched engine in this process", "workers >= 1"
+        )
+    if e.workers and e.device == "cuda" and not e.worker_gpus:
+        raise ConfigError(
+            "engine.worker_gpus", "0 with engine.device=cuda: a worker sees a GPU only if given one", "> 0"
+        )
 
 
 def to_strategy(s: Any, rule: str | None = None) -> DistillationStrategy:

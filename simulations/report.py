@@ -38,6 +38,8 @@ RUN_SETTINGS = (
     "round_timeout",
     "resources.",
     "engine.chunk",
+    "engine.ray_address",  # where it ran and how it was sharded: the same numbers
+    "engine.worker",
     "rules",
     "seeds",
     "grid",

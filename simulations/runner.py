@@ -41,21 +41,42 @@ def run_engine(
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
     ``batched`` trains every student of an architecture as one vmapped model in this process
-    (``engine.device``, ``engine.chunk``); ``flower`` is Flower's simulation engine, one Ray
-    actor per client slot with ``resources`` (``run_one``). With ``resume``, a run killed in
-    ``out_dir`` goes on from its last checkpointed round (``simulations.resume.prepare``).
+    (``engine.device``, ``engine.chunk``), or sharded over ``engine.workers`` Ray actors;
+    ``flower`` is Flower's simulation engine, one Ray actor per client slot with ``resources``
+    (``run_one``). Both use the Ray cluster at ``engine.ray_address`` if set, else a private
+    local Ray. With ``resume``, a run killed in ``out_dir`` goes on from its last checkpointed
+    round (``simulations.resume.prepare``; not the sharded batched engine).
     """
+    from peerkd.batched.sharded import cluster_args
     from simulations.resume import prepare
 
     if (finished := prepare(out_dir, config, resume)) is not None:
         return finished
     if engine.name == "flower":
-        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init, resume=resume)
+        return run_one(
+            spec,
+            strategy,
+            out_dir,
+            config,
+            resources,
+            ray_init=cluster_args(engine.ray_address, ray_init or {}),
+            resume=resume,
+        )
     from peerkd.batched import run_batched
 
     check_out_dir(out_dir)
     preflight(spec, strategy)
-    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, resume=resume)
+    cluster = None
+    if engine.workers:
+        cluster = {
+            "address": engine.ray_address,
+            "workers": engine.workers,
+            "num_cpus": engine.worker_cpus,
+            "num_gpus": engine.worker_gpus,
+        }
+    return run_batched(
+        spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster, resume=resume
+    )
 
 
 def run_one(
@@ -86,18 +107,22 @@ def run_one(
         The clients' app (default: peerkd's); tests pass faulty ones.
     ray_init : dict | None
         Extra ``ray.init`` arguments (a sweep running runs side by side gives each its own
-        local Ray instance and a share of the CPUs).
+        local Ray instance and a share of the CPUs; ``address``: a Ray cluster, default a
+        private local instance).
     resume : bool
         Go on from the checkpoint in ``out_dir`` if there is one (else it is removed).
     """
     from flwr.simulation import run_simulation
+
+    from peerkd.batched.sharded import cluster_args
 
     if client_app is None:
         from peerkd.client_app import app as client_app
 
     check_out_dir(out_dir)  # before Ray starts
     preflight(spec, strategy)
-    engine = {"engine": "flower", "client_resources": dict(resources)}
+    init_args = cluster_args(None, ray_init or {})
+    engine = {"engine": "flower", "client_resources": dict(resources), "ray_address": init_args["address"]}
     checkpoint, stop = Checkpoint(out_dir, "flower"), threading.Event()
     if not resume:
         checkpoint.clear()
@@ -112,7 +137,7 @@ def run_one(
                 num_supernodes=spec.world.num_clients,
                 backend_config={
                     "client_resources": resources,
-                    "init_args": {"logging_level": "ERROR", "log_to_driver": False, **(ray_init or {})},
+                    "init_args": {"logging_level": "ERROR", "log_to_driver": False, **init_args},
                 },
             )
         except RunInterrupted:

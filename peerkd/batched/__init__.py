@@ -25,6 +25,7 @@ def run_batched(
     device: str = "auto",
     chunk: int = 0,
     resume: bool = False,
+    cluster: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one rule on one world in the batched engine; write the results directory and return the summary.
 
@@ -45,12 +46,20 @@ def run_batched(
     resume : bool
         Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
         saved after every round) if there is one; else it is removed.
+    cluster : dict | None
+        Shard the students over Ray workers (``peerkd.batched.sharded.run_sharded``'s
+        ``address``, ``workers``, ``num_cpus``, ``num_gpus``); None: all in this process.
 
     Returns
     -------
     dict
-        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``.
+        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
+        (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
     """
+    if cluster is not None:
+        from peerkd.batched.sharded import run_sharded
+
+        return run_sharded(spec, strategy, out_dir, config, device=device, chunk=chunk, **cluster)
     import torch
 
     from peerkd.checkpoint import Checkpoint

@@ -63,21 +63,24 @@ class StudentStore:
             self._arch[c] = arch
 
     def snapshot(self) -> dict[int, tuple[str, dict[str, torch.Tensor]]]:
-        """Every client's student now: client -> (architecture, CPU weights), for a checkpoint."""
+        """Every student's architecture and weights, on CPU: client -> (arch, state dict)."""
         out = {}
-        for client, arch in sorted(self._arch.items()):
-            row = self._rows[arch][client]
-            out[client] = (arch, {k: v[row].detach().to("cpu", copy=True) for k, v in self._weights[arch].items()})
+        for arch, rows in self._rows.items():
+            weights = {k: v.detach().cpu() for k, v in self._weights[arch].items()}
+            for c, row in rows.items():
+                if self._arch.get(c) == arch:
+                    out[c] = (arch, {k: v[row].clone() for k, v in weights.items()})
         return out
 
     def restore(self, snapshot: dict[int, tuple[str, dict[str, torch.Tensor]]]) -> None:
-        """Replace every student by those of ``snapshot`` (``snapshot()``'s output)."""
+        """Replace every student by those of ``snapshot`` (from ``snapshot``)."""
         self._weights, self._rows, self._arch = {}, {}, {}
         by_arch: dict[str, list[int]] = {}
-        for client, (arch, _) in sorted(snapshot.items()):
-            by_arch.setdefault(arch, []).append(client)
+        for c, (arch, _) in sorted(snapshot.items()):
+            by_arch.setdefault(arch, []).append(c)
         for arch, clients in by_arch.items():
-            names = snapshot[clients[0]][1]
-            self._weights[arch] = {k: torch.stack([snapshot[c][1][k] for c in clients]).to(self.device) for k in names}
+            self._weights[arch] = {
+                k: torch.stack([snapshot[c][1][k] for c in clients]).to(self.device) for k in snapshot[clients[0]][1]
+            }
             self._rows[arch] = {c: i for i, c in enumerate(clients)}
-            self._arch.update(dict.fromkeys(clients, arch))
+            self._arch.update({c: arch for c in clients})
