@@ -16,6 +16,12 @@ file alone; the test split and transfer set still come from the world spec. Hand
   per-class mean logits and label counts (federated distillation, no transfer set).
 - ``query.logits``: logits on the transfer set only.
 - ``evaluate``: accuracy and loss on the test split.
+
+With ``P.CFG_CHECKPOINT_DIR`` in the config (Flower's simulation), each training message
+also writes the student to that directory, and a fresh context loads it back when the
+config names the round a resumed run starts after (``peerkd.checkpoint``). A message whose
+TTL ran out while it queued (the server abandoned its round) is answered at once with an
+error, untrained (``drop_expired``).
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import nn
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
+from peerkd.checkpoint import load_client, save_client
 from peerkd.codec import decode_logits, encode_logits
 from peerkd.exchange import (
     class_means_record,
@@ -53,10 +61,20 @@ from peerkd.training import (
     predict_logits,
     round_seed,
     train_model,
+    warm_up,
 )
 from peerkd.world import World, WorldSpec, build_world, load_node_data
 
-app = ClientApp()
+
+def drop_expired(msg: Message, context: Context, call_next) -> Message:
+    """A ClientApp mod: a message past its TTL (its round was abandoned while it queued) gets an
+    error reply at once instead of a training run whose reply nobody reads."""
+    if time.time() > msg.metadata.created_at + msg.metadata.ttl:
+        return Message(Error(ErrorCode.MESSAGE_UNAVAILABLE, "expired before it ran: round abandoned"), reply_to=msg)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[drop_expired])
 
 _STATE_WEIGHTS = "student"
 _STATE_META = "student-meta"
@@ -96,6 +114,10 @@ def _load_student(msg: Message, context: Context) -> Student:
     meta = context.state.get(_STATE_META)
     if meta is not None and meta["arch"] == arch and _STATE_WEIGHTS in context.state:
         model.load_state_dict(context.state[_STATE_WEIGHTS].to_torch_state_dict())
+    elif params.checkpoint_dir and params.resume_round:  # a resumed simulation: fresh contexts
+        saved = load_client(params.checkpoint_dir, client, params.resume_round)
+        if saved is not None and saved[0] == arch:
+            model.load_state_dict(saved[1])
     return Student(world, client, arch, model.to(device), device, params, _private_data(world, client, context))
 
 
@@ -114,6 +136,8 @@ def _private_data(world: World, client: int, context: Context) -> tuple[np.ndarr
 def _save_student(s: Student, context: Context) -> None:
     context.state[_STATE_WEIGHTS] = ArrayRecord(s.model.state_dict())
     context.state[_STATE_META] = ConfigRecord({"arch": s.arch})
+    if s.params.checkpoint_dir:
+        save_client(s.params.checkpoint_dir, s.client, s.params.round, s.arch, s.model.state_dict())
 
 
 def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]:
@@ -245,5 +269,7 @@ def query_logits(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_student(msg: Message, context: Context) -> Message:
     """Accuracy and loss of this student on the test split."""
+    if msg.content[P.KEY_CONFIG].get(P.CFG_WARM_UP):
+        warm_up()
     s = _load_student(msg, context)
     return reply(msg, s.arch, {P.KEY_METRICS: _metrics(s)})

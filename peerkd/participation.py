@@ -6,7 +6,9 @@ The sample is drawn from the run's seed and the round alone, so at a given seed 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +50,22 @@ class Roster:
             return sorted(node_ids)
         chosen = set(sample_clients(self.num_clients, self.per_round, self.seed, server_round).tolist())
         return sorted(n for n in node_ids if n not in self.client_of or self.client_of[n] in chosen)
+
+
+def participation(num_clients: int, rounds: int, latest: dict[int, dict[str, Any]], replies: Counter) -> dict[str, Any]:
+    """Who took part: the summary's participation fields.
+
+    ``latest`` holds each heard-from client's last accepted row, ``replies`` its accepted
+    replies. The summary's accuracy means are over ``clients_evaluated`` clients only;
+    ``partial_mean`` flags a mean that leaves some out (``clients_missing``, never heard
+    from) and ``clients_stale`` lists those whose last accepted row is older than the last
+    round. ``participation(3, 2, {0: {"round": 2}, 1: {"round": 1}}, Counter({0: 2, 1: 1}))``
+    gives ``clients_evaluated`` 2, ``clients_missing`` [2], ``clients_stale`` [1].
+    """
+    return {
+        "clients_evaluated": len(latest),
+        "clients_missing": [c for c in range(num_clients) if c not in latest],
+        "clients_stale": sorted(c for c, row in latest.items() if row["round"] < rounds),
+        "partial_mean": len(latest) < num_clients,
+        "replies_per_client": {str(c): replies.get(c, 0) for c in range(num_clients)},
+    }

@@ -50,6 +50,9 @@ CFG_CODEC_K = "codec-k"  # columns a topk encoding keeps per row
 CFG_DP_CLIP = "dp-clip"  # L2 bound of each released row (centred logits); differential privacy
 CFG_DP_NOISE = "dp-noise"  # noise multiplier z (0: no noise): std = z x the release's L2 sensitivity
 CFG_KEEP_SENT = "keep-sent"  # remember the logits sent, to subtract them from a peers' sum (peer_sum)
+CFG_WARM_UP = "warm-up"  # evaluate before round 1: also pay the training path's start-up (peerkd.training.warm_up)
+CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
+CFG_RESUME_ROUND = "resume-round"  # ... and, resuming, the round of the server's checkpoint (load the student of it)
 
 # Metric keys in replies.
 METRIC_NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key
@@ -92,6 +95,8 @@ class RoundParams:
     dp_clip: float = 1.0
     dp_noise: float = 0.0
     keep_sent: bool = False
+    checkpoint_dir: str = ""  # "" : the student lives in context.state alone
+    resume_round: int = 0  # a fresh context loads its student of this round from checkpoint_dir (0: none)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RoundParams:
@@ -115,4 +120,6 @@ class RoundParams:
             dp_clip=float(get(CFG_DP_CLIP, d.dp_clip)),
             dp_noise=float(get(CFG_DP_NOISE, d.dp_noise)),
             keep_sent=bool(get(CFG_KEEP_SENT, False)),
+            checkpoint_dir=str(get(CFG_CHECKPOINT_DIR, d.checkpoint_dir)),
+            resume_round=int(get(CFG_RESUME_ROUND, d.resume_round)),
         )

@@ -89,7 +89,7 @@ class RunWriter:
     """Writes one run's directory. Every metrics line is flushed when written, so a killed
     run keeps all it finished; the summary is replaced atomically."""
 
-    def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any]):
+    def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any], resume: bool = False):
         import yaml
 
         self.dir = Path(out_dir)
@@ -97,7 +97,20 @@ class RunWriter:
         (self.dir / SUMMARY_FILE).unlink(missing_ok=True)  # a rerun is unfinished until it ends
         (self.dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         (self.dir / PROVENANCE_FILE).write_text(json.dumps(provenance(), indent=2))
-        self._metrics = open(self.dir / METRICS_FILE, "w", encoding="utf-8")
+        # resume: keep the rows written so far (``keep_rounds`` trims them to the checkpoint)
+        self._metrics = open(self.dir / METRICS_FILE, "a" if resume else "w", encoding="utf-8")
+
+    def keep_rounds(self, last_round: int) -> None:
+        """Drop metrics rows of rounds after ``last_round`` (and final evaluations, and a torn
+        last line): a resumed run rewrites them, so none is lost or duplicated."""
+        path = self.dir / METRICS_FILE
+        self._metrics.close()
+        rows = read_jsonl(path) if path.is_file() else []
+        kept = [r for r in rows if r.get("round", 0) <= last_round and not r.get("final_evaluation")]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self._metrics = open(path, "a", encoding="utf-8")
 
     def log(self, *rows: dict[str, Any]) -> None:
         """Append one JSON object per row to metrics.jsonl and flush them to disk (one fsync

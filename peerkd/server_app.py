@@ -8,8 +8,10 @@ of every serialised array sent and received, and the clock go to ``metrics.jsonl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -23,10 +25,11 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd import protocol as P
+from peerkd.checkpoint import Checkpoint, RunInterrupted, RunState, rekey_nodes, rng_state
 from peerkd.codec import FP32, Codec, array_bytes
 from peerkd.errors import ConfigError
 from peerkd.faults import AttackSpec, FaultSpec, inject
-from peerkd.participation import Roster
+from peerkd.participation import Roster, participation
 from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
 from peerkd.privacy import PrivacySpec, epsilon_spent, noise_multiplier
 from peerkd.results import RunWriter, accuracy_stats
@@ -113,18 +116,24 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
 
 # Seconds between reply pulls (Flower's Grid.send_and_receive sleeps 3 s between pulls).
 POLL_S = float(os.environ.get("PEERKD_GRID_POLL_S", "0.2"))
+TTL_MARGIN_S = 2.0  # a message lives this much longer than the wait for its reply
 
 
 def send_and_receive(
-    grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S
+    grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S, stop: threading.Event | None = None
 ) -> tuple[list[Message], dict[str, int]]:
     """Push ``messages``, pull replies every ``poll`` s until all came or ``timeout`` s passed.
 
     Returns the replies and the destination node of each pushed message id (an error reply
     the SuperLink writes for an unavailable node names the SuperLink as its source). Same
     contract as ``Grid.send_and_receive``, whose fixed 3 s pull interval dominated a
-    deployed round on loopback.
+    deployed round on loopback. Each message's TTL ends with the wait (plus ``TTL_MARGIN_S``), so one still queued
+    when the round is abandoned is dropped (by the SuperLink, or by the ClientApp's
+    ``drop_expired``) instead of training for a round nobody reads; late replies are
+    never pulled. Raises ``RunInterrupted`` once ``stop`` is set.
     """
+    for m in messages:  # + TTL_MARGIN_S: a reply pulled at the deadline is not yet "expired" (it is missing)
+        m.metadata.ttl = timeout + TTL_MARGIN_S + max(0.0, time.time() - m.metadata.created_at)
     pending = {mid for mid in grid.push_messages(messages) if mid}  # None: a message the SuperLink refused
     sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # push sets the ids
     replies: list[Message] = []
@@ -135,8 +144,16 @@ def send_and_receive(
         pending -= {m.metadata.reply_to_message_id for m in got}
         if not pending or time.monotonic() >= deadline:
             break
-        time.sleep(poll)
+        _pause(poll, stop)
     return replies, sent
+
+
+def _pause(seconds: float, stop: threading.Event | None) -> None:
+    """Sleep ``seconds``; raise ``RunInterrupted`` as soon as ``stop`` is set."""
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise RunInterrupted("stopped while waiting for replies")
 
 
 def run_federation(
@@ -146,78 +163,81 @@ def run_federation(
     writer: RunWriter,
     on_round: Callable[[dict], None] | None = None,
     summary_extra: Callable[[], dict[str, Any]] | None = None,
+    checkpoint: Checkpoint | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run all rounds of ``strategy`` on the nodes of ``grid``; write and return the summary.
 
     ``summary_extra()`` is called after the last round; its entries (e.g. the engine's
-    name, device and peak memory) are added to the summary.
+    name, device and peak memory) are added to the summary. With ``checkpoint``, the
+    state after each round is saved there, and a run whose checkpoint exists resumes
+    after its last saved round. Once ``stop`` is set the run raises ``RunInterrupted``
+    (within a reply poll) and writes no summary.
     """
     t_start = time.perf_counter()
-    world = build_world(spec.world)
-    device = pick_device()
-    ctx = ServerContext(
-        world,
-        spec.students,
-        spec.world.seed,
-        device,
-        spec.epochs,
-        spec.lr,
-        spec.batch_size,
-        spec.measure_agreement,
-        spec.codec,
-    )
-    run_metrics = {**strategy.setup(ctx), **privacy_setup(spec, strategy)}
-    faulty = inject(
-        grid, spec.faults, spec.attack, spec.world.seed, spec.world.num_clients, spec.round_timeout, world.num_classes
-    )
-    grid = faulty or grid
-    writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t_start})
+    state = _start(spec, strategy, writer, checkpoint)
+    strategy = state.strategy
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
         **spec.world.to_config(),
-        P.CFG_STUDENTS: ",".join(spec.students),
+        P.CFG_ROUNDS: spec.rounds,
         P.CFG_EPOCHS: spec.epochs,
         P.CFG_LR: spec.lr,
         P.CFG_BATCH_SIZE: spec.batch_size,
-        **wire_settings(spec, run_metrics.get("dp_noise", 0.0)),
+        **wire_settings(spec, state.run_metrics.get("dp_noise", 0.0)),
+        **_checkpoint_config(checkpoint, state.round),
     }
     roster = Roster(spec.world.num_clients, spec.clients_per_round, spec.world.seed)
-    if roster.partial:  # learn each node's client id, so that the sample picks clients
-        evaluated = _evaluate_nodes(grid, node_ids, {**base_config, P.CFG_ROUND: 0}, spec.round_timeout)
-        for node, values in evaluated.items():
-            roster.learn(node, values[P.METRIC_PARTITION])
-    latest: dict[int, dict[str, Any]] = {}  # each client's last accepted row
-    totals = Counter()
-    for rnd in range(1, spec.rounds + 1):
+    _warm_up(grid, spec, roster, node_ids, {**base_config, P.CFG_ROUND: state.round}, stop)
+    if state.round:  # a resumed simulation has new node ids: the rule's per-node state follows its clients
+        node_now = {c: n for n, c in roster.client_of.items()}
+        rekey_nodes(strategy, {n: node_now.get(c) for n, c in state.nodes.items()})
+    faulty = inject(
+        grid,
+        spec.faults,
+        spec.attack,
+        spec.world.seed,
+        spec.world.num_clients,
+        spec.round_timeout,
+        world_of(spec).num_classes,
+    )
+    grid = faulty or grid  # after the warm-up: injected faults start with round 1
+    for rnd in range(state.round + 1, spec.rounds + 1):
         config = ConfigRecord({**base_config, P.CFG_ROUND: rnd})
-        row, client_rows = _run_round(grid, spec, strategy, rnd, config, roster.select(rnd, grid.get_node_ids()))
+        nodes = roster.select(rnd, grid.get_node_ids())
+        row, client_rows = _run_round(grid, spec, strategy, rnd, config, nodes, stop)
         writer.log(*client_rows)
         for client_row in client_rows:
-            latest[client_row["client"]] = client_row
+            state.latest[client_row["client"]] = client_row
+            state.replies[client_row["client"]] += 1
             roster.learn(client_row["node_id"], client_row["client"])
-        totals.update(
+        state.totals.update(
             {k: row[k] for k in ("bytes_up", "bytes_down", "bytes_measure", "rejected", "replies", "releases")}
         )
         row.update(faulty.round_fields(client_rows) if faulty else {})
-        row["wall_s"] = time.perf_counter() - t_start
+        row["wall_s"] = state.wall_s + time.perf_counter() - t_start
         writer.log(row)
         log.info("[%s] round %d/%d  %s", strategy.name, rnd, spec.rounds, _round_line(row))
+        if checkpoint:
+            state.round, state.nodes = rnd, dict(roster.client_of)
+            checkpoint.save(_stamped(state, row["wall_s"]))
         if on_round:
             on_round(row)
     if roster.partial:
-        final = _final_rows(grid, spec, strategy, {**base_config, P.CFG_ROUND: spec.rounds})
+        final = _final_rows(grid, spec, strategy, {**base_config, P.CFG_ROUND: spec.rounds}, stop)
         writer.log(*final)
-        latest.update({r["client"]: r for r in final})
-    if spec.privacy.enabled:
-        run_metrics["dp_epsilon_spent"] = epsilon_spent(run_metrics["dp_noise"], totals["releases"], spec.privacy.delta)
-        run_metrics["dp_releases"] = totals["releases"]
+        state.latest.update({r["client"]: r for r in final})
+    run_metrics = {**state.run_metrics, **_privacy_spent(spec, state.run_metrics, state.totals["releases"])}
     summary = {
-        **(summary := _summary(spec, strategy, world, latest, totals, run_metrics)),
+        **(summary := _summary(spec, strategy, world_of(spec), state.latest, state.totals, run_metrics)),
+        **participation(spec.world.num_clients, spec.rounds, state.latest, state.replies),
         **(faulty.summary_fields(summary["per_client"]) if faulty else {}),
-        "wall_s": time.perf_counter() - t_start,
+        "wall_s": state.wall_s + time.perf_counter() - t_start,
         **(summary_extra() if summary_extra else {}),
     }
     writer.finish(summary)
+    if checkpoint:
+        checkpoint.clear()  # finished: summary.json says so, the checkpoint is no longer needed
     return summary
 
 
@@ -243,6 +263,16 @@ def privacy_setup(spec: RunSpec, strategy: ExchangeRule) -> dict[str, Any]:
     return {"dp_noise": noise, "dp_epsilon": p.epsilon, "dp_delta": p.delta, "dp_clip": p.clip}
 
 
+def _privacy_spent(spec: RunSpec, run_metrics: dict[str, Any], releases: int) -> dict[str, Any]:
+    """The epsilon the run's releases spent, from the accountant (nothing without privacy)."""
+    if not spec.privacy.enabled:
+        return {}
+    return {
+        "dp_epsilon_spent": epsilon_spent(run_metrics["dp_noise"], releases, spec.privacy.delta),
+        "dp_releases": releases,
+    }
+
+
 def wire_settings(spec: RunSpec, noise: float) -> dict[str, Any]:
     """The codec and privacy settings every message carries."""
     out = {P.CFG_CODEC: spec.codec.name, P.CFG_CODEC_K: spec.codec.k}
@@ -256,6 +286,63 @@ def _releases(messages: list[Message]) -> int:
     asks = (P.CFG_REPLY_LOGITS, P.CFG_REPLY_PROBE)
     configs = [m.content[P.KEY_CONFIG] for m in messages if P.KEY_CONFIG in m.content]
     return int(any(bool(c.get(k, False)) for c in configs for k in asks))
+
+
+def world_of(spec: RunSpec) -> World:
+    """The run's world (cached per spec by ``build_world``)."""
+    return build_world(spec.world)
+
+
+def _start(spec: RunSpec, strategy: ExchangeRule, writer: RunWriter, checkpoint: Checkpoint | None) -> RunState:
+    """The state to start from: the checkpoint's (metrics past it dropped), or the rule set up afresh."""
+    if checkpoint is not None and checkpoint.exists():
+        state = checkpoint.load()
+        writer.keep_rounds(state.round)
+        log.info(
+            "[%s] resuming after round %d/%d from %s", state.strategy.name, state.round, spec.rounds, checkpoint.dir
+        )
+        return state
+    t0 = time.perf_counter()
+    ctx = ServerContext(
+        world_of(spec),
+        spec.students,
+        spec.world.seed,
+        pick_device(),
+        spec.epochs,
+        spec.lr,
+        spec.batch_size,
+        spec.measure_agreement,
+        spec.codec,
+    )
+    run_metrics = {**strategy.setup(ctx), **privacy_setup(spec, strategy)}
+    writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t0})
+    engine = checkpoint.engine if checkpoint else ""
+    return RunState(0, strategy, run_metrics, {}, Counter(), Counter(), {}, 0.0, engine)
+
+
+def _stamped(state: RunState, wall_s: float) -> RunState:
+    """``state`` as saved: with the run's seconds so far and the RNG states now."""
+    return dataclasses.replace(state, wall_s=wall_s, rng=rng_state())
+
+
+def _checkpoint_config(checkpoint: Checkpoint | None, resumed_after: int) -> dict[str, Any]:
+    """Config entries telling clients where to keep their students (and, resuming, which to load)."""
+    if checkpoint is None or checkpoint.client_dir is None:
+        return {}
+    return {P.CFG_CHECKPOINT_DIR: checkpoint.client_dir, P.CFG_RESUME_ROUND: resumed_after}
+
+
+def _warm_up(
+    grid: Grid, spec: RunSpec, roster: Roster, node_ids: list[int], config: dict, stop: threading.Event | None
+) -> None:
+    """One ``evaluate`` round trip before the first round, timed by ``wait_timeout``: the first
+    round's clock starts once the nodes answer (a simulation's Ray start-up is no round's time),
+    and each node's client becomes known."""
+    evaluated = _evaluate_nodes(grid, node_ids, {**config, P.CFG_WARM_UP: True}, spec.wait_timeout, stop)
+    for node, values in evaluated.items():
+        roster.learn(node, values[P.METRIC_PARTITION])
+    if missing := len(node_ids) - len(evaluated):
+        log.warning("%d of %d nodes did not answer before the first round", missing, len(node_ids))
 
 
 def _round_line(row: dict[str, Any]) -> str:
@@ -305,14 +392,14 @@ def _summary(
 
 
 def _evaluate_nodes(
-    grid: Grid, node_ids: list[int], config: dict[str, Any], timeout: float
+    grid: Grid, node_ids: list[int], config: dict[str, Any], timeout: float, stop: threading.Event | None = None
 ) -> dict[int, dict[str, Any]]:
     """One ``evaluate`` round trip (no arrays either way): each answering node's metrics, by node."""
     record = ConfigRecord(config)
     messages = [
         Message(RecordDict({P.KEY_CONFIG: record}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in node_ids
     ]
-    replies, sent = send_and_receive(grid, messages, timeout)
+    replies, sent = send_and_receive(grid, messages, timeout, stop=stop)
     out = {}
     for reply in replies:
         metrics = None if reply.has_error() else reply.content.get(P.KEY_METRICS)
@@ -326,10 +413,12 @@ def _evaluate_nodes(
     return out
 
 
-def _final_rows(grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[str, Any]) -> list[dict[str, Any]]:
+def _final_rows(
+    grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[str, Any], stop: threading.Event | None = None
+) -> list[dict[str, Any]]:
     """With partial participation, every client's accuracy after the last round (one evaluate round trip)."""
     rows = []
-    for node, values in _evaluate_nodes(grid, sorted(grid.get_node_ids()), config, spec.round_timeout).items():
+    for node, values in _evaluate_nodes(grid, sorted(grid.get_node_ids()), config, spec.round_timeout, stop).items():
         client = values[P.METRIC_PARTITION]
         if 0 <= client < spec.world.num_clients:
             acc, loss = strategy.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values.get(P.METRIC_TEST_LOSS))
@@ -350,7 +439,13 @@ def _final_rows(grid: Grid, spec: RunSpec, strategy: ExchangeRule, config: dict[
 
 
 def _run_round(
-    grid: Grid, spec: RunSpec, strategy: ExchangeRule, rnd: int, config: ConfigRecord, node_ids: list[int]
+    grid: Grid,
+    spec: RunSpec,
+    strategy: ExchangeRule,
+    rnd: int,
+    config: ConfigRecord,
+    node_ids: list[int],
+    stop: threading.Event | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One round on ``node_ids``: messages out, replies screened and aggregated.
 
@@ -360,7 +455,9 @@ def _run_round(
     t0 = time.perf_counter()
     messages = list(strategy.configure_round(rnd, node_ids, config, grid))
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
-    replies, sent = send_and_receive(grid, messages, spec.round_timeout)
+    if stop is not None and stop.is_set():
+        raise RunInterrupted(f"stopped before round {rnd}")
+    replies, sent = send_and_receive(grid, messages, spec.round_timeout, stop=stop)
     accepted, rejected, seen = [], [], set()
     measure_keys = strategy.measurement_keys()
     for reply in replies:
@@ -476,12 +573,19 @@ def make_server_app(
     config: dict[str, Any],
     on_round=None,
     summary_extra: Callable[[], dict[str, Any]] | None = None,
+    checkpoint: Checkpoint | None = None,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to one run's settings (Flower's simulation engine and the tests)."""
+    """A ServerApp bound to one run's settings (Flower's simulation engine and the tests);
+    ``checkpoint`` and ``stop`` as in ``run_federation``."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, spec, strategy, RunWriter(out_dir, config), on_round, summary_extra)
+        writer = RunWriter(out_dir, config, resume=checkpoint is not None and checkpoint.exists())
+        try:
+            run_federation(grid, spec, strategy, writer, on_round, summary_extra, checkpoint, stop)
+        except RunInterrupted as exc:  # not an error: the caller set ``stop`` and knows
+            log.warning("[%s] run stopped (%s); no summary written", strategy.name, exc)
 
     return server

@@ -140,6 +140,13 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     return float(loss.detach())
 
 
+def warm_up() -> None:
+    """Pay the per-process start-up of training now: building the first optimiser imports
+    ``torch._dynamo`` (sympy and friends), ~5 s on a loaded 2-core machine. The server's
+    warm-up round trip asks for this, so the first round's timeout measures training alone."""
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])
+
+
 def round_seed(world_seed: int, client: int, server_round: int) -> int:
     """The seed of ``client``'s batch order in ``server_round`` (both engines draw the same batches)."""
     return world_seed * 1_000_003 + client * 1_009 + server_round

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import time
@@ -23,6 +24,7 @@ commands:
   run      one exchange rule on one world, e.g.
            peerkd run strategy=peer data=digits num_clients=10 rounds=20 seed=0 out=runs/peer
            (--check: validate the config, the data and out= as a run would, then stop)
+           (after Ctrl-C or a kill, add resume=true to go on from the last finished round)
   compare  several rules on the same worlds over seeds (default: local, fedavg, teacher, peer
            on mnist5k, 10 clients, Dirichlet alpha 0.3, seeds 0,1,2), e.g.
            peerkd compare data=mnist5k seeds=[0,1,2] out=runs/cmp
@@ -58,15 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from peerkd.errors import ConfigError
+    from simulations.sweep import sigterm_interrupts
 
     try:
-        return COMMANDS[command](args)
+        with sigterm_interrupts():
+            return COMMANDS[command](args)
     except ConfigError as exc:
         return _fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         return _fail(_hydra_message(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted; finished runs and rounds are on disk", code=130)
+        return _fail(
+            "interrupted; finished runs and rounds are on disk: to go on, run the same command again "
+            "(with resume=true for peerkd run)",
+            code=130,
+        )
 
 
 def _load(command: str, args: list[str]):
@@ -113,7 +121,8 @@ def _run(args: list[str]) -> int:
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if check_only:
         return _check_run(spec, strategy, out)
-    summary = run_engine(spec, strategy, out, OmegaConf.to_container(cfg, resolve=True), engine, resources)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
     if summary["acc_mean"] is None:
         print(
@@ -343,5 +352,20 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def console() -> None:
+    """The console script: ``main``, then exit without tearing the interpreter down.
+
+    Everything is written by then (results files closed or fsynced, logs flushed here, Ray
+    shut down by Flower). Module teardown is a full garbage collection over torch, Ray and
+    Flower objects: measured ~5 s after a Flower run on a loaded 2-core machine, longer
+    than stopping the run took after Ctrl-C.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -154,6 +154,7 @@ class RunConf:
     seed: int = 0
     students: list[str] = field(default_factory=lambda: ["mlp64"])  # assigned round-robin
     out: Optional[str] = None  # results directory (default runs/<command>-<time>)
+    resume: bool = False  # run: go on from the checkpoint a killed run left in out= (compare and sweep always do)
     round_timeout: float = 600.0
     measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
     participation: float = 1.0  # fraction of clients training each round (a seeded sample, the same for every rule)

@@ -33,6 +33,7 @@ COLUMNS = (
 # logging, time limits, resources, the lists and grid of the command that ran it, the report's pair.
 RUN_SETTINGS = (
     "out",
+    "resume",
     "verbose",
     "round_timeout",
     "resources.",

@@ -7,15 +7,18 @@ Lists of runs (``peerkd compare`` and ``peerkd sweep``) are planned and executed
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
+from peerkd.checkpoint import Checkpoint, RunInterrupted
 from peerkd.errors import ConfigError
 from peerkd.models import build_model, check_modality
 from peerkd.results import SUMMARY_FILE, check_out_dir
 from peerkd.server_app import RunSpec, make_server_app, privacy_setup
 from peerkd.world import build_world
 from simulations.config import EngineConf
+from simulations.interrupts import graceful_stop
 
 
 def preflight(spec: RunSpec, strategy) -> None:
@@ -51,6 +54,7 @@ def run_engine(
     engine: EngineConf,
     resources: dict[str, float],
     ray_init: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
@@ -58,13 +62,23 @@ def run_engine(
     (``engine.device``, ``engine.chunk``), or sharded over ``engine.workers`` Ray actors;
     ``flower`` is Flower's simulation engine, one Ray actor per client slot with ``resources``
     (``run_one``). Both use the Ray cluster at ``engine.ray_address`` if set, else a private
-    local Ray.
+    local Ray. With ``resume``, a run killed in ``out_dir`` goes on from its last checkpointed
+    round (``simulations.resume.prepare``; not the sharded batched engine).
     """
     from peerkd.batched.sharded import cluster_args
+    from simulations.resume import prepare
 
+    if (finished := prepare(out_dir, config, resume)) is not None:
+        return finished
     if engine.name == "flower":
         return run_one(
-            spec, strategy, out_dir, config, resources, ray_init=cluster_args(engine.ray_address, ray_init or {})
+            spec,
+            strategy,
+            out_dir,
+            config,
+            resources,
+            ray_init=cluster_args(engine.ray_address, ray_init or {}),
+            resume=resume,
         )
     from peerkd.batched import run_batched
 
@@ -78,7 +92,9 @@ def run_engine(
             "num_cpus": engine.worker_cpus,
             "num_gpus": engine.worker_gpus,
         }
-    return run_batched(spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster)
+    return run_batched(
+        spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster, resume=resume
+    )
 
 
 def run_one(
@@ -89,6 +105,7 @@ def run_one(
     resources: dict[str, float],
     client_app=None,
     ray_init: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run one rule on one world in Flower's simulation engine; return its summary.
 
@@ -110,6 +127,8 @@ def run_one(
         Extra ``ray.init`` arguments (a sweep running runs side by side gives each its own
         local Ray instance and a share of the CPUs; ``address``: a Ray cluster, default a
         private local instance).
+    resume : bool
+        Go on from the checkpoint in ``out_dir`` if there is one (else it is removed).
     """
     from flwr.simulation import run_simulation
 
@@ -122,16 +141,28 @@ def run_one(
     preflight(spec, strategy)
     init_args = cluster_args(None, ray_init or {})
     engine = {"engine": "flower", "client_resources": dict(resources), "ray_address": init_args["address"]}
-    server = make_server_app(spec, strategy, str(out_dir), config, summary_extra=lambda: engine)
-    run_simulation(
-        server_app=server,
-        client_app=client_app,
-        num_supernodes=spec.world.num_clients,
-        backend_config={
-            "client_resources": resources,
-            "init_args": {"logging_level": "ERROR", "log_to_driver": False, **init_args},
-        },
+    checkpoint, stop = Checkpoint(out_dir, "flower"), threading.Event()
+    if not resume:
+        checkpoint.clear()
+    server = make_server_app(
+        spec, strategy, str(out_dir), config, summary_extra=lambda: engine, checkpoint=checkpoint, stop=stop
     )
+    with graceful_stop(stop):  # Ctrl-C, SIGTERM: the ServerApp stops, then Flower stops Ray
+        try:
+            run_simulation(
+                server_app=server,
+                client_app=client_app,
+                num_supernodes=spec.world.num_clients,
+                backend_config={
+                    "client_resources": resources,
+                    "init_args": {"logging_level": "ERROR", "log_to_driver": False, **init_args},
+                },
+            )
+        except RunInterrupted:
+            pass  # graceful_stop raises KeyboardInterrupt on leaving
+        except BaseException:  # a second signal: don't leave the ServerApp thread running
+            stop.set()
+            raise
     summary_path = Path(out_dir) / SUMMARY_FILE
     if not summary_path.is_file():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")

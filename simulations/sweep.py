@@ -4,7 +4,8 @@ A grid is a list of Hydra sweep overrides (``num_clients=2,4,8,16``), from the c
 (``grid``, e.g. in ``conf/experiment/scarcity.yaml``) or the command line. Every point is
 composed like ``peerkd compare``; all rules of one seed at one point share one world. Run
 ``r`` of point ``p`` lives in ``out/<p>/<rule>-seed<k>/``; a run with a summary.json is
-finished and skipped when the sweep is started again, so a stopped sweep loses nothing.
+finished and skipped when the sweep is started again, and an unfinished one goes on from
+its last checkpointed round, so a stopped sweep loses nothing.
 
 ``peerkd compare`` is a sweep with no grid axes (one point, runs in ``out/<rule>-seed<k>/``):
 the same planner (``plan``), executor (``run_sweep``) and ``runs.csv`` / ``sweep.json`` writers.
@@ -232,7 +233,9 @@ def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any])
     logging.getLogger("peerkd").setLevel(logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(max(1, ray_init["num_cpus"]))  # the batched engine's share of the cores
-    return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init)
+    return run_engine(
+        run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init, resume=True
+    )
 
 
 def execute(
@@ -248,7 +251,7 @@ def execute(
 
         for run in runs:
             try:
-                summary = run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources)
+                summary = run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, resume=True)
             except (RuntimeError, OSError) as exc:
                 log.error("%s failed: %s", run.label, exc)
                 summary = None
@@ -277,12 +280,22 @@ def _execute_pool(runs, parallel, resources, on_done) -> None:
                 log.error("%s failed: %s", futures[future].label, exc)
                 summary = None
             on_done(futures[future], summary)
-    except BaseException:  # interrupted: stop the runs in flight (they are redone on resume)
+    except BaseException:  # interrupted: stop the runs in flight (they resume from their checkpoints)
         pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():
-            child.kill()
+        _stop_children(multiprocessing.active_children())
         raise
     pool.shutdown()
+
+
+def _stop_children(children: list, grace_s: float = 10.0) -> None:
+    """SIGTERM each worker (a Flower run then stops and shuts its Ray down); SIGKILL those left after ``grace_s``."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -298,7 +311,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
+def sigterm_interrupts():
     """Within: SIGTERM stops the sweep like Ctrl-C (runs in flight stopped, sweep.json written)."""
     import signal
     import threading
@@ -410,7 +423,7 @@ def run_sweep(
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
-        with _quiet_runs(verbose), _sigterm_interrupts():
+        with _quiet_runs(verbose), sigterm_interrupts():
             execute(todo, n, resources, on_done)
     finally:
         session = {

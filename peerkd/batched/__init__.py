@@ -24,6 +24,7 @@ def run_batched(
     *,
     device: str = "auto",
     chunk: int = 0,
+    resume: bool = False,
     cluster: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one rule on one world in the batched engine; write the results directory and return the summary.
@@ -42,6 +43,9 @@ def run_batched(
         ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
     chunk : int
         Most students per vmapped call (0: sized from free memory).
+    resume : bool
+        Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
+        saved after every round) if there is one; else it is removed.
     cluster : dict | None
         Shard the students over Ray workers (``peerkd.batched.sharded.run_sharded``'s
         ``address``, ``workers``, ``num_cpus``, ``num_gpus``); None: all in this process.
@@ -58,6 +62,7 @@ def run_batched(
         return run_sharded(spec, strategy, out_dir, config, device=device, chunk=chunk, **cluster)
     import torch
 
+    from peerkd.checkpoint import Checkpoint
     from peerkd.results import RunWriter
     from peerkd.server_app import run_federation
 
@@ -74,4 +79,8 @@ def run_batched(
             "peak_gpu_mb": peak_gpu_mb(grid.device),
         }
 
-    return run_federation(grid, spec, strategy, RunWriter(Path(out_dir), config), summary_extra=extra)
+    checkpoint = Checkpoint(out_dir, "batched", grid.store.snapshot, grid.store.restore)
+    if not resume:
+        checkpoint.clear()
+    writer = RunWriter(Path(out_dir), config, resume=checkpoint.exists())
+    return run_federation(grid, spec, strategy, writer, summary_extra=extra, checkpoint=checkpoint)

@@ -1,0 +1,55 @@
+"""Resuming a run in its results directory (``resume=true``; sweeps always resume).
+
+A run checkpoints after every round (``peerkd.checkpoint``). ``prepare`` decides, before
+a run starts, whether it continues from its checkpoint or starts afresh, and refuses to
+continue a run made with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from peerkd.checkpoint import Checkpoint
+from peerkd.errors import ConfigError
+from peerkd.results import CONFIG_FILE, SUMMARY_FILE
+
+log = logging.getLogger("peerkd")
+
+
+def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """With ``resume``: the summary of a run already finished in ``out_dir`` (nothing to run), else
+    None after checking that a checkpoint there was made with ``config``'s settings. Without
+    ``resume``: None, and any checkpoint there is removed (the run starts from round 1).
+
+    Raises
+    ------
+    ConfigError
+        ``out_dir`` holds a run made with other settings (one line naming the first difference).
+    """
+    import yaml
+
+    out = Path(out_dir)
+    checkpoint = Checkpoint(out, engine="")
+    if not resume:
+        checkpoint.clear()
+        return None
+    stored = out / CONFIG_FILE
+    if (out / SUMMARY_FILE).is_file() or checkpoint.exists():
+        from simulations.sweep import config_change
+
+        old = yaml.safe_load(stored.read_text()) if stored.is_file() else {}
+        if change := config_change(old or {}, config):
+            raise ConfigError(
+                "resume",
+                f"{out} holds a run made with other settings ({change})",
+                "the settings it was made with, or resume=false to start it over",
+            )
+    if (out / SUMMARY_FILE).is_file():
+        log.info("%s is finished already; nothing to resume", out)
+        return json.loads((out / SUMMARY_FILE).read_text())
+    if not checkpoint.exists():
+        log.info("no checkpoint in %s: starting from round 1", out)
+    return None
