@@ -180,7 +180,7 @@ def run_federation(
     node_ids = wait_for_nodes(grid, spec.world.num_clients, spec.wait_timeout)
     base_config = {
         **spec.world.to_config(),
-        P.CFG_ROUNDS: spec.rounds,
+        P.CFG_STUDENTS: ",".join(spec.students),
         P.CFG_EPOCHS: spec.epochs,
         P.CFG_LR: spec.lr,
         P.CFG_BATCH_SIZE: spec.batch_size,

@@ -6,6 +6,7 @@ runs on it unchanged; ``run_batched`` is the batched twin of the Flower-engine r
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from peerkd.batched.grid import BatchedGrid
 from peerkd.batched.memory import peak_gpu_mb, peak_rss_mb
 
 __all__ = ["BatchedGrid", "run_batched"]
+
+log = logging.getLogger("peerkd")
 
 
 def run_batched(
@@ -59,6 +62,8 @@ def run_batched(
     if cluster is not None:
         from peerkd.batched.sharded import run_sharded
 
+        if resume:  # workers keep their shards' students for a restarted actor, but the run keeps no checkpoint
+            log.warning("resume: the sharded batched engine (engine.workers > 0) keeps no checkpoint; starting over")
         return run_sharded(spec, strategy, out_dir, config, device=device, chunk=chunk, **cluster)
     import torch
 
