@@ -8,7 +8,7 @@ from simulations.cli import main
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth)"),
+        (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth, synthtext)"),
         (
             ["run", "strategy=bogus"],
             "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, peer_sum, "
