@@ -22,6 +22,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peerkd.deploy import free_ports
+
 _VENV_RAY = Path(sys.executable).with_name("ray")  # the Ray of this interpreter, not another on PATH
 RAY = str(_VENV_RAY) if _VENV_RAY.is_file() else shutil.which("ray") or "ray"
 
@@ -29,18 +31,6 @@ RAY = str(_VENV_RAY) if _VENV_RAY.is_file() else shutil.which("ray") or "ray"
 def ray_cli() -> str | None:
     """The ``ray`` command of this environment, or None."""
     return RAY if Path(RAY).is_file() else None
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free right now."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _free_range(width: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from peerkd.checkpoint import CHECKPOINT_DIR, SERVER_FILE
+from peerkd.deploy.processes import proc_table
 from peerkd.results import read_jsonl
 from simulations.cli import main
 
@@ -123,14 +124,7 @@ def test_sweep_resumes_inside_a_run(tmp_path, capsys):
 
 def descendants(pid: int) -> set[int]:
     """Every live process below ``pid`` (by parent links in /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    parents = {p: row[0] for p, row in proc_table().items()}
     found, frontier = set(), {pid}
     while frontier:
         frontier = {p for p, parent in parents.items() if parent in frontier} - found
