@@ -30,6 +30,7 @@ from peerkd.protocol import (
     MSG_DISTILL,
 )
 from peerkd.server_app import ServerContext
+from strategies.robust import Aggregator
 
 
 class DistillationStrategy(ABC):
@@ -166,3 +167,19 @@ class LogitDistillation(DistillationStrategy):
             if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape
         ]
         return np.stack(mats) if len(mats) >= 2 else None
+
+
+class RobustLogitDistillation(LogitDistillation):
+    """A logit rule that combines peers' outputs: by their mean, or by a robust ``aggregator``
+    of ``strategies.robust`` (``trim``: trimmed mean's share; ``clip_norm``: clip's bound)."""
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        aggregator: str = "mean",
+        trim: float = 0.2,
+        clip_norm: float = 0.0,
+    ):
+        super().__init__(alpha, temperature)
+        self.aggregator = Aggregator(aggregator, trim, clip_norm)

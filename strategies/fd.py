@@ -19,11 +19,10 @@ from peerkd.errors import ConfigError
 from peerkd.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from peerkd.server_app import ServerContext
 from strategies.aggregation import class_consensus
-from strategies.base import LogitDistillation
-from strategies.robust import Aggregator
+from strategies.base import RobustLogitDistillation
 
 
-class FederatedDistillation(LogitDistillation):
+class FederatedDistillation(RobustLogitDistillation):
     """Per-class mean logits up, others' per-class means down; works with no transfer set."""
 
     name = "fd"
@@ -31,17 +30,6 @@ class FederatedDistillation(LogitDistillation):
     message_type = MSG_CLASS_DISTILL
     needs_transfer = False
     dp_supported = False  # label counts travel in the clear
-
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        temperature: float = 4.0,
-        aggregator: str = "mean",
-        trim: float = 0.2,
-        clip_norm: float = 0.0,
-    ):
-        super().__init__(alpha, temperature)
-        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
 
     def check_data(self, text: bool) -> None:
         if text:

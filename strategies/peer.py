@@ -15,27 +15,15 @@ from peerkd.codec import decode_logits
 from peerkd.protocol import KEY_LOGITS
 from peerkd.server_app import ServerContext
 from strategies.aggregation import peer_targets
-from strategies.base import LogitDistillation
-from strategies.robust import Aggregator
+from strategies.base import RobustLogitDistillation
 
 
-class PeerMutualLearning(LogitDistillation):
+class PeerMutualLearning(RobustLogitDistillation):
     """DML over Flower: targets are the leave-one-out mean of peers' last logits."""
 
     name = "peer"
     wants_logits = True
     min_clients = 2
-
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        temperature: float = 4.0,
-        aggregator: str = "mean",
-        trim: float = 0.2,
-        clip_norm: float = 0.0,
-    ):
-        super().__init__(alpha, temperature)
-        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}
