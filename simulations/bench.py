@@ -1,7 +1,7 @@
 """``peerkd bench``: one world, three ways to run it, timed side by side (a benchmark, not a test).
 
 For each fleet size N the same world, rule and rounds run as
-- ``loop``: a plain single-process loop of ``peerkd.training.train_model`` per client (peer
+- ``loop``: a plain single-process loop of ``peerkd.student.training.train_model`` per client (peer
   mutual learning written out by hand: the reference an engine must not be much slower than);
 - ``flower``: Flower's simulation engine (Ray, one actor per client slot);
 - ``batched``: the batched engine (every student of an architecture in one vmapped model).
@@ -55,9 +55,9 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from peerkd.models import build_model
-    from peerkd.training import evaluate, predict_logits, round_seed, train_model
-    from peerkd.world import build_world
+    from peerkd.student.models import build_model
+    from peerkd.student.training import evaluate, predict_logits, round_seed, train_model
+    from peerkd.world.build import build_world
     from strategies.aggregation import peer_targets
 
     torch.set_num_threads(1)  # as each Flower client actor does
@@ -96,7 +96,7 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
 def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, Any]:
     """One variant of one size, in this process; its timings, memory and accuracy."""
     from peerkd.batched.memory import peak_rss_mb
-    from peerkd.results import METRICS_FILE, read_jsonl
+    from peerkd.round.results import METRICS_FILE, read_jsonl
     from simulations.runner import preflight, run_engine
 
     t0 = time.perf_counter()

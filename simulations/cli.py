@@ -143,7 +143,7 @@ CHECK_FLAG = "--check"  # peerkd run ... --check: validate everything a run woul
 
 def _check_run(spec, strategy, out: str) -> int:
     """Everything ``run`` checks before an engine starts (config, data, world, rule, ``out``); no run."""
-    from peerkd.results import check_out_dir
+    from peerkd.round.results import check_out_dir
     from simulations.runner import preflight
 
     check_out_dir(out)
@@ -209,7 +209,7 @@ def _plan_and_run(
 ) -> tuple[Path, list, dict]:
     """Plan every run of ``command`` (all validated before any starts), then run the unfinished
     ones; return the results directory, the planned runs and ``run_sweep``'s result."""
-    from peerkd.results import check_out_dir
+    from peerkd.round.results import check_out_dir
     from simulations.config import check_resources
     from simulations.sweep import plan, run_sweep
 
@@ -227,7 +227,7 @@ def _print_splits(worlds: list) -> None:
     first seed's; other seeds differ by rounding), and a warning for each split too small."""
     import dataclasses
 
-    from peerkd.world import build_world, split_report, split_warnings
+    from peerkd.world.build import build_world, split_report, split_warnings
 
     seen = set()
     for spec in worlds:

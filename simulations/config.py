@@ -13,16 +13,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from peerkd.batched.grid import DEVICES
-from peerkd.codec import CODECS, Codec
-from peerkd.data import BUILTIN_DATASETS, file_fractions, load_dataset
 from peerkd.errors import ConfigError, check_choice, check_range
-from peerkd.faults import AttackSpec, FaultSpec
-from peerkd.models import MODELS
-from peerkd.partition import PARTITIONS
-from peerkd.privacy import PrivacySpec
-from peerkd.server_app import RunSpec
-from peerkd.transfer import TRANSFER_KINDS
-from peerkd.world import MAX_SEED, WorldSpec
+from peerkd.hooks.faults import AttackSpec, FaultSpec
+from peerkd.hooks.privacy import PrivacySpec
+from peerkd.round.loop import RunSpec
+from peerkd.student.models import MODELS
+from peerkd.wire.codec import CODECS, Codec
+from peerkd.world.build import MAX_SEED, WorldSpec
+from peerkd.world.data import BUILTIN_DATASETS, file_fractions, load_dataset
+from peerkd.world.partition import PARTITIONS
+from peerkd.world.transfer import TRANSFER_KINDS
 from strategies import RULES, build_strategy, rule_settings
 from strategies.base import DistillationStrategy
 
@@ -33,7 +33,7 @@ class DataConf:
     path: Optional[str] = None  # .npz (x, y) or .csv, with data=file
     label: str = "label"  # label column of a CSV file
     size: int = 0  # samples of a generated dataset (synth: 0 = 20,000); fleets of 10,000 clients need ~400,000
-    # Split fractions; null (data=file's default): chosen by the file's size (peerkd.data.file_fractions)
+    # Split fractions; null (data=file's default): chosen by the file's size (peerkd.world.data.file_fractions)
     test_frac: Optional[float] = 0.2
     public_frac: Optional[float] = 0.1  # transfer set: inputs shared, labels never used
     server_frac: Optional[float] = 0.1  # labelled, for the central teacher only
@@ -122,7 +122,7 @@ def _spec_node(spec: type, name: str) -> type:
     )
 
 
-FaultsConf = _spec_node(FaultSpec, "FaultsConf")  # faults.crash_prob=0.3 ... (peerkd.faults)
+FaultsConf = _spec_node(FaultSpec, "FaultsConf")  # faults.crash_prob=0.3 ... (peerkd.hooks.faults)
 AttackConf = _spec_node(AttackSpec, "AttackConf")  # attack.fraction=0.2 attack.kind=wrong
 
 
@@ -159,7 +159,7 @@ class RunConf:
     measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
     participation: float = 1.0  # fraction of clients training each round (a seeded sample, the same for every rule)
     clients_per_round: int = 0  # or this many clients per round (0: from participation)
-    faults: FaultsConf = field(default_factory=FaultsConf)  # injected faults, seeded (peerkd.faults)
+    faults: FaultsConf = field(default_factory=FaultsConf)  # injected faults, seeded (peerkd.hooks.faults)
     attack: AttackConf = field(default_factory=AttackConf)  # attacking clients, seeded
     verbose: bool = False
 

@@ -19,8 +19,8 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd.errors import ConfigError, check_choice
-from peerkd.results import RunWriter, check_out_dir
-from peerkd.server_app import run_federation
+from peerkd.round.loop import run_federation
+from peerkd.round.results import RunWriter, check_out_dir
 from simulations.config import RULE_NODES, RunConf, SharedRuleConf, to_run_spec, to_strategy
 from strategies import RULES
 

@@ -126,8 +126,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def comparison_title(world: Any, rounds: int, seeds: Sequence[int], wall_s: float) -> str:
-    """The opening of comparison.md: the world (a ``peerkd.world.WorldSpec``), rounds, seeds, wall time."""
-    from peerkd.data import dataset_name
+    """The opening of comparison.md: the world (a ``peerkd.world.build.WorldSpec``), rounds, seeds, wall time."""
+    from peerkd.world.data import dataset_name
 
     alpha = f" (partition.alpha {world.partition_alpha:g})" if world.partition == "dirichlet" else ""
     spread = "mean ± sample std over seeds" if len(set(seeds)) > 1 else "one seed, so no spread (± –)"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from peerkd.errors import ConfigError
-from peerkd.results import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, SUMMARY_FILE, read_jsonl
+from peerkd.round.results import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, SUMMARY_FILE, read_jsonl
 from simulations.report import COLUMNS, compare_table, flatten, markdown_table, report_markdown
 
 log = logging.getLogger("peerkd")
@@ -61,7 +61,7 @@ def chance_level(name: str | None, path: str | None, label: str | None, size: in
     """The share of the dataset's commonest class: what always guessing it scores on the test
     split (stratified splits keep the class shares). None where the data can't be read here
     (a user file moved, or a run without a data config)."""
-    from peerkd.data import load_dataset
+    from peerkd.world.data import load_dataset
 
     if not name:
         return None

@@ -1,6 +1,6 @@
 """Resuming a run in its results directory (``resume=true``; sweeps always resume).
 
-A run checkpoints after every round (``peerkd.checkpoint``). ``prepare`` decides, before
+A run checkpoints after every round (``peerkd.round.checkpoint``). ``prepare`` decides, before
 a run starts, whether it continues from its checkpoint or starts afresh, and refuses to
 continue a run made with other settings.
 """
@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from peerkd.checkpoint import Checkpoint
 from peerkd.errors import ConfigError
-from peerkd.results import CONFIG_FILE, SUMMARY_FILE
+from peerkd.round.checkpoint import Checkpoint
+from peerkd.round.results import CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger("peerkd")
 

@@ -11,12 +11,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from peerkd.checkpoint import Checkpoint, RunInterrupted
 from peerkd.errors import ConfigError
-from peerkd.models import build_model, check_modality
-from peerkd.results import SUMMARY_FILE, check_out_dir
-from peerkd.server_app import RunSpec, make_server_app, privacy_setup
-from peerkd.world import build_world
+from peerkd.round.checkpoint import Checkpoint, RunInterrupted
+from peerkd.round.loop import RunSpec, make_server_app, privacy_setup
+from peerkd.round.results import SUMMARY_FILE, check_out_dir
+from peerkd.student.models import build_model, check_modality
+from peerkd.world.build import build_world
 from simulations.config import EngineConf
 from simulations.interrupts import graceful_stop
 
@@ -135,7 +135,7 @@ def run_one(
     from peerkd.batched.sharded import cluster_args
 
     if client_app is None:
-        from peerkd.client_app import app as client_app
+        from peerkd.student.client_app import app as client_app
 
     check_out_dir(out_dir)  # before Ray starts
     preflight(spec, strategy)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.errors import ConfigError, check_choice
-from peerkd.results import CONFIG_FILE, SUMMARY_FILE, SUMMARY_KEYS
+from peerkd.round.results import CONFIG_FILE, SUMMARY_FILE, SUMMARY_KEYS
 from simulations.report_io import RUNS_FILE, SWEEP_FILE, write_csv
 
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
@@ -44,7 +44,7 @@ class SweepRun:
     rule: str
     seed: int
     point: tuple[tuple[str, str], ...]
-    spec: Any  # peerkd.server_app.RunSpec
+    spec: Any  # peerkd.round.loop.RunSpec
     strategy: Any  # strategies.base.DistillationStrategy
     out: Path
     config: dict[str, Any] = field(hash=False, compare=False)

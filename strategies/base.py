@@ -16,9 +16,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from peerkd.codec import decode_logits, encode_logits
 from peerkd.errors import ConfigError, check_range
-from peerkd.protocol import (
+from peerkd.round.loop import ServerContext
+from peerkd.wire.codec import decode_logits, encode_logits
+from peerkd.wire.protocol import (
     CFG_ALPHA,
     CFG_REPLY_LOGITS,
     CFG_TEMPERATURE,
@@ -29,7 +30,6 @@ from peerkd.protocol import (
     METRIC_PARTITION,
     MSG_DISTILL,
 )
-from peerkd.server_app import ServerContext
 from strategies.robust import Aggregator
 
 
@@ -75,7 +75,7 @@ class DistillationStrategy(ABC):
         """Messages for this round, at most one per node."""
 
     def check_reply(self, content: RecordDict) -> None:  # noqa: B027  (optional hook: most rules check nothing)
-        """Raise ``peerkd.codec.CodecError`` if a reply lacks what this rule needs."""
+        """Raise ``peerkd.wire.codec.CodecError`` if a reply lacks what this rule needs."""
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         """Fold accepted replies into the rule's state; return round-level metrics."""

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Message
 
-from peerkd.codec import decode_logits
 from peerkd.errors import check_range
-from peerkd.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_DIGEST
-from peerkd.server_app import ServerContext
+from peerkd.round.loop import ServerContext
+from peerkd.wire.codec import decode_logits
+from peerkd.wire.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_DIGEST
 from strategies.aggregation import entropy_reduction_average
 from strategies.base import LogitDistillation
 from strategies.robust import Aggregator

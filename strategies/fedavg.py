@@ -15,12 +15,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 
-from peerkd.codec import CodecError, check_weights
 from peerkd.errors import ConfigError
-from peerkd.models import build_model
-from peerkd.protocol import KEY_ARRAYS, KEY_METRICS, METRIC_NUM_EXAMPLES
-from peerkd.server_app import ServerContext
-from peerkd.training import evaluate
+from peerkd.round.loop import ServerContext
+from peerkd.student.models import build_model
+from peerkd.student.training import evaluate
+from peerkd.wire.codec import CodecError, check_weights
+from peerkd.wire.protocol import KEY_ARRAYS, KEY_METRICS, METRIC_NUM_EXAMPLES
 from strategies.base import DistillationStrategy
 
 

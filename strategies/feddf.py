@@ -15,9 +15,9 @@ import numpy as np
 from flwr.app import Message
 
 from peerkd.errors import check_range
-from peerkd.models import build_model
-from peerkd.protocol import KEY_ARRAYS
-from peerkd.training import distill_only, evaluate, predict_logits
+from peerkd.student.models import build_model
+from peerkd.student.training import distill_only, evaluate, predict_logits
+from peerkd.wire.protocol import KEY_ARRAYS
 from strategies.fedavg import FederatedAveraging
 from strategies.robust import Aggregator
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerkd.protocol import MSG_TRAIN
+from peerkd.wire.protocol import MSG_TRAIN
 from strategies.base import LogitDistillation
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerkd.world import World
+from peerkd.world.build import World
 from strategies.teacher import TeacherDistillation
 
 

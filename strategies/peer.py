@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message
 
-from peerkd.codec import decode_logits
-from peerkd.protocol import KEY_LOGITS
-from peerkd.server_app import ServerContext
+from peerkd.round.loop import ServerContext
+from peerkd.wire.codec import decode_logits
+from peerkd.wire.protocol import KEY_LOGITS
 from strategies.aggregation import peer_targets
 from strategies.base import RobustLogitDistillation
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from peerkd.codec import decode_logits, encode_arrays, to_array
-from peerkd.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
-from peerkd.server_app import ServerContext
+from peerkd.round.loop import ServerContext
+from peerkd.wire.codec import decode_logits, encode_arrays, to_array
+from peerkd.wire.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
 from strategies.base import LogitDistillation
 
 

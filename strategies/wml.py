@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from peerkd.codec import decode_logits
 from peerkd.errors import check_range
-from peerkd.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
-from peerkd.server_app import ServerContext
+from peerkd.round.loop import ServerContext
+from peerkd.wire.codec import decode_logits
+from peerkd.wire.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
 from strategies.aggregation import _softmax, ensemble_nll_grad, mirror_descent_step, weighted_peer_targets
 from strategies.base import LogitDistillation, client_of
 from strategies.robust import Aggregator

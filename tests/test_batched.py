@@ -9,7 +9,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from peerkd import protocol as P
 from peerkd.batched import BatchedGrid, run_batched
 from peerkd.batched.cohort import Cohort, DeviceData
 from peerkd.batched.stacked import (
@@ -22,13 +21,14 @@ from peerkd.batched.stacked import (
     stacked_forward,
 )
 from peerkd.env import QUIET_ENV
-from peerkd.losses import distillation_loss
-from peerkd.models import build_model
-from peerkd.protocol import RoundParams
-from peerkd.results import RunWriter, read_jsonl
-from peerkd.server_app import RunSpec, run_federation
-from peerkd.training import distill_only, round_seed, train_model
-from peerkd.world import WorldSpec, build_world
+from peerkd.round.loop import RunSpec, run_federation
+from peerkd.round.results import RunWriter, read_jsonl
+from peerkd.student.losses import distillation_loss
+from peerkd.student.models import build_model
+from peerkd.student.training import distill_only, round_seed, train_model
+from peerkd.wire import protocol as P
+from peerkd.wire.protocol import RoundParams
+from peerkd.world.build import WorldSpec, build_world
 from strategies import RULES, build_strategy, rule_settings
 
 ARCHS = ["mlp32", "mlp64", "mlp128", "cnn"]
@@ -289,7 +289,7 @@ def flower_runs(tmp_path_factory):
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from peerkd import client_app as real
+    from peerkd.student import client_app as real
 
     root = tmp_path_factory.mktemp("flower")
     server, clients = ServerApp(), ClientApp()

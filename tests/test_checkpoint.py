@@ -7,10 +7,10 @@ from collections import Counter
 import torch
 
 from peerkd.batched.store import StudentStore
-from peerkd.checkpoint import load_client, prune_client_files, rekey_nodes, save_client
-from peerkd.participation import participation
-from peerkd.results import RunWriter, read_jsonl
-from peerkd.world import WorldSpec, build_world
+from peerkd.hooks.participation import participation
+from peerkd.round.checkpoint import load_client, prune_client_files, rekey_nodes, save_client
+from peerkd.round.results import RunWriter, read_jsonl
+from peerkd.world.build import WorldSpec, build_world
 
 
 def test_client_files_load_the_newest_up_to_a_round_and_prune_the_rest(tmp_path):

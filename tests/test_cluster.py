@@ -20,9 +20,9 @@ from peerkd.batched import BatchedGrid
 from peerkd.batched.sharded import ShardedGrid, cluster_args, shard_clients
 from peerkd.batched.store import StudentStore
 from peerkd.errors import ConfigError
-from peerkd.results import RunWriter
-from peerkd.server_app import RunSpec, clients_per_node, run_federation
-from peerkd.world import WorldSpec, build_world
+from peerkd.round.loop import RunSpec, clients_per_node, run_federation
+from peerkd.round.results import RunWriter
+from peerkd.world.build import WorldSpec, build_world
 from simulations.config import EngineConf, check_engine
 from simulations.runner import run_engine
 from strategies import build_strategy

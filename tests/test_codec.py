@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from peerkd.codec import CodecError, array_bytes, check_weights, decode_logits, encode_logits
+from peerkd.wire.codec import CodecError, array_bytes, check_weights, decode_logits, encode_logits
 
 
 def test_logits_round_trip_and_wire_size():

@@ -6,7 +6,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from peerkd.codec import (
+from peerkd.errors import ConfigError
+from peerkd.round.loop import ServerContext, screen_reply
+from peerkd.wire.codec import (
     Codec,
     CodecError,
     array_bytes,
@@ -17,10 +19,8 @@ from peerkd.codec import (
     to_array,
     top_k,
 )
-from peerkd.errors import ConfigError
-from peerkd.protocol import ARRAY_LOGITS, KEY_LOGITS
-from peerkd.server_app import ServerContext, screen_reply
-from peerkd.world import WorldSpec, build_world
+from peerkd.wire.protocol import ARRAY_LOGITS, KEY_LOGITS
+from peerkd.world.build import WorldSpec, build_world
 from strategies import build_strategy
 
 

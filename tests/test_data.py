@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from peerkd.data import load_dataset, split_indices
 from peerkd.errors import ConfigError
-from peerkd.world import WorldSpec, build_world
+from peerkd.world.build import WorldSpec, build_world
+from peerkd.world.data import load_dataset, split_indices
 
 
 def test_splits_are_disjoint_cover_everything_and_keep_class_proportions():
@@ -106,7 +106,7 @@ def test_world_gives_each_client_its_own_disjoint_shard():
 
 
 def test_samples_per_client_caps_shards_with_a_seeded_subset():
-    from peerkd.world import cap_shards
+    from peerkd.world.build import cap_shards
 
     parts = [np.arange(10), np.arange(10, 13)]
     capped = cap_shards(parts, 4, np.random.default_rng(0))
@@ -154,7 +154,7 @@ def _file_world(path, **kw):
 
 
 def test_fit_scaler_by_hand():
-    from peerkd.data import fit_scaler
+    from peerkd.world.data import fit_scaler
 
     # Prepare: rows 0 and 1 are the reference; row 2 must play no part.
     x = np.array([[1.0, 5.0], [3.0, 5.0], [100.0, 0.0]], dtype=np.float32)
@@ -214,7 +214,7 @@ def test_standardisation_opt_out_and_images_untouched(tmp_path):
 
 
 def test_small_files_get_larger_test_splits():
-    from peerkd.data import file_fractions
+    from peerkd.world.data import file_fractions
 
     # wine: 178 rows, 3 classes -> test 50/178 = 0.281; transfer and server want 15/178 = 0.084 < 0.1.
     assert file_fractions(None, None, None, 178, 3) == (0.281, 0.1, 0.1)
@@ -226,7 +226,7 @@ def test_small_files_get_larger_test_splits():
 
 
 def test_split_report_and_warnings_for_a_small_file(tmp_path):
-    from peerkd.world import split_report, split_warnings
+    from peerkd.world.build import split_report, split_warnings
 
     # Prepare: 40 rows, 2 classes: 8 test rows, 8 transfer, 8 server, 16 private over 2 clients.
     _write_csv(tmp_path / "tiny.csv", np.random.default_rng(2).normal(size=(40, 3)), ["a", "b"] * 20)
@@ -251,7 +251,7 @@ def test_split_report_and_warnings_for_a_small_file(tmp_path):
 
 
 def test_world_cache_keeps_the_scaler(tmp_path):
-    from peerkd.world import load_world, save_world
+    from peerkd.world.build import load_world, save_world
 
     _write_csv(tmp_path / "t.csv", np.random.default_rng(3).normal(size=(60, 3)), ["a", "b"] * 30)
     world = _file_world(tmp_path / "t.csv")

@@ -203,7 +203,7 @@ def test_certs_and_keys_load(tmp_path):
 def test_world_disk_cache_round_trip(tmp_path, monkeypatch):
     import numpy as np
 
-    from peerkd.world import CACHE_ENV, WorldSpec, build_world
+    from peerkd.world.build import CACHE_ENV, WorldSpec, build_world
 
     spec = WorldSpec(dataset="digits", num_clients=3, seed=5)
     fresh = build_world(spec)
@@ -223,9 +223,9 @@ def test_world_disk_cache_round_trip(tmp_path, monkeypatch):
 def test_node_data_path_is_the_only_training_data(tmp_path):
     import numpy as np
 
-    from peerkd.client_app import _private_data
     from peerkd.errors import ConfigError
-    from peerkd.world import WorldSpec, build_world
+    from peerkd.student.client_app import _private_data
+    from peerkd.world.build import WorldSpec, build_world
 
     world = build_world(WorldSpec(dataset="digits", num_clients=3))
     x = np.random.default_rng(0).random((20, 64)).astype(np.float32)

@@ -12,11 +12,11 @@ import yaml
 from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
-from peerkd import client_app as real
-from peerkd.protocol import KEY_LOGITS, NODE_PARTITION_ID
-from peerkd.results import SUMMARY_KEYS, read_jsonl
-from peerkd.server_app import RunSpec
-from peerkd.world import WorldSpec
+from peerkd.round.loop import RunSpec
+from peerkd.round.results import SUMMARY_KEYS, read_jsonl
+from peerkd.student import client_app as real
+from peerkd.wire.protocol import KEY_LOGITS, NODE_PARTITION_ID
+from peerkd.world.build import WorldSpec
 from simulations.runner import run_one
 from strategies import build_strategy, rule_settings
 

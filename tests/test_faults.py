@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from peerkd.batched import run_batched
-from peerkd.codec import Codec
 from peerkd.errors import ConfigError
-from peerkd.faults import HUGE_SCALE, WRONG_MARGIN, AttackSpec, FaultPlan, FaultSpec, attack_array
-from peerkd.results import read_jsonl
-from peerkd.server_app import RunSpec
-from peerkd.world import WorldSpec
+from peerkd.hooks.faults import HUGE_SCALE, WRONG_MARGIN, AttackSpec, FaultPlan, FaultSpec, attack_array
+from peerkd.round.loop import RunSpec
+from peerkd.round.results import read_jsonl
+from peerkd.wire.codec import Codec
+from peerkd.world.build import WorldSpec
 from simulations.runner import run_one
 from strategies import build_strategy
 

@@ -10,11 +10,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 
-from peerkd import client_app as real
-from peerkd.protocol import KEY_ARRAYS, KEY_LOGITS, KEY_METRICS, METRIC_TEST_LOSS, NODE_PARTITION_ID
-from peerkd.results import read_jsonl
-from peerkd.server_app import RunSpec
-from peerkd.world import WorldSpec
+from peerkd.round.loop import RunSpec
+from peerkd.round.results import read_jsonl
+from peerkd.student import client_app as real
+from peerkd.wire.protocol import KEY_ARRAYS, KEY_LOGITS, KEY_METRICS, METRIC_TEST_LOSS, NODE_PARTITION_ID
+from peerkd.world.build import WorldSpec
 from simulations.runner import run_one
 from strategies import build_strategy
 

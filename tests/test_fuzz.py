@@ -24,11 +24,11 @@ import torch
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
-from peerkd import protocol as P
-from peerkd.codec import encode_logits
 from peerkd.errors import ConfigError
-from peerkd.server_app import ServerContext, screen_reply
-from peerkd.world import WorldSpec, build_world
+from peerkd.round.loop import ServerContext, screen_reply
+from peerkd.wire import protocol as P
+from peerkd.wire.codec import encode_logits
+from peerkd.world.build import WorldSpec, build_world
 
 FUZZ = settings(
     max_examples=150,
@@ -140,7 +140,7 @@ def valid_content(name: str) -> dict:
     """The records an honest client sends rule ``name`` (the start of every fuzzed reply)."""
     from flwr.app import ArrayRecord, MetricRecord
 
-    from peerkd.codec import to_array
+    from peerkd.wire.codec import to_array
 
     rng = np.random.default_rng(0)
     content = {P.KEY_METRICS: MetricRecord(dict(GOOD))}
@@ -225,7 +225,7 @@ def _write(tmp: Path, suffix: str, data: bytes) -> str:
 
 def _check_world_or_config_error(path: str) -> None:
     """The property: a valid dataset and world, or one ConfigError, nothing else."""
-    from peerkd.data import load_dataset
+    from peerkd.world.data import load_dataset
 
     try:
         data = load_dataset("file", path)

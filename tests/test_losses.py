@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from peerkd.losses import distillation_loss, kd_loss
+from peerkd.student.losses import distillation_loss, kd_loss
 
 # Target probabilities (3/4, 1/4) against a uniform student:
 # KL = 3/4·ln(3/4 / 1/2) + 1/4·ln(1/4 / 1/2) = 0.75·ln 1.5 − 0.25·ln 2

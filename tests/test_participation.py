@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from peerkd.errors import ConfigError
-from peerkd.participation import Roster, sample_clients
+from peerkd.hooks.participation import Roster, sample_clients
 from simulations.config import clients_per_round
 
 
@@ -59,9 +59,9 @@ def test_bad_participation_names_the_field(participation, per_round, field):
 def test_each_round_trains_the_sampled_clients_and_the_summary_covers_all(rule, tmp_path):
     # Prepare: 6 clients, 2 per round, on the batched engine (seconds).
     from peerkd.batched import run_batched
-    from peerkd.results import METRICS_FILE, read_jsonl
-    from peerkd.server_app import RunSpec
-    from peerkd.world import WorldSpec
+    from peerkd.round.loop import RunSpec
+    from peerkd.round.results import METRICS_FILE, read_jsonl
+    from peerkd.world.build import WorldSpec
     from strategies import build_strategy
 
     spec = RunSpec(world=WorldSpec(dataset="digits", num_clients=6, seed=3), rounds=3, epochs=1, clients_per_round=2)

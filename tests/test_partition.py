@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from peerkd.errors import ConfigError
-from peerkd.partition import partition_labels
+from peerkd.world.partition import partition_labels
 
 LABELS = np.repeat(np.arange(10), 300)  # 3,000 samples, 300 per class
 

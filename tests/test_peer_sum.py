@@ -8,12 +8,12 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from peerkd.batched import run_batched
-from peerkd.codec import Codec, encode_logits
-from peerkd.exchange import leave_one_out_from_sum
-from peerkd.protocol import ARRAY_LOGITS, KEY_LOGITS, KEY_TARGETS
-from peerkd.results import read_jsonl
-from peerkd.server_app import RunSpec, ServerContext
-from peerkd.world import WorldSpec, build_world
+from peerkd.round.loop import RunSpec, ServerContext
+from peerkd.round.results import read_jsonl
+from peerkd.student.exchange import leave_one_out_from_sum
+from peerkd.wire.codec import Codec, encode_logits
+from peerkd.wire.protocol import ARRAY_LOGITS, KEY_LOGITS, KEY_TARGETS
+from peerkd.world.build import WorldSpec, build_world
 from strategies import build_strategy
 from strategies.aggregation import leave_one_out_mean
 from strategies.peer_sum import sum_logits

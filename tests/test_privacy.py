@@ -8,9 +8,9 @@ import pytest
 
 from peerkd.batched import run_batched
 from peerkd.errors import ConfigError
-from peerkd.privacy import PrivacySpec, clip_rows, epsilon_spent, noise_multiplier, privatize, sensitivity
-from peerkd.server_app import RunSpec
-from peerkd.world import WorldSpec
+from peerkd.hooks.privacy import PrivacySpec, clip_rows, epsilon_spent, noise_multiplier, privatize, sensitivity
+from peerkd.round.loop import RunSpec
+from peerkd.world.build import WorldSpec
 from simulations.runner import preflight
 from strategies import build_strategy
 

@@ -209,7 +209,7 @@ def test_report_headline_pair_comes_from_the_run_configs(sweep_dir):
 
 
 def test_keys_are_named_in_full_and_dataset_names_agree():
-    from peerkd.world import WorldSpec
+    from peerkd.world.build import WorldSpec
     from simulations.report import comparison_title, key_names
 
     assert key_names(["partition.alpha", "data.name", "num_clients"]) == {

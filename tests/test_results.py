@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from peerkd.results import RunWriter, accuracy_stats, read_jsonl
+from peerkd.round.results import RunWriter, accuracy_stats, read_jsonl
 from simulations.report import compare_table, markdown_table
 
 

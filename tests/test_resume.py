@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from peerkd.checkpoint import CHECKPOINT_DIR, SERVER_FILE
 from peerkd.deploy.processes import proc_table
-from peerkd.results import read_jsonl
+from peerkd.round.checkpoint import CHECKPOINT_DIR, SERVER_FILE
+from peerkd.round.results import read_jsonl
 from simulations.cli import main
 
 RUN = ["strategy=peer", "data=digits", "num_clients=3", "rounds=5", "train.epochs=3", "seed=0"]

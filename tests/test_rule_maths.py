@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from peerkd.metrics import kl_to_consensus, pairwise_agreement
-from peerkd.training import class_mean_logits
+from peerkd.hooks.agreement import kl_to_consensus, pairwise_agreement
+from peerkd.student.training import class_mean_logits
 from strategies.aggregation import (
     class_consensus,
     ensemble_nll_grad,

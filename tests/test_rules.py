@@ -5,13 +5,13 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from peerkd.codec import CodecError, encode_logits
 from peerkd.errors import ConfigError
-from peerkd.models import build_model
-from peerkd.protocol import KEY_LOGITS, KEY_PROBE, KEY_TARGETS
-from peerkd.server_app import ServerContext
-from peerkd.training import predict_logits, train_model
-from peerkd.world import WorldSpec, build_world
+from peerkd.round.loop import ServerContext
+from peerkd.student.models import build_model
+from peerkd.student.training import predict_logits, train_model
+from peerkd.wire.codec import CodecError, encode_logits
+from peerkd.wire.protocol import KEY_LOGITS, KEY_PROBE, KEY_TARGETS
+from peerkd.world.build import WorldSpec, build_world
 from strategies import RULES, build_strategy
 
 WORLD = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from peerkd.codec import encode_logits
-from peerkd.protocol import ARRAY_LOGITS, KEY_LOGITS
-from peerkd.server_app import ServerContext, screen_reply
-from peerkd.world import WorldSpec, build_world
+from peerkd.round.loop import ServerContext, screen_reply
+from peerkd.wire.codec import encode_logits
+from peerkd.wire.protocol import ARRAY_LOGITS, KEY_LOGITS
+from peerkd.world.build import WorldSpec, build_world
 from strategies import build_strategy
 
 WORLD = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0))
@@ -119,7 +119,7 @@ def fedavg():
 
 
 def test_fedavg_weights_with_forged_bytes_or_counts_are_rejections(flower_identity):
-    from peerkd.protocol import KEY_ARRAYS
+    from peerkd.wire.protocol import KEY_ARRAYS
 
     rule = fedavg()
     name, ref = next(iter(rule.arrays.items()))

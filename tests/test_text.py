@@ -11,11 +11,13 @@ import torch
 
 from peerkd.batched.cohort import Cohort, DeviceData
 from peerkd.batched.stacked import stack_students
-from peerkd.data import load_dataset
 from peerkd.errors import ConfigError
-from peerkd.models import build_model, check_modality
-from peerkd.protocol import RoundParams
-from peerkd.text import (
+from peerkd.student.models import build_model, check_modality
+from peerkd.student.training import predict_logits, round_seed, score_logits, train_model
+from peerkd.wire.protocol import RoundParams
+from peerkd.world.build import WorldSpec, build_world
+from peerkd.world.data import load_dataset
+from peerkd.world.text import (
     ALPHABET,
     CharTokenizer,
     MarkovSource,
@@ -27,8 +29,6 @@ from peerkd.text import (
     text_summary,
     windows_to_samples,
 )
-from peerkd.training import predict_logits, round_seed, score_logits, train_model
-from peerkd.world import WorldSpec, build_world
 
 
 def test_tokeniser_round_trip():
@@ -198,7 +198,7 @@ def test_cohort_trains_lms_as_train_model(arch, text_world):
 
 
 def tiny_text_spec():
-    from peerkd.server_app import RunSpec
+    from peerkd.round.loop import RunSpec
 
     world = WorldSpec(
         dataset="synthtext", data_size=400, num_clients=3, seed=0, samples_per_client=16, transfer_size=16

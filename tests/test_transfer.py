@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from peerkd.data import load_dataset
 from peerkd.errors import ConfigError
-from peerkd.transfer import long_tail, resize_inputs
-from peerkd.world import WorldSpec, build_world
+from peerkd.world.build import WorldSpec, build_world
+from peerkd.world.data import load_dataset
+from peerkd.world.transfer import long_tail, resize_inputs
 
 
 @pytest.mark.parametrize("kind", ["public", "imbalanced", "noise", "digits", "mnist1d"])

@@ -1,6 +1,6 @@
 """The batched engine: every student of one architecture trained as one vmapped computation.
 
-``BatchedGrid`` serves Flower's ``Grid`` in-process, so ``peerkd.server_app.run_federation``
+``BatchedGrid`` serves Flower's ``Grid`` in-process, so ``peerkd.round.loop.run_federation``
 runs on it unchanged; ``run_batched`` is the batched twin of the Flower-engine runner.
 """
 
@@ -34,7 +34,7 @@ def run_batched(
 
     Parameters
     ----------
-    spec : peerkd.server_app.RunSpec
+    spec : peerkd.round.loop.RunSpec
         World and training settings.
     strategy
         The exchange rule (a ``strategies`` rule; checking it against the world is the caller's preflight).
@@ -67,9 +67,9 @@ def run_batched(
         return run_sharded(spec, strategy, out_dir, config, device=device, chunk=chunk, **cluster)
     import torch
 
-    from peerkd.checkpoint import Checkpoint
-    from peerkd.results import RunWriter
-    from peerkd.server_app import run_federation
+    from peerkd.round.checkpoint import Checkpoint
+    from peerkd.round.loop import run_federation
+    from peerkd.round.results import RunWriter
 
     grid = BatchedGrid(spec.world.num_clients, device=device, chunk=chunk)
     if grid.device.type == "cuda":

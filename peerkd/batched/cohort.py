@@ -1,6 +1,6 @@
 """A cohort: students of one architecture answering one kind of message together.
 
-Each method is the batched twin of a per-client function in ``peerkd.training``
+Each method is the batched twin of a per-client function in ``peerkd.student.training``
 (``train_model``, ``distill_only``, ``evaluate``, ``predict_logits``): every student draws
 its batches from ``plan_batches`` with its own per-round seed, exactly as on the
 per-client path, and gathers them from the world's arrays by global index, so shards of
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from peerkd.batched.stacked import Params, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
-from peerkd.protocol import RoundParams
-from peerkd.training import BatchPlan, class_mean_logits, plan_batches, round_seed
-from peerkd.world import World
+from peerkd.student.training import BatchPlan, class_mean_logits, plan_batches, round_seed
+from peerkd.wire.protocol import RoundParams
+from peerkd.world.build import World
 
 EVAL_ROWS = 2048  # inputs per forward when predicting (predict_logits' batch size)
 

@@ -25,10 +25,10 @@ from peerkd.batched.handlers import HANDLERS, Request, decode_request
 from peerkd.batched.memory import auto_chunk
 from peerkd.batched.store import StudentStore
 from peerkd.errors import ConfigError, check_choice
-from peerkd.exchange import reply, sent_logits
-from peerkd.models import build_model
-from peerkd.training import pick_device
-from peerkd.world import World, WorldSpec, build_world
+from peerkd.student.exchange import reply, sent_logits
+from peerkd.student.models import build_model
+from peerkd.student.training import pick_device
+from peerkd.world.build import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
 

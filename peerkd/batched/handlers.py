@@ -1,9 +1,9 @@
-"""The ClientApp's handlers (``peerkd.client_app``), for a cohort of students at once.
+"""The ClientApp's handlers (``peerkd.student.client_app``), for a cohort of students at once.
 
 A request is decoded per message (``decode_request``: the same decoders as the ClientApp,
 so a malformed message fails alone); a handler then answers a cohort's requests with one
 batched computation and returns each student's reply records, built by
-``peerkd.exchange`` as the ClientApp builds them.
+``peerkd.student.exchange`` as the ClientApp builds them.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import torch
 from flwr.app import ArrayRecord, Message
 from torch import nn
 
-from peerkd import protocol as P
 from peerkd.batched.cohort import Cohort
 from peerkd.batched.stacked import Params
-from peerkd.exchange import (
+from peerkd.student.exchange import (
     class_means_record,
     class_targets,
     metrics_record,
@@ -31,9 +30,10 @@ from peerkd.exchange import (
     student_arch,
     transfer_targets,
 )
-from peerkd.models import build_model
-from peerkd.protocol import RoundParams
-from peerkd.world import WorldSpec, build_world
+from peerkd.student.models import build_model
+from peerkd.wire import protocol as P
+from peerkd.wire.protocol import RoundParams
+from peerkd.world.build import WorldSpec, build_world
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from typing import Any
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
-from peerkd import protocol as P
 from peerkd.batched.grid import NODE_ID_BASE, BatchedGrid, _error
-from peerkd.placement import placement
+from peerkd.student.placement import placement
+from peerkd.wire import protocol as P
 
 log = logging.getLogger("peerkd")
 
@@ -336,8 +336,8 @@ def run_sharded(
     import ray
 
     from peerkd.batched.memory import peak_rss_mb
-    from peerkd.results import RunWriter
-    from peerkd.server_app import run_federation
+    from peerkd.round.loop import run_federation
+    from peerkd.round.results import RunWriter
 
     started = not ray.is_initialized()
     if started:

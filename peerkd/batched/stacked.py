@@ -52,7 +52,7 @@ def stacked_forward(base: nn.Module, shared_input: bool = False) -> Callable[[Pa
 
 def student_rows(z: torch.Tensor) -> torch.Tensor:
     """Stacked outputs as rows of one prediction each: ``(S, B, C)`` as is, text ``(S, B, L, V)``
-    as ``(S, B·L, V)``; labels ``(S, B, L)`` as ``(S, B·L)`` (``peerkd.losses.as_rows``, stacked)."""
+    as ``(S, B·L, V)``; labels ``(S, B, L)`` as ``(S, B·L)`` (``peerkd.student.losses.as_rows``, stacked)."""
     return z.flatten(1, -2) if z.dim() > 2 and z.is_floating_point() else z.flatten(1)
 
 
@@ -66,7 +66,7 @@ def kd_divergence(
     student: torch.Tensor, target: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
     """T²·KL(softmax(target/T) ‖ softmax(student/T)) averaged over the batch rows:
-    ``(..., B, C)`` -> ``(...)``; ``peerkd.losses.kd_loss`` for stacked students.
+    ``(..., B, C)`` -> ``(...)``; ``peerkd.student.losses.kd_loss`` for stacked students.
 
     With ``valid`` (``(..., B)`` bool) the mean is over valid rows only. With none valid the
     value is NaN and the gradient zero, as ``kd_loss`` on an empty batch gives.

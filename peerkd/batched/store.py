@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from peerkd.batched.stacked import Params, stack_students
-from peerkd.models import build_model
-from peerkd.world import World
+from peerkd.student.models import build_model
+from peerkd.world.build import World
 
 
 class StudentStore:

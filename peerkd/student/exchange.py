@@ -1,6 +1,6 @@
 """What a student reads from a request and writes into its reply, for both engines.
 
-The per-client ClientApp (``peerkd.client_app``) and the batched engine
+The per-client ClientApp (``peerkd.student.client_app``) and the batched engine
 (``peerkd.batched``) decode requests and build replies with these functions alone, so
 the two engines send the same records, and the ServerApp counts the same bytes.
 """
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from peerkd import protocol as P
-from peerkd.codec import Codec, CodecError, decode_logits, encode_arrays, encode_logits, to_array
-from peerkd.placement import placement
-from peerkd.privacy import privatize
-from peerkd.protocol import RoundParams
-from peerkd.world import World
+from peerkd.hooks.privacy import privatize
+from peerkd.student.placement import placement
+from peerkd.wire import protocol as P
+from peerkd.wire.codec import Codec, CodecError, decode_logits, encode_arrays, encode_logits, to_array
+from peerkd.wire.protocol import RoundParams
+from peerkd.world.build import World
 
 
 def student_arch(params: RoundParams, client: int, node_config: Mapping[str, Any] | None = None) -> str:
@@ -147,6 +147,6 @@ def class_means_record(means: np.ndarray, counts: np.ndarray, params: RoundParam
 
 def reply(msg: Message, arch: str, records: dict) -> Message:
     """The reply to ``msg`` carrying ``records``, the student's architecture and, inside Ray,
-    the node it ran on (``peerkd.placement``)."""
+    the node it ran on (``peerkd.student.placement``)."""
     info = ConfigRecord({"arch": arch, **placement()})
     return Message(RecordDict({**records, P.KEY_INFO: info}), reply_to=msg)

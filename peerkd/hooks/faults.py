@@ -1,6 +1,6 @@
 """Injected faults and attackers, the same on every engine: a ``Grid`` wrapper.
 
-Both engines serve ``peerkd.server_app.run_federation`` a flwr ``Grid``; ``FaultyGrid`` sits
+Both engines serve ``peerkd.round.loop.run_federation`` a flwr ``Grid``; ``FaultyGrid`` sits
 between the round loop and that grid and decides every event from ``(seed, round, client)``
 alone, so a fault schedule is the same for every rule and engine of a seed:
 
@@ -43,10 +43,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from peerkd import protocol as P
-from peerkd.codec import Codec, CodecError, decode_logits, encode_arrays
 from peerkd.errors import check_choice, check_range
-from peerkd.results import accuracy_stats
+from peerkd.round.results import accuracy_stats
+from peerkd.wire import protocol as P
+from peerkd.wire.codec import Codec, CodecError, decode_logits, encode_arrays
 
 log = logging.getLogger("peerkd")
 
@@ -259,7 +259,7 @@ class FaultyGrid(Grid):
         return self.inner.get_node_ids()
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        from peerkd.server_app import send_and_receive
+        from peerkd.round.loop import send_and_receive
 
         return send_and_receive(self, list(messages), self.round_timeout if timeout is None else timeout)[0]
 
@@ -361,7 +361,7 @@ class FaultyGrid(Grid):
 
     def _discover(self, messages: list[Message]) -> None:
         """Learn the client of each node these messages go to (one ``evaluate`` round trip)."""
-        from peerkd.server_app import send_and_receive
+        from peerkd.round.loop import send_and_receive
 
         nodes = sorted({m.metadata.dst_node_id for m in messages})
         if not nodes:

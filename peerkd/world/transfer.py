@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerkd.data import BUILTIN_DATASETS, Dataset, Splits, load_dataset
 from peerkd.errors import ConfigError
+from peerkd.world.data import BUILTIN_DATASETS, Dataset, Splits, load_dataset
 
 TRANSFER_KINDS = ("public", "imbalanced", "noise", *BUILTIN_DATASETS)
 IMBALANCE_RATIO = 0.1  # the rarest class keeps 10% of its samples, the commonest all

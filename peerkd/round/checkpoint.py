@@ -144,14 +144,14 @@ class _Pickler(pickle.Pickler):
     """Pickles a rule's ``World`` as its spec: the data is rebuilt on load, not copied every round."""
 
     def persistent_id(self, obj: Any) -> Any:
-        from peerkd.world import World
+        from peerkd.world.build import World
 
         return ("world", obj.spec) if isinstance(obj, World) else None
 
 
 class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
-        from peerkd.world import build_world
+        from peerkd.world.build import build_world
 
         kind, spec = pid
         if kind != "world":

@@ -19,7 +19,7 @@ file alone; the test split and transfer set still come from the world spec. Hand
 
 With ``P.CFG_CHECKPOINT_DIR`` in the config (Flower's simulation), each training message
 also writes the student to that directory, and a fresh context loads it back when the
-config names the round a resumed run starts after (``peerkd.checkpoint``). A message whose
+config names the round a resumed run starts after (``peerkd.round.checkpoint``). A message whose
 TTL ran out while it queued (the server abandoned its round) is answered at once with an
 error, untrained (``drop_expired``).
 """
@@ -37,10 +37,8 @@ from flwr.common.constant import ErrorCode
 from torch import nn
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
-from peerkd import protocol as P
-from peerkd.checkpoint import load_client, save_client
-from peerkd.codec import decode_logits, encode_logits
-from peerkd.exchange import (
+from peerkd.round.checkpoint import load_client, save_client
+from peerkd.student.exchange import (
     class_means_record,
     class_targets,
     metrics_record,
@@ -51,9 +49,8 @@ from peerkd.exchange import (
     student_arch,
     transfer_targets,
 )
-from peerkd.models import build_model
-from peerkd.protocol import RoundParams
-from peerkd.training import (
+from peerkd.student.models import build_model
+from peerkd.student.training import (
     class_mean_logits,
     distill_only,
     evaluate,
@@ -63,7 +60,10 @@ from peerkd.training import (
     train_model,
     warm_up,
 )
-from peerkd.world import World, WorldSpec, build_world, load_node_data
+from peerkd.wire import protocol as P
+from peerkd.wire.codec import decode_logits, encode_logits
+from peerkd.wire.protocol import RoundParams
+from peerkd.world.build import World, WorldSpec, build_world, load_node_data
 
 
 def drop_expired(msg: Message, context: Context, call_next) -> Message:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from peerkd.data import (
+from peerkd.errors import ConfigError
+from peerkd.world.data import (
     MIN_ROWS_PER_CLASS,
     MIN_TEST_ROWS,
     Dataset,
@@ -30,9 +31,8 @@ from peerkd.data import (
     load_dataset,
     split_indices,
 )
-from peerkd.errors import ConfigError
-from peerkd.partition import partition_labels
-from peerkd.transfer import make_transfer_set
+from peerkd.world.partition import partition_labels
+from peerkd.world.transfer import make_transfer_set
 
 log = logging.getLogger("peerkd")
 _PREFIX = "world."
@@ -209,7 +209,7 @@ def split_report(world: World) -> list[str]:
 
 
 def split_warnings(world: World) -> list[str]:
-    """A warning for each split too small to mean much (thresholds in ``peerkd.data``)."""
+    """A warning for each split too small to mean much (thresholds in ``peerkd.world.data``)."""
     c, sp = world.num_classes, world.splits
     out = []
     if 0 < len(sp.test) < MIN_TEST_ROWS:

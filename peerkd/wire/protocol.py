@@ -33,7 +33,7 @@ ARRAY_MASK = "mask"  # (C,) 1 where a per-class target row is valid (FD)
 ARRAY_COUNTS = "counts"  # (C,) label counts of the private shard (FD)
 ARRAY_PEERS = "peers"  # (2,) [senders in the sum, 1 if this node is one of them] (peer_sum)
 
-# Config keys sent by the server (besides the world spec, see peerkd.world.WorldSpec).
+# Config keys sent by the server (besides the world spec, see peerkd.world.build.WorldSpec).
 CFG_ROUND = "server-round"  # Flower's FedAvg injects this very key
 CFG_STUDENTS = "students"  # comma-separated zoo names, assigned round-robin by partition id
 CFG_EPOCHS = "epochs"
@@ -45,12 +45,14 @@ CFG_REPLY_LOGITS = "reply-logits"  # reply with logits on the transfer set
 CFG_REPLY_PROBS = "reply-probs"  # ... as softmax probabilities instead (DS-FL)
 CFG_REPLY_PROBE = "reply-probe"  # also reply with logits on the server split (WML)
 CFG_DIGEST_EPOCHS = "digest-epochs"
-CFG_CODEC = "codec"  # fp32 | fp16 | int8 | topk: how a client packs what it sends (peerkd.codec)
+CFG_CODEC = "codec"  # fp32 | fp16 | int8 | topk: how a client packs what it sends (peerkd.wire.codec)
 CFG_CODEC_K = "codec-k"  # columns a topk encoding keeps per row
 CFG_DP_CLIP = "dp-clip"  # L2 bound of each released row (centred logits); differential privacy
 CFG_DP_NOISE = "dp-noise"  # noise multiplier z (0: no noise): std = z x the release's L2 sensitivity
 CFG_KEEP_SENT = "keep-sent"  # remember the logits sent, to subtract them from a peers' sum (peer_sum)
-CFG_WARM_UP = "warm-up"  # evaluate before round 1: also pay the training path's start-up (peerkd.training.warm_up)
+CFG_WARM_UP = (
+    "warm-up"  # evaluate before round 1: also pay the training path's start-up (student.training.warm_up)
+)
 CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
 CFG_RESUME_ROUND = "resume-round"  # ... and, resuming, the round of the server's checkpoint (load the student of it)
 

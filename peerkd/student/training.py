@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peerkd.losses import as_rows, distillation_loss
+from peerkd.student.losses import as_rows, distillation_loss
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -90,7 +90,7 @@ def distill_only(
 ) -> float:
     """Fit ``model`` to ``targets`` on unlabelled ``x`` with T²·KL alone (digest phases, FedDF
     fusion); return the mean KD loss over the last epoch. Batches as ``train_model``'s."""
-    from peerkd.losses import kd_loss
+    from peerkd.student.losses import kd_loss
 
     device = device or torch.device("cpu")
     model.to(device).train()

@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from peerkd.errors import check_choice, check_range
-from peerkd.protocol import ARRAY_LOGITS
+from peerkd.wire.protocol import ARRAY_LOGITS
 
 CODECS = ("fp32", "fp16", "int8", "topk")
 _FP16_MAX = float(np.finfo(np.float16).max)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from peerkd.errors import ConfigError, check_range
-from peerkd.text import ALPHABET, TEXT_SIZE, read_text_file, synth_windows, windows_to_samples
+from peerkd.world.text import ALPHABET, TEXT_SIZE, read_text_file, synth_windows, windows_to_samples
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "mnist1d", "synth", "synthtext")
 SYNTH_SIZE = 20_000  # synth samples when no size is given
@@ -86,7 +86,7 @@ def load_dataset(name: str, path: str | None = None, label: str | None = None, s
     name : str
         One of ``BUILTIN_DATASETS`` or ``file``.
     path : str | None
-        Path of a ``.npz`` (arrays ``x``, ``y``), ``.csv`` or ``.txt`` (text, ``peerkd.text``) file,
+        Path of a ``.npz`` (arrays ``x``, ``y``), ``.csv`` or ``.txt`` (text, ``peerkd.world.text``) file,
         for ``name == "file"``.
     label : str | None
         Name of the label column of a CSV file (default ``label``).
@@ -140,7 +140,7 @@ def _synth(size: int) -> Dataset:
 
 @functools.lru_cache(maxsize=2)
 def _synthtext(size: int) -> Dataset:
-    """``size`` windows of the synthetic language (``peerkd.text``): 28 characters, 4 styles."""
+    """``size`` windows of the synthetic language (``peerkd.world.text``): 28 characters, 4 styles."""
     if size < 100:
         raise ConfigError("data.size", f"{size} windows is too few for splits of 4 styles", "0 (4,000) or >= 100")
     windows, styles = synth_windows(size)

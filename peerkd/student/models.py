@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from peerkd.errors import ConfigError
-from peerkd.lm import LM_MODELS, build_lm
+from peerkd.student.lm import LM_MODELS, build_lm
 
 # name -> hidden widths (MLP) or conv channels + hidden width (CNN)
 MLP_WIDTHS = {"mlp32": (32,), "mlp64": (64,), "mlp128": (128,), "mlp256x2": (256, 256)}
@@ -29,7 +29,7 @@ def build_model(
     ----------
     name : str
         A key of the zoo (``mlp32``, ``mlp64``, ``mlp128``, ``mlp256x2``, ``cnn``, ``cnn_large``; for text,
-        the causal LMs ``gru``, ``gru2``, ``tlm``, ``tlm_large`` of ``peerkd.lm``).
+        the causal LMs ``gru``, ``gru2``, ``tlm``, ``tlm_large`` of ``peerkd.student.lm``).
     input_shape : tuple[int, ...]
         Shape of one input, without the batch axis.
     num_classes : int

@@ -24,19 +24,19 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
-from peerkd import protocol as P
-from peerkd.checkpoint import Checkpoint, RunInterrupted, RunState, rekey_nodes, rng_state
-from peerkd.codec import FP32, Codec, array_bytes
 from peerkd.errors import ConfigError
-from peerkd.faults import AttackSpec, FaultSpec, inject
-from peerkd.participation import Roster, participation
-from peerkd.placement import KEY_HOST, KEY_IP, KEY_NODE
-from peerkd.privacy import PrivacySpec, epsilon_spent, noise_multiplier
-from peerkd.results import RunWriter, accuracy_stats
-from peerkd.screening import screen_reply
-from peerkd.text import text_summary
-from peerkd.training import pick_device
-from peerkd.world import World, WorldSpec, build_world
+from peerkd.hooks.faults import AttackSpec, FaultSpec, inject
+from peerkd.hooks.participation import Roster, participation
+from peerkd.hooks.privacy import PrivacySpec, epsilon_spent, noise_multiplier
+from peerkd.round.checkpoint import Checkpoint, RunInterrupted, RunState, rekey_nodes, rng_state
+from peerkd.round.results import RunWriter, accuracy_stats
+from peerkd.round.screening import screen_reply
+from peerkd.student.placement import KEY_HOST, KEY_IP, KEY_NODE
+from peerkd.student.training import pick_device
+from peerkd.wire import protocol as P
+from peerkd.wire.codec import FP32, Codec, array_bytes
+from peerkd.world.build import World, WorldSpec, build_world
+from peerkd.world.text import text_summary
 
 log = logging.getLogger("peerkd")
 PLACEMENT_KEYS = (KEY_NODE, KEY_HOST, KEY_IP)  # a client row's Ray placement (absent outside Ray)
@@ -554,7 +554,7 @@ def _agreement(logits) -> dict[str, float]:
     """Peer-agreement metrics of the students' transfer-set logits (empty without them)."""
     if logits is None:
         return {}
-    from peerkd.metrics import kl_to_consensus, pairwise_agreement
+    from peerkd.hooks.agreement import kl_to_consensus, pairwise_agreement
 
     return {"agreement": pairwise_agreement(logits), "kl_to_consensus": kl_to_consensus(logits)}
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from peerkd import protocol as P
-from peerkd.codec import CodecError
+from peerkd.wire import protocol as P
+from peerkd.wire.codec import CodecError
 
 # Record names a reply may carry, with the record type each must be.
 REPLY_RECORDS: dict[str, type] = {

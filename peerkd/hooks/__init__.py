@@ -1,0 +1,2 @@
+"""The round's extras, each a ``peerkd.round.hook.RoundHook``: privacy, faults and attacks,
+participation, placement, text measures, peer agreement."""
