@@ -18,7 +18,7 @@ import pytest
 
 from peerkd import deploy as D
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUMMARY_TIMEOUT = 200.0  # seconds from `flwr run` to summary.json on a loaded 2-core machine
 
 pytestmark = pytest.mark.skipif(

@@ -8,7 +8,7 @@
 - Configs: random ``peerkd run`` overrides exit 0 (``--check``: valid) or 2 with one line.
 
 All in-process, seeded (``derandomize``), with bounded example counts so the file runs in
-about a minute. ``pytest --hypothesis-show-statistics tests/test_fuzz.py`` reports the counts.
+about a minute. ``pytest --hypothesis-show-statistics tests/simulations/test_fuzz.py`` reports the counts.
 """
 
 from __future__ import annotations

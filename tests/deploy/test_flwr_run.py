@@ -26,7 +26,7 @@ import pytest
 
 from peerkd.deploy import free_ports, stop_escalating
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RESULT_TIMEOUT = 180.0  # seconds from `flwr run` returning to summary.json
 

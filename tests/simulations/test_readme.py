@@ -9,7 +9,7 @@ import pytest
 
 from simulations.cli import main
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def _blocks(text: str, lang: str) -> list[str]:
@@ -86,7 +86,7 @@ def test_own_data_recipe_runs_and_prints_what_the_readme_shows(tmp_path, monkeyp
 
 def test_readme_links_resolve():
     # Every in-page link names a heading (GitHub's anchors), and every linked file exists.
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     anchors = {
         re.sub(r"[^\w\- ]", "", h.lower().replace("`", "")).replace(" ", "-")
         for h in re.findall(r"^#{1,6} (.+)$", README, flags=re.M)
