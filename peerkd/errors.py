@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+class RunInterrupted(Exception):
+    """The run was asked to stop (Ctrl-C, SIGTERM) before its last round; it wrote no summary."""
+
+
 class ConfigError(ValueError):
     """A bad setting or input, reported as one line: ``field: problem``.
 

@@ -16,7 +16,7 @@ from peerkd.batched.grid import DEVICES
 from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.hooks.faults import AttackSpec, FaultSpec
 from peerkd.hooks.privacy import PrivacySpec
-from peerkd.round.loop import RunSpec
+from peerkd.round.spec import RunSpec
 from peerkd.student.models import MODELS
 from peerkd.wire.codec import CODECS, Codec
 from peerkd.world.build import MAX_SEED, WorldSpec

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd.errors import ConfigError, check_choice
+from peerkd.hooks.standard import standard_hooks
 from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter, check_out_dir
 from simulations.config import RULE_NODES, RunConf, SharedRuleConf, to_run_spec, to_strategy
@@ -106,4 +107,4 @@ def flower_main(grid: Grid, context: Context) -> None:
         spec.rounds,
         out,
     )
-    run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)))
+    run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)), standard_hooks(spec))

@@ -6,19 +6,24 @@ Lists of runs (``peerkd compare`` and ``peerkd sweep``) are planned and executed
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
-from peerkd.errors import ConfigError
-from peerkd.round.checkpoint import Checkpoint, RunInterrupted
-from peerkd.round.loop import RunSpec, make_server_app, privacy_setup
-from peerkd.round.results import SUMMARY_FILE, check_out_dir
+from peerkd.batched import run_batched
+from peerkd.cluster import cluster_args
+from peerkd.errors import ConfigError, RunInterrupted
+from peerkd.hooks.privacy import privacy_setup
+from peerkd.round.checkpoint import Checkpoint
+from peerkd.round.hook import RoundHook, SummaryFields
+from peerkd.round.results import check_out_dir
+from peerkd.round.run import run_on, server_app
+from peerkd.round.spec import RunSpec
 from peerkd.student.models import build_model, check_modality
 from peerkd.world.build import build_world
 from simulations.config import EngineConf
 from simulations.interrupts import graceful_stop
+from simulations.resume import prepare
 
 
 def preflight(spec: RunSpec, strategy) -> None:
@@ -28,7 +33,7 @@ def preflight(spec: RunSpec, strategy) -> None:
         check_modality(name, world.data.text)
         build_model(name, world.data.input_shape, world.num_classes, seed=0)
     strategy.check(spec.students, spec.world.num_clients)
-    privacy_setup(spec, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
+    privacy_setup(spec.privacy, spec.rounds, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
     check_attack(spec, strategy)
     strategy.check_data(world.data.text)
 
@@ -65,23 +70,11 @@ def run_engine(
     local Ray. With ``resume``, a run killed in ``out_dir`` goes on from its last checkpointed
     round (``simulations.resume.prepare``; not the sharded batched engine).
     """
-    from peerkd.batched.sharded import cluster_args
-    from simulations.resume import prepare
-
     if (finished := prepare(out_dir, config, resume)) is not None:
         return finished
     if engine.name == "flower":
-        return run_one(
-            spec,
-            strategy,
-            out_dir,
-            config,
-            resources,
-            ray_init=cluster_args(engine.ray_address, ray_init or {}),
-            resume=resume,
-        )
-    from peerkd.batched import run_batched
-
+        ray_init = cluster_args(engine.ray_address, ray_init or {})
+        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init, resume=resume)
     check_out_dir(out_dir)
     preflight(spec, strategy)
     cluster = None
@@ -95,6 +88,53 @@ def run_engine(
     return run_batched(
         spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster, resume=resume
     )
+
+
+class FlowerEngine:
+    """Flower's simulation engine (``peerkd.round.run.Engine``): one ClientApp per virtual
+    SuperNode, Ray actors with ``resources`` each, stopped cleanly on Ctrl-C or SIGTERM."""
+
+    def __init__(self, num_clients: int, resources: dict[str, float], init_args: dict[str, Any], client_app):
+        self.num_clients, self.resources, self.init_args, self.client_app = (
+            num_clients,
+            resources,
+            init_args,
+            client_app,
+        )
+
+    def serve(self, main, stop: threading.Event) -> None:
+        """Run the simulation with ``main`` as its ServerApp's body."""
+        from flwr.simulation import run_simulation
+
+        with graceful_stop(stop):  # Ctrl-C, SIGTERM: the ServerApp stops, then Flower stops Ray
+            try:
+                run_simulation(
+                    server_app=server_app(main),
+                    client_app=self.client_app,
+                    num_supernodes=self.num_clients,
+                    backend_config={
+                        "client_resources": self.resources,
+                        "init_args": {"logging_level": "ERROR", "log_to_driver": False, **self.init_args},
+                    },
+                )
+            except RunInterrupted:
+                pass  # graceful_stop raises KeyboardInterrupt on leaving
+            except BaseException:  # a second signal: don't leave the ServerApp thread running
+                stop.set()
+                raise
+
+    def checkpoint(self, out_dir: Path, grid) -> Checkpoint:
+        """The rule's state; each client writes its own student (``Checkpoint.client_dir``)."""
+        return Checkpoint(out_dir, "flower")
+
+    def hooks(self, grid) -> list[RoundHook]:
+        """The summary's engine fields: engine, client resources, Ray address."""
+        fields = {
+            "engine": "flower",
+            "client_resources": dict(self.resources),
+            "ray_address": self.init_args["address"],
+        }
+        return [SummaryFields(lambda: fields)]
 
 
 def run_one(
@@ -130,40 +170,10 @@ def run_one(
     resume : bool
         Go on from the checkpoint in ``out_dir`` if there is one (else it is removed).
     """
-    from flwr.simulation import run_simulation
-
-    from peerkd.batched.sharded import cluster_args
-
     if client_app is None:
         from peerkd.student.client_app import app as client_app
 
     check_out_dir(out_dir)  # before Ray starts
     preflight(spec, strategy)
-    init_args = cluster_args(None, ray_init or {})
-    engine = {"engine": "flower", "client_resources": dict(resources), "ray_address": init_args["address"]}
-    checkpoint, stop = Checkpoint(out_dir, "flower"), threading.Event()
-    if not resume:
-        checkpoint.clear()
-    server = make_server_app(
-        spec, strategy, str(out_dir), config, summary_extra=lambda: engine, checkpoint=checkpoint, stop=stop
-    )
-    with graceful_stop(stop):  # Ctrl-C, SIGTERM: the ServerApp stops, then Flower stops Ray
-        try:
-            run_simulation(
-                server_app=server,
-                client_app=client_app,
-                num_supernodes=spec.world.num_clients,
-                backend_config={
-                    "client_resources": resources,
-                    "init_args": {"logging_level": "ERROR", "log_to_driver": False, **init_args},
-                },
-            )
-        except RunInterrupted:
-            pass  # graceful_stop raises KeyboardInterrupt on leaving
-        except BaseException:  # a second signal: don't leave the ServerApp thread running
-            stop.set()
-            raise
-    summary_path = Path(out_dir) / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
-    return json.loads(summary_path.read_text())
+    engine = FlowerEngine(spec.world.num_clients, resources, cluster_args(None, ray_init or {}), client_app)
+    return run_on(engine, spec, strategy, out_dir, config, resume=resume)

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from peerkd.errors import ConfigError, check_range
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits, encode_logits
 from peerkd.wire.protocol import (
     CFG_ALPHA,

@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Message
 
 from peerkd.errors import check_range
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_DIGEST
 from strategies.aggregation import entropy_reduction_average

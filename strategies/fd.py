@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.errors import ConfigError
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import CodecError, decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from strategies.aggregation import class_consensus

@@ -16,7 +16,7 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 
 from peerkd.errors import ConfigError
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.student.models import build_model
 from peerkd.student.training import evaluate
 from peerkd.wire.codec import CodecError, check_weights

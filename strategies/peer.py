@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message
 
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import KEY_LOGITS
 from strategies.aggregation import peer_targets

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
 from strategies.base import LogitDistillation

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from peerkd.errors import ConfigError, check_choice, check_range
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.student.models import MODELS, build_model, check_modality
 from peerkd.student.training import predict_logits, score_logits, train_model
 from peerkd.world.build import World

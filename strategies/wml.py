@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.errors import check_range
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
 from strategies.aggregation import _softmax, ensemble_nll_grad, mirror_descent_step, weighted_peer_targets

@@ -1,7 +1,9 @@
 """The batched engine: every student of one architecture trained as one vmapped computation.
 
-``BatchedGrid`` serves Flower's ``Grid`` in-process, so ``peerkd.round.loop.run_federation``
-runs on it unchanged; ``run_batched`` is the batched twin of the Flower-engine runner.
+``BatchedGrid`` serves Flower's ``Grid`` in-process, so the round loop runs on it unchanged;
+``BatchedEngine`` (and, over Ray workers, ``sharded.ShardedEngine``) plug it into the one
+entry point ``peerkd.round.run.run_on``; ``run_batched`` is the batched twin of the
+Flower-engine runner.
 """
 
 from __future__ import annotations
@@ -13,10 +15,48 @@ from typing import Any
 
 from peerkd.batched.grid import BatchedGrid
 from peerkd.batched.memory import peak_gpu_mb, peak_rss_mb
+from peerkd.batched.sharded import ShardedEngine
+from peerkd.round.checkpoint import Checkpoint
+from peerkd.round.hook import RoundHook, SummaryFields
+from peerkd.round.run import run_on
 
-__all__ = ["BatchedGrid", "run_batched"]
+__all__ = ["BatchedEngine", "BatchedGrid", "run_batched"]
 
 log = logging.getLogger("peerkd")
+
+
+class BatchedEngine:
+    """All students in this process, on ``device`` in chunks of ``chunk`` (``peerkd.round.run.Engine``)."""
+
+    def __init__(self, num_clients: int, device: str = "auto", chunk: int = 0):
+        self.num_clients, self.device, self.chunk = num_clients, device, chunk
+
+    def serve(self, main, stop) -> None:
+        """Build the grid and run ``main`` on it (no stop handling: Ctrl-C stops the process's loop)."""
+        import torch
+
+        grid = BatchedGrid(self.num_clients, device=self.device, chunk=self.chunk)
+        if grid.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(grid.device)
+        main(grid)
+
+    def checkpoint(self, out_dir: Path, grid: BatchedGrid) -> Checkpoint:
+        """The rule's state and every student (``StudentStore.snapshot``), saved after every round."""
+        return Checkpoint(out_dir, "batched", grid.store.snapshot, grid.store.restore)
+
+    def hooks(self, grid: BatchedGrid) -> list[RoundHook]:
+        """The summary's engine fields: engine, device, chunk, peak host and GPU memory."""
+        return [
+            SummaryFields(
+                lambda: {
+                    "engine": "batched",
+                    "device": str(grid.device),
+                    "chunk": self.chunk,
+                    "peak_rss_mb": peak_rss_mb(),
+                    "peak_gpu_mb": peak_gpu_mb(grid.device),
+                }
+            )
+        ]
 
 
 def run_batched(
@@ -34,7 +74,7 @@ def run_batched(
 
     Parameters
     ----------
-    spec : peerkd.round.loop.RunSpec
+    spec : peerkd.round.spec.RunSpec
         World and training settings.
     strategy
         The exchange rule (a ``strategies`` rule; checking it against the world is the caller's preflight).
@@ -50,42 +90,20 @@ def run_batched(
         Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
         saved after every round) if there is one; else it is removed.
     cluster : dict | None
-        Shard the students over Ray workers (``peerkd.batched.sharded.run_sharded``'s
-        ``address``, ``workers``, ``num_cpus``, ``num_gpus``); None: all in this process.
+        Shard the students over Ray workers (``ShardedEngine``'s ``address``, ``workers``,
+        ``num_cpus``, ``num_gpus``); None: all in this process.
 
-    Returns
-    -------
-    dict
-        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
-        (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
+    Returns the summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
+    (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
     """
-    if cluster is not None:
-        from peerkd.batched.sharded import run_sharded
-
+    n = spec.world.num_clients
+    if cluster is None:
+        engine = BatchedEngine(n, device, chunk)
+    else:
         if resume:  # workers keep their shards' students for a restarted actor, but the run keeps no checkpoint
             log.warning("resume: the sharded batched engine (engine.workers > 0) keeps no checkpoint; starting over")
-        return run_sharded(spec, strategy, out_dir, config, device=device, chunk=chunk, **cluster)
-    import torch
-
-    from peerkd.round.checkpoint import Checkpoint
-    from peerkd.round.loop import run_federation
-    from peerkd.round.results import RunWriter
-
-    grid = BatchedGrid(spec.world.num_clients, device=device, chunk=chunk)
-    if grid.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(grid.device)
-
-    def extra() -> dict[str, Any]:
-        return {
-            "engine": "batched",
-            "device": str(grid.device),
-            "chunk": chunk,
-            "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": peak_gpu_mb(grid.device),
-        }
-
-    checkpoint = Checkpoint(out_dir, "batched", grid.store.snapshot, grid.store.restore)
-    if not resume:
-        checkpoint.clear()
-    writer = RunWriter(Path(out_dir), config, resume=checkpoint.exists())
-    return run_federation(grid, spec, strategy, writer, summary_extra=extra, checkpoint=checkpoint)
+        state_dir = Path(out_dir) / "workers"
+        engine = ShardedEngine(
+            n, device=device, chunk=chunk, state_dir=state_dir, timeout=spec.round_timeout, **cluster
+        )
+    return run_on(engine, spec, strategy, out_dir, config, resume=resume)

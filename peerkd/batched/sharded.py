@@ -32,6 +32,9 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
 from peerkd.batched.grid import NODE_ID_BASE, BatchedGrid, _error
+from peerkd.batched.memory import peak_rss_mb
+from peerkd.cluster import ray_init_args
+from peerkd.round.hook import SummaryFields
 from peerkd.student.placement import placement
 from peerkd.wire import protocol as P
 
@@ -298,25 +301,13 @@ class ShardedGrid(BatchedGrid):
             ray.kill(w, no_restart=True)
 
 
-def run_sharded(
-    spec,
-    strategy,
-    out_dir: str | os.PathLike,
-    config: dict[str, Any],
-    *,
-    address: str | None,
-    workers: int,
-    num_cpus: float = 1.0,
-    num_gpus: float = 0.0,
-    device: str = "auto",
-    chunk: int = 0,
-) -> dict[str, Any]:
-    """Run one rule in the batched engine sharded over ``workers`` Ray actors; return the summary.
+class ShardedEngine:
+    """The batched engine sharded over ``workers`` Ray actors (``peerkd.round.run.Engine``).
 
     Parameters
     ----------
-    spec, strategy, out_dir, config
-        As for ``peerkd.batched.run_batched``.
+    num_clients : int
+        The fleet's size.
     address : str | None
         The Ray cluster (``auto``, ``HOST:PORT``); None starts a private local Ray (never
         one that ``ray start`` left running on this machine).
@@ -326,72 +317,55 @@ def run_sharded(
         Resources per worker.
     device, chunk : str, int
         Each worker's batched settings.
-
-    Returns
-    -------
-    dict
-        The summary, with ``engine``, ``workers`` (shard, pid, placement, device of each)
-        and ``worker_events`` (losses and restarts).
+    state_dir : Path
+        Where workers keep their shards' students (for a restarted actor).
+    timeout : float
+        Seconds to wait for a worker's answer.
     """
-    import ray
 
-    from peerkd.batched.memory import peak_rss_mb
-    from peerkd.round.loop import run_federation
-    from peerkd.round.results import RunWriter
+    def __init__(self, num_clients: int, address: str | None, workers: int, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0, device: str = "auto", chunk: int = 0, state_dir: Path = Path("workers"),
+                 timeout: float = 600.0):  # fmt: skip
+        self.num_clients, self.address, self.workers = num_clients, address, workers
+        self.resources, self.device, self.chunk = (num_cpus, num_gpus), device, chunk
+        self.state_dir, self.timeout = state_dir, timeout
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(**ray_init_args(address))
-    grid = None
-    try:
-        grid = ShardedGrid(
-            spec.world.num_clients,
-            workers,
-            Path(out_dir) / "workers",
-            device=device,
-            chunk=chunk,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            timeout=spec.round_timeout,
-        )
+    def serve(self, main, stop) -> None:
+        """Start Ray (unless this process already did), shard the students, run ``main``, clean up."""
+        import ray
 
-        def extra() -> dict[str, Any]:
+        started = not ray.is_initialized()
+        if started:
+            ray.init(**ray_init_args(self.address))
+        grid = None
+        try:
+            num_cpus, num_gpus = self.resources
+            grid = ShardedGrid(self.num_clients, self.workers, self.state_dir, device=self.device, chunk=self.chunk,
+                               num_cpus=num_cpus, num_gpus=num_gpus, timeout=self.timeout)  # fmt: skip
+            main(grid)
+        finally:
+            if grid is not None:
+                grid.close()
+            if started:
+                ray.shutdown()
+
+    def checkpoint(self, out_dir, grid):
+        """None: workers keep their shards' students for a restarted actor, but the run keeps no checkpoint."""
+        return None
+
+    def hooks(self, grid: ShardedGrid) -> list:
+        """The summary's engine fields: devices, workers (shard, pid, placement), their events and timing."""
+
+        def fields() -> dict[str, Any]:
             return {
                 "engine": "batched",
                 "device": ",".join(sorted({w["device"] for w in grid.info})),
-                "chunk": chunk,
+                "chunk": self.chunk,
                 "peak_rss_mb": peak_rss_mb(),
-                "ray_address": address,
+                "ray_address": self.address,
                 "workers": grid.describe(),
                 "worker_events": grid.events,
                 "worker_timing": grid.timing,
             }
 
-        return run_federation(grid, spec, strategy, RunWriter(Path(out_dir), config), summary_extra=extra)
-    finally:
-        if grid is not None:
-            grid.close()
-        if started:
-            ray.shutdown()
-
-
-def ray_init_args(address: str | None) -> dict[str, Any]:
-    """``ray.init`` arguments for the sharded engine's driver: ``cluster_args`` and a quiet
-    environment for the workers, which import peerkd as this driver does."""
-    import sys
-
-    from peerkd.env import QUIET_ENV
-
-    env = {**QUIET_ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
-    base = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
-    return {**cluster_args(address, base), "runtime_env": {"env_vars": env}}
-
-
-def cluster_args(address: str | None, init_args: dict[str, Any]) -> dict[str, Any]:
-    """``init_args`` for ``ray.init`` on the cluster at ``address`` (``auto``, ``HOST:PORT``),
-    or without one on ``"local"``: a private instance, where a bare ``ray.init()`` would join a
-    cluster that ``ray start`` left on this machine. Joining a cluster drops ``num_cpus`` and
-    ``num_gpus`` (its nodes declare their own)."""
-    if not address:
-        return {"address": "local", **init_args}
-    return {**{k: v for k, v in init_args.items() if k not in ("num_cpus", "num_gpus")}, "address": address}
+        return [SummaryFields(fields)]

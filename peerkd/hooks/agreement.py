@@ -6,7 +6,11 @@ fleets of thousands of students (a pairwise (n, n, P) comparison would need n² 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from peerkd.round.hook import RoundHook, RoundResult
 
 CHUNK = 256  # students per chunk
 
@@ -55,3 +59,18 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class AgreementHook(RoundHook):
+    """Each round's ``agreement`` and ``kl_to_consensus`` of the students' transfer-set logits
+    (as the rule reads them from the accepted replies; nothing when it has none)."""
+
+    def setup(self, rule: Any, fresh: bool) -> dict[str, Any]:
+        self.rule = rule
+        return {}
+
+    def after_round(self, result: RoundResult) -> dict[str, Any]:
+        logits = self.rule.agreement_logits(result.replies)
+        if logits is None:
+            return {}
+        return {"agreement": pairwise_agreement(logits), "kl_to_consensus": kl_to_consensus(logits)}

@@ -1,6 +1,6 @@
 """Injected faults and attackers, the same on every engine: a ``Grid`` wrapper.
 
-Both engines serve ``peerkd.round.loop.run_federation`` a flwr ``Grid``; ``FaultyGrid`` sits
+Both engines serve the round loop a flwr ``Grid``; ``FaultyGrid`` (installed by ``FaultsHook``) sits
 between the round loop and that grid and decides every event from ``(seed, round, client)``
 alone, so a fault schedule is the same for every rule and engine of a seed:
 
@@ -44,9 +44,11 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from peerkd.errors import check_choice, check_range
+from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.round.results import accuracy_stats
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import Codec, CodecError, decode_logits, encode_arrays
+from peerkd.wire.grid_io import send_and_receive
 
 log = logging.getLogger("peerkd")
 
@@ -259,8 +261,6 @@ class FaultyGrid(Grid):
         return self.inner.get_node_ids()
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        from peerkd.round.loop import send_and_receive
-
         return send_and_receive(self, list(messages), self.round_timeout if timeout is None else timeout)[0]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -361,8 +361,6 @@ class FaultyGrid(Grid):
 
     def _discover(self, messages: list[Message]) -> None:
         """Learn the client of each node these messages go to (one ``evaluate`` round trip)."""
-        from peerkd.round.loop import send_and_receive
-
         nodes = sorted({m.metadata.dst_node_id for m in messages})
         if not nodes:
             return
@@ -420,3 +418,23 @@ def inject(
     if not faults.active and attack.fraction == 0:
         return None
     return FaultyGrid(grid, FaultPlan(faults, attack, seed, num_clients, num_classes), round_timeout)
+
+
+class FaultsHook(RoundHook):
+    """Injected faults and attackers: the grid wrapped after the warm-up (``inject``), each
+    round's accuracy over honest clients, the faults and attackers in the summary."""
+
+    def __init__(self, faults: FaultSpec, attack: AttackSpec, seed: int, num_clients: int, round_timeout: float,
+                 num_classes: int = 0):  # fmt: skip
+        self.args = (faults, attack, seed, num_clients, round_timeout, num_classes)
+        self.faulty: FaultyGrid | None = None
+
+    def wrap_grid(self, grid: Grid) -> Grid:
+        self.faulty = inject(grid, *self.args)
+        return self.faulty or grid
+
+    def after_round(self, result: RoundResult) -> dict[str, Any]:
+        return self.faulty.round_fields(result.client_rows) if self.faulty else {}
+
+    def summary(self, record: RunRecord, per_client: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.faulty.summary_fields(per_client) if self.faulty else {}

@@ -6,11 +6,17 @@ The sample is drawn from the run's seed and the round alone, so at a given seed 
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from flwr.serverapp import Grid
+
+from peerkd.round.hook import RoundHook, RunRecord
+from peerkd.wire import protocol as P
+from peerkd.wire.grid_io import evaluate_nodes
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> np.ndarray:
@@ -69,3 +75,39 @@ def participation(num_clients: int, rounds: int, latest: dict[int, dict[str, Any
         "partial_mean": len(latest) < num_clients,
         "replies_per_client": {str(c): replies.get(c, 0) for c in range(num_clients)},
     }
+
+
+class ParticipationHook(RoundHook):
+    """Partial participation (``per_round`` of ``num_clients`` a round, 0: all): the round's
+    nodes, every client evaluated once more after the last round, who took part in the summary."""
+
+    def __init__(self, num_clients: int, per_round: int, seed: int, round_timeout: float):
+        self.roster, self.round_timeout = Roster(num_clients, per_round, seed), round_timeout
+
+    def setup(self, rule: Any, fresh: bool) -> dict[str, Any]:
+        self.rule = rule
+        return {}
+
+    def select(self, server_round: int, node_ids: list[int], client_of: dict[int, int]) -> list[int]:
+        self.roster.client_of.update(client_of)
+        return self.roster.select(server_round, node_ids)
+
+    def finish(self, grid: Grid, config: dict[str, Any], stop: threading.Event | None) -> list[dict[str, Any]]:
+        """With partial participation, every client's accuracy after the last round (one evaluate round trip)."""
+        if not self.roster.partial:
+            return []
+        rows, rnd = [], config[P.CFG_ROUND]
+        for node, values in evaluate_nodes(grid, sorted(grid.get_node_ids()), config, self.round_timeout, stop).items():
+            client = values[P.METRIC_PARTITION]
+            if 0 <= client < self.roster.num_clients:
+                acc, loss = self.rule.client_accuracy(values) or (
+                    values[P.METRIC_TEST_ACC],
+                    values.get(P.METRIC_TEST_LOSS),
+                )
+                info = {k: values[k] for k in ("arch", *P.INFO_PLACEMENT) if k in values}
+                row = {"type": "client", "round": rnd, "client": client, "node_id": node, "arch": None}
+                rows.append({**row, **info, "acc": acc, "loss": loss, "final_evaluation": True})
+        return rows
+
+    def summary(self, record: RunRecord, per_client: list[dict[str, Any]]) -> dict[str, Any]:
+        return participation(self.roster.num_clients, record.rounds, record.latest, record.replies)

@@ -17,12 +17,18 @@ logits: post-processing, at no privacy cost.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from peerkd.errors import ConfigError, check_range
+from peerkd.round.hook import RoundHook, RoundResult, RunRecord
+from peerkd.wire import protocol as P
+
+log = logging.getLogger("peerkd")
 
 MAX_NOISE = 1e4  # a budget that needs more noise than this (x the sensitivity) is refused as unreachable
 _NOISE_STREAM = 0x5EED_D9  # keeps the noise generator apart from batch order and model init
@@ -127,3 +133,59 @@ def privatize(
         name: (clip_rows(released[name], clip) + rng.normal(0.0, std, np.shape(released[name]))).astype(np.float32)
         for name in sorted(released)
     }
+
+
+def privacy_setup(privacy: PrivacySpec, rounds: int, rule: Any) -> dict[str, Any]:
+    """The run's noise multiplier for ``privacy`` over one release per round (run metrics);
+    ConfigError for a budget no noise meets, or a rule whose clients send what noise cannot cover."""
+    if not privacy.enabled:
+        return {}
+    if not getattr(rule, "dp_supported", False):
+        raise ConfigError(
+            "privacy.epsilon", f"rule {rule.name!r} sends more than outputs on shared inputs", "null for this rule"
+        )
+    noise = noise_multiplier(privacy.epsilon, privacy.delta, rounds)
+    return {"dp_noise": noise, "dp_epsilon": privacy.epsilon, "dp_delta": privacy.delta, "dp_clip": privacy.clip}
+
+
+def releases(messages: list) -> int:
+    """1 if a round's messages ask clients for outputs (a private release each), else 0."""
+    asks = (P.CFG_REPLY_LOGITS, P.CFG_REPLY_PROBE)
+    configs = [m.content[P.KEY_CONFIG] for m in messages if P.KEY_CONFIG in m.content]
+    return int(any(bool(c.get(k, False)) for c in configs for k in asks))
+
+
+class PrivacyHook(RoundHook):
+    """Client-level DP: the noise multiplier set up for the budget, sent with every message;
+    each round's release counted; the epsilon spent in the summary."""
+
+    def __init__(self, privacy: PrivacySpec, rounds: int):
+        self.privacy, self.rounds, self.releases = privacy, rounds, 0
+
+    def setup(self, rule: Any, fresh: bool) -> dict[str, Any]:
+        metrics = privacy_setup(self.privacy, self.rounds, rule)
+        if fresh:
+            log.info(
+                "[%s] privacy: noise multiplier %.3f for (%g, %g) over %d rounds",
+                rule.name, metrics["dp_noise"], self.privacy.epsilon, self.privacy.delta, self.rounds,
+            )  # fmt: skip
+        return metrics
+
+    def message_config(self, run_metrics: dict[str, Any]) -> dict[str, Any]:
+        noise = run_metrics.get("dp_noise", 0.0)
+        return {P.CFG_DP_CLIP: self.privacy.clip, P.CFG_DP_NOISE: noise} if noise > 0 else {}
+
+    def after_round(self, result: RoundResult) -> dict[str, Any]:
+        n = releases(result.messages)
+        self.releases += n
+        return {"releases": n}
+
+    def summary(self, record: RunRecord, per_client: list[dict[str, Any]]) -> dict[str, Any]:
+        spent = epsilon_spent(record.run_metrics["dp_noise"], self.releases, self.privacy.delta)
+        return {"dp_epsilon_spent": spent, "dp_releases": self.releases}
+
+    def state(self) -> dict[str, Any]:
+        return {"releases": self.releases}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.releases = int(state.get("releases", 0))

@@ -1,4 +1,4 @@
-"""Per-round checkpoints, so that a killed run resumes where it stopped (DESIGN §5).
+"""Per-round checkpoints, so that a killed run resumes where it stopped (docs/design.md, "Results").
 
 After every finished round the server writes ``<out>/checkpoint/server.pkl`` (temp file,
 then ``os.replace``: a kill leaves the previous round's file or this one, never half of
@@ -34,14 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from peerkd.errors import RunInterrupted  # noqa: F401  (re-exported: where a run stops)
+
 log = logging.getLogger("peerkd")
 
 CHECKPOINT_DIR, SERVER_FILE, CLIENTS_DIR = "checkpoint", "server.pkl", "clients"
 _CLIENT_FILE = re.compile(r"c(\d+)-r(\d+)\.pt")
-
-
-class RunInterrupted(Exception):
-    """The run was asked to stop (Ctrl-C, SIGTERM) before its last round; it wrote no summary."""
 
 
 @dataclass
@@ -59,6 +57,7 @@ class RunState:
     engine: str
     rng: dict[str, Any] = field(default_factory=dict)
     students: Any = None  # the engine's snapshot of every student (None: clients keep their own files)
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # each round hook's ``state()``
 
 
 def rng_state() -> dict[str, Any]:

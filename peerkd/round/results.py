@@ -1,4 +1,4 @@
-"""The results contract (DESIGN §5): ``config.yaml``, ``metrics.jsonl`` appended as the run
+"""The results contract (docs/design.md, "Results"): ``config.yaml``, ``metrics.jsonl`` appended as the run
 goes, ``summary.json`` written last. Pure summaries here; the writer is the only I/O."""
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import functools
 import socket
 import sys
 
-KEY_NODE = "ray_node"  # the Ray node id (hex)
-KEY_HOST = "host"  # its hostname
-KEY_IP = "ip"  # the address Ray knows it by
+from peerkd.wire.protocol import INFO_HOST as KEY_HOST  # its hostname
+from peerkd.wire.protocol import INFO_IP as KEY_IP  # the address Ray knows it by
+from peerkd.wire.protocol import INFO_RAY_NODE as KEY_NODE  # the Ray node id (hex)
 
 
 def placement() -> dict[str, str]:

@@ -44,12 +44,7 @@ def train_model(
 
     With ``sample_targets`` (``(N, C)``, aligned with ``x``; rows of NaN mean "no target")
     the KD term is taken on the private batch itself instead (federated distillation's
-    per-class targets).
-
-    Returns
-    -------
-    float
-        Mean training loss over the last epoch.
+    per-class targets). Returns the mean training loss over the last epoch.
     """
     device = device or torch.device("cpu")
     model.to(device).train()

@@ -50,9 +50,7 @@ CFG_CODEC_K = "codec-k"  # columns a topk encoding keeps per row
 CFG_DP_CLIP = "dp-clip"  # L2 bound of each released row (centred logits); differential privacy
 CFG_DP_NOISE = "dp-noise"  # noise multiplier z (0: no noise): std = z x the release's L2 sensitivity
 CFG_KEEP_SENT = "keep-sent"  # remember the logits sent, to subtract them from a peers' sum (peer_sum)
-CFG_WARM_UP = (
-    "warm-up"  # evaluate before round 1: also pay the training path's start-up (student.training.warm_up)
-)
+CFG_WARM_UP = "warm-up"  # evaluate before round 1: also pay the training path's start-up (student.training.warm_up)
 CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
 CFG_RESUME_ROUND = "resume-round"  # ... and, resuming, the round of the server's checkpoint (load the student of it)
 
@@ -71,6 +69,9 @@ NODE_DATA_PATH = "data-path"
 NODE_DATA_LABEL = "data-label"  # label column of a .csv data-path
 NODE_STUDENT = "student"
 KEY_INFO = "info"  # ConfigRecord: the reply's non-numeric facts (student architecture)
+# The info record's entries: the student's architecture, and where it ran (inside Ray only).
+INFO_ARCH, INFO_RAY_NODE, INFO_HOST, INFO_IP = "arch", "ray_node", "host", "ip"
+INFO_PLACEMENT = (INFO_RAY_NODE, INFO_HOST, INFO_IP)
 
 
 @dataclass(frozen=True)

@@ -33,18 +33,12 @@ def partition_labels(
     ----------
     labels : np.ndarray
         Integer labels of the pool, shape ``(n,)``.
-    num_clients : int
-        Number of partitions.
-    scheme : str
-        ``iid``, ``dirichlet`` or ``shard``.
-    alpha : float
-        Dirichlet concentration (``dirichlet``); small is skewed, large is near-IID.
-    classes_per_client : int
-        Classes each client holds (``shard``).
-    min_size : int
-        Fewest samples any client may get; the request is refused if it cannot be met.
-    seed : int
-        Seed of every random choice.
+    num_clients, scheme : int, str
+        Number of partitions; ``iid``, ``dirichlet`` or ``shard``.
+    alpha, classes_per_client : float, int
+        Dirichlet concentration (small is skewed, large near-IID); classes each client holds (``shard``).
+    min_size, seed : int
+        Fewest samples any client may get (else the request is refused); seed of every random choice.
 
     Returns
     -------
@@ -52,7 +46,23 @@ def partition_labels(
         One sorted int64 index array per client.
     """
     check_choice("partition", scheme, PARTITIONS)
-    n, num_classes = len(labels), int(labels.max()) + 1 if len(labels) else 0
+    _check_pool(len(labels), num_clients, min_size)
+    parts = [
+        np.sort(p).astype(np.int64)
+        for p in _split(labels, num_clients, scheme, alpha, classes_per_client, min_size, seed)
+    ]
+    smallest = min(len(p) for p in parts)
+    if smallest < min_size:
+        raise ConfigError(
+            "partition.min_size",
+            f"{scheme} partition gives a client only {smallest} samples (< {min_size})",
+            "fewer clients, a larger pool, or a smaller min_size",
+        )
+    return parts
+
+
+def _check_pool(n: int, num_clients: int, min_size: int) -> None:
+    """ConfigError unless a pool of ``n`` can give ``num_clients`` clients ``min_size`` samples each."""
     check_range("num_clients", num_clients, 1)
     check_range("partition.min_size", min_size, 1)
     if num_clients * min_size > n:
@@ -62,28 +72,24 @@ def partition_labels(
             f"samples, but the private pool has only {n}",
             f"num_clients ≤ {n // min_size}",
         )
-    rng = np.random.default_rng(seed)
+
+
+def _split(labels: np.ndarray, num_clients: int, scheme: str, alpha: float, classes_per_client: int, min_size: int,
+           seed: int) -> list[np.ndarray]:  # fmt: skip
+    """``partition_labels``'s index arrays, unsorted and unchecked."""
     if scheme == "iid":
         # Flower Datasets' IidPartitioner cuts the shuffled pool into contiguous, near-equal
         # shards (datasets' shard(contiguous=True)): np.array_split is the same cut
-        # (tests/test_partition.py checks it) without one Dataset.select per client.
-        order = rng.permutation(n)
-        parts = [order[p] for p in np.array_split(np.arange(n), num_clients)]
-    elif scheme == "dirichlet":
+        # (tests/world/test_partition.py checks it) without one Dataset.select per client.
+        n = len(labels)
+        order = np.random.default_rng(seed).permutation(n)
+        return [order[p] for p in np.array_split(np.arange(n), num_clients)]
+    if scheme == "dirichlet":
         check_range("partition.alpha", alpha, 0.0, low_open=True)
-        parts = _dirichlet(labels, num_clients, alpha, min_size, seed)
-    else:
-        check_range("partition.classes_per_client", classes_per_client, 1, num_classes)
-        parts = _shard(labels, num_clients, classes_per_client, seed)
-    parts = [np.sort(p).astype(np.int64) for p in parts]
-    smallest = min(len(p) for p in parts)
-    if smallest < min_size:
-        raise ConfigError(
-            "partition.min_size",
-            f"{scheme} partition gives a client only {smallest} samples (< {min_size})",
-            "fewer clients, a larger pool, or a smaller min_size",
-        )
-    return parts
+        return _dirichlet(labels, num_clients, alpha, min_size, seed)
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    check_range("partition.classes_per_client", classes_per_client, 1, num_classes)
+    return _shard(labels, num_clients, classes_per_client, seed)
 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, min_size: int, seed: int) -> list[np.ndarray]:

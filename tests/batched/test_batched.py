@@ -21,8 +21,9 @@ from peerkd.batched.stacked import (
     stacked_forward,
 )
 from peerkd.env import QUIET_ENV
-from peerkd.round.loop import RunSpec, run_federation
+from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter, read_jsonl
+from peerkd.round.spec import RunSpec
 from peerkd.student.losses import distillation_loss
 from peerkd.student.models import build_model
 from peerkd.student.training import distill_only, round_seed, train_model

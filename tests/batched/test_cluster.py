@@ -17,11 +17,16 @@ import torch
 from ray_cluster import LoopbackCluster, new_temp_dir, ray_cli
 
 from peerkd.batched import BatchedGrid
-from peerkd.batched.sharded import ShardedGrid, cluster_args, shard_clients
+from peerkd.batched.sharded import ShardedGrid, shard_clients
 from peerkd.batched.store import StudentStore
+from peerkd.cluster import cluster_args
 from peerkd.errors import ConfigError
-from peerkd.round.loop import RunSpec, clients_per_node, run_federation
+from peerkd.hooks.placement import clients_per_node
+from peerkd.hooks.standard import standard_hooks
+from peerkd.round.hook import RoundHook
+from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter
+from peerkd.round.spec import RunSpec
 from peerkd.world.build import WorldSpec, build_world
 from simulations.config import EngineConf, check_engine
 from simulations.runner import run_engine
@@ -115,7 +120,7 @@ def single_machine(tmp_path_factory):
     """The reference: the same peer run in this process (batched engine, no Ray)."""
     out = tmp_path_factory.mktemp("single")
     grid = BatchedGrid(SPEC.world.num_clients, device="cpu")
-    return run_federation(grid, SPEC, build_strategy("peer"), RunWriter(out, {})), out
+    return run_federation(grid, SPEC, build_strategy("peer"), RunWriter(out, {}), standard_hooks(SPEC)), out
 
 
 def test_batched_workers_on_two_nodes_give_the_single_machine_numbers(cluster, single_machine, tmp_path):
@@ -163,9 +168,14 @@ def test_a_killed_worker_costs_at_most_one_round_of_its_shard(cluster, single_ma
     spec = RunSpec(world=SPEC.world, rounds=4, epochs=1, students=SPEC.students)
     killed = []
 
-    def kill(row):
-        if row["round"] in (1, 2):
-            shard = 2 - row["round"]
+    class Kill(RoundHook):
+        def after_round(self, result):
+            kill(result.round)
+            return {}
+
+    def kill(rnd):
+        if rnd in (1, 2):
+            shard = 2 - rnd
             if shard == 0:
                 (tmp_path / "workers" / "shard-0.pt").unlink()
             killed.append(grid.info[shard]["pid"])
@@ -174,7 +184,7 @@ def test_a_killed_worker_costs_at_most_one_round_of_its_shard(cluster, single_ma
     ray.init(**cluster_args(cluster.address, {"logging_level": "ERROR"}))
     try:
         grid = ShardedGrid(4, 2, tmp_path / "workers", device="cpu", timeout=120)
-        run_federation(grid, spec, build_strategy("peer"), RunWriter(tmp_path, {}), on_round=kill)
+        run_federation(grid, spec, build_strategy("peer"), RunWriter(tmp_path, {}), [*standard_hooks(spec), Kill()])
         grid.close()
     finally:
         ray.shutdown()

@@ -11,8 +11,8 @@ import pytest
 from peerkd.batched import run_batched
 from peerkd.errors import ConfigError
 from peerkd.hooks.faults import HUGE_SCALE, WRONG_MARGIN, AttackSpec, FaultPlan, FaultSpec, attack_array
-from peerkd.round.loop import RunSpec
 from peerkd.round.results import read_jsonl
+from peerkd.round.spec import RunSpec
 from peerkd.wire.codec import Codec
 from peerkd.world.build import WorldSpec
 from simulations.runner import run_one

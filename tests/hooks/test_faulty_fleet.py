@@ -10,8 +10,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 
-from peerkd.round.loop import RunSpec
 from peerkd.round.results import read_jsonl
+from peerkd.round.spec import RunSpec
 from peerkd.student import client_app as real
 from peerkd.wire.protocol import KEY_ARRAYS, KEY_LOGITS, KEY_METRICS, METRIC_TEST_LOSS, NODE_PARTITION_ID
 from peerkd.world.build import WorldSpec

@@ -59,8 +59,8 @@ def test_bad_participation_names_the_field(participation, per_round, field):
 def test_each_round_trains_the_sampled_clients_and_the_summary_covers_all(rule, tmp_path):
     # Prepare: 6 clients, 2 per round, on the batched engine (seconds).
     from peerkd.batched import run_batched
-    from peerkd.round.loop import RunSpec
     from peerkd.round.results import METRICS_FILE, read_jsonl
+    from peerkd.round.spec import RunSpec
     from peerkd.world.build import WorldSpec
     from strategies import build_strategy
 

@@ -9,7 +9,7 @@ import pytest
 from peerkd.batched import run_batched
 from peerkd.errors import ConfigError
 from peerkd.hooks.privacy import PrivacySpec, clip_rows, epsilon_spent, noise_multiplier, privatize, sensitivity
-from peerkd.round.loop import RunSpec
+from peerkd.round.spec import RunSpec
 from peerkd.world.build import WorldSpec
 from simulations.runner import preflight
 from strategies import build_strategy

@@ -1,7 +1,7 @@
 """End to end: real Flower simulations (Ray backend), real training, tiny worlds.
 
 Each rule runs 3 clients × 2 rounds on digits; the results directory is checked against
-the contract in DESIGN.md §5.
+the contract in docs/design.md ("Results").
 """
 
 import json
@@ -12,8 +12,8 @@ import yaml
 from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
-from peerkd.round.loop import RunSpec
 from peerkd.round.results import SUMMARY_KEYS, read_jsonl
+from peerkd.round.spec import RunSpec
 from peerkd.student import client_app as real
 from peerkd.wire.protocol import KEY_LOGITS, NODE_PARTITION_ID
 from peerkd.world.build import WorldSpec

@@ -5,7 +5,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from peerkd.round.loop import ServerContext, screen_reply
+from peerkd.round.contract import ServerContext
+from peerkd.round.screening import screen_reply
 from peerkd.wire.codec import encode_logits
 from peerkd.wire.protocol import ARRAY_LOGITS, KEY_LOGITS
 from peerkd.world.build import WorldSpec, build_world

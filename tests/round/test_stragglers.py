@@ -6,8 +6,8 @@ import time
 from flwr.app import Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from peerkd.round.loop import RunSpec
 from peerkd.round.results import read_jsonl
+from peerkd.round.spec import RunSpec
 from peerkd.student import client_app as real
 from peerkd.wire.protocol import NODE_PARTITION_ID
 from peerkd.world.build import WorldSpec

@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
 from peerkd.errors import ConfigError
-from peerkd.round.loop import ServerContext, screen_reply
+from peerkd.round.contract import ServerContext
+from peerkd.round.screening import screen_reply
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import encode_logits
 from peerkd.world.build import WorldSpec, build_world

@@ -8,8 +8,9 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from peerkd.batched import run_batched
-from peerkd.round.loop import RunSpec, ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.round.results import read_jsonl
+from peerkd.round.spec import RunSpec
 from peerkd.student.exchange import leave_one_out_from_sum
 from peerkd.wire.codec import Codec, encode_logits
 from peerkd.wire.protocol import ARRAY_LOGITS, KEY_LOGITS, KEY_TARGETS

@@ -6,7 +6,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from peerkd.errors import ConfigError
-from peerkd.round.loop import ServerContext
+from peerkd.round.contract import ServerContext
 from peerkd.student.models import build_model
 from peerkd.student.training import predict_logits, train_model
 from peerkd.wire.codec import CodecError, encode_logits

@@ -7,7 +7,8 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from peerkd.errors import ConfigError
-from peerkd.round.loop import ServerContext, screen_reply
+from peerkd.round.contract import ServerContext
+from peerkd.round.screening import screen_reply
 from peerkd.wire.codec import (
     Codec,
     CodecError,

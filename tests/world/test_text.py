@@ -198,7 +198,7 @@ def test_cohort_trains_lms_as_train_model(arch, text_world):
 
 
 def tiny_text_spec():
-    from peerkd.round.loop import RunSpec
+    from peerkd.round.spec import RunSpec
 
     world = WorldSpec(
         dataset="synthtext", data_size=400, num_clients=3, seed=0, samples_per_client=16, transfer_size=16
