@@ -1,5 +1,5 @@
-"""The house's one direction (simulations -> strategies -> peerkd), and config that agrees
-with itself across entry points."""
+"""The house's one direction (simulations -> strategies -> peerkd), no module cycles, and config
+that agrees with itself across entry points."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from import_graph import LAYERS, imports, upward
+from import_graph import LAYERS, cycle_path, cycles, graph, imports, upward
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,6 +18,56 @@ def test_no_layer_imports_a_higher_one():
     # Assert: there are edges to judge, and none runs upward.
     assert any(dst.startswith("peerkd") for src, dst, _ in edges if src.startswith("strategies"))
     assert upward(edges) == []
+
+
+def test_no_module_imports_itself_through_a_cycle():
+    # Prepare / Execute: every import resolved to the module it loads, inside functions too.
+    edges = graph(REPO)
+    found = cycles(edges)
+    # Assert: there are edges to judge, and no module reaches itself through them.
+    assert any(src.startswith("strategies") and dst.startswith("peerkd") for src, dst, _ in edges)
+    listing = "\n".join("  " + " -> ".join(cycle_path(c, edges)) for c in found)
+    assert found == [], f"{len(found)} import cycles (break each, e.g. move the shared part down a module):\n{listing}"
+
+
+def test_cycles_finds_each_component_once():
+    # Prepare: a -> b -> c -> a is a cycle and d only leads into it; e imports itself; f -> g is a chain.
+    edges = [("c", "a", 3), ("a", "b", 1), ("d", "a", 4), ("b", "c", 2)]
+    # Execute
+    found = cycles(edges)
+    # Assert: one component without d, and one concrete path round it from its first module.
+    assert found == [["a", "b", "c"]]
+    assert cycle_path(found[0], edges) == ["a", "b", "c", "a"]
+    assert cycles(edges + [("e", "e", 5)]) == [["a", "b", "c"], ["e"]]
+    assert cycle_path(["e"], [("e", "e", 5)]) == ["e", "e"]
+    assert cycles([("f", "g", 6)]) == []
+
+
+def test_graph_resolves_function_level_imports_of_submodules(tmp_path):
+    # Prepare: peerkd.a and peerkd.b import each other, but only inside functions; the package
+    # __init__ re-exports a, and c uses relative imports and a name that is not a module.
+    files = {
+        "__init__.py": "from peerkd.a import f\n",
+        "a.py": "def f():\n    from peerkd import b\n    return b\n",
+        "b.py": "import os\n\n\ndef g():\n    import peerkd.a\n    return peerkd.a\n",
+        "c.py": "from . import a\nfrom .b import g\nfrom peerkd import f\n",
+    }
+    (tmp_path / "peerkd").mkdir()
+    for name, text in files.items():
+        (tmp_path / "peerkd" / name).write_text(text)
+    # Execute
+    edges = graph(tmp_path)
+    # Assert: `from peerkd import b` loads peerkd.b, `from peerkd import f` loads the package, no edge
+    # to a parent package is made up, and the one cycle is a <-> b.
+    assert sorted(edges) == [
+        ("peerkd", "peerkd.a", 1),
+        ("peerkd.a", "peerkd.b", 2),
+        ("peerkd.b", "peerkd.a", 5),
+        ("peerkd.c", "peerkd", 3),
+        ("peerkd.c", "peerkd.a", 1),
+        ("peerkd.c", "peerkd.b", 2),
+    ]
+    assert cycles(edges) == [["peerkd.a", "peerkd.b"]]
 
 
 @pytest.mark.parametrize("layer", LAYERS[:2])
