@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from simulations.cli import main
-from simulations.report import group_runs, paired_difference, swept_keys, verdict
+from simulations.report import group_runs, swept_keys
 from simulations.report_io import load_results, write_report
+from simulations.stats import paired_difference, verdict
 
 # t(0.975, 2) = 4.302653: the 95% quantile with three seeds.
 T2 = 4.302653
@@ -210,7 +211,8 @@ def test_report_headline_pair_comes_from_the_run_configs(sweep_dir):
 
 def test_keys_are_named_in_full_and_dataset_names_agree():
     from peerkd.world.build import WorldSpec
-    from simulations.report import comparison_title, key_names
+    from simulations.report import comparison_title
+    from simulations.stats import key_names
 
     assert key_names(["partition.alpha", "data.name", "num_clients"]) == {
         "partition.alpha": "partition.alpha",
