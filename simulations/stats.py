@@ -28,11 +28,12 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
-def fmt_mean_std(mean: float | None, std: float | None) -> str:
-    """``0.870 ± 0.003``; ``0.870 ± –`` for one seed (no spread measured, not a spread of 0); ``–`` for none."""
+def fmt_mean_std(mean: float | None, std: float | None, no_spread: str = " ± –") -> str:
+    """``0.870 ± 0.003``; ``–`` for no mean. A std of None (one seed: no spread measured, not a
+    spread of 0) writes the mean then ``no_spread``: ``0.870 ± –``, or ``0.870`` with ``no_spread=""``."""
     if mean is None:
         return "–"
-    return f"{mean:.3f} ± –" if std is None else f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.3f}{no_spread}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:

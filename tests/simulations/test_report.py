@@ -9,7 +9,7 @@ import yaml
 from simulations.cli import main
 from simulations.report import group_runs, swept_keys
 from simulations.report_io import load_results, write_report
-from simulations.stats import paired_difference, verdict
+from simulations.stats import fmt_mean_std, paired_difference, verdict
 
 # t(0.975, 2) = 4.302653: the 95% quantile with three seeds.
 T2 = 4.302653
@@ -37,6 +37,16 @@ def test_paired_difference_with_too_few_seeds():
     assert paired_difference([], [])["n"] == 0
     with pytest.raises(ValueError):
         paired_difference([0.1, 0.2], [0.1])
+
+
+def test_mean_and_std_cells_tell_one_seed_from_no_spread():
+    # report.md marks one seed as "± –" (no spread measured, not a spread of 0); the frontier's
+    # tables show the mean alone; neither has a mean for no runs.
+    assert fmt_mean_std(0.87, 0.0031) == "0.870 ± 0.003"
+    assert fmt_mean_std(0.87, 0.0) == "0.870 ± 0.000"
+    assert fmt_mean_std(0.87, None) == "0.870 ± –"
+    assert fmt_mean_std(0.87, None, no_spread="") == "0.870"
+    assert fmt_mean_std(None, None) == "–"
 
 
 def test_swept_keys_ignore_run_identity_and_missing_keys():
