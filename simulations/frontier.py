@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from simulations.report import md_table
+from simulations.stats import fmt_mean_std
 
 BASE = ("peer", "fp32")  # the codec frontier's baseline: float32 peer
 TARGET_RATIO, TARGET_DROP = 20.0, 0.005  # the target: >= 20x fewer bytes than fedavg, <= 0.5 points below
@@ -79,7 +80,7 @@ def codec_table(rows: Sequence[dict[str, Any]]) -> str:
             [
                 r["rule"],
                 r["codec"],
-                _pm(r["acc"], r["acc_std"]),
+                fmt_mean_std(r["acc"], r["acc_std"], no_spread=""),
                 f"{r['bytes_round'] / 1000:.1f}",
                 "–" if ratio is None else f"{ratio:.1f}×",
                 "–" if drop is None else f"{(r['acc'] - base['acc']) * 100:+.1f}",
@@ -105,17 +106,13 @@ def epsilon_table(rows: Sequence[dict[str, Any]]) -> str:
             r["rule"],
             "∞" if r["epsilon"] == math.inf else f"{r['epsilon']:g}",
             "–" if r["epsilon_spent"] is None else f"{r['epsilon_spent']:.3f}",
-            _pm(r["acc"], r["acc_std"]),
+            fmt_mean_std(r["acc"], r["acc_std"], no_spread=""),
             "–" if local is None else f"{(r['acc'] - local['acc']) * 100:+.1f}",
         ]
         for r in rows
         if r["rule"] not in ("local", "fedavg") and (r["epsilon"] != math.inf or r["codec"] == "fp32")
     ]
     return md_table(["rule", "ε target", "ε spent", "accuracy", "points vs local"], lines)
-
-
-def _pm(mean: float, std: float | None) -> str:
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def frontier_figure(rows: Sequence[dict[str, Any]]):

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from simulations.report import Point, group_runs, key_names, mean_curve, point_label, rule_order, sort_key, swept_keys
+from simulations.report import group_runs, point_label, rule_order, sort_key, swept_keys
 from simulations.report_text import floor_level, is_text
+from simulations.stats import Point, key_names, mean_curve
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # x, mean, std over seeds
 Panel = tuple[str, dict[str, Any]]  # title, {rule: data}

@@ -2,20 +2,33 @@
 
 ``compare_table`` / ``markdown_table`` give the per-rule comparison table. The rest serves
 ``peerkd report``: which config keys a results directory sweeps, runs grouped by grid
-point, paired differences between rules with t intervals, per-round curves over seeds, and
-the markdown of ``report.md``. Runs are plain dicts as ``simulations.report_io.load_results``
-reads them: ``{"path", "summary", "config" (flattened), "rounds" (round rows)}``; reading and
-writing files is ``simulations.report_io``'s job, so everything here can be tested on literals.
+point, and the markdown of ``report.md`` (its statistics, paired differences with t
+intervals, are ``simulations.stats``'; its perplexity tables ``simulations.report_text``').
+Runs are plain dicts as ``simulations.report_io.load_results`` reads them: ``{"path",
+"summary", "config" (flattened), "rounds" (round rows)}``; reading and writing files is
+``simulations.report_io``'s job, so everything here can be tested on literals.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from simulations.report_text import PPL_NOTE, is_text, perplexity_rows
+from simulations.stats import (
+    DEFAULT_PAIR,
+    Point,
+    comparisons,
+    fmt_diff,
+    fmt_mean_std,
+    key_names,
+    mean_std,
+    paired_by_seed,
+    verdict,
+)
 
 COLUMNS = (
     "rule",
@@ -49,16 +62,6 @@ RUN_SETTINGS = (
 )
 NOT_SWEPT = RUN_SETTINGS + ("seed", "strategy.name")  # ... and which run of the grid point it is
 RULE_ORDER = ("local", "fedavg", "teacher", "peer")
-DEFAULT_PAIR = ("peer", "teacher")  # the headline a − b of a run dir without ``pair`` (made by ``peerkd run``)
-Point = tuple[tuple[str, Any], ...]
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample std of the values given; the std is None for one value (there is no spread to show)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
 def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dict[str, Any]]:
@@ -69,8 +72,8 @@ def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dic
         runs = [s for s in summaries if s["strategy"] == rule]
         if not runs:
             continue
-        acc, acc_sd = _mean_std([s["acc_mean"] for s in runs])
-        worst, worst_sd = _mean_std([s["acc_worst"] for s in runs])
+        acc, acc_sd = mean_std([s["acc_mean"] for s in runs])
+        worst, worst_sd = mean_std([s["acc_worst"] for s in runs])
         per = [s["rounds"] * s["num_clients"] * 1000 for s in runs]
         rows.append(
             {
@@ -80,7 +83,7 @@ def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dic
                 "acc_mean_std": acc_sd,
                 "acc_worst": worst,
                 "acc_worst_std": worst_sd,
-                "teacher_acc": _mean_std([s.get("teacher_acc") for s in runs])[0],
+                "teacher_acc": mean_std([s.get("teacher_acc") for s in runs])[0],
                 "kb_up_per_round": float(np.mean([s["bytes_up"] / d for s, d in zip(runs, per)])),
                 "kb_down_per_round": float(np.mean([s["bytes_down"] / d for s, d in zip(runs, per)])),
                 "wall_s": float(np.mean([s["wall_s"] for s in runs])),
@@ -89,20 +92,13 @@ def compare_table(summaries: list[dict[str, Any]], rules: list[str]) -> list[dic
     return rows
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    """``0.870 ± 0.003``; ``0.870 ± –`` for one seed (no spread measured, not a spread of 0); ``–`` for none."""
-    if mean is None:
-        return "–"
-    return f"{mean:.3f} ± –" if std is None else f"{mean:.3f} ± {std:.3f}"
-
-
 def table_cells(row: dict[str, Any]) -> list[str]:
     """Human-readable cells of one compare_table row, in TABLE_HEADER order."""
     teacher = "–" if row["teacher_acc"] is None else f"{row['teacher_acc']:.3f}"
     return [
         row["rule"],
-        _pm(row["acc_mean"], row["acc_mean_std"]),
-        _pm(row["acc_worst"], row["acc_worst_std"]),
+        fmt_mean_std(row["acc_mean"], row["acc_mean_std"]),
+        fmt_mean_std(row["acc_worst"], row["acc_worst_std"]),
         teacher,
         f"{row['kb_up_per_round']:.1f} / {row['kb_down_per_round']:.1f}",
         f"{row['wall_s']:.0f}",
@@ -146,54 +142,6 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- statistics -----------------------------------------------------------------------
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
-    """Mean of the paired differences ``a[i] - b[i]`` and its two-sided t interval.
-
-    ``paired_difference([0.8, 0.9, 0.7], [0.7, 0.85, 0.7])``: differences 0.1, 0.05, 0; mean 0.05,
-    sample std 0.05, interval 0.05 ± t(0.975, 2) · 0.05 / √3 = [-0.0742, 0.1742].
-
-    Returns
-    -------
-    dict
-        ``n``, ``mean``, ``std`` (sample, ddof=1), ``lo``, ``hi``; the interval is None for n < 2.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(d) == 0:
-        return {"n": 0, "mean": None, "std": None, "lo": None, "hi": None}
-    mean = float(d.mean())
-    if len(d) < 2:
-        return {"n": 1, "mean": mean, "std": None, "lo": None, "hi": None}
-    from scipy import stats
-
-    std = float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1)) * std / math.sqrt(len(d))
-    return {"n": len(d), "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
-
-
-def verdict(diff: dict[str, Any], a: str, b: str) -> str:
-    """Words for a paired difference: which rule is better, or that the interval covers 0."""
-    if diff["lo"] is None:
-        return "one seed: no interval" if diff["n"] == 1 else "no paired runs"
-    if diff["lo"] > 0:
-        return f"{a} better"
-    if diff["hi"] < 0:
-        return f"{b} better"
-    return "no clear difference"
-
-
-def mean_curve(series: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-index mean and sample std over several curves, cut to the shortest (std 0 for one)."""
-    n = min(len(s) for s in series)
-    arr = np.asarray([list(s)[:n] for s in series], dtype=np.float64)
-    std = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros(n)
-    return arr.mean(axis=0), std
-
-
 # --- results directories ----------------------------------------------------------------
 
 
@@ -219,12 +167,6 @@ def swept_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
         return []
     common = [k for k in configs[0] if all(k in cfg for cfg in configs) and not k.startswith(NOT_SWEPT)]
     return [k for k in common if len({repr(cfg[k]) for cfg in configs}) > 1]
-
-
-def key_names(keys: Sequence[str]) -> dict[str, str]:
-    """Each flattened key as a user types it on the command line: ``partition.alpha`` stays whole
-    (``alpha`` alone reads as the KD weight ``strategy.alpha``); ``data.name`` is the group ``data``."""
-    return {k: k.removesuffix(".name") for k in keys}
 
 
 def sort_key(value: Any) -> tuple:
@@ -257,33 +199,7 @@ def headline_pair(runs: Sequence[dict[str, Any]]) -> tuple[str, str]:
     return named.most_common(1)[0][0] if named else DEFAULT_PAIR
 
 
-def comparisons(rules: Sequence[str], pair: Sequence[str] = DEFAULT_PAIR) -> list[tuple[str, str]]:
-    """The paired differences a report shows: ``pair`` (a − b, if both rules ran), and every rule − local."""
-    pairs = [(pair[0], pair[1])] if set(pair) <= set(rules) else []
-    pairs += [(r, "local") for r in rules if r != "local"] if "local" in rules else []
-    return list(dict.fromkeys(pairs))  # a pair (x, local) shows once
-
-
-def paired_by_seed(runs: Sequence[dict[str, Any]], a: str, b: str, metric: str = "acc_mean") -> dict[str, Any]:
-    """Paired difference of ``metric`` between rules ``a`` and ``b`` over the seeds both ran."""
-    by = {
-        rule: {r["summary"]["seed"]: r["summary"].get(metric) for r in runs if r["summary"]["strategy"] == rule}
-        for rule in (a, b)
-    }
-    seeds = sorted(s for s in set(by[a]) & set(by[b]) if by[a][s] is not None and by[b][s] is not None)
-    return {**paired_difference([by[a][s] for s in seeds], [by[b][s] for s in seeds]), "seeds": seeds}
-
-
 # --- report.md -------------------------------------------------------------------------
-
-
-def fmt_diff(diff: dict[str, Any]) -> str:
-    """``+0.012 [-0.018, +0.042]``: a paired mean difference and its interval (– if none)."""
-    if diff["mean"] is None:
-        return "–"
-    if diff["lo"] is None:
-        return f"{diff['mean']:+.3f} (1 seed)"
-    return f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
 
 
 def _fmt_value(value: Any) -> str:
@@ -310,7 +226,7 @@ def overview_rows(
     rows = []
     for point, runs in groups.items():
         accs = {
-            r["rule"]: _pm(r["acc_mean"], r["acc_mean_std"])
+            r["rule"]: fmt_mean_std(r["acc_mean"], r["acc_mean_std"])
             for r in compare_table([x["summary"] for x in runs], list(rules))
         }
         rows.append(
@@ -448,8 +364,6 @@ def report_markdown(
     plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole report.md for finished runs, with links to ``plots`` (file, caption)."""
-    from simulations.report_text import PPL_NOTE, is_text, perplexity_rows  # it builds on this module
-
     keys = swept_keys([r["config"] for r in runs])
     groups = group_runs(runs, keys)
     rules, (a, b) = rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)

@@ -1,4 +1,5 @@
-"""Perplexity in reports of text runs: pure functions over the runs ``simulations.report`` groups.
+"""Perplexity in reports of text runs: pure functions over the runs ``simulations.report`` groups
+(and shows in ``report.md``), on the statistics of ``simulations.stats``.
 
 A text run's summary carries ``ppl_mean`` (mean over clients of ``exp(test loss)``), the
 teacher model's ``teacher_ppl`` (teacher rules) and, on ``synthtext``, ``floor_ppl``: the
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from simulations.report import Point, _mean_std, _pm, comparisons, fmt_diff, key_names, paired_by_seed
+from simulations.stats import Point, comparisons, fmt_diff, fmt_mean_std, key_names, mean_std, paired_by_seed
 
 PPL_NOTE = (
     "Perplexity is `exp` of the mean next-token cross-entropy on the held-out text (lower is better; "
@@ -26,8 +27,8 @@ def is_text(runs: Sequence[dict[str, Any]]) -> bool:
 
 
 def _cell(runs: Sequence[dict[str, Any]], key: str) -> str:
-    mean, std = _mean_std([r["summary"].get(key) for r in runs])
-    return _pm(mean, std)
+    mean, std = mean_std([r["summary"].get(key) for r in runs])
+    return fmt_mean_std(mean, std)
 
 
 def perplexity_rows(

@@ -2,7 +2,8 @@
 
 A run checkpoints after every round (``peerkd.round.checkpoint``). ``prepare`` decides, before
 a run starts, whether it continues from its checkpoint or starts afresh, and refuses to
-continue a run made with other settings.
+continue a run made with other settings: ``config_change`` names the first difference (a
+sweep asks it too, before it skips a finished run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from peerkd.errors import ConfigError
 from peerkd.round.checkpoint import Checkpoint
 from peerkd.round.results import CONFIG_FILE, SUMMARY_FILE
+from simulations.report import RUN_SETTINGS, flatten
 
 log = logging.getLogger("peerkd")
 
@@ -38,8 +40,6 @@ def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[s
         return None
     stored = out / CONFIG_FILE
     if (out / SUMMARY_FILE).is_file() or checkpoint.exists():
-        from simulations.sweep import config_change
-
         old = yaml.safe_load(stored.read_text()) if stored.is_file() else {}
         if change := config_change(old or {}, config):
             raise ConfigError(
@@ -52,4 +52,15 @@ def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[s
         return json.loads((out / SUMMARY_FILE).read_text())
     if not checkpoint.exists():
         log.info("no checkpoint in %s: starting from round 1", out)
+    return None
+
+
+def config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting that changes results and differs between two run configs, as
+    ``key: old, now new``; None if they agree. Keys only one side has (settings added to
+    peerkd since) are not compared."""
+    a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
+    for key in sorted(set(a) & set(b)):
+        if a[key] != b[key] and not key.startswith(RUN_SETTINGS):
+            return f"{key}: {a[key]!r}, now {b[key]!r}"
     return None

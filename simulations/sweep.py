@@ -29,6 +29,7 @@ from typing import Any
 from peerkd.errors import ConfigError, check_choice
 from peerkd.round.results import CONFIG_FILE, SUMMARY_FILE, SUMMARY_KEYS
 from simulations.report_io import RUNS_FILE, SWEEP_FILE, write_csv
+from simulations.resume import config_change
 
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
 AUTO_MAX = 4  # runs at once with parallel=0: each run holds ~2 GB (Ray, driver, client actors)
@@ -123,19 +124,6 @@ def _hms(seconds: float | None) -> str:
         return "?"
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
-
-
-def config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first setting that changes results and differs between two run configs, as
-    ``key: old, now new``; None if they agree. Keys only one side has (settings added to
-    peerkd since) are not compared."""
-    from simulations.report import RUN_SETTINGS, flatten
-
-    a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
-    for key in sorted(set(a) & set(b)):
-        if a[key] != b[key] and not key.startswith(RUN_SETTINGS):
-            return f"{key}: {a[key]!r}, now {b[key]!r}"
-    return None
 
 
 def check_finished(run: SweepRun) -> dict[str, Any] | None:

@@ -21,11 +21,10 @@ from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
 from strategies.aggregation import _softmax, ensemble_nll_grad, mirror_descent_step, weighted_peer_targets
-from strategies.base import LogitDistillation, client_of
-from strategies.robust import Aggregator
+from strategies.base import RobustLogitDistillation, client_of
 
 
-class WeightedMutualLearning(LogitDistillation):
+class WeightedMutualLearning(RobustLogitDistillation):
     """DML with peer weights learned by mirror descent on the server split."""
 
     name = "wml"
@@ -41,8 +40,7 @@ class WeightedMutualLearning(LogitDistillation):
         trim: float = 0.2,
         clip_norm: float = 0.0,
     ):
-        super().__init__(alpha, temperature)
-        self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
+        super().__init__(alpha, temperature, aggregator, trim, clip_norm)
         self.weight_lr = check_range("strategy.weight_lr", weight_lr, 0.0)
         self.weight_steps = int(check_range("strategy.weight_steps", weight_steps, 0))
 

@@ -26,7 +26,7 @@ from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.round.spec import RunSpec
 from peerkd.student.losses import distillation_loss
 from peerkd.student.models import build_model
-from peerkd.student.training import distill_only, round_seed, train_model
+from peerkd.student.training import distill_only, round_seed
 from peerkd.wire import protocol as P
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
@@ -131,7 +131,7 @@ def cohort(world, arch, **params):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cohort_trains_as_train_model_and_distill_only(arch, world):
+def test_cohort_trains_as_train_model_and_distill_only(arch, world, train_alone):
     # Prepare: client 1 has no targets this round, so it takes fewer steps (its shard's).
     c = cohort(world, arch)
     rng = np.random.default_rng(0)
@@ -140,32 +140,28 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, world):
     # Execute: CE + KD (train.distill), then a digest phase (distill_only), per client and batched.
     w, losses = c.train(stack_students(models)[1], targets=targets)
     w = c.digest(w, targets)
-    ref = []
+    ref = train_alone(
+        world,
+        models,
+        2,
+        targets,
+        epochs=2,
+        lr=1e-3,
+        batch_size=32,
+        transfer_x=world.transfer_x,
+        alpha=0.5,
+        temperature=4.0,
+    )
     for i, m in enumerate(models):
-        seed, p = round_seed(0, i, 2), c.params
-        ref.append(
-            train_model(
-                m,
-                *world.private(i),
-                epochs=2,
-                lr=1e-3,
-                batch_size=32,
-                seed=seed,
-                transfer_x=world.transfer_x,
-                targets=targets[i],
-                alpha=0.5,
-                temperature=4.0,
-            )
-        )
         if targets[i] is not None:
             distill_only(
                 m,
                 world.transfer_x,
                 targets[i],
-                epochs=p.digest_epochs,
+                epochs=c.params.digest_epochs,
                 lr=1e-3,
                 batch_size=32,
-                seed=seed,
+                seed=round_seed(0, i, 2),
                 temperature=4.0,
             )
     # Assert
@@ -173,7 +169,7 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, world):
     assert_rows_equal(w, models)
 
 
-def test_fd_class_targets_match_the_per_client_nan_rows(world):
+def test_fd_class_targets_match_the_per_client_nan_rows(world, train_alone):
     # Prepare: per-class targets valid for all classes, for two classes only, and for none
     # (every batch then has no KD rows: the per-client loss is NaN, its gradient CE's alone).
     c, models = cohort(world, "mlp32"), students(world, "mlp32")
@@ -182,24 +178,13 @@ def test_fd_class_targets_match_the_per_client_nan_rows(world):
     valid = [np.ones(10, bool), np.isin(np.arange(10), [0, 1]), np.zeros(10, bool)]
     # Execute
     w, losses = c.train(stack_students(models)[1], classes=list(zip(tables, valid)))
-    ref = []
-    for i, m in enumerate(models):
-        x, y = world.private(i)
-        table = np.where(valid[i][:, None], tables[i], np.nan).astype(np.float32)
-        ref.append(
-            train_model(
-                m,
-                x,
-                y,
-                epochs=2,
-                lr=1e-3,
-                batch_size=32,
-                seed=round_seed(0, i, 2),
-                alpha=0.5,
-                temperature=4.0,
-                sample_targets=table[y],
-            )
-        )
+    # the per-client path: each sample's row of its client's table, NaN for an invalid class
+    per_sample = [
+        np.where(valid[i][:, None], tables[i], np.nan).astype(np.float32)[world.private(i)[1]] for i in range(3)
+    ]
+    ref = train_alone(
+        world, models, 2, sample_targets=per_sample, epochs=2, lr=1e-3, batch_size=32, alpha=0.5, temperature=4.0
+    )
     # Assert
     assert np.isnan(ref[2]) and not np.isnan(ref[0])
     np.testing.assert_allclose(losses, ref, equal_nan=True, **TOL)

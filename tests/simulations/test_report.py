@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from simulations.cli import main
-from simulations.report import group_runs, paired_difference, swept_keys, verdict
+from simulations.report import group_runs, swept_keys
 from simulations.report_io import load_results, write_report
+from simulations.stats import fmt_mean_std, paired_difference, verdict
 
 # t(0.975, 2) = 4.302653: the 95% quantile with three seeds.
 T2 = 4.302653
@@ -36,6 +37,16 @@ def test_paired_difference_with_too_few_seeds():
     assert paired_difference([], [])["n"] == 0
     with pytest.raises(ValueError):
         paired_difference([0.1, 0.2], [0.1])
+
+
+def test_mean_and_std_cells_tell_one_seed_from_no_spread():
+    # report.md marks one seed as "± –" (no spread measured, not a spread of 0); the frontier's
+    # tables show the mean alone; neither has a mean for no runs.
+    assert fmt_mean_std(0.87, 0.0031) == "0.870 ± 0.003"
+    assert fmt_mean_std(0.87, 0.0) == "0.870 ± 0.000"
+    assert fmt_mean_std(0.87, None) == "0.870 ± –"
+    assert fmt_mean_std(0.87, None, no_spread="") == "0.870"
+    assert fmt_mean_std(None, None) == "–"
 
 
 def test_swept_keys_ignore_run_identity_and_missing_keys():
@@ -210,7 +221,8 @@ def test_report_headline_pair_comes_from_the_run_configs(sweep_dir):
 
 def test_keys_are_named_in_full_and_dataset_names_agree():
     from peerkd.world.build import WorldSpec
-    from simulations.report import comparison_title, key_names
+    from simulations.report import comparison_title
+    from simulations.stats import key_names
 
     assert key_names(["partition.alpha", "data.name", "num_clients"]) == {
         "partition.alpha": "partition.alpha",

@@ -8,7 +8,8 @@ import pytest
 from peerkd.errors import ConfigError
 from simulations import sweep
 from simulations.cli import _compose, main
-from simulations.sweep import config_change, eta_s, expand, grid_axes, plan, point_dir, split_overrides
+from simulations.resume import config_change
+from simulations.sweep import eta_s, expand, grid_axes, plan, point_dir, split_overrides
 
 TINY = ["data=digits", "rounds=2", "train.epochs=1"]
 

@@ -13,7 +13,7 @@ from peerkd.batched.cohort import Cohort, DeviceData
 from peerkd.batched.stacked import stack_students
 from peerkd.errors import ConfigError
 from peerkd.student.models import build_model, check_modality
-from peerkd.student.training import predict_logits, round_seed, score_logits, train_model
+from peerkd.student.training import predict_logits, score_logits, train_model
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
 from peerkd.world.data import load_dataset
@@ -157,7 +157,7 @@ def text_world():
 
 
 @pytest.mark.parametrize("arch", ["gru", "tlm"])
-def test_cohort_trains_lms_as_train_model(arch, text_world):
+def test_cohort_trains_lms_as_train_model(arch, text_world, train_alone):
     # Prepare: 3 students, the per-client path and one vmapped cohort, with transfer targets.
     w = text_world
     models = [build_model(arch, w.data.input_shape, w.num_classes, seed=1000 + c) for c in range(3)]
@@ -169,24 +169,9 @@ def test_cohort_trains_lms_as_train_model(arch, text_world):
     # Execute
     cohort = Cohort(w, DeviceData.of(w, torch.device("cpu")), rp, base, [0, 1, 2])
     new, losses = cohort.train(params, targets)
-    ref = []
-    for c, m in enumerate(models):
-        x, y = w.private(c)
-        ref.append(
-            train_model(
-                m,
-                x,
-                y,
-                epochs=1,
-                lr=1e-2,
-                batch_size=16,
-                seed=round_seed(0, c, 1),
-                transfer_x=w.transfer_x,
-                targets=targets[c],
-                alpha=0.5,
-                temperature=2.0,
-            )
-        )
+    ref = train_alone(
+        w, models, 1, targets, epochs=1, lr=1e-2, batch_size=16, transfer_x=w.transfer_x, alpha=0.5, temperature=2.0
+    )
     # Assert: same losses, same transfer logits ((32 windows × 32 positions) rows of V). Weights
     # are compared through the logits: Adam moves a parameter whose true gradient is 0 (the
     # attention's key bias: softmax ignores a shift) by up to lr on float noise alone.
