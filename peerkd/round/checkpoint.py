@@ -57,7 +57,7 @@ class RunState:
     engine: str
     rng: dict[str, Any] = field(default_factory=dict)
     students: Any = None  # the engine's snapshot of every student (None: clients keep their own files)
-    hooks: list[dict[str, Any]] = field(default_factory=list)  # each round hook's ``state()``
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # each round hook's ``state()`` (``hook_states``)
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +91,27 @@ class SummaryFields(RoundHook):
 
     def summary(self, record: RunRecord, per_client: list[dict[str, Any]]) -> dict[str, Any]:
         return self.fields()
+
+
+def _keys(hooks: Sequence[RoundHook]) -> list[str]:
+    """Each hook's name in a checkpoint: its class, with ``#k`` for the k-th repeat of a class."""
+    seen: Counter = Counter()
+    keys = []
+    for hook in hooks:
+        name = type(hook).__name__
+        keys.append(name if not seen[name] else f"{name}#{seen[name]}")
+        seen[name] += 1
+    return keys
+
+
+def hook_states(hooks: Sequence[RoundHook]) -> dict[str, dict[str, Any]]:
+    """The non-empty ``state()`` of each hook, by its name (what a checkpoint keeps)."""
+    return {key: state for key, hook in zip(_keys(hooks), hooks) if (state := hook.state())}
+
+
+def restore_hooks(hooks: Sequence[RoundHook], states: dict[str, dict[str, Any]]) -> None:
+    """Inverse of ``hook_states``: each hook gets back the state saved under its name (a hook
+    the checkpoint does not name keeps its fresh state)."""
+    for key, hook in zip(_keys(hooks), hooks):
+        if key in states:
+            hook.restore(states[key])

@@ -29,7 +29,7 @@ from peerkd.errors import RunInterrupted
 from peerkd.round import record
 from peerkd.round.checkpoint import Checkpoint, RunState, rekey_nodes, rng_state
 from peerkd.round.contract import ExchangeRule, ServerContext
-from peerkd.round.hook import RoundHook, RoundResult, RunRecord
+from peerkd.round.hook import RoundHook, RoundResult, RunRecord, hook_states, restore_hooks
 from peerkd.round.results import RunWriter
 from peerkd.round.screening import screen_reply
 from peerkd.round.spec import RunSpec
@@ -70,7 +70,7 @@ def run_federation(
         writer.log(*client_rows, row)
         log.info("[%s] round %d/%d  %s", state.strategy.name, rnd, spec.rounds, record.round_line(row))
         if checkpoint:
-            checkpoint.save(dataclasses.replace(state, hooks=[h.state() for h in hooks], **_clock(row["wall_s"])))
+            checkpoint.save(dataclasses.replace(state, hooks=hook_states(hooks), **_clock(row["wall_s"])))
     for hook in hooks:  # e.g. every client evaluated once more after partial participation
         final = hook.finish(grid, {**base, P.CFG_ROUND: spec.rounds}, stop)
         writer.log(*final)
@@ -148,9 +148,9 @@ def _start(
         log.info(
             "[%s] resuming after round %d/%d from %s", state.strategy.name, state.round, spec.rounds, checkpoint.dir
         )
-        for hook, saved in zip(hooks, state.hooks or [{}] * len(hooks)):
+        for hook in hooks:
             hook.setup(state.strategy, fresh=False)
-            hook.restore(saved)
+        restore_hooks(hooks, state.hooks)
         return state
     t0 = time.perf_counter()
     ctx = ServerContext(

@@ -21,6 +21,7 @@ from peerkd.batched.stacked import (
     stacked_forward,
 )
 from peerkd.env import QUIET_ENV
+from peerkd.hooks.standard import standard_hooks
 from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.round.spec import RunSpec
@@ -202,7 +203,9 @@ def test_chunks_of_one_student_give_what_one_chunk_gives(tmp_path):
     spec, grids = tiny_spec(("mlp32", "cnn"), samples_per_client=64, transfer_size=96), {}
     for chunk in (1, 0):
         grids[chunk] = BatchedGrid(3, device="cpu", chunk=chunk)
-        run_federation(grids[chunk], spec, build_strategy("peer"), RunWriter(tmp_path / str(chunk), {}))
+        run_federation(
+            grids[chunk], spec, build_strategy("peer"), RunWriter(tmp_path / str(chunk), {}), standard_hooks(spec)
+        )
     # Assert: the same students at the end.
     for arch in ("mlp32", "cnn"):
         clients = [0, 2] if arch == "mlp32" else [1]
@@ -284,7 +287,7 @@ def flower_runs(tmp_path_factory):
     def main(grid, context):
         for name in CASES:
             spec, strategy = case(name)
-            run_federation(grid, spec, strategy, RunWriter(root / name, {"rule": name}))
+            run_federation(grid, spec, strategy, RunWriter(root / name, {"rule": name}), standard_hooks(spec))
 
     def fresh_in_round_one(handler):
         def handle(msg, context):
