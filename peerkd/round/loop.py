@@ -37,7 +37,7 @@ from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import array_bytes
 from peerkd.wire.grid_io import evaluate_nodes, reply_bytes, reply_info, send_and_receive, sender, wait_for_nodes
-from peerkd.world.build import World, build_world
+from peerkd.world.build import build_world
 
 log = logging.getLogger("peerkd")
 
@@ -154,7 +154,7 @@ def _start(
         return state
     t0 = time.perf_counter()
     ctx = ServerContext(
-        world_of(spec), spec.students, spec.world.seed, pick_device(), spec.epochs, spec.lr, spec.batch_size,
+        build_world(spec.world), spec.students, spec.world.seed, pick_device(), spec.epochs, spec.lr, spec.batch_size,
         spec.measure_agreement, spec.codec,
     )  # fmt: skip
     run_metrics = rule.setup(ctx)
@@ -223,7 +223,7 @@ def _summary(spec: RunSpec, state: RunState, hooks: Sequence[RoundHook]) -> dict
     """The summary: the run's own fields, then each hook's."""
     run = {
         "strategy": state.strategy.name,
-        "dataset": world_of(spec).data.name,
+        "dataset": build_world(spec.world).data.name,
         "num_clients": spec.world.num_clients,
         "rounds": spec.rounds,
         "seed": spec.world.seed,
@@ -242,8 +242,3 @@ def _summary(spec: RunSpec, state: RunState, hooks: Sequence[RoundHook]) -> dict
 def _clock(wall_s: float) -> dict[str, Any]:
     """A checkpoint's time stamp: the run's seconds so far and the RNG states now."""
     return {"wall_s": wall_s, "rng": rng_state()}
-
-
-def world_of(spec: RunSpec) -> World:
-    """The run's world (cached per spec by ``build_world``)."""
-    return build_world(spec.world)
