@@ -65,7 +65,9 @@ def frontier_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _find(rows: Sequence[dict[str, Any]], rule: str, codec: str | None = None) -> dict[str, Any] | None:
-    return next((r for r in rows if r["rule"] == rule and (codec is None or r["codec"] == codec)), None)
+    """The first non-private row of ``rule`` (and ``codec``): a reference is never a run with privacy on."""
+    picks = (r for r in rows if r["rule"] == rule and (codec is None or r["codec"] == codec))
+    return next((r for r in picks if r["epsilon"] == math.inf), None)
 
 
 def codec_table(rows: Sequence[dict[str, Any]]) -> str:

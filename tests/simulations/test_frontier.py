@@ -37,6 +37,20 @@ def test_the_codec_table_checks_both_targets():
     assert "| peer | topk1 | 0.880 | 0.2 | 40.0× | -2.0 | no |" in table
 
 
+def test_the_codec_tables_baseline_is_the_non_private_run():
+    # Prepare: a private float32 peer run (0.5, eps 4) listed before the non-private one (0.9).
+    rows = frontier_rows(
+        [
+            run("fedavg", 0.91, 16000, 16000),
+            run("peer", 0.5, 1600, 1600, epsilon=4.0, spent=3.99),
+            run("peer", 0.9, 1600, 1600),
+            run("peer", 0.896, 800, 800, codec="int8"),
+        ]
+    )
+    # Assert: int8 is compared with 0.900, not with the private 0.500.
+    assert "| peer | int8 | 0.896 | 0.4 | 20.0× | -0.4 | yes |" in codec_table(rows)
+
+
 def test_the_epsilon_table_reports_spent_budget_against_local():
     rows = frontier_rows([run("local", 0.5, 0, 0), run("peer", 0.6, 10, 10, epsilon=4.0, spent=3.99)])
     assert "| peer | 4 | 3.990 | 0.600 | +10.0 |" in epsilon_table(rows)
