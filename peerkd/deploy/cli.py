@@ -73,12 +73,13 @@ def _add_certs(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--hosts", default="127.0.0.1,localhost", help="comma list of the SuperLink's IPs ([::1] too) and DNS names"
     )
+    c.add_argument("--force", action="store_true", help="replace an existing ca.key / server.key")
     c.set_defaults(func=_cmd_certs)
 
 
 def _cmd_certs(a: argparse.Namespace) -> int:
     """Write the CA and the SuperLink certificate."""
-    log.info("wrote %s", make_certs(a.dir, check_hosts(a.hosts)))
+    log.info("wrote %s", make_certs(a.dir, check_hosts(a.hosts), force=a.force))
     return 0
 
 
@@ -88,12 +89,13 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     k.add_argument("dir", type=Path)
     k.add_argument("--nodes", type=int, default=1)
     k.add_argument("--prefix", default="node")
+    k.add_argument("--force", action="store_true", help="replace existing private keys")
     k.set_defaults(func=_cmd_keys)
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
     """Write the node key pairs."""
-    for private, public in make_node_keys(a.dir, a.nodes, a.prefix):
+    for private, public in make_node_keys(a.dir, a.nodes, a.prefix, force=a.force):
         log.info("%s  %s", private, public)
     return 0
 

@@ -131,7 +131,7 @@ def start_local(
     state = cluster.state
     fleet_port, control_port, *node_ports = free_ports(2 + nodes)
     fleet, control = f"127.0.0.1:{fleet_port}", f"127.0.0.1:{control_port}"
-    certs = make_certs(state / "certs", ["127.0.0.1", "localhost"]) if secure else None
+    certs = make_certs(state / "certs", ["127.0.0.1", "localhost"], force=True) if secure else None
     flwr_home = state / "flwr-home"
     flwr_home.mkdir(exist_ok=True)
     (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
@@ -140,7 +140,7 @@ def start_local(
     )
     wait_for_port(fleet, start_timeout, link)
     wait_for_port(control, start_timeout, link)
-    keys = make_node_keys(state / "keys", nodes) if secure else [(None, None)] * nodes
+    keys = make_node_keys(state / "keys", nodes, force=True) if secure else [(None, None)] * nodes
     if secure:
         register_nodes(flwr_home, [public for _, public in keys])
     for i, (private, _) in enumerate(keys):
