@@ -1,7 +1,7 @@
 """The processes started from one state directory, recorded in ``DIR/processes.json``.
 
-Every record holds the command line and start time, so ``stop`` never signals a process
-that merely reused a PID.
+Every record holds the command line (as ``/proc`` shows it) and start time, so ``stop``
+never signals a process that merely reused a PID.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from peerkd.deploy.commands import BIN, DEPLOY_ENV
-from peerkd.deploy.processes import Started, alive, kill_now, proc_table, process_tree, stop_processes
+from peerkd.deploy.processes import Started, alive, cmdline, kill_now, proc_table, process_tree, stop_processes
 
 PROCESS_FILE = "processes.json"
 
@@ -46,7 +46,10 @@ class Cluster:
         )
         logf.close()
         self._popen.append(proc)
-        rec = Started(name, proc.pid, proc_table().get(proc.pid, (0, 0, "", 0))[3], " ".join(args))
+        # Popen returns once the program is exec'd: /proc now shows its own command line (an interpreter
+        # in front of a script), the one `stop` compares against.
+        start_time, argv = proc_table().get(proc.pid, (0, 0, "", 0))[3], cmdline(proc.pid) or " ".join(args)
+        rec = Started(name, proc.pid, start_time, argv)
         self.file.write_text(json.dumps([asdict(s) for s in [*self.started(), rec]], indent=1))
         return rec
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from peerkd import deploy as D
+from peerkd.deploy.processes import alive
 
 pytestmark = pytest.mark.skipif(
     not (Path(sys.executable).parent / "flower-supernode").exists() or not Path("/proc").is_dir(),
@@ -78,3 +79,28 @@ def test_keys_never_overwrite_a_private_key_without_force(tmp_path, capsys):
     assert linked[0] == 2 and str(planted / "node-0") in linked[1] and not (tmp_path / "elsewhere").exists()
     assert forced == 0 and (keys / "node-0").read_bytes() != before["node-0"]
     assert (keys / "node-1").read_bytes() == before["node-1"]
+
+
+# --- stop -------------------------------------------------------------------------------
+
+
+def test_stop_spares_a_process_whose_command_line_differs_from_the_record(tmp_path, capsys):
+    # Prepare: a recorded process, then its record changed to another command line: the
+    # PID and start time still match (as when a PID is reused by a process started in the
+    # same clock tick).
+    cluster = D.Cluster(tmp_path)
+    started = cluster.start("node-0", ["sleep", "60"])
+    assert started.cmdline == "sleep 60"  # what /proc shows
+    record = cluster.file.read_text()
+    cluster.file.write_text(record.replace('"sleep 60"', '"flower-supernode --superlink 127.0.0.1:9092"'))
+    try:
+        # Execute
+        spared = D.main(["stop", "--state", str(tmp_path)])
+        out = capsys.readouterr().out.strip()
+        # Assert: not signalled, still running.
+        assert spared == 0 and out == f"nothing recorded in {tmp_path} was running"
+        assert alive({started.pid}) == {started.pid}
+    finally:
+        cluster.file.write_text(record)  # the true record: the launcher's own stop ends it
+        assert D.main(["stop", "--state", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"stopped node-0 (PID {started.pid})"
