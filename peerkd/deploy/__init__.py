@@ -13,7 +13,10 @@ Sub-commands of ``peerkd-deploy``:
 - ``bench``: per-round wall time on loopback for a few cluster sizes.
 
 Every started process is recorded in ``DIR/processes.json`` with its command line and
-start time, so ``stop`` never signals a process that merely reused a PID.
+start time, so ``stop`` never signals a process that merely reused a PID. A state directory
+is owned: while a process it recorded runs, a second ``local`` / ``superlink`` on it is
+refused. Existing private keys are never overwritten without ``--force``. Every failure is
+one line on stderr with a non-zero exit.
 
 Modules, lowest first: ``commands`` (command lines and config text, pure), ``certs``
 (certificates and keys), ``processes`` (finding and stopping processes via ``/proc``),
@@ -24,7 +27,7 @@ submitting runs), ``bench``, ``cli`` (the argparse sub-commands).
 from peerkd.deploy.bench import bench
 from peerkd.deploy.certs import check_hosts, make_certs, make_node_keys, parse_host, write_secret
 from peerkd.deploy.cli import main
-from peerkd.deploy.cluster import PROCESS_FILE, Cluster
+from peerkd.deploy.cluster import PROCESS_FILE, Cluster, DeployError
 from peerkd.deploy.commands import *  # noqa: F403  (its __all__: command lines and config text)
 from peerkd.deploy.launch import *  # noqa: F403  (its __all__: the loopback cluster and runs)
 from peerkd.deploy.processes import Started, process_tree, stop_escalating, stop_processes
@@ -37,6 +40,7 @@ __all__ = [
     "DEPLOY_ENV",
     "PROCESS_FILE",
     "Cluster",
+    "DeployError",
     "LocalCluster",
     "Started",
     "bench",

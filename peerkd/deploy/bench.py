@@ -17,8 +17,8 @@ def bench(state: Path, sizes: list[int], rounds: int, app: Path, secure: bool, t
         sub = state / f"{'tuned' if tuned else 'baseline'}-{n}"
         out = sub / "out"
         cluster = Cluster(sub)
+        start_local(sub, n, secure=secure, tuned=tuned)  # refuses a state in use; cleans up if it fails
         try:
-            start_local(sub, n, secure=secure, tuned=tuned)
             submit_run(sub, f"strategy='peer' data='digits' num-clients={n} rounds={rounds} out='{out}'", app)
             wait_for_summary(out, cluster, 120 + 60 * rounds * max(1, n // 2))
             lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

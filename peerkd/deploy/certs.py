@@ -1,9 +1,14 @@
-"""Test certificates (a self-signed CA and a SuperLink certificate) and SuperNode key pairs."""
+"""Test certificates (a self-signed CA and a SuperLink certificate) and SuperNode key pairs.
+
+An existing private key is never overwritten unless asked (``force``): a CA key or a node key
+in use elsewhere would be lost, and with it every certificate it signed or registration it made.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import os
 import re
 from pathlib import Path
@@ -13,12 +18,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from peerkd.errors import ConfigError
+from peerkd.errors import ConfigError, check_range
+
+log = logging.getLogger(__name__)
 
 
-def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
-    """Write ``ca.crt``/``ca.key`` (self-signed CA) and ``server.pem``/``server.key`` for ``hosts``."""
+def make_certs(out: Path, hosts: list[str], days: int = 365, force: bool = False) -> Path:
+    """Write ``ca.crt``/``ca.key`` (self-signed CA) and ``server.pem``/``server.key`` for ``hosts``.
+
+    ConfigError (nothing written) if ``ca.key`` or ``server.key`` exists, unless ``force``.
+    """
     hosts = check_hosts(",".join(hosts))
+    replaced = _refuse_overwrite([out / "ca.key", out / "server.key"], force)
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
@@ -39,6 +50,7 @@ def make_certs(out: Path, hosts: list[str], days: int = 365) -> Path:
         write_secret(out / name, k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (out / "ca.crt").write_bytes(ca.public_bytes(pem))
     (out / "server.pem").write_bytes(cert.public_bytes(pem))
+    _say_replaced(replaced)
     return out
 
 
@@ -93,8 +105,13 @@ def check_hosts(hosts: str) -> list[str]:
     return [str(parse_host(h)) for h in names]
 
 
-def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Path, Path]]:
-    """Write ``count`` ECDSA P-384 key pairs (OpenSSH format, as ``flwr supernode register`` wants)."""
+def make_node_keys(out: Path, count: int, prefix: str = "node", force: bool = False) -> list[tuple[Path, Path]]:
+    """Write ``count`` ECDSA P-384 key pairs (OpenSSH format, as ``flwr supernode register`` wants).
+
+    ConfigError (nothing written) if one of the private keys exists, unless ``force``.
+    """
+    check_range("--nodes", count, 1)
+    replaced = _refuse_overwrite([out / f"{prefix}-{i}" for i in range(count)], force)
     out.mkdir(parents=True, exist_ok=True)
     pairs = []
     for i in range(count):
@@ -109,7 +126,25 @@ def make_node_keys(out: Path, count: int, prefix: str = "node") -> list[tuple[Pa
         openssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         public.write_bytes(key.public_key().public_bytes(*openssh))
         pairs.append((private, public))
+    _say_replaced(replaced)
     return pairs
+
+
+def _refuse_overwrite(keys: list[Path], force: bool) -> list[Path]:
+    """The private ``keys`` already there (a dangling link counts); ConfigError naming them unless ``force``."""
+    there = [k for k in keys if os.path.lexists(k)]
+    if there and not force:
+        more = f" (and {len(there) - 1} more)" if len(there) > 1 else ""
+        raise ConfigError(
+            str(there[0]), f"a private key is already there{more}; not overwritten (give --force to replace it)"
+        )
+    return there
+
+
+def _say_replaced(keys: list[Path]) -> None:
+    """Log each private key that ``force`` replaced."""
+    for k in keys:
+        log.info("replaced the private key %s", k)
 
 
 def write_secret(path: Path, data: bytes) -> None:

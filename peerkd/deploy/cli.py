@@ -12,7 +12,7 @@ from pathlib import Path
 
 from peerkd.deploy.bench import bench
 from peerkd.deploy.certs import check_hosts, make_certs, make_node_keys
-from peerkd.deploy.cluster import Cluster
+from peerkd.deploy.cluster import Cluster, DeployError
 from peerkd.deploy.commands import (
     CONNECTION,
     DEPLOY_ENV,
@@ -24,9 +24,16 @@ from peerkd.deploy.commands import (
     supernode_args,
     write_node_config,
 )
-from peerkd.deploy.launch import NODE_CONFIG, LocalCluster, start_local, submit_run, wait_for_port, wait_for_summary
-from peerkd.deploy.processes import process_tree
-from peerkd.errors import ConfigError
+from peerkd.deploy.launch import (
+    NODE_CONFIG,
+    LocalCluster,
+    output_reason,
+    start_local,
+    submit_run,
+    wait_for_port,
+    wait_for_summary,
+)
+from peerkd.errors import ConfigError, check_range
 
 log = logging.getLogger("peerkd.deploy")
 
@@ -42,16 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0, or 1 when ``stop`` left processes running.
+        The exit status: 0; 2 for a bad setting; 1 for a step that failed (a state in use or
+        damaged, a process that did not start, a file the system refused) or when ``stop`` left
+        processes running. Each failure is one line on stderr.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.update({k: v for k, v in DEPLOY_ENV.items() if k not in os.environ})
     a = _parser().parse_args(argv)
     try:
         return a.func(a)
-    except ConfigError as exc:  # a setting the user can fix: one line, no traceback
-        print(f"peerkd-deploy {a.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:  # a setting the user can fix
+        return _fail(a.cmd, str(exc), 2)
+    except DeployError as exc:  # a step that cannot go on, its reason already one line
+        return _fail(a.cmd, str(exc), 1)
+    except OSError as exc:  # a file or program the system refused (read-only, missing, no space)
+        return _fail(a.cmd, f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc), 1)
+
+
+def _fail(cmd: str, message: str, code: int) -> int:
+    """Print ``message`` as one line on stderr and return ``code``."""
+    print(f"peerkd-deploy {cmd}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,12 +91,13 @@ def _add_certs(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--hosts", default="127.0.0.1,localhost", help="comma list of the SuperLink's IPs ([::1] too) and DNS names"
     )
+    c.add_argument("--force", action="store_true", help="replace an existing ca.key / server.key")
     c.set_defaults(func=_cmd_certs)
 
 
 def _cmd_certs(a: argparse.Namespace) -> int:
     """Write the CA and the SuperLink certificate."""
-    log.info("wrote %s", make_certs(a.dir, check_hosts(a.hosts)))
+    log.info("wrote %s", make_certs(a.dir, check_hosts(a.hosts), force=a.force))
     return 0
 
 
@@ -88,12 +107,13 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     k.add_argument("dir", type=Path)
     k.add_argument("--nodes", type=int, default=1)
     k.add_argument("--prefix", default="node")
+    k.add_argument("--force", action="store_true", help="replace existing private keys")
     k.set_defaults(func=_cmd_keys)
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
     """Write the node key pairs."""
-    for private, public in make_node_keys(a.dir, a.nodes, a.prefix):
+    for private, public in make_node_keys(a.dir, a.nodes, a.prefix, force=a.force):
         log.info("%s  %s", private, public)
     return 0
 
@@ -150,20 +170,22 @@ def _cmd_superlink(a: argparse.Namespace) -> int:
     """Start a SuperLink, wait until it listens, and write the Flower connection and ``cluster.json`` for it."""
     certs = _check_superlink_args(a)
     cluster = Cluster(a.state)
-    flwr_home = cluster.state / "flwr-home"
-    flwr_home.mkdir(exist_ok=True)
-    control = control_client_address(a.control)
-    (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
-    args = superlink_args(a.fleet, a.control, certs, not a.insecure, cluster.state / "superlink-flwr.log")
-    link = cluster.start("superlink", args, env={"FLWR_HOME": str(flwr_home)})
-    try:
-        for address in (control_client_address(a.fleet), control):
-            wait_for_port(address, a.start_timeout, link)
-    except RuntimeError as exc:
-        cluster.stop(["superlink"])
-        log.error("SuperLink did not start: %s: %s", exc, _last_line(cluster.state / "superlink.log"))
-        return 1
-    LocalCluster(str(cluster.state), a.fleet, control, str(flwr_home), not a.insecure, 0).write()
+    with cluster.claim():  # a running SuperLink keeps its state: no second one records itself over it
+        flwr_home = cluster.state / "flwr-home"
+        flwr_home.mkdir(exist_ok=True)
+        control = control_client_address(a.control)
+        (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
+        args = superlink_args(a.fleet, a.control, certs, not a.insecure, cluster.state / "superlink-flwr.log")
+        link = cluster.start("superlink", args, env={"FLWR_HOME": str(flwr_home)})
+        try:
+            for address in (control_client_address(a.fleet), control):
+                wait_for_port(address, a.start_timeout, link)
+        except DeployError as exc:
+            cluster.stop(["superlink"])
+            log_file = cluster.state / "superlink.log"
+            reason = output_reason(log_file.read_text(errors="replace")) if log_file.exists() else f"see {log_file}"
+            raise DeployError(f"SuperLink did not start: {exc}: {reason}") from None
+        LocalCluster(str(cluster.state), a.fleet, control, str(flwr_home), not a.insecure, 0).write()
     log.info(
         "SuperLink pid %d: Fleet API %s, Control API %s%s",
         link.pid,
@@ -173,12 +195,6 @@ def _cmd_superlink(a: argparse.Namespace) -> int:
     )
     log.info("register nodes: FLWR_HOME=%s flwr supernode register node-0.pub %s", flwr_home, CONNECTION)
     return 0
-
-
-def _last_line(path: Path) -> str:
-    """The last non-empty line of a log file (a failed process's reason), or a pointer to it."""
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
-    return lines[-1] if lines else f"see {path}"
 
 
 def _add_supernode(sub: argparse._SubParsersAction) -> None:
@@ -199,22 +215,30 @@ def _add_supernode(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_supernode(a: argparse.Namespace) -> int:
     """Start one SuperNode with its node config."""
+    config = node_config(a.partition_id, a.num_partitions, a.data_path, a.student)  # range-checked
+    check_range("--port", a.port, 1, 65535)
     if a.root_cert is None and not a.insecure:
-        raise SystemExit("peerkd-deploy supernode: --root-cert ca.crt is required (or --insecure)")
+        raise ConfigError("--root-cert", "the CA certificate is required", "--root-cert ca.crt, or --insecure")
+    for flag, path in (("--root-cert", None if a.insecure else a.root_cert), ("--key", a.key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(flag, f"{path} is not a file")
     if a.insecure and not is_loopback(a.superlink):
         log.warning("insecure connection to %s: logits travel unencrypted", a.superlink)
     cluster = Cluster(a.state)
     name = f"node-{a.partition_id}"
-    home = cluster.state / name
-    home.mkdir(exist_ok=True)
-    config = write_node_config(
-        home / NODE_CONFIG, node_config(a.partition_id, a.num_partitions, a.data_path, a.student)
-    )
-    args = supernode_args(
-        a.superlink, config, a.port, None if a.insecure else a.root_cert.resolve(), a.key.resolve() if a.key else None
-    )
-    env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")}
-    node = cluster.start(name, args, env=env)
+    with cluster.claim([name]):
+        home = cluster.state / name
+        home.mkdir(exist_ok=True)
+        root_cert = None if a.insecure else a.root_cert.resolve()
+        args = supernode_args(
+            a.superlink,
+            write_node_config(home / NODE_CONFIG, config),
+            a.port,
+            root_cert,
+            a.key.resolve() if a.key else None,
+        )
+        env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")}
+        node = cluster.start(name, args, env=env)
     log.info("SuperNode %s pid %d -> %s", name, node.pid, a.superlink)
     return 0
 
@@ -278,8 +302,10 @@ def _add_stop(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_stop(a: argparse.Namespace) -> int:
     """Stop the recorded processes and say which; 1 if any survived."""
+    if not a.state.is_dir():  # a typo: say so, and leave no empty directory behind
+        raise ConfigError("--state", f"{a.state} is not a directory", "the --state that local/superlink/supernode used")
     cluster = Cluster(a.state)
-    running = [s for s in cluster.started() if (not a.names or s.name in a.names) and process_tree([s])]
+    running = cluster.running(a.names or None)
     left = cluster.stop(a.names or None)
     stopped = [f"{s.name} (PID {s.pid})" for s in running if s.pid not in left]
     print(f"stopped {', '.join(stopped)}" if stopped else f"nothing recorded in {a.state} was running")
@@ -302,6 +328,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_bench(a: argparse.Namespace) -> int:
     """Bench Flower's defaults, then the tuned settings; one JSON line per cluster size."""
+    if not re.fullmatch(r"[1-9]\d*(,[1-9]\d*)*", a.nodes):
+        raise ConfigError("--nodes", f"{a.nodes!r} is not a comma list of cluster sizes", "e.g. 2,8 (each >= 1)")
+    check_range("--rounds", a.rounds, 1)
     sizes = [int(x) for x in a.nodes.split(",")]
     for tuned in (False, True):
         for row in bench(a.state.resolve(), sizes, a.rounds, a.app.resolve(), a.secure, tuned):

@@ -11,6 +11,7 @@ from typing import Any
 import tomli_w
 
 from peerkd.env import QUIET_ENV
+from peerkd.errors import check_range
 
 __all__ = [
     "BASELINE_ENV",
@@ -41,7 +42,12 @@ BASELINE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0", "PEERKD_GRID_POLL_S"
 
 
 def node_config(partition_id: int, num_partitions: int, data_path: str = "", student: str = "") -> dict[str, Any]:
-    """The node config of one SuperNode (what its ClientApp reads), empty values left out."""
+    """The node config of one SuperNode (what its ClientApp reads), empty values left out.
+
+    ConfigError unless ``num_partitions >= 1`` and ``0 <= partition_id < num_partitions``.
+    """
+    check_range("--num-partitions", num_partitions, 1)
+    check_range("--partition-id", partition_id, 0, num_partitions, high_open=True)
     items: dict[str, Any] = {"partition-id": partition_id, "num-partitions": num_partitions}
     if data_path:
         items["data-path"] = data_path

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from peerkd.deploy.certs import make_certs, make_node_keys
-from peerkd.deploy.cluster import Cluster
+from peerkd.deploy.cluster import Cluster, DeployError, write_atomic
 from peerkd.deploy.commands import (
     BASELINE_ENV,
     BIN,
@@ -26,12 +26,14 @@ from peerkd.deploy.commands import (
     write_node_config,
 )
 from peerkd.deploy.processes import Started, process_tree
+from peerkd.errors import check_range
 
 __all__ = [
     "CLUSTER_FILE",
     "LocalCluster",
     "NODE_CONFIG",
     "flwr_env",
+    "output_reason",
     "register_nodes",
     "start_local",
     "submit_run",
@@ -56,27 +58,38 @@ class LocalCluster:
 
     def write(self) -> None:
         """Save to ``state/cluster.json``, where ``submit_run`` finds the cluster."""
-        (Path(self.state) / CLUSTER_FILE).write_text(json.dumps(asdict(self), indent=1))
+        write_atomic(Path(self.state) / CLUSTER_FILE, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def read(cls, state: Path) -> LocalCluster:
-        """The cluster saved in ``state/cluster.json``."""
-        return cls(**json.loads((state / CLUSTER_FILE).read_text()))
+        """The cluster saved in ``state/cluster.json``; DeployError if there is none or it is damaged."""
+        path = state / CLUSTER_FILE
+        if not path.is_file():
+            raise DeployError(
+                f"no cluster in {state} (no {CLUSTER_FILE}); start one: peerkd-deploy local --state {state}"
+            )
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:  # not JSON (ValueError), or not this record's fields (TypeError)
+            why = exc if isinstance(exc, ValueError) else "not a cluster record"
+            raise DeployError(
+                f"{path} is damaged ({why}); start the cluster again: peerkd-deploy stop --state {state}, then local"
+            ) from None
 
 
 def wait_for_port(address: str, timeout: float, proc: Started | None = None) -> None:
-    """Return once ``host:port`` accepts TCP connections; RuntimeError after ``timeout`` s or if ``proc`` died."""
+    """Return once ``host:port`` accepts TCP connections; DeployError after ``timeout`` s or if ``proc`` died."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.pid not in process_tree([proc]):
-            raise RuntimeError(f"{proc.name} exited before listening on {address}")
+            raise DeployError(f"{proc.name} exited before listening on {address}")
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
                 return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {address} after {timeout:g} s")
+    raise DeployError(f"nothing listens on {address} after {timeout:g} s")
 
 
 def flwr_env(flwr_home: Path) -> dict[str, str]:
@@ -105,9 +118,9 @@ def register_nodes(flwr_home: Path, public_keys: list[Path], timeout: float = 90
             proc.kill()
             out, _ = proc.communicate()
         if proc.returncode != 0:
-            failed.append(f"{key}: {out[-400:]}")
+            failed.append(f"{key}: {output_reason(out)}")
     if failed:
-        raise RuntimeError("flwr supernode register failed: " + " | ".join(failed))
+        raise DeployError("flwr supernode register failed: " + " | ".join(failed))
 
 
 def start_local(
@@ -124,28 +137,48 @@ def start_local(
     ``tuned=False`` starts it as Flower's defaults would (1 s task polls, 3 s reply pulls,
     no world cache): the baseline of ``bench``. A run's wait for a round's replies is its
     run-config key ``round-timeout`` (s, default 600).
+
+    A state whose processes still run is refused (DeployError) before anything in it changes;
+    the state's own CA and node keys are made afresh for each cluster. If start-up fails, what
+    it started is stopped.
     """
+    check_range("--nodes", nodes, 1)
     cluster = Cluster(state)
-    extra = {} if tuned else BASELINE_ENV
-    link_env = {"FLWR_HOME": str(state / "flwr-home"), **extra}
-    state = cluster.state
+    with cluster.claim():
+        try:
+            return _start_cluster(cluster, nodes, secure, students or [], data_paths or [], start_timeout, tuned)
+        except BaseException:  # Ctrl-C included: no half cluster left running
+            cluster.stop()
+            raise
+
+
+def _start_cluster(
+    cluster: Cluster,
+    nodes: int,
+    secure: bool,
+    students: list[str],
+    data_paths: list[str],
+    start_timeout: float,
+    tuned: bool,
+) -> LocalCluster:
+    """``start_local`` in a state directory it owns."""
+    state, extra = cluster.state, {} if tuned else BASELINE_ENV
     fleet_port, control_port, *node_ports = free_ports(2 + nodes)
     fleet, control = f"127.0.0.1:{fleet_port}", f"127.0.0.1:{control_port}"
-    certs = make_certs(state / "certs", ["127.0.0.1", "localhost"]) if secure else None
+    certs = make_certs(state / "certs", ["127.0.0.1", "localhost"], force=True) if secure else None
     flwr_home = state / "flwr-home"
     flwr_home.mkdir(exist_ok=True)
     (flwr_home / "config.toml").write_text(connection_toml(control, str(certs / "ca.crt") if certs else None))
-    link = cluster.start(
-        "superlink", superlink_args(fleet, control, certs, secure, state / "superlink-flwr.log"), env=link_env
-    )
+    link_args = superlink_args(fleet, control, certs, secure, state / "superlink-flwr.log")
+    link = cluster.start("superlink", link_args, env={"FLWR_HOME": str(flwr_home), **extra})
     wait_for_port(fleet, start_timeout, link)
     wait_for_port(control, start_timeout, link)
-    keys = make_node_keys(state / "keys", nodes) if secure else [(None, None)] * nodes
+    keys = make_node_keys(state / "keys", nodes, force=True) if secure else [(None, None)] * nodes
     if secure:
         register_nodes(flwr_home, [public for _, public in keys])
     for i, (private, _) in enumerate(keys):
         student = students[i % len(students)] if students else ""
-        data_path = data_paths[i] if data_paths and i < len(data_paths) else ""
+        data_path = data_paths[i] if i < len(data_paths) else ""
         config = write_node_config(_node_home(cluster, i) / NODE_CONFIG, node_config(i, nodes, data_path, student))
         args = supernode_args(fleet, config, node_ports[i], certs / "ca.crt" if certs else None, private)
         _start_node(cluster, i, args, extra)
@@ -169,30 +202,56 @@ def _node_home(cluster: Cluster, i: int) -> Path:
 
 
 def submit_run(state: Path, run_config: str, app: Path, timeout: float = 120.0) -> int:
-    """``flwr run APP peerkd --run-config ...`` against the cluster in ``state``; the run id."""
+    """``flwr run APP peerkd --run-config ...`` against the cluster in ``state``; the run id.
+
+    DeployError (one line) without a cluster, with a SuperLink that is not running, or when ``flwr run`` fails.
+    """
     info = LocalCluster.read(state)
-    res = subprocess.run(
-        [str(BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", run_config],
-        cwd=app,
-        env=flwr_env(Path(info.flwr_home)),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    link = next((s for s in Cluster(state).started() if s.name == "superlink"), None)
+    if link is not None and link.pid not in process_tree([link]):
+        raise DeployError(
+            f"the SuperLink of {state} (pid {link.pid}) is not running; start the cluster again: "
+            f"peerkd-deploy stop --state {state}, then local (or superlink)"
+        )
+    try:
+        res = subprocess.run(
+            [str(BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", run_config],
+            cwd=app,
+            env=flwr_env(Path(info.flwr_home)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"flwr run did not return within {timeout:g} s (SuperLink at {info.control})") from None
     found = re.search(r"Successfully started run (\d+)", res.stdout)
     if res.returncode != 0 or not found:
-        raise RuntimeError(f"flwr run failed: {(res.stdout + res.stderr)[-1500:]}")
+        raise DeployError(f"flwr run failed: {output_reason(res.stdout + res.stderr)}")
     return int(found.group(1))
 
 
+def output_reason(output: str) -> str:
+    """The reason in a program's output, on one line: the text of the last boxed ``Error`` panel the ``flwr``
+    CLI draws, else the last non-empty line."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    box = [i for i, ln in enumerate(lines) if ln.startswith("╭")]
+    if box:
+        inner = [ln.strip("│ ") for ln in lines[box[-1] + 1 :] if ln.startswith("│")]
+        return " ".join(inner)
+    return lines[-1] if lines else "(no output)"
+
+
 def wait_for_summary(out: Path, cluster: Cluster, timeout: float) -> dict:
-    """``out/summary.json`` once written; RuntimeError after ``timeout`` s or if the SuperLink died."""
+    """``out/summary.json`` once written; DeployError after ``timeout`` s or if the SuperLink died."""
     deadline = time.monotonic() + timeout
     while not (out / "summary.json").exists():
         if not cluster.alive("superlink"):
-            raise RuntimeError(f"the SuperLink exited; see {cluster.state / 'superlink.log'}")
+            raise DeployError(f"the SuperLink exited; see {cluster.state / 'superlink.log'}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no {out / 'summary.json'} after {timeout:g} s; see {cluster.state}/*.log")
+            raise DeployError(f"no {out / 'summary.json'} after {timeout:g} s; see {cluster.state}/*.log")
         time.sleep(0.5)
     time.sleep(0.2)  # summary.json is the last file written
-    return json.loads((out / "summary.json").read_text())
+    try:
+        return json.loads((out / "summary.json").read_text())
+    except ValueError as exc:
+        raise DeployError(f"{out / 'summary.json'} is not readable JSON ({exc})") from None

@@ -1,8 +1,8 @@
 """Finding and stopping the processes we started, from ``/proc`` (Linux).
 
 A PID alone is not enough to find a process again: it may have exited and its PID been
-reused. A :class:`Started` record keeps the start time too, so a process is only ever
-signalled while it is still the one we started.
+reused. A :class:`Started` record keeps the start time and the command line too, so a
+process is only ever signalled while it is still the one we started.
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ class Started:
     name: str
     pid: int
     start_time: int  # /proc/<pid>/stat field 22: tells a reused PID apart
-    cmdline: str
+    cmdline: str  # /proc/<pid>/cmdline when started, arguments joined by spaces: must still match
+
+
+def cmdline(pid: int) -> str | None:
+    """The command line of process ``pid`` as ``/proc`` shows it (arguments joined by spaces); None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return " ".join(raw.decode(errors="replace").removesuffix("\0").split("\0"))
 
 
 def proc_table() -> dict[int, tuple[int, int, str, int]]:
@@ -46,14 +55,15 @@ def proc_table() -> dict[int, tuple[int, int, str, int]]:
 
 
 def process_tree(roots: list[Started]) -> set[int]:
-    """Live PIDs of ``roots`` (if still the same processes) and everything below them.
+    """Live PIDs of ``roots`` (if still the same processes: PID, start time and command line) and
+    everything below them.
 
     Flower's SuperLink and SuperNode start their SuperExec in a new session; its children
     (ServerApp, ClientApp processes) stay in that session even when orphaned, so sessions
     found under a root are followed too.
     """
     table = proc_table()
-    members = {r.pid for r in roots if r.pid in table and table[r.pid][3] == r.start_time and table[r.pid][2] != "Z"}
+    members = {r.pid for r in roots if _same(r, table)}
     forbidden = {0, 1, os.getsid(0)}
     sids = {table[p][1] for p in members} - forbidden
     grew = True
@@ -65,6 +75,12 @@ def process_tree(roots: list[Started]) -> set[int]:
                 sids |= {sid} - forbidden
                 grew = True
     return members
+
+
+def _same(r: Started, table: dict[int, tuple[int, int, str, int]]) -> bool:
+    """Whether ``r`` is still running as the very process we started."""
+    row = table.get(r.pid)
+    return row is not None and row[3] == r.start_time and row[2] != "Z" and cmdline(r.pid) == r.cmdline
 
 
 def stop_escalating(

@@ -344,7 +344,7 @@ def test_the_control_api_binds_to_loopback_by_default():
     assert args[args.index("--host") + 1] == "127.0.0.1" and a.control == "127.0.0.1:9093"
 
 
-def test_a_superlink_that_fails_to_start_exits_nonzero_with_the_reason(tmp_path, caplog):
+def test_a_superlink_that_fails_to_start_exits_nonzero_with_the_reason(tmp_path, capsys):
     # Prepare: certificate files that exist but hold no certificate; then free loopback ports.
     bad = tmp_path / "junk-certs"
     bad.mkdir()
@@ -354,9 +354,10 @@ def test_a_superlink_that_fails_to_start_exits_nonzero_with_the_reason(tmp_path,
     ports = ["--fleet", fleet, "--control", control]
     # Execute
     failed = D.main(["superlink", "--state", str(tmp_path / "s1"), "--certs", str(bad), *ports])
-    # Assert: non-zero, the reason from the SuperLink's own output, nothing left running.
-    assert failed == 1
-    assert "SuperLink did not start" in caplog.text and "SSL" in caplog.text, caplog.text
+    # Assert: non-zero, one line with the reason from the SuperLink's own output, nothing left running.
+    err = capsys.readouterr().err
+    assert failed == 1 and err.count("\n") == 1, err
+    assert err.startswith("peerkd-deploy superlink: error: SuperLink did not start: ") and "SSL" in err, err
     assert not D.process_tree(D.Cluster(tmp_path / "s1").started())
     # A SuperLink that does start returns 0 once both APIs listen (then it is stopped).
     try:
