@@ -120,7 +120,7 @@ def _run(args: list[str]) -> int:
     _print_splits([spec.world])
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if check_only:
-        return _check_run(spec, strategy, out)
+        return _check_run(spec, strategy, out, engine, resources)
     config = OmegaConf.to_container(cfg, resolve=True)
     summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
@@ -141,13 +141,14 @@ def _run(args: list[str]) -> int:
 CHECK_FLAG = "--check"  # peerkd run ... --check: validate everything a run would, then stop
 
 
-def _check_run(spec, strategy, out: str) -> int:
-    """Everything ``run`` checks before an engine starts (config, data, world, rule, ``out``); no run."""
+def _check_run(spec, strategy, out: str, engine, resources: dict[str, float]) -> int:
+    """Everything ``run`` checks before an engine starts (config, data, world, rule, memory, Ray
+    address, ``out``); no run."""
     from peerkd.round.results import check_out_dir
-    from simulations.runner import preflight
+    from simulations.preflight import preflight
 
     check_out_dir(out)
-    preflight(spec, strategy)
+    preflight(spec, strategy, engine, resources)
     world = spec.world
     print(f"ok: {strategy.name} on {world.dataset}, {world.num_clients} clients, {spec.rounds} rounds; out {out}")
     return 0
@@ -228,12 +229,14 @@ def _print_splits(worlds: list) -> None:
     import dataclasses
 
     from peerkd.world.build import build_world, split_report, split_warnings
+    from simulations.preflight import check_load
 
     seen = set()
     for spec in worlds:
         if spec.dataset != "file" or (key := dataclasses.replace(spec, seed=0)) in seen:
             continue
         seen.add(key)
+        check_load(spec)  # a file too large to load is one line, not an allocation
         world = build_world(spec)
         print("\n".join(split_report(world)))
         for warning in split_warnings(world):
