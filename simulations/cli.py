@@ -93,9 +93,13 @@ def _load(command: str, args: list[str]):
 def _compose(command: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
+    from simulations.config import check_overrides
+
     _register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name=command, overrides=overrides)
+        cfg = compose(config_name=command, overrides=overrides)
+    check_overrides(cfg, overrides)
+    return cfg
 
 
 @functools.cache
@@ -180,6 +184,7 @@ def _compare(args: list[str]) -> int:
 
 
 def _sweep(args: list[str]) -> int:
+    from peerkd.errors import ConfigError
     from simulations.sweep import grid_axes, seeds_from_seed, split_overrides
 
     args = seeds_from_seed(args)  # a sweep runs a list of seeds at every point: seed=N means seeds=[N]
@@ -187,6 +192,9 @@ def _sweep(args: list[str]) -> int:
     plain, cli_axes = split_overrides([a for a in args if a not in flags])
     cfg = _load("sweep", plain + flags) or _compose("sweep", plain)
     fixed = {o.split("=", 1)[0].lstrip("+~") for o in plain}
+    swept = set(cli_axes) | (set(split_overrides(list(cfg.grid))[1]) if "grid" in fixed else set())
+    if both := sorted(swept & fixed):  # one value on the command line fixes an experiment's axis, not its own sweep
+        raise ConfigError(both[0], "given both as a sweep (a,b,... or in grid=) and as one value", "one of the two")
     axes = grid_axes(list(cfg.grid), cli_axes, fixed)
     if flags:
         print(

@@ -417,3 +417,34 @@ def check_resources(r: ResourcesConf) -> dict[str, float]:
             )
     return {"num_cpus": float(r.num_cpus), "num_gpus": float(r.num_gpus)}
 
+
+def check_overrides(cfg: Any, overrides: list[str]) -> None:
+    """Refuse what Hydra would take silently: keys that no schema has, added with ``+`` (nothing
+    would read them), and a number or string given for a boolean setting (OmegaConf reads 2 as true)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if extra := unknown_keys(cfg):
+        what = "not a setting" if len(extra) == 1 else "not settings"
+        raise ConfigError(", ".join(extra), f"{what} (added with +, nothing would read it)", "the keys --cfg job lists")
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override() or o.is_delete() or (value := o.value()) is None or isinstance(value, bool):
+            continue
+        if isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), bool):
+            raise ConfigError(o.key_or_group, f"{value!r} is not a boolean", "true, false")
+
+
+def unknown_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` that its nodes' schemas (dataclasses) do not declare."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cls = OmegaConf.get_type(cfg)
+    known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+    out = []
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if known is not None and key not in known:
+            out.append(f"{prefix}{key}")
+        elif isinstance(node, DictConfig):
+            out += unknown_keys(node, f"{prefix}{key}.")
+    return out
