@@ -33,6 +33,7 @@ import numpy as np
 from peerkd.errors import ConfigError
 
 log = logging.getLogger("peerkd")
+
 SEQ_LEN = 32  # tokens per window: short enough for tiny models on a 2-core machine
 TEXT_SIZE = 4_000  # synthtext windows when no size is given
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ."
