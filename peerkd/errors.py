@@ -56,8 +56,12 @@ def check_range(
     if high is not None:
         ok &= value < high if high_open else value <= high
     if not ok:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
+        lo = "-inf" if low is None else _bound(low)
+        hi = "inf" if high is None else _bound(high)
         interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
         raise ConfigError(field, f"{value!r} is out of range", interval)
     return value
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"  # an int exactly: 2**20 is 1048576, not 1.04858e+06

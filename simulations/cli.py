@@ -93,9 +93,13 @@ def _load(command: str, args: list[str]):
 def _compose(command: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
+    from simulations.config import check_overrides
+
     _register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name=command, overrides=overrides)
+        cfg = compose(config_name=command, overrides=overrides)
+    check_overrides(cfg, overrides)
+    return cfg
 
 
 @functools.cache
@@ -120,7 +124,7 @@ def _run(args: list[str]) -> int:
     _print_splits([spec.world])
     out = cfg.out or f"runs/run-{strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if check_only:
-        return _check_run(spec, strategy, out)
+        return _check_run(spec, strategy, out, engine, resources)
     config = OmegaConf.to_container(cfg, resolve=True)
     summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
@@ -141,13 +145,14 @@ def _run(args: list[str]) -> int:
 CHECK_FLAG = "--check"  # peerkd run ... --check: validate everything a run would, then stop
 
 
-def _check_run(spec, strategy, out: str) -> int:
-    """Everything ``run`` checks before an engine starts (config, data, world, rule, ``out``); no run."""
+def _check_run(spec, strategy, out: str, engine, resources: dict[str, float]) -> int:
+    """Everything ``run`` checks before an engine starts (config, data, world, rule, memory, Ray
+    address, ``out``); no run."""
     from peerkd.round.results import check_out_dir
-    from simulations.runner import preflight
+    from simulations.preflight import preflight
 
     check_out_dir(out)
-    preflight(spec, strategy)
+    preflight(spec, strategy, engine, resources)
     world = spec.world
     print(f"ok: {strategy.name} on {world.dataset}, {world.num_clients} clients, {spec.rounds} rounds; out {out}")
     return 0
@@ -179,6 +184,7 @@ def _compare(args: list[str]) -> int:
 
 
 def _sweep(args: list[str]) -> int:
+    from peerkd.errors import ConfigError
     from simulations.sweep import grid_axes, seeds_from_seed, split_overrides
 
     args = seeds_from_seed(args)  # a sweep runs a list of seeds at every point: seed=N means seeds=[N]
@@ -186,6 +192,9 @@ def _sweep(args: list[str]) -> int:
     plain, cli_axes = split_overrides([a for a in args if a not in flags])
     cfg = _load("sweep", plain + flags) or _compose("sweep", plain)
     fixed = {o.split("=", 1)[0].lstrip("+~") for o in plain}
+    swept = set(cli_axes) | (set(split_overrides(list(cfg.grid))[1]) if "grid" in fixed else set())
+    if both := sorted(swept & fixed):  # one value on the command line fixes an experiment's axis, not its own sweep
+        raise ConfigError(both[0], "given both as a sweep (a,b,... or in grid=) and as one value", "one of the two")
     axes = grid_axes(list(cfg.grid), cli_axes, fixed)
     if flags:
         print(
@@ -228,12 +237,14 @@ def _print_splits(worlds: list) -> None:
     import dataclasses
 
     from peerkd.world.build import build_world, split_report, split_warnings
+    from simulations.preflight import check_load
 
     seen = set()
     for spec in worlds:
         if spec.dataset != "file" or (key := dataclasses.replace(spec, seed=0)) in seen:
             continue
         seen.add(key)
+        check_load(spec)  # a file too large to load is one line, not an allocation
         world = build_world(spec)
         print("\n".join(split_report(world)))
         for warning in split_warnings(world):

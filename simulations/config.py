@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from peerkd.batched.grid import DEVICES
+from peerkd.batched.memory import MemoryPart, check_fits
 from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.hooks.faults import AttackSpec, FaultSpec
 from peerkd.hooks.privacy import PrivacySpec
@@ -20,11 +21,18 @@ from peerkd.round.spec import RunSpec
 from peerkd.student.models import MODELS
 from peerkd.wire.codec import CODECS, Codec
 from peerkd.world.build import MAX_SEED, WorldSpec
-from peerkd.world.data import BUILTIN_DATASETS, file_fractions, load_dataset
+from peerkd.world.data import BUILTIN_DATASETS, check_fractions, file_fractions, load_bytes, load_dataset
 from peerkd.world.partition import PARTITIONS
 from peerkd.world.transfer import TRANSFER_KINDS
 from strategies import RULES, build_strategy, rule_settings
 from strategies.base import DistillationStrategy
+
+# Upper bounds of sizes, far above any run here, so that a typo (an extra 000) is one line and
+# not an allocation: every batch is full (a small shard is repeated to fill it), so a batch's
+# memory grows with batch_size whatever the data; a batch plan holds every epoch's indices.
+MAX_BATCH_SIZE = 2**20
+MAX_EPOCHS = 10_000
+MAX_ROWS = 10**8  # data.size, data.transfer_size, shard sizes: synth takes ~2 KB a row to generate
 
 
 @dataclass
@@ -246,9 +254,9 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     d, p, t = cfg.data, cfg.partition, cfg.train
     check_range("num_clients", cfg.num_clients, 1)
     check_range("rounds", cfg.rounds, 1)
-    check_range("train.epochs", t.epochs, 1)
+    check_range("train.epochs", t.epochs, 1, MAX_EPOCHS)
     check_range("train.lr", t.lr, 0.0, 10.0, low_open=True)
-    check_range("train.batch_size", t.batch_size, 1)
+    check_range("train.batch_size", t.batch_size, 1, MAX_BATCH_SIZE)
     check_range("round_timeout", cfg.round_timeout, 0.0, low_open=True)
     if (rules := getattr(cfg, "rules", None)) is not None:  # compare, sweep: one settings node for several rules
         check_shared_settings(cfg.strategy, list(rules))
@@ -256,22 +264,27 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     if not students:
         raise ConfigError("students", "needs at least one model", MODELS)
     check_choice("data", d.name, GROUPS["data"])
+    for key in ("size", "transfer_size"):
+        check_range(f"data.{key}", getattr(d, key), 0, MAX_ROWS)
+    check_range("partition.min_size", p.min_size, 1, MAX_ROWS)
+    check_range("partition.samples_per_client", p.samples_per_client, 0, MAX_ROWS)
     test_frac, public_frac, server_frac = _fractions(d)
+    check_fractions(test_frac, public_frac, server_frac)
     world = WorldSpec(
         dataset=d.name,
         data_path=d.path or "",
         data_label=d.label,
-        data_size=int(check_range("data.size", d.size, 0)),
+        data_size=int(d.size),
         test_frac=test_frac,
         public_frac=public_frac,
         server_frac=server_frac,
         transfer=check_choice("data.transfer", d.transfer, TRANSFER_KINDS),
-        transfer_size=int(check_range("data.transfer_size", d.transfer_size, 0)),
+        transfer_size=int(d.transfer_size),
         partition=p.name,
         partition_alpha=p.alpha,
         classes_per_client=p.classes_per_client,
         min_size=p.min_size,
-        samples_per_client=int(check_range("partition.samples_per_client", p.samples_per_client, 0)),
+        samples_per_client=int(p.samples_per_client),
         num_clients=cfg.num_clients,
         seed=check_seed(cfg.seed if seed is None else seed),
         standardize=bool(d.standardize),
@@ -310,6 +323,7 @@ def _fractions(d: Any) -> tuple[float, float, float]:
         raise ConfigError(
             field, f"is null; only data=file chooses fractions by size, not data={d.name}", "a number in [0, 1)"
         )
+    check_fits([MemoryPart("loading data.path", "data.path", load_bytes("file", d.path))])
     data = load_dataset("file", d.path, d.label)
     return file_fractions(*given, len(data.y), data.num_classes)
 
@@ -402,3 +416,35 @@ def check_resources(r: ResourcesConf) -> dict[str, float]:
                 "resources.num_gpus", f"{r.num_gpus:g} asked for, but no CUDA device is visible", "0 on this machine"
             )
     return {"num_cpus": float(r.num_cpus), "num_gpus": float(r.num_gpus)}
+
+
+def check_overrides(cfg: Any, overrides: list[str]) -> None:
+    """Refuse what Hydra would take silently: keys that no schema has, added with ``+`` (nothing
+    would read them), and a number or string given for a boolean setting (OmegaConf reads 2 as true)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if extra := unknown_keys(cfg):
+        what = "not a setting" if len(extra) == 1 else "not settings"
+        raise ConfigError(", ".join(extra), f"{what} (added with +, nothing would read it)", "the keys --cfg job lists")
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override() or o.is_delete() or (value := o.value()) is None or isinstance(value, bool):
+            continue
+        if isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), bool):
+            raise ConfigError(o.key_or_group, f"{value!r} is not a boolean", "true, false")
+
+
+def unknown_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` that its nodes' schemas (dataclasses) do not declare."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cls = OmegaConf.get_type(cfg)
+    known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+    out = []
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if known is not None and key not in known:
+            out.append(f"{prefix}{key}")
+        elif isinstance(node, DictConfig):
+            out += unknown_keys(node, f"{prefix}{key}.")
+    return out

@@ -12,43 +12,16 @@ from typing import Any
 
 from peerkd.batched import run_batched
 from peerkd.cluster import cluster_args
-from peerkd.errors import ConfigError, RunInterrupted
-from peerkd.hooks.privacy import privacy_setup
+from peerkd.errors import RunInterrupted
 from peerkd.round.checkpoint import Checkpoint
 from peerkd.round.hook import RoundHook, SummaryFields
 from peerkd.round.results import check_out_dir
 from peerkd.round.run import run_on, server_app
 from peerkd.round.spec import RunSpec
-from peerkd.student.models import build_model, check_modality
-from peerkd.world.build import build_world
 from simulations.config import EngineConf
 from simulations.interrupts import graceful_stop
+from simulations.preflight import preflight
 from simulations.resume import prepare
-
-
-def preflight(spec: RunSpec, strategy) -> None:
-    """Fail fast, before Ray starts, on anything the world or the rule would refuse."""
-    world = build_world(spec.world)
-    for name in sorted(set(spec.students)):
-        check_modality(name, world.data.text)
-        build_model(name, world.data.input_shape, world.num_classes, seed=0)
-    strategy.check(spec.students, spec.world.num_clients)
-    privacy_setup(spec.privacy, spec.rounds, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
-    check_attack(spec, strategy)
-    strategy.check_data(world.data.text)
-
-
-def check_attack(spec: RunSpec, strategy) -> None:
-    """Refuse attackers with a rule whose clients send weights: the attack forges what a client
-    sends of logits, probabilities or class means, so there it would change nothing."""
-    from strategies.base import LogitDistillation
-
-    if spec.attack.fraction > 0 and not isinstance(strategy, LogitDistillation):
-        raise ConfigError(
-            "attack.fraction",
-            f"{strategy.name}'s clients send weights, and attacks forge logits",
-            "0 with this rule, or a logit rule (peer, wml, fd, dsfl, fedmd, teacher, local)",
-        )
 
 
 def run_engine(
@@ -76,7 +49,7 @@ def run_engine(
         ray_init = cluster_args(engine.ray_address, ray_init or {})
         return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init, resume=resume)
     check_out_dir(out_dir)
-    preflight(spec, strategy)
+    preflight(spec, strategy, engine)
     cluster = None
     if engine.workers:
         cluster = {
@@ -174,6 +147,6 @@ def run_one(
         from peerkd.student.client_app import app as client_app
 
     check_out_dir(out_dir)  # before Ray starts
-    preflight(spec, strategy)
+    preflight(spec, strategy, EngineConf(name="flower", ray_address=(ray_init or {}).get("address")), resources)
     engine = FlowerEngine(spec.world.num_clients, resources, cluster_args(None, ray_init or {}), client_app)
     return run_on(engine, spec, strategy, out_dir, config, resume=resume)

@@ -1,13 +1,17 @@
-"""How many students fit in one vmapped call, and how much memory a run took."""
+"""How many students fit in one vmapped call, how much memory a run will need, and how much it took."""
 
 from __future__ import annotations
 
 import math
 import os
 import resource
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from peerkd.errors import ConfigError
 
 MEMORY_SHARE = 0.5  # of the free memory a chunk may plan to use: estimates are rough, allocators fragment
 
@@ -43,6 +47,79 @@ def free_bytes(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return 8 << 30  # no sysconf: assume 8 GiB
+
+
+def plan_bytes(rows: int, batch_size: int, epochs: int) -> int:
+    """Rough bytes of one student's batch plan (``training.plan_batches``): int64 indices for
+    ``epochs`` passes over ``rows`` inputs, every batch full (so at least one batch per pass), for
+    the private and the transfer set, each built (shuffled copies) and then stacked: 4 copies."""
+    steps = math.ceil(max(rows, 1) / batch_size)
+    return 4 * 8 * epochs * steps * batch_size
+
+
+def fleet_bytes(n_params: int, students: int, logit_floats: int) -> int:
+    """Rough bytes a run holds for all ``students`` between calls: each student's fp32 weights
+    twice (the store, and a checkpoint's snapshot) and what it sends, ``logit_floats`` fp32
+    values, three times (its reply, the server's aggregate inputs, the targets sent back)."""
+    return 4 * students * (2 * n_params + 3 * logit_floats)
+
+
+def available_ram() -> int:
+    """Bytes this process may still allocate: ``MemAvailable`` (free memory and reclaimable
+    cache), capped by the cgroup's limit where one is set (a container); 8 GiB if unreadable."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        avail = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        avail = 8 << 30
+    for limit, used in CGROUP_FILES:
+        try:
+            cap = Path(limit).read_text().strip()
+            if cap.isdigit():
+                avail = min(avail, max(0, int(cap) - int(Path(used).read_text())))
+        except (OSError, ValueError):
+            continue
+    return avail
+
+
+CGROUP_FILES = (  # (limit, usage): cgroup v2, then v1 (a limit of "max", or v1's huge number, leaves MemAvailable)
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+class MemoryPart(NamedTuple):
+    """One term of a memory estimate: what it holds, the setting that drives it, its bytes, and
+    how to shrink it (default: a smaller value of that setting)."""
+
+    what: str
+    field: str
+    bytes: int
+    fix: str = ""
+
+
+def check_fits(parts: list[MemoryPart], available: int | None = None) -> None:
+    """ConfigError naming the largest part's setting if ``parts`` sum to more than ``available``
+    bytes (default ``available_ram()``), with the estimate, the limit and the parts in one line."""
+    available = available_ram() if available is None else available
+    total = sum(p.bytes for p in parts)
+    if total <= available:
+        return
+    big = max(parts, key=lambda p: p.bytes)
+    listed = "; ".join(f"{p.what} {human_bytes(p.bytes)}" for p in sorted(parts, key=lambda p: -p.bytes) if p.bytes)
+    raise ConfigError(
+        big.field,
+        f"the run would need ~{human_bytes(total)} of memory, but {human_bytes(available)} is available ({listed})",
+        f"{big.fix or 'a smaller ' + big.field}, or a machine with more memory",
+    )
+
+
+def human_bytes(n: float) -> str:
+    """``human_bytes(3 * 2**30) == "3.0 GiB"``: binary units, one decimal."""
+    units, k = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"), 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {units[k]}"
 
 
 def auto_chunk(

@@ -43,7 +43,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from peerkd.errors import check_choice, check_range
+from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.round.results import accuracy_stats
 from peerkd.wire import protocol as P
@@ -100,8 +100,18 @@ class AttackSpec:
     kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding
 
     def __post_init__(self) -> None:
-        check_range("attack.fraction", self.fraction, 0.0, 1.0)
+        # Below 1: accuracy is measured over honest clients, and a fleet of attackers has none.
+        check_range("attack.fraction", self.fraction, 0.0, 1.0, high_open=True)
         check_choice("attack.kind", self.kind, ATTACKS)
+
+    def check_fleet(self, num_clients: int) -> None:
+        """ConfigError unless ``fraction`` of ``num_clients``, rounded, leaves an honest client."""
+        if self.fraction > 0 and round(self.fraction * num_clients) >= num_clients:
+            raise ConfigError(
+                "attack.fraction",
+                f"{self.fraction:g} of {num_clients} clients rounds to {num_clients} attackers and no honest client",
+                f"at most {(num_clients - 1) / num_clients:g}",
+            )
 
 
 def _uniform(seed: int, stream: int, *keys: int) -> float:

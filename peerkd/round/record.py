@@ -56,6 +56,8 @@ def round_line(row: dict[str, Any]) -> str:
     """``acc mean 0.862 worst 0.848  10 replies  0.4 s`` for a round's log line."""
     if not row["replies"]:  # a round with no accepted reply has no accuracy to show
         return f"no reply accepted ({row['rejected']} rejected, {len(row['missing'])} missing)  {row['round_s']:.1f} s"
+    if row["acc_mean"] is None:  # replies, but none counted: e.g. only attackers sampled (acc is over honest clients)
+        return f"no honest accuracy ({row['replies']} replies)  {row['round_s']:.1f} s"
     acc, worst = row["acc_mean"], row["acc_worst"]
     return f"acc mean {acc:.3f} worst {worst:.3f}  {row['replies']} replies  {row['round_s']:.1f} s"
 

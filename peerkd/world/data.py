@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,13 @@ MIN_ROWS_PER_CLASS = 5
 # A user file's fractions left unset (null): these, raised for small files up to the caps
 # so that the splits reach the minimums above where the file allows.
 FILE_FRACTIONS = {"test": (0.2, 0.3), "public": (0.1, 0.2), "server": (0.1, 0.2)}  # (floor, cap)
+# Peak bytes while a dataset is built, measured with ru_maxrss: per sample, synth ~2,050 at 200,000
+# (make_classification's float64 temporaries) and synthtext ~970 at 50,000 windows (the Markov
+# sampler's per-step arrays); per byte on disk, a CSV ~7.8 (parsed Python floats) and a text file
+# ~36 (its characters as a list, then int64 windows); a fixed built-in, float64 and float32 pixels.
+BUILD_BYTES = {"synth": 2_100, "synthtext": 1_000}
+FILE_BYTES_PER_BYTE = {".csv": 10, ".txt": 40}
+BUILTIN_SHAPES = {"digits": (1797, (1, 8, 8)), "mnist5k": (5000, (1, 28, 28)), "mnist1d": (5000, (1, 40))}
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,26 @@ def load_dataset(name: str, path: str | None = None, label: str | None = None, s
             "data.size", f"only synth and synthtext are generated at a chosen size, not data={name}", "0, or data=synth"
         )
     return _load_builtin(name)
+
+
+def load_bytes(name: str, path: str | None = None, size: int = 0) -> int:
+    """Rough peak bytes ``load_dataset(name, path, size=size)`` takes, from its arguments alone
+    (nothing is read but a file's size, or an .npz's table of contents); 0 for a missing file."""
+    if name in BUILD_BYTES:
+        return (size or (SYNTH_SIZE if name == "synth" else TEXT_SIZE)) * BUILD_BYTES[name]
+    if name in BUILTIN_SHAPES:
+        rows, shape = BUILTIN_SHAPES[name]
+        return rows * math.prod(shape) * (8 + 4)
+    p = Path(path or "")
+    if not p.is_file():
+        return 0
+    if p.suffix == ".npz":
+        try:
+            with zipfile.ZipFile(p) as z:  # the arrays' uncompressed sizes, read, then cast to float32
+                return 2 * sum(i.file_size for i in z.infolist())
+        except (OSError, zipfile.BadZipFile):
+            return p.stat().st_size
+    return p.stat().st_size * FILE_BYTES_PER_BYTE.get(p.suffix, 1)
 
 
 @functools.lru_cache(maxsize=2)
@@ -297,6 +326,12 @@ def _parse_csv(p: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError("data.path", f"{str(p)!r} repeats column names {dup}", "distinct column names")
         if label not in header:
             raise ConfigError("data.label", f"no column {label!r} in {str(p)!r}", header)
+        if len(header) == 1:
+            raise ConfigError(
+                "data.path",
+                f"{str(p)!r} has no feature columns, only the label {label!r}",
+                "one or more feature columns",
+            )
         li = header.index(label)
         labels, rows = [], []
         for lineno, row in enumerate(reader, start=2):
@@ -331,14 +366,7 @@ def split_indices(labels: np.ndarray, test: float, public: float, server: float,
     rng : np.random.Generator
         Source of the shuffles.
     """
-    for field, frac in (("data.test_frac", test), ("data.public_frac", public), ("data.server_frac", server)):
-        check_range(field, frac, 0.0, 1.0, high_open=True)
-    if test + public + server >= 1.0:
-        raise ConfigError(
-            "data",
-            f"test_frac + public_frac + server_frac = {test + public + server:g} leaves no private pool",
-            "a sum < 1",
-        )
+    check_fractions(test, public, server)
     bounds = np.cumsum([test, public, server])
     parts: list[list[np.ndarray]] = [[], [], [], []]
     for c in np.unique(labels):
@@ -348,6 +376,18 @@ def split_indices(labels: np.ndarray, test: float, public: float, server: float,
             parts[k].append(chunk)
     out = [np.sort(np.concatenate(p)) for p in parts]
     return Splits(test=out[0], public=out[1], server=out[2], pool=out[3])
+
+
+def check_fractions(test: float, public: float, server: float) -> None:
+    """ConfigError unless each split fraction is in [0, 1) and they leave a private pool (sum < 1)."""
+    for field, frac in (("data.test_frac", test), ("data.public_frac", public), ("data.server_frac", server)):
+        check_range(field, frac, 0.0, 1.0, high_open=True)
+    if test + public + server >= 1.0:
+        raise ConfigError(
+            "data",
+            f"test_frac + public_frac + server_frac = {test + public + server:g} leaves no private pool",
+            "a sum < 1",
+        )
 
 
 def file_fractions(

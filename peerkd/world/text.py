@@ -21,7 +21,9 @@ exact Bayes cross-entropy on the held-out windows is the floor of any model's te
 
 from __future__ import annotations
 
+import codecs
 import functools
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from peerkd.errors import ConfigError
+
+log = logging.getLogger("peerkd")
 
 SEQ_LEN = 32  # tokens per window: short enough for tiny models on a 2-core machine
 TEXT_SIZE = 4_000  # synthtext windows when no size is given
@@ -38,6 +42,15 @@ SUPPORT = 3  # successors per character, in the shared and in each style's own r
 NOISE = 0.03  # uniform share of every transition row: ergodic chains, bounded loss
 SOURCE_SEED = 0  # the language itself is fixed; world seeds only draw documents from it
 TEXT_SUFFIX = ".txt"
+# Byte-order marks and what they announce; UTF-32 LE's mark begins with UTF-16 LE's, so it is tested first.
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+TEXT_ALLOWED = "text in UTF-8, Latin-1, or UTF-16/32 with a byte-order mark"
 
 
 @dataclass(frozen=True)
@@ -179,9 +192,9 @@ def read_text_file(path: Path, seq_len: int = SEQ_LEN) -> tuple[np.ndarray, np.n
     author, topic); lines without a tab share the source ``""``. Each source's documents are
     joined with newlines and cut into consecutive windows of ``seq_len + 1`` characters that
     overlap by one (every character is predicted once); the alphabet is the file's sorted
-    characters (newline included, tab excluded).
+    characters (newline included, tab excluded). The bytes are decoded by ``decode_text``'s rule.
     """
-    text = path.read_text(encoding="utf-8")
+    text = decode_text(path.read_bytes(), str(path))
     docs: dict[str, list[str]] = {}
     for line in text.splitlines():
         source, _, body = line.partition("\t") if "\t" in line else ("", "", line)
@@ -200,6 +213,28 @@ def read_text_file(path: Path, seq_len: int = SEQ_LEN) -> tuple[np.ndarray, np.n
     if not windows or sum(len(w) for w in windows) < 10:
         raise ConfigError("data.path", f"{str(path)!r} holds fewer than 10 windows of {seq_len + 1} characters")
     return np.concatenate(windows), np.concatenate(groups), alphabet, tuple(docs)
+
+
+def decode_text(raw: bytes, name: str) -> str:
+    """A text file's characters, by one rule: the encoding its byte-order mark names (UTF-8,
+    UTF-16, UTF-32); else, if it holds a NUL byte (UTF-16 without a mark, a binary file), a
+    refusal; else UTF-8; else Latin-1, where every byte is one character (a cp1252 file's curly
+    quotes become control characters, consistently), with a warning."""
+    for bom, encoding in BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                problem = f"{name!r} has a {encoding} byte-order mark, but byte {exc.start} is not {encoding}"
+                raise ConfigError("data.path", problem, TEXT_ALLOWED) from None
+    if (nul := raw.find(b"\0")) >= 0:
+        problem = f"{name!r} holds a NUL byte (offset {nul}) and no byte-order mark: UTF-16/32 without one, or not text"
+        raise ConfigError("data.path", problem, TEXT_ALLOWED)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning("data.path: %r is not UTF-8 (no byte-order mark); read as Latin-1, one character per byte", name)
+        return raw.decode("latin-1")
 
 
 def text_summary(name: str, test_x: np.ndarray, test_y: np.ndarray, per_client: list[dict]) -> dict:

@@ -46,6 +46,16 @@ def test_bad_attack_settings_name_their_field():
         AttackSpec(kind="polite")
     with pytest.raises(ConfigError, match="attack.fraction"):
         AttackSpec(fraction=-0.1)
+    with pytest.raises(ConfigError, match=r"attack.fraction: 1.0 is out of range \(allowed: \[0, 1\)\)"):
+        AttackSpec(fraction=1.0)  # no honest client would be left to measure
+
+
+def test_an_attack_fraction_that_rounds_to_the_whole_fleet_is_refused():
+    # 0.95 of 10 clients rounds to 10 attackers; 0.9 leaves one honest client.
+    with pytest.raises(ConfigError, match="0.95 of 10 clients rounds to 10 attackers and no honest client"):
+        AttackSpec(0.95).check_fleet(10)
+    AttackSpec(0.9).check_fleet(10)
+    AttackSpec(0.0).check_fleet(1)
 
 
 def test_crashes_depend_on_seed_round_and_client_alone():
@@ -213,3 +223,24 @@ def test_bad_fault_attack_and_defence_settings_are_one_line(args, field, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and field in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_round_that_samples_only_attackers_goes_on(tmp_path):
+    from peerkd.hooks.participation import sample_clients
+
+    # Prepare: 3 clients, client 1 attacks (0.34 × 3 rounds to 1), one client a round: round 1 samples client 1.
+    spec = dataclasses.replace(tiny(rounds=1, attack=AttackSpec(0.34)), clients_per_round=1)
+    assert plan(attack_fraction=0.34, clients=3).attackers() == [1] and sample_clients(3, 1, 0, 1).tolist() == [1]
+    # Execute: its log line used to format a None accuracy and end the run.
+    summary = run_batched(spec, build_strategy("local"), tmp_path, {"rule": "local"}, device="cpu")
+    # Assert: a reply, no honest accuracy in the round; every client is evaluated at the end.
+    row = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "round")
+    assert row["replies"] == 1 and row["acc_mean"] is None and row["acc_mean_all"] is not None
+    assert summary["acc_mean"] is not None
+
+
+def test_round_line_without_an_honest_accuracy():
+    from peerkd.round.record import round_line
+
+    row = {"round": 1, "replies": 1, "rejected": 0, "missing": [], "round_s": 0.5, "acc_mean": None, "acc_worst": None}
+    assert round_line(row) == "no honest accuracy (1 replies)  0.5 s"

@@ -42,6 +42,8 @@ def _file(tmp_path: Path, kind: str) -> str:
         return _csv(tmp_path / "id.csv", "f1,label", [f"{i % 5},{i}" for i in range(100)])
     if kind == "duplicate-header":
         return _csv(tmp_path / "d.csv", "f1,f1,label", [f"{i},{i % 7},{i % 2}" for i in range(100)])
+    if kind == "label-only":
+        return _csv(tmp_path / "y.csv", "label", [f"{i % 2}" for i in range(100)])
     raise ValueError(kind)
 
 
@@ -78,6 +80,7 @@ def test_bad_settings_are_one_line(capsys, tmp_path, extra, field):
         ("continuous-label", "data.label"),
         ("id-label", "data.label"),
         ("duplicate-header", "data.path"),
+        ("label-only", "data.path"),
     ],
 )
 def test_bad_user_files_are_one_line(capsys, tmp_path, kind, field):
@@ -138,3 +141,66 @@ def test_compare_and_sweep_refuse_bad_seeds_and_out_too(capsys, tmp_path, comman
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"peerkd: error: {field}: ") and "\n" not in err, err
+
+
+BIG = "1000000000000"  # 1e12, as an integer (Hydra reads 1e12 as a float, which an int setting refuses)
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["data=digits", f"train.batch_size={BIG}"],
+            f"train.batch_size: {BIG} is out of range (allowed: [1, 1048576])",
+        ),
+        (["data=synth", f"data.size={BIG}"], f"data.size: {BIG} is out of range (allowed: [0, 100000000])"),
+        (["data=digits", "data.transfer=noise", f"data.transfer_size={BIG}"], f"data.transfer_size: {BIG} is out"),
+        (["data=digits", "train.epochs=1000000000"], "train.epochs: 1000000000 is out of range (allowed: [1, 10000])"),
+        (["data=digits", f"num_clients={BIG}"], f"num_clients: {BIG} is out of range (allowed: [1, 1797])"),
+        (["data=digits", "attack.fraction=1.0"], "attack.fraction: 1.0 is out of range (allowed: [0, 1))"),
+        (["data=digits", "attack.fraction=0.95"], "attack.fraction: 0.95 of 10 clients rounds to 10 attackers"),
+        # Within range, beyond memory (64 MiB here): synth needs ~200 MiB to generate 100,000 rows; 20,000
+        # Flower actors (0.0001 CPU each) ~300 MiB each.
+        (["data=synth", "data.size=100000"], "data.size: the run would need ~200.3 MiB of memory, but 64.0 MiB is"),
+        (["data=digits", "engine.name=flower", "resources.num_cpus=0.0001"], "resources.num_cpus: the run would need"),
+    ],
+)
+def test_inputs_that_ate_the_machine_are_one_line_before_anything_allocates(capsys, tmp_path, monkeypatch, args, line):
+    # Prepare: this machine has 64 MiB to give, so that a check that failed could not take much.
+    monkeypatch.setattr("peerkd.batched.memory.available_ram", lambda: 64 << 20)
+    # Execute / Assert
+    assert _refused(capsys, [*args, "rounds=1", f"out={tmp_path / 'r'}", "--check"]).startswith(line)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("engine", [["engine.workers=1"], ["engine.name=flower"]])
+def test_an_unreachable_ray_address_is_one_line_not_a_hang(capsys, tmp_path, engine):
+    import socket
+    import time
+
+    import ray
+
+    # Prepare: a loopback port nothing listens on.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    # Execute: a real run, not --check.
+    line = _refused(capsys, [*TINY, *engine, f"engine.ray_address=127.0.0.1:{port}", f"out={tmp_path / 'r'}"])
+    # Assert
+    assert line.startswith(f"engine.ray_address: cannot reach Ray at 127.0.0.1:{port} within 5 s")
+    assert time.monotonic() - start < 60 and not ray.is_initialized()
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_text_corpus_in_latin1_or_utf16_is_read(capsys, tmp_path, encoding):
+    # Prepare: 300 lines of French in two sources.
+    text = "".join(f"{'ab'[i % 2]}\tcafé crème n°{i}, déjà vu à l'été\n" for i in range(300))
+    (tmp_path / "fr.txt").write_bytes(text.encode(encoding))
+    # Execute
+    path, out = tmp_path / "fr.txt", tmp_path / "r"
+    code = main(["run", "data=file", f"data.path={path}", "students=[gru]", "num_clients=2", f"out={out}", "--check"])
+    # Assert
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("ok: peer on file, 2 clients"), out

@@ -34,6 +34,15 @@ from simulations.cli import main
         (["run", "data=digits", "codec=topk", "codec.k=0"], "codec.k: 0 is out of range (allowed: [1, inf))"),
         (["run", "data=digits", "privacy.epsilon=0.0001"], "privacy.epsilon: 0.0001 cannot be met over 20 releases"),
         (["run", "data=digits", "strategy=fedavg", "privacy.epsilon=8"], "privacy.epsilon: rule 'fedavg' sends more"),
+        # Keys and values Hydra took silently:
+        (["run", "+foo=1"], "foo: not a setting (added with +, nothing would read it) (allowed: the keys --cfg job"),
+        (["run", "+foo=1", "+data.bar=2"], "data.bar, foo: not settings (added with +"),
+        (["compare", "+strategy.nope=1"], "strategy.nope: not a setting"),
+        (["run", "measure_agreement=2"], "measure_agreement: 2 is not a boolean (allowed: true, false)"),
+        (["run", "data.standardize=yes"], "data.standardize: 'yes' is not a boolean (allowed: true, false)"),
+        (["sweep", "num_clients=2,4", "num_clients=8"], "num_clients: given both as a sweep (a,b,... or in grid=) and"),
+        (["sweep", "grid=['num_clients=2,4']", "num_clients=8"], "num_clients: given both as a sweep"),
+        (["sweep", "experiment=scarcity", "resume=2"], "resume: 2 is not a boolean"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected, capsys):
@@ -58,3 +67,10 @@ def test_help_and_config_listing(capsys):
     assert main(["run", "--cfg", "job", "rounds=3"]) == 0
     out = capsys.readouterr().out
     assert "rounds: 3" in out and "temperature: 4.0" in out
+
+
+def test_an_experiments_axis_may_still_be_fixed_on_the_command_line(capsys):
+    # scarcity sweeps partition.samples_per_client; one value on the command line fixes it (not a sweep given twice).
+    assert main(["sweep", "experiment=scarcity", "partition.samples_per_client=25", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "samples_per_client" not in out.split("# grid axes after the command line:")[1].splitlines()[0]

@@ -3,7 +3,7 @@ import pytest
 
 from peerkd.errors import ConfigError
 from peerkd.world.build import WorldSpec, build_world
-from peerkd.world.data import load_dataset, split_indices
+from peerkd.world.data import check_fractions, load_bytes, load_dataset, split_indices
 
 
 def test_splits_are_disjoint_cover_everything_and_keep_class_proportions():
@@ -260,3 +260,36 @@ def test_world_cache_keeps_the_scaler(tmp_path):
     np.testing.assert_array_equal(back.scaler.std, world.scaler.std)
     assert (back.scaler.rows, back.scaler.source) == (world.scaler.rows, "public+server")
     np.testing.assert_array_equal(back.data.x, world.data.x)
+
+
+def test_a_csv_with_only_the_label_column_is_refused(tmp_path):
+    # Prepare: a label column and nothing to learn from.
+    path = tmp_path / "labels.csv"
+    path.write_text("label\n" + "\n".join(str(i % 2) for i in range(20)) + "\n")
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="data.path: .* has no feature columns, only the label 'label'"):
+        load_dataset("file", str(path))
+
+
+def test_load_bytes_by_hand_without_loading(tmp_path):
+    # Generated: per sample, as measured (synth 2,100 B, synthtext 1,000 B); defaults 20,000 / 4,000.
+    assert load_bytes("synth", size=1000) == 2_100_000
+    assert load_bytes("synth") == 20_000 * 2_100
+    assert load_bytes("synthtext", size=500) == 500_000
+    # Fixed: 1,797 digits of 64 pixels, float64 then float32 (12 bytes a pixel).
+    assert load_bytes("digits") == 1797 * 64 * 12 == 1_380_096
+    # Files: a CSV 10 bytes per byte on disk, an .npz twice its arrays' uncompressed size, a missing file 0.
+    (tmp_path / "a.csv").write_text("f,label\n" + "1,0\n" * 25)  # 8 + 100 = 108 bytes
+    assert load_bytes("file", str(tmp_path / "a.csv")) == 1080
+    np.savez_compressed(tmp_path / "b.npz", x=np.zeros((100, 4), np.float32), y=np.zeros(100, np.int64))
+    npy = 2 * 128 + 100 * 4 * 4 + 100 * 8  # two .npy headers of 128 bytes, then the data
+    assert load_bytes("file", str(tmp_path / "b.npz")) == 2 * npy
+    assert load_bytes("file", str(tmp_path / "missing.csv")) == 0
+
+
+def test_check_fractions():
+    check_fractions(0.2, 0.1, 0.1)
+    with pytest.raises(ConfigError, match=r"data.public_frac: 1.0 is out of range \(allowed: \[0, 1\)\)"):
+        check_fractions(0.0, 1.0, 0.0)
+    with pytest.raises(ConfigError, match="= 1 leaves no private pool"):
+        check_fractions(0.5, 0.25, 0.25)
