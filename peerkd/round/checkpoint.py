@@ -39,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,10 @@ _SIGNED_TWIN = {"uint16": np.int16, "uint32": np.int32, "uint64": np.int64}  # k
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be resumed (damaged, another format, made for other settings):
     one line naming it and how to start over. A sweep may catch it and redo the run."""
+
+
+class _Damaged(ValueError):
+    """A checkpoint file's fault, said in words (its line names no exception type)."""
 
 
 class ModuleWeights(dict):
@@ -205,7 +210,7 @@ class Checkpoint:
                 self.dir / _LEGACY_FILE, "it is a pickle written by an older peerkd (loading it could run code)"
             )
         try:
-            doc = json.loads(path.read_bytes())
+            doc = _read_json(path)
             tensors = _read_tensors(self.dir, doc)
             saved = {key: decode(doc[key], key, tensors) for key in _FIELDS}
             _check_fields(doc, saved)
@@ -325,13 +330,13 @@ def decode(data: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         pairs = [_pair(p, path) for p in _list(data[kind], path)]
         out = {k: decode(v, f"{path}.{k}", tensors) for k, v in pairs}
         if len(out) != len(pairs):
-            raise ValueError(f"{path}: a key appears twice")
+            raise _Damaged(f"{path}: a key appears twice")
         return ModuleWeights(out) if kind == "module" else out
     if keys == {"tensor"}:
         return _tensor(tensors, data["tensor"], path)
     if keys in ({"ndarray", "dtype"}, {"scalar", "dtype"}):
         return _array(tensors, data, path)
-    raise ValueError(f"{path}: {json.dumps(data)[:60]} is not checkpoint data")
+    raise _Damaged(f"{path}: {json.dumps(data)[:60]} is not checkpoint data")
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -364,19 +369,19 @@ def _put(tensors: dict[str, torch.Tensor], path: str, t: torch.Tensor) -> str:
 
 def _list(value: Any, path: str) -> list:
     if type(value) is not list:
-        raise ValueError(f"{path}: expected a list, got {type(value).__name__}")
+        raise _Damaged(f"{path}: expected a list, got {type(value).__name__}")
     return value
 
 
 def _pair(pair: Any, path: str) -> tuple[int | str, Any]:
     if type(pair) is not list or len(pair) != 2 or type(pair[0]) not in (int, str):
-        raise ValueError(f"{path}: expected [int or str key, value] pairs")
+        raise _Damaged(f"{path}: expected [int or str key, value] pairs")
     return pair[0], pair[1]
 
 
 def _tensor(tensors: dict[str, torch.Tensor], name: Any, path: str) -> torch.Tensor:
     if type(name) is not str or name not in tensors:
-        raise ValueError(f"{path}: no tensor {name!r} in the tensor file")
+        raise _Damaged(f"{path}: no tensor {name!r} in the tensor file")
     return tensors[name]
 
 
@@ -384,11 +389,11 @@ def _array(tensors: dict[str, torch.Tensor], data: dict[str, Any], path: str) ->
     """A NumPy array (or scalar) of ``data['dtype']`` from its tensor."""
     dtype, scalar = data["dtype"], "scalar" in data
     if dtype not in _NUMPY_DTYPES:
-        raise ValueError(f"{path}: dtype {dtype!r} is not checkpoint data")
+        raise _Damaged(f"{path}: dtype {dtype!r} is not checkpoint data")
     arr = _tensor(tensors, data["scalar" if scalar else "ndarray"], path).numpy()
     if arr.dtype != np.dtype(dtype):
         if arr.dtype != _SIGNED_TWIN.get(dtype):
-            raise ValueError(f"{path}: a {arr.dtype} tensor cannot hold {dtype}")
+            raise _Damaged(f"{path}: a {arr.dtype} tensor cannot hold {dtype}")
         arr = arr.view(dtype)
     return arr[()] if scalar else arr
 
@@ -396,31 +401,51 @@ def _array(tensors: dict[str, torch.Tensor], data: dict[str, Any], path: str) ->
 def _read_tensors(directory: Path, doc: Any) -> dict[str, torch.Tensor]:
     """The tensor file ``doc`` names, once its format, version and SHA-256 check out."""
     if type(doc) is not dict or doc.get("format") != FORMAT:
-        raise ValueError(f"not a {FORMAT} file")
+        raise _Damaged(f"not a {FORMAT} file")
     if doc.get("version") != VERSION:
-        raise ValueError(f"format version {doc.get('version')!r}; this peerkd reads version {VERSION}")
+        raise _Damaged(f"format version {doc.get('version')!r}; this peerkd reads version {VERSION}")
     ref = doc.get("tensors")
     if type(ref) is not dict or type(ref.get("file")) is not str or not _TENSOR_FILE.fullmatch(ref["file"]):
-        raise ValueError("no tensor file named")
+        raise _Damaged("it names no tensor file server-r<round>.pt beside it")
     path = directory / ref["file"]
     if not path.is_file():
-        raise ValueError(f"its tensor file {path.name} is missing")
+        raise _Damaged(f"its tensor file {path.name} is missing")
     if _sha256(path) != ref.get("sha256"):
-        raise ValueError(f"{path.name} is not the tensor file it was saved with (SHA-256 differs)")
-    tensors = torch.load(path, map_location="cpu", weights_only=True)
+        raise _Damaged(f"{path.name} is not the tensor file it was saved with (SHA-256 differs)")
+    tensors = _torch_load(path)
     if type(tensors) is not dict or not all(type(k) is str and isinstance(v, torch.Tensor) for k, v in tensors.items()):
-        raise ValueError(f"{path.name} is not a dict of named tensors")
+        raise _Damaged(f"{path.name} is not a dict of named tensors")
     return tensors
 
 
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; _Damaged in one line if torch refuses it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a pickle protocol torch does not write: refused anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (torch's own message suggests weights_only=False: never here)
+        raise _Damaged(f"{path.name} is damaged or holds objects, not only tensors; it was not unpickled") from None
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document in ``path``; _Damaged in one line if it is not JSON."""
+    if not path.is_file():
+        raise _Damaged(f"{path.name} is missing")
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _Damaged(f"{path.name} is not JSON ({_one_line(exc)})") from None
+
+
 def _check_fields(doc: dict[str, Any], saved: dict[str, Any]) -> None:
-    """ValueError unless the header and the decoded fields have the types the loop reads."""
+    """_Damaged unless the header and the decoded fields have the types the loop reads."""
     header = {"round": int, "engine": str, "wall_s": (int, float), "world": dict, "rule_name": str}
     for key, kind in header.items():
         if not isinstance(doc.get(key), kind) or isinstance(doc.get(key), bool):
-            raise ValueError(f"{key}: {str(doc.get(key))[:40]!r} is not a {getattr(kind, '__name__', 'number')}")
+            raise _Damaged(f"{key}: {str(doc.get(key))[:40]!r} is of the wrong type")
     if doc["round"] < 1:
-        raise ValueError(f"round: {doc['round']} is not a finished round")
+        raise _Damaged(f"round: {doc['round']} is not a finished round")
     shapes = {
         "run_metrics": (str, object),
         "latest": (int, dict),
@@ -436,7 +461,7 @@ def _check_fields(doc: dict[str, Any], saved: dict[str, Any]) -> None:
         if not isinstance(value, dict) or not all(
             isinstance(k, key_type) and isinstance(v, value_type) for k, v in value.items()
         ):
-            raise ValueError(f"{key}: not a mapping of the types a checkpoint holds")
+            raise _Damaged(f"{key}: not a mapping of the types a checkpoint holds")
 
 
 def _first_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -457,9 +482,11 @@ def _sha256(path: Path) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+    """An exception as one short line: its type (unless _Damaged) and the first line of its message."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, _Damaged):
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def save_client(client_dir: str, client: int, server_round: int, arch: str, weights: dict[str, torch.Tensor]) -> None:
@@ -480,10 +507,10 @@ def load_client(client_dir: str, client: int, upto_round: int) -> tuple[str, dic
         return None
     path = Path(client_dir) / f"c{client}-r{max(rounds)}.pt"
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = _torch_load(path)
         arch, weights = saved["arch"], saved["weights"]
         if type(arch) is not str or not all(type(k) is str and isinstance(v, torch.Tensor) for k, v in weights.items()):
-            raise ValueError("not an arch and named tensors")
+            raise _Damaged("not an architecture and named tensors")
     except Exception as exc:  # noqa: BLE001  (whatever untrusted bytes make a parser raise, the file is refused)
         raise CheckpointError(
             "resume", f"cannot resume from {path}: {_one_line(exc)}", "resume=false to start the run over"
