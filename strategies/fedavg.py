@@ -54,7 +54,7 @@ class FederatedAveraging(DistillationStrategy):
     def resume(self, ctx: ServerContext) -> None:
         self.setup(ctx)  # the global model the saved weights load into (no training: cheap)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:  # an ArrayRecord is an object: its arrays are the data
         return {**super().state_dict(), "arrays": {k: a.numpy() for k, a in self.arrays.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
