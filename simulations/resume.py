@@ -30,6 +30,8 @@ def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[s
     ------
     ConfigError
         ``out_dir`` holds a run made with other settings (one line naming the first difference).
+    CheckpointError
+        Its checkpoint does not parse or verify (a ``ConfigError``: one line, how to start over).
     """
     import yaml
 
@@ -50,7 +52,9 @@ def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[s
     if (out / SUMMARY_FILE).is_file():
         log.info("%s is finished already; nothing to resume", out)
         return json.loads((out / SUMMARY_FILE).read_text())
-    if not checkpoint.exists():
+    if checkpoint.exists():
+        checkpoint.read()  # a damaged checkpoint is refused here, in one line, before any engine starts
+    else:
         log.info("no checkpoint in %s: starting from round 1", out)
     return None
 

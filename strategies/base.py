@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from torch import nn
 
 from peerkd.errors import ConfigError, check_range
+from peerkd.round.checkpoint import ModuleWeights
 from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits, encode_logits
 from peerkd.wire.protocol import (
@@ -41,6 +43,8 @@ class DistillationStrategy(ABC):
     needs_transfer: ClassVar[bool] = False  # True: the rule cannot run without a transfer set
     min_clients: ClassVar[int] = 1  # peers teaching peers need at least 2
     dp_supported: ClassVar[bool] = False  # True: clients send only outputs on shared inputs, which privacy.* noises
+    # Attributes a resumed rule gets from its settings and ``resume``, not from a checkpoint: objects, not data.
+    not_saved: ClassVar[frozenset[str]] = frozenset({"ctx", "aggregator"})
 
     def check(self, students: tuple[str, ...], num_clients: int, transfer_size: int | None = None) -> None:
         """Raise ConfigError if this rule cannot run with these students, clients and transfer set."""
@@ -67,6 +71,34 @@ class DistillationStrategy(ABC):
         self.check_data(ctx.world.data.text)
         self.transfer_shape = (ctx.world.transfer_rows, ctx.world.num_classes)
         return {}
+
+    def resume(self, ctx: ServerContext) -> None:
+        """Instead of ``setup`` when a run resumes: the checks and ``ctx``, none of the work whose
+        results ``load_state_dict`` brings back (a teacher is not trained again)."""
+        DistillationStrategy.setup(self, ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state as data, for a checkpoint: every attribute but ``not_saved``, a
+        module as its weights (``peerkd.round.checkpoint.encode`` refuses anything else)."""
+        return {
+            k: ModuleWeights(v.state_dict()) if isinstance(v, nn.Module) else v
+            for k, v in vars(self).items()
+            if k not in self.not_saved
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of ``state_dict`` on a ``resume``d rule: attributes set, module weights loaded
+        into its modules. Raises ValueError for a name that is no state of this rule."""
+        for name, value in state.items():
+            current = getattr(self, name, None)
+            if not name.isidentifier() or name.startswith("__") or name in self.not_saved or hasattr(type(self), name):
+                raise ValueError(f"rule.{name}: not a state attribute of {self.name}")
+            if isinstance(value, ModuleWeights) != isinstance(current, nn.Module):
+                raise ValueError(f"rule.{name}: module weights and modules must match, got {type(value).__name__}")
+            if isinstance(current, nn.Module):
+                current.load_state_dict(value)
+            else:
+                setattr(self, name, value)
 
     @abstractmethod
     def configure_round(

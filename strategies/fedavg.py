@@ -9,8 +9,9 @@ global model's accuracy on the test split, measured at the server.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
@@ -28,6 +29,7 @@ class FederatedAveraging(DistillationStrategy):
     """Weights in, averaged weights out; refuses heterogeneous students."""
 
     name = "fedavg"
+    not_saved = DistillationStrategy.not_saved | {"flower"}  # Flower's FedAvg holds settings only
 
     def __init__(self) -> None:
         self.flower = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
@@ -48,6 +50,16 @@ class FederatedAveraging(DistillationStrategy):
         self.arrays = ArrayRecord(self.model.state_dict())
         self.acc, self.loss = evaluate(self.model, *world.split("test"), device=ctx.device)
         return {}
+
+    def resume(self, ctx: ServerContext) -> None:
+        self.setup(ctx)  # the global model the saved weights load into (no training: cheap)
+
+    def state_dict(self) -> dict[str, Any]:  # an ArrayRecord is an object: its arrays are the data
+        return {**super().state_dict(), "arrays": {k: a.numpy() for k, a in self.arrays.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state.items() if k != "arrays"})
+        self.arrays = ArrayRecord({k: Array(v) for k, v in state["arrays"].items()})
 
     def configure_round(
         self, server_round: int, node_ids: list[int], config: ConfigRecord, grid: Grid

@@ -9,6 +9,8 @@ Adam in every training call.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -63,25 +65,33 @@ class StudentStore:
             rows[c] = start + i  # a client that comes back to an architecture starts afresh
             self._arch[c] = arch
 
-    def snapshot(self) -> dict[int, tuple[str, dict[str, torch.Tensor]]]:
-        """Every student's architecture and weights, on CPU: client -> (arch, state dict)."""
-        out = {}
+    def snapshot(self) -> dict[str, Any]:
+        """Every student and the logits each sent last, on CPU, stacked (tensors, lists and dicts
+        only: a checkpoint's data): ``{"archs": {arch: {"clients": [c, ...], "weights": {name:
+        (S, ...)}}}, "sent": {"clients": [c, ...], "logits": (S, P, C) or None}}``."""
+        archs = {}
         for arch, rows in self._rows.items():
-            weights = {k: v.detach().cpu() for k, v in self._weights[arch].items()}
-            for c, row in rows.items():
-                if self._arch.get(c) == arch:
-                    out[c] = (arch, {k: v[row].clone() for k, v in weights.items()})
-        return out
+            clients = sorted(c for c in rows if self._arch.get(c) == arch)  # a client gone to another arch: not here
+            if clients:
+                idx = torch.as_tensor([rows[c] for c in clients], device=self.device)
+                weights = {k: v.index_select(0, idx).cpu() for k, v in self._weights[arch].items()}
+                archs[arch] = {"clients": clients, "weights": weights}
+        sent = sorted(self.sent)
+        logits = torch.from_numpy(np.stack([self.sent[c] for c in sent])) if sent else None
+        return {"archs": archs, "sent": {"clients": sent, "logits": logits}}
 
-    def restore(self, snapshot: dict[int, tuple[str, dict[str, torch.Tensor]]]) -> None:
-        """Replace every student by those of ``snapshot`` (from ``snapshot``)."""
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace every student, and the logits each sent, by those of ``snapshot`` (from ``snapshot``).
+
+        Raises ValueError if an architecture's stacked weights and clients disagree in number.
+        """
         self._weights, self._rows, self._arch = {}, {}, {}
-        by_arch: dict[str, list[int]] = {}
-        for c, (arch, _) in sorted(snapshot.items()):
-            by_arch.setdefault(arch, []).append(c)
-        for arch, clients in by_arch.items():
-            self._weights[arch] = {
-                k: torch.stack([snapshot[c][1][k] for c in clients]).to(self.device) for k in snapshot[clients[0]][1]
-            }
+        for arch, saved in snapshot["archs"].items():
+            clients, weights = saved["clients"], saved["weights"]
+            if any(len(v) != len(clients) for v in weights.values()):
+                raise ValueError(f"students.{arch}: {len(clients)} clients, but weights of another number")
+            self._weights[arch] = {k: v.to(self.device) for k, v in weights.items()}
             self._rows[arch] = {c: i for i, c in enumerate(clients)}
             self._arch.update({c: arch for c in clients})
+        sent = snapshot["sent"]
+        self.sent = {c: sent["logits"][i].numpy() for i, c in enumerate(sent["clients"])}

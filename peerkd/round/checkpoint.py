@@ -1,10 +1,23 @@
 """Per-round checkpoints, so that a killed run resumes where it stopped (docs/design.md, "Results").
 
-After every finished round the server writes ``<out>/checkpoint/server.pkl`` (temp file,
-then ``os.replace``: a kill leaves the previous round's file or this one, never half of
-one). It holds the rule object (its targets, weights and round state: pickled to a local
-file, it never crosses the wire), the round counter, the run's totals, the global RNG
-states and, in the batched engine, every student (``StudentStore.snapshot``).
+A checkpoint is data: JSON and tensors, read without running code (no pickle; tensors through
+``torch.load(weights_only=True)``). After every finished round the server writes, in
+``<out>/checkpoint/``:
+
+- ``server-r<round>.pt``: every tensor and array of the state, one flat ``{name: tensor}`` dict
+  (names are paths: ``rule.logits.1000``, ``students.archs.mlp64.weights.0.weight``,
+  ``rng.torch``): the batched engine's students stacked per architecture, the rule's arrays
+  and modules' weights, the RNG states' arrays;
+- ``server.json``, written last (the commit point): format and version, the round, the
+  engine, the world (``WorldSpec.to_config``), the rule's name and state, the totals, each
+  client's last row, node ids, RNG states and hook states, in the typed encoding of
+  ``encode``, and the tensor file's name and SHA-256.
+
+Each file is a temp file, fsynced, then ``os.replace``d: a kill leaves the previous round's
+pair or this one. A file that does not parse or verify is refused with one line
+(``CheckpointError``), never half used. Resuming builds the rule afresh from the run's
+settings, ``resume``s it (no teacher is trained again) and loads its saved attributes
+(``strategies.base.DistillationStrategy.state_dict``).
 
 In Flower's simulation each student lives in its node's ``context.state``, which a new
 simulation starts empty; so the ClientApp also writes its student to
@@ -19,27 +32,60 @@ the loop then raises ``RunInterrupted`` and no ``summary.json`` is written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-import pickle
 import random
 import re
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
 
-from peerkd.errors import RunInterrupted  # noqa: F401  (re-exported: where a run stops)
+from peerkd.errors import ConfigError, RunInterrupted  # noqa: F401  (re-exported: where a run stops)
 
 log = logging.getLogger("peerkd")
 
-CHECKPOINT_DIR, SERVER_FILE, CLIENTS_DIR = "checkpoint", "server.pkl", "clients"
+CHECKPOINT_DIR, SERVER_FILE, CLIENTS_DIR = "checkpoint", "server.json", "clients"
+FORMAT, VERSION = "peerkd-checkpoint", 1
+_LEGACY_FILE = "server.pkl"  # peerkd before format 1 pickled its checkpoint: refused, never read
+_TENSOR_FILE = re.compile(r"server-r(\d+)\.pt")
 _CLIENT_FILE = re.compile(r"c(\d+)-r(\d+)\.pt")
+_SCALARS = (bool, int, float, str)
+_NUMPY_DTYPES = frozenset(
+    "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 complex128".split()
+)
+_SIGNED_TWIN = {"uint16": np.int16, "uint32": np.int32, "uint64": np.int64}  # kept as these bits in a tensor
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed (damaged, another format, made for other settings):
+    one line naming it and how to start over. A sweep may catch it and redo the run."""
+
+
+class _Damaged(ValueError):
+    """A checkpoint file's fault, said in words (its line names no exception type)."""
+
+
+class ModuleWeights(dict):
+    """A module's ``state_dict`` in a rule's saved state: a resumed rule loads it into its own module."""
+
+
+class Resumable(Protocol):
+    """What a checkpoint needs of a rule (``strategies.base.DistillationStrategy`` provides it)."""
+
+    name: str
+
+    def resume(self, ctx: Any) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -58,6 +104,17 @@ class RunState:
     rng: dict[str, Any] = field(default_factory=dict)
     students: Any = None  # the engine's snapshot of every student (None: clients keep their own files)
     hooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # each round hook's ``state()`` (``hook_states``)
+    world: dict[str, Any] = field(default_factory=dict)  # the world's ``WorldSpec.to_config()``
+
+
+@dataclass
+class Saved:
+    """A checkpoint as read back, before anything is applied: the state (``strategy`` None)
+    and the rule's name and saved attributes."""
+
+    state: RunState
+    rule: str
+    rule_state: dict[str, Any]
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,7 +139,7 @@ class Checkpoint:
     engine : str
         The engine's name; a checkpoint is resumed only by the engine that wrote it.
     snapshot, restore : callables, optional
-        The engine's students as one picklable value, and back (the batched engine's
+        The engine's students as data (``encode``'s types), and back (the batched engine's
         ``StudentStore.snapshot``/``restore``). Without them the clients write their own
         files under ``client_dir``.
     """
@@ -103,77 +160,362 @@ class Checkpoint:
         return None if self.snapshot else str((self.dir / CLIENTS_DIR).resolve())
 
     def exists(self) -> bool:
-        """Whether a finished round was checkpointed."""
-        return (self.dir / SERVER_FILE).is_file()
+        """Whether a finished round was checkpointed (an old pickled checkpoint counts: it is refused)."""
+        return (self.dir / SERVER_FILE).is_file() or (self.dir / _LEGACY_FILE).is_file()
 
     def save(self, state: RunState) -> None:
-        """Write ``state`` (with the engine's students) atomically, then drop client files it no longer needs."""
+        """Write ``state`` (with the engine's students): the tensor file, then ``server.json``
+        naming it; then drop the files it no longer needs.
+
+        Raises TypeError naming the attribute (``rule.<name>``) whose value is not data.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         state.students = self.snapshot() if self.snapshot else None
-        tmp = self.dir / (SERVER_FILE + ".tmp")
-        with open(tmp, "wb") as f:
-            _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / SERVER_FILE)
+        tensors: dict[str, torch.Tensor] = {}
+        data = {
+            "run_metrics": state.run_metrics,
+            "latest": state.latest,
+            "totals": dict(state.totals),
+            "replies": dict(state.replies),
+            "nodes": state.nodes,
+            "rng": state.rng,
+            "hooks": state.hooks,
+            "students": state.students,
+            "rule": state.strategy.state_dict(),
+        }
+        doc = {"format": FORMAT, "version": VERSION, "round": state.round, "engine": state.engine}
+        doc |= {"wall_s": state.wall_s, "world": state.world, "rule_name": state.strategy.name}
+        doc |= {key: encode(value, key, tensors) for key, value in data.items()}
+        name = f"server-r{state.round}.pt"
+        _write_atomic(self.dir / name, lambda f: torch.save(tensors, f))
+        doc["tensors"] = {"file": name, "sha256": _sha256(self.dir / name)}
+        _write_atomic(self.dir / SERVER_FILE, lambda f: f.write(json.dumps(doc).encode()))
+        for old in os.listdir(self.dir):
+            if (_TENSOR_FILE.fullmatch(old) and old != name) or old == _LEGACY_FILE:
+                (self.dir / old).unlink(missing_ok=True)
         if self.client_dir:
             prune_client_files(self.client_dir, state.round)
 
-    def load(self) -> RunState:
-        """The last checkpointed state (students restored into the engine)."""
-        with open(self.dir / SERVER_FILE, "rb") as f:
-            state: RunState = _Unpickler(f).load()
-        if state.engine != self.engine:
-            from peerkd.errors import ConfigError
+    def read(self) -> Saved:
+        """The checkpoint as data, parsed and verified; nothing is applied.
 
+        Raises
+        ------
+        CheckpointError
+            The files are missing, damaged, of another format, or hold what no checkpoint holds.
+        """
+        path = self.dir / SERVER_FILE
+        if not path.is_file() and (self.dir / _LEGACY_FILE).is_file():
+            raise self._refused(
+                self.dir / _LEGACY_FILE, "it is a pickle written by an older peerkd (loading it could run code)"
+            )
+        try:
+            doc = _read_json(path)
+            tensors = _read_tensors(self.dir, doc)
+            saved = {key: decode(doc[key], key, tensors) for key in _FIELDS}
+            _check_fields(doc, saved)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (whatever untrusted bytes make a parser raise, the file is refused)
+            raise self._refused(path, _one_line(exc)) from None
+        counts = {key: Counter(saved[key]) for key in ("totals", "replies")}
+        state = RunState(
+            doc["round"], None, saved["run_metrics"], saved["latest"], **counts, nodes=saved["nodes"],
+            wall_s=float(doc["wall_s"]), engine=doc["engine"], rng=saved["rng"], students=saved["students"],
+            hooks=saved["hooks"], world=doc["world"],
+        )  # fmt: skip
+        return Saved(state, doc["rule_name"], saved["rule"])
+
+    def load(self, rule: Resumable, ctx: Any) -> RunState:
+        """The last checkpointed state, its rule ``rule`` (built afresh from the run's settings)
+        resumed with ``ctx`` and its saved attributes, students and RNG states restored.
+
+        Raises
+        ------
+        CheckpointError
+            As ``read``, or the checkpoint was made for another rule, world or rule settings.
+        ConfigError
+            It was written by another engine (``engine.name``).
+        """
+        saved = self.read()
+        state, where = saved.state, self.dir / SERVER_FILE
+        if state.engine != self.engine:
             raise ConfigError(
                 "engine.name", f"the checkpoint in {self.dir} was written by {state.engine}", state.engine
             )
-        if self.restore and state.students is not None:
-            self.restore(state.students)
-        set_rng_state(state.rng)
+        if saved.rule != rule.name:
+            raise self._refused(where, f"it holds a run of rule {saved.rule}, not {rule.name}")
+        if change := _first_change(state.world, ctx.world.spec.to_config()):
+            raise self._refused(where, f"it was made for another world ({change})")
+        settings = {k: v for k, v in vars(rule).items() if v is None or type(v) in _SCALARS}
+        rule.resume(ctx)
+        if change := _first_change(saved.rule_state, settings):
+            raise self._refused(where, f"it was made with other rule settings (strategy.{change})")
+        try:
+            rule.load_state_dict(saved.rule_state)
+            if self.restore and state.students is not None:
+                self.restore(state.students)
+            set_rng_state(state.rng)
+        except Exception as exc:  # noqa: BLE001  (state of the wrong shape or type: the file is refused)
+            raise self._refused(where, _one_line(exc)) from None
+        state.strategy = rule
         return state
 
     def clear(self) -> None:
         """Remove the checkpoint (a run started afresh, or finished)."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
-
-class _Pickler(pickle.Pickler):
-    """Pickles a rule's ``World`` as its spec: the data is rebuilt on load, not copied every round."""
-
-    def persistent_id(self, obj: Any) -> Any:
-        from peerkd.world.build import World
-
-        return ("world", obj.spec) if isinstance(obj, World) else None
+    def _refused(self, path: Path, problem: str) -> CheckpointError:
+        return CheckpointError(
+            "resume",
+            f"cannot resume from {path}: {problem}",
+            f"resume=false to start the run over; compare and sweep: remove {self.dir}",
+        )
 
 
-class _Unpickler(pickle.Unpickler):
-    def persistent_load(self, pid: Any) -> Any:
-        from peerkd.world.build import build_world
+_FIELDS = ("run_metrics", "latest", "totals", "replies", "nodes", "rng", "hooks", "students", "rule")
 
-        kind, spec = pid
-        if kind != "world":
-            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
-        return build_world(spec)
+
+def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """``value`` as JSON data; its tensors and arrays go into ``tensors``, named by their ``path``.
+
+    Data is None, bool, int, float, str; a list; a tuple (``{"tuple": [...]}``); a set
+    (``{"set": [...]}``); a dict with int or str keys (``{"dict": [[key, value], ...]}``);
+    ``ModuleWeights`` (``{"module": [[name, tensor], ...]}``); a torch tensor
+    (``{"tensor": name}``); a numeric NumPy array or scalar (``{"ndarray"|"scalar": name,
+    "dtype": "float32"}``). ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
+
+    Raises TypeError naming ``path`` for anything else.
+    """
+    if value is None or type(value) in _SCALARS:
+        return value
+    if type(value) is list:
+        return [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
+    if type(value) in (tuple, set):
+        return {type(value).__name__: [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
+    if type(value) in (dict, ModuleWeights):
+        pairs = [[_key(k, path), encode(v, f"{path}.{k}", tensors)] for k, v in value.items()]
+        return {"module" if type(value) is ModuleWeights else "dict": pairs}
+    if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+        t = value.detach().cpu()
+        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone(memory_format=torch.contiguous_format)  # a view: save its elements, not its base
+        return {"tensor": _put(tensors, path, t)}
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.name in _NUMPY_DTYPES:
+        dtype = value.dtype.name
+        arr = np.asarray(value, dtype=value.dtype.newbyteorder("="))
+        if not (arr.flags.c_contiguous and arr.flags.writeable):
+            arr = arr.copy(order="C")
+        t = torch.from_numpy(arr.view(_SIGNED_TWIN[dtype]) if dtype in _SIGNED_TWIN else arr)
+        return {"ndarray" if isinstance(value, np.ndarray) else "scalar": _put(tensors, path, t), "dtype": dtype}
+    raise TypeError(
+        f"{path}: a {type(value).__name__} is not checkpoint data (None, bool, int, float, str, list, tuple, "
+        "set, dict, torch tensors, numeric NumPy arrays, module weights)"
+    )
+
+
+def decode(data: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of ``encode``. Raises ValueError naming ``path`` for anything ``encode`` does not write."""
+    if data is None or type(data) in _SCALARS:
+        return data
+    if type(data) is list:
+        return [decode(v, f"{path}.{i}", tensors) for i, v in enumerate(data)]
+    keys = set(data) if type(data) is dict else None
+    if keys in ({"tuple"}, {"set"}):
+        (kind,) = keys
+        items = [decode(v, f"{path}.{i}", tensors) for i, v in enumerate(_list(data[kind], path))]
+        return tuple(items) if kind == "tuple" else set(items)
+    if keys in ({"dict"}, {"module"}):
+        (kind,) = keys
+        pairs = [_pair(p, path) for p in _list(data[kind], path)]
+        out = {k: decode(v, f"{path}.{k}", tensors) for k, v in pairs}
+        if len(out) != len(pairs):
+            raise _Damaged(f"{path}: a key appears twice")
+        return ModuleWeights(out) if kind == "module" else out
+    if keys == {"tensor"}:
+        return _tensor(tensors, data["tensor"], path)
+    if keys in ({"ndarray", "dtype"}, {"scalar", "dtype"}):
+        return _array(tensors, data, path)
+    raise _Damaged(f"{path}: {json.dumps(data)[:60]} is not checkpoint data")
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write`` a temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _key(key: Any, path: str) -> int | str:
+    """A dict key as JSON keeps it: int (NumPy ints too) or str."""
+    if isinstance(key, np.integer):
+        return int(key)
+    if type(key) in (int, str):
+        return key
+    raise TypeError(f"{path}: a dict key {key!r} ({type(key).__name__}) is not checkpoint data (int or str)")
+
+
+def _put(tensors: dict[str, torch.Tensor], path: str, t: torch.Tensor) -> str:
+    name = path if path not in tensors else f"{path}#{len(tensors)}"
+    tensors[name] = t
+    return name
+
+
+def _list(value: Any, path: str) -> list:
+    if type(value) is not list:
+        raise _Damaged(f"{path}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _pair(pair: Any, path: str) -> tuple[int | str, Any]:
+    if type(pair) is not list or len(pair) != 2 or type(pair[0]) not in (int, str):
+        raise _Damaged(f"{path}: expected [int or str key, value] pairs")
+    return pair[0], pair[1]
+
+
+def _tensor(tensors: dict[str, torch.Tensor], name: Any, path: str) -> torch.Tensor:
+    if type(name) is not str or name not in tensors:
+        raise _Damaged(f"{path}: no tensor {name!r} in the tensor file")
+    return tensors[name]
+
+
+def _array(tensors: dict[str, torch.Tensor], data: dict[str, Any], path: str) -> np.ndarray | np.generic:
+    """A NumPy array (or scalar) of ``data['dtype']`` from its tensor."""
+    dtype, scalar = data["dtype"], "scalar" in data
+    if dtype not in _NUMPY_DTYPES:
+        raise _Damaged(f"{path}: dtype {dtype!r} is not checkpoint data")
+    arr = _tensor(tensors, data["scalar" if scalar else "ndarray"], path).numpy()
+    if arr.dtype != np.dtype(dtype):
+        if arr.dtype != _SIGNED_TWIN.get(dtype):
+            raise _Damaged(f"{path}: a {arr.dtype} tensor cannot hold {dtype}")
+        arr = arr.view(dtype)
+    return arr[()] if scalar else arr
+
+
+def _read_tensors(directory: Path, doc: Any) -> dict[str, torch.Tensor]:
+    """The tensor file ``doc`` names, once its format, version and SHA-256 check out."""
+    if type(doc) is not dict or doc.get("format") != FORMAT:
+        raise _Damaged(f"not a {FORMAT} file")
+    if doc.get("version") != VERSION:
+        raise _Damaged(f"format version {doc.get('version')!r}; this peerkd reads version {VERSION}")
+    ref = doc.get("tensors")
+    if type(ref) is not dict or type(ref.get("file")) is not str or not _TENSOR_FILE.fullmatch(ref["file"]):
+        raise _Damaged("it names no tensor file server-r<round>.pt beside it")
+    path = directory / ref["file"]
+    if not path.is_file():
+        raise _Damaged(f"its tensor file {path.name} is missing")
+    if _sha256(path) != ref.get("sha256"):
+        raise _Damaged(f"{path.name} is not the tensor file it was saved with (SHA-256 differs)")
+    tensors = _torch_load(path)
+    if type(tensors) is not dict or not all(type(k) is str and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise _Damaged(f"{path.name} is not a dict of named tensors")
+    return tensors
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; _Damaged in one line if torch refuses it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a pickle protocol torch does not write: refused anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (torch's own message suggests weights_only=False: never here)
+        raise _Damaged(f"{path.name} is damaged or holds objects, not only tensors; it was not unpickled") from None
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document in ``path``; _Damaged in one line if it is not JSON."""
+    if not path.is_file():
+        raise _Damaged(f"{path.name} is missing")
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _Damaged(f"{path.name} is not JSON ({_one_line(exc)})") from None
+
+
+def _check_fields(doc: dict[str, Any], saved: dict[str, Any]) -> None:
+    """_Damaged unless the header and the decoded fields have the types the loop reads."""
+    header = {"round": int, "engine": str, "wall_s": (int, float), "world": dict, "rule_name": str}
+    for key, kind in header.items():
+        if not isinstance(doc.get(key), kind) or isinstance(doc.get(key), bool):
+            raise _Damaged(f"{key}: {str(doc.get(key))[:40]!r} is of the wrong type")
+    if doc["round"] < 1:
+        raise _Damaged(f"round: {doc['round']} is not a finished round")
+    shapes = {
+        "run_metrics": (str, object),
+        "latest": (int, dict),
+        "totals": (str, (int, float)),
+        "replies": (int, int),
+        "nodes": (int, int),
+        "rng": (str, object),
+        "hooks": (str, dict),
+        "rule": (str, object),
+    }
+    for key, (key_type, value_type) in shapes.items():
+        value = saved[key]
+        if not isinstance(value, dict) or not all(
+            isinstance(k, key_type) and isinstance(v, value_type) for k, v in value.items()
+        ):
+            raise _Damaged(f"{key}: not a mapping of the types a checkpoint holds")
+
+
+def _first_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """``key: old, now new`` for the first key both have whose values differ (a key only one side
+    has is a field added to peerkd since); None if they agree."""
+    for key in sorted(set(old) & set(new)):
+        if old[key] != new[key]:
+            return f"{key}: {old[key]!r}, now {new[key]!r}"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type (unless _Damaged) and the first line of its message."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, _Damaged):
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def save_client(client_dir: str, client: int, server_round: int, arch: str, weights: dict[str, torch.Tensor]) -> None:
-    """Write one client's student after ``server_round`` (temp file, then ``os.replace``)."""
+    """Write one client's student after ``server_round`` (temp file, fsync, then ``os.replace``)."""
     path = Path(client_dir)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".c{client}-r{server_round}.{os.getpid()}.tmp"
-    torch.save({"arch": arch, "weights": {k: v.detach().cpu() for k, v in weights.items()}}, tmp)
-    os.replace(tmp, path / f"c{client}-r{server_round}.pt")
+    saved = {"arch": arch, "weights": {k: v.detach().cpu() for k, v in weights.items()}}
+    _write_atomic(path / f"c{client}-r{server_round}.pt", lambda f: torch.save(saved, f))
 
 
 def load_client(client_dir: str, client: int, upto_round: int) -> tuple[str, dict[str, torch.Tensor]] | None:
-    """The newest student ``client`` wrote in a round ``<= upto_round``: (arch, weights), or None."""
+    """The newest student ``client`` wrote in a round ``<= upto_round``: (arch, weights), or None.
+
+    Raises CheckpointError (one line naming the file) if that file does not parse as one.
+    """
     rounds = [r for c, r in _client_files(client_dir) if c == client and r <= upto_round]
     if not rounds:
         return None
-    saved = torch.load(Path(client_dir) / f"c{client}-r{max(rounds)}.pt", weights_only=True)
-    return saved["arch"], saved["weights"]
+    path = Path(client_dir) / f"c{client}-r{max(rounds)}.pt"
+    try:
+        saved = _torch_load(path)
+        arch, weights = saved["arch"], saved["weights"]
+        if type(arch) is not str or not all(type(k) is str and isinstance(v, torch.Tensor) for k, v in weights.items()):
+            raise _Damaged("not an architecture and named tensors")
+    except Exception as exc:  # noqa: BLE001  (whatever untrusted bytes make a parser raise, the file is refused)
+        raise CheckpointError(
+            "resume", f"cannot resume from {path}: {_one_line(exc)}", "resume=false to start the run over"
+        ) from None
+    return arch, weights
 
 
 def prune_client_files(client_dir: str, upto_round: int) -> None:
@@ -197,15 +539,18 @@ def _client_files(client_dir: str) -> list[tuple[int, int]]:
 
 
 def rekey_nodes(strategy: Any, old_to_new: dict[int, int | None]) -> None:
-    """Rename node ids in a rule's per-node state (dicts keyed by node id) after a resume.
+    """Rename node ids in a rule's per-node state (dicts keyed by node id, sets of node ids) after a resume.
 
     Flower's simulation draws fresh node ids each time it starts, and rules key the
-    state they carry between rounds (a peer's last logits, WML's node -> client map) by
-    node id. Each dict attribute whose keys are all old node ids is re-keyed; entries of
-    a node whose client is gone now (new id None) are dropped.
+    state they carry between rounds (a peer's last logits, WML's node -> client map, the
+    senders of peer_sum's sum) by node id. Each dict attribute whose keys are all old node
+    ids is re-keyed, each such set renamed; entries of a node whose client is gone now
+    (new id None) are dropped.
     """
     if all(k == v for k, v in old_to_new.items()):
         return
     for name, value in list(vars(strategy).items()):
         if isinstance(value, dict) and value and set(value) <= set(old_to_new):
             setattr(strategy, name, {old_to_new[k]: v for k, v in value.items() if old_to_new[k] is not None})
+        elif isinstance(value, set) and value and value <= set(old_to_new):
+            setattr(strategy, name, {old_to_new[k] for k in value if old_to_new[k] is not None})

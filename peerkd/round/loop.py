@@ -141,9 +141,15 @@ def _screen(replies: list[Message], sent: dict[str, int], rule: ExchangeRule, me
 def _start(
     spec: RunSpec, rule: ExchangeRule, hooks: Sequence[RoundHook], writer: RunWriter, checkpoint: Checkpoint | None
 ) -> RunState:
-    """The state to start from: the checkpoint's (metrics past it dropped), or the rule set up afresh."""
+    """The state to start from: the checkpoint's, resumed into ``rule`` (metrics past it dropped), or
+    the rule set up afresh."""
+    t0 = time.perf_counter()
+    ctx = ServerContext(
+        build_world(spec.world), spec.students, spec.world.seed, pick_device(), spec.epochs, spec.lr, spec.batch_size,
+        spec.measure_agreement, spec.codec,
+    )  # fmt: skip
     if checkpoint is not None and checkpoint.exists():
-        state = checkpoint.load()
+        state = checkpoint.load(rule, ctx)
         writer.keep_rounds(state.round)
         log.info(
             "[%s] resuming after round %d/%d from %s", state.strategy.name, state.round, spec.rounds, checkpoint.dir
@@ -152,17 +158,12 @@ def _start(
             hook.setup(state.strategy, fresh=False)
         restore_hooks(hooks, state.hooks)
         return state
-    t0 = time.perf_counter()
-    ctx = ServerContext(
-        build_world(spec.world), spec.students, spec.world.seed, pick_device(), spec.epochs, spec.lr, spec.batch_size,
-        spec.measure_agreement, spec.codec,
-    )  # fmt: skip
     run_metrics = rule.setup(ctx)
     for hook in hooks:
         run_metrics.update(hook.setup(rule, fresh=True))
     writer.log({"type": "setup", **run_metrics, "setup_s": time.perf_counter() - t0})
     engine = checkpoint.engine if checkpoint else ""
-    return RunState(0, rule, run_metrics, {}, Counter(), Counter(), {}, 0.0, engine)
+    return RunState(0, rule, run_metrics, {}, Counter(), Counter(), {}, 0.0, engine, world=spec.world.to_config())
 
 
 def _base_config(

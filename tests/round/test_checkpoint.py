@@ -1,16 +1,101 @@
-"""Checkpoint pieces with numbers a reader can check: client files, metrics trimming,
-node renaming, the batched students' snapshot, the participation summary."""
+"""Checkpoint pieces with numbers a reader can check: the typed encoding, client files, metrics
+trimming, node renaming, the batched students' snapshot, the participation summary."""
 
 import json
+import random
 from collections import Counter
 
+import numpy as np
+import pytest
 import torch
 
 from peerkd.batched.store import StudentStore
 from peerkd.hooks.participation import participation
-from peerkd.round.checkpoint import load_client, prune_client_files, rekey_nodes, save_client
+from peerkd.round.checkpoint import (
+    ModuleWeights,
+    decode,
+    encode,
+    load_client,
+    prune_client_files,
+    rekey_nodes,
+    rng_state,
+    save_client,
+    set_rng_state,
+)
 from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.world.build import WorldSpec, build_world
+
+
+def through_files(value, tmp_path):
+    """``value`` encoded, written as JSON and a weights-only tensor file, read back and decoded."""
+    tensors = {}
+    doc = json.dumps(encode(value, "v", tensors))
+    torch.save(tensors, tmp_path / "t.pt")
+    return decode(json.loads(doc), "v", torch.load(tmp_path / "t.pt", weights_only=True))
+
+
+def test_encode_writes_plain_json_with_types_and_tensors_by_name():
+    # Execute
+    tensors = {}
+    out = encode({"shape": (180, 10), 1001: np.array([0.5, 1.5], dtype=np.float32), "seen": {7}}, "rule", tensors)
+    # Assert: tuple, set and int keys are tagged; the array is a tensor named by its path.
+    assert out == {
+        "dict": [
+            ["shape", {"tuple": [180, 10]}],
+            [1001, {"ndarray": "rule.1001", "dtype": "float32"}],
+            ["seen", {"set": [7]}],
+        ]
+    }
+    assert tensors["rule.1001"].tolist() == [0.5, 1.5]
+
+
+def test_decode_gives_back_values_of_the_same_types(tmp_path):
+    # Prepare: every kind of data a checkpoint holds.
+    value = {
+        "none": None,
+        "flags": [True, 3, 0.1, "x"],
+        "pair": (2, (3.5, "y")),
+        "senders": {1001, 1002},
+        1000: {"nested": [1, 2]},
+        "key": np.array([[1, 2**32 - 1]], dtype=np.uint32),  # the NumPy RNG's key: no uint32 tensor needed
+        "acc": np.float64(0.25),
+        "t": torch.tensor([1.5, -2.0]),
+        "model": ModuleWeights({"w": torch.ones(2, 2)}),
+    }
+    # Execute
+    back = through_files(value, tmp_path)
+    # Assert
+    assert back.keys() == value.keys()
+    assert back["none"] is None and back["flags"] == [True, 3, 0.1, "x"] and back["pair"] == (2, (3.5, "y"))
+    assert back["senders"] == {1001, 1002} and back[1000] == {"nested": [1, 2]}
+    assert back["key"].dtype == np.uint32 and back["key"].tolist() == [[1, 2**32 - 1]]
+    assert type(back["acc"]) is np.float64 and back["acc"] == 0.25
+    assert back["t"].tolist() == [1.5, -2.0]
+    assert type(back["model"]) is ModuleWeights and back["model"]["w"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_rng_states_go_through_files_and_draw_the_same_numbers(tmp_path):
+    # Prepare: the RNG states through files, then one draw of each.
+    state = through_files(rng_state(), tmp_path)
+    draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    # Execute
+    set_rng_state(state)
+    # Assert
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
+
+
+@pytest.mark.parametrize(
+    "value, named",
+    [
+        ({"flower": object()}, "rule.flower"),
+        ({"logits": {(1, 2): 0.5}}, "rule.logits"),
+        ({"rows": Counter({1: 2})}, "rule.rows"),
+        ({"labels": np.array(["a", "b"])}, "rule.labels"),
+    ],
+)
+def test_encode_refuses_what_is_not_data_naming_the_attribute(value, named):
+    with pytest.raises(TypeError, match=f"^{named}"):
+        encode(value, "rule", {})
 
 
 def test_client_files_load_the_newest_up_to_a_round_and_prune_the_rest(tmp_path):
@@ -48,6 +133,7 @@ def test_keep_rounds_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
 class _Rule:
     def __init__(self):
         self.logits = {101: "a", 102: "b"}  # by node id
+        self.senders = {101, 102}  # node ids
         self.weights = {0: 0.5, 1: 0.5}  # by client id
         self.name = "peer"
 
@@ -55,28 +141,32 @@ class _Rule:
 def test_rekey_nodes_renames_node_keyed_state_only():
     rule = _Rule()
     rekey_nodes(rule, {101: 7, 102: None})  # client of node 102 is gone now
-    assert rule.logits == {7: "a"}
+    assert rule.logits == {7: "a"} and rule.senders == {7}
     assert rule.weights == {0: 0.5, 1: 0.5}
 
 
-def test_student_store_snapshot_restores_every_student():
-    # Prepare: 3 students of two architectures; client 1's weights changed.
+def test_student_store_snapshot_restores_every_student(tmp_path):
+    # Prepare: 3 students of two architectures; client 1's weights changed; client 2 sent logits.
     world = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0))
     store = StudentStore(torch.device("cpu"))
     store.load("mlp32", world, [0, 1])
     weights = store.load("mlp32", world, [1])
     store.save("mlp32", [1], {k: v + 1.0 for k, v in weights.items()})
     store.load("mlp64", world, [2])
+    store.sent[2] = np.full((2, 3), 0.5, dtype=np.float32)
     snap = store.snapshot()
-    # Execute: a fresh store restored from the snapshot.
+    # Execute: a fresh store restored from the snapshot, through a weights-only file.
+    torch.save(snap, tmp_path / "s.pt")
     fresh = StudentStore(torch.device("cpu"))
-    fresh.restore(snap)
-    # Assert: the same weights, rows and architectures.
-    assert {c: a for c, (a, _) in snap.items()} == {0: "mlp32", 1: "mlp32", 2: "mlp64"}
+    fresh.restore(torch.load(tmp_path / "s.pt", weights_only=True))
+    # Assert: stacked per architecture; the same weights, rows, architectures and sent logits.
+    assert {arch: s["clients"] for arch, s in snap["archs"].items()} == {"mlp32": [0, 1], "mlp64": [2]}
+    first = next(iter(weights))
+    assert torch.equal(snap["archs"]["mlp32"]["weights"][first][1], weights[first][0] + 1.0)
     for arch, clients in (("mlp32", [0, 1]), ("mlp64", [2])):
         a, b = store.load(arch, world, clients), fresh.load(arch, world, clients)
         assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(snap[1][1][next(iter(weights))], weights[next(iter(weights))][0] + 1.0)
+    assert list(fresh.sent) == [2] and fresh.sent[2].tolist() == [[0.5] * 3] * 2
 
 
 def test_participation_names_who_took_part():
