@@ -51,7 +51,8 @@ def send_and_receive(
 ) -> tuple[list[Message], dict[str, int]]:
     """Push ``messages``, pull replies every ``poll`` s until all came or ``timeout`` s passed.
 
-    Returns the replies and the destination node of each pushed message id (an error reply
+    Returns the replies, in the order their messages were sent (pulls return them in any
+    order), and the destination node of each pushed message id (an error reply
     the SuperLink writes for an unavailable node names the SuperLink as its source). Same
     contract as ``Grid.send_and_receive``, whose fixed 3 s pull interval dominated a
     deployed round on loopback. Each message's TTL ends with the wait (plus ``TTL_MARGIN_S``), so one still queued
@@ -72,7 +73,8 @@ def send_and_receive(
         if not pending or time.monotonic() >= deadline:
             break
         _pause(poll, stop)
-    return replies, sent
+    order = {mid: k for k, mid in enumerate(sent)}  # replies in send order: aggregates sum in a fixed order
+    return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order))), sent
 
 
 def _pause(seconds: float, stop: threading.Event | None) -> None:
