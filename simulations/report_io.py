@@ -72,9 +72,10 @@ KINDS: dict[str, Callable[[Any], bool]] = {
     "a count or null": lambda v: v is None or (_is_int(v) and v >= 0),
     "a number": is_number,
     "a number or null": lambda v: v is None or is_number(v),
+    "a share (0 to 1) or null": lambda v: v is None or (is_number(v) and 0 <= v <= 1),
     "true, false or null": lambda v: v is None or isinstance(v, bool),
     "a list of clients": lambda v: (
-        isinstance(v, list) and all(isinstance(c, dict) and KINDS["a number or null"](c.get("acc")) for c in v)
+        isinstance(v, list) and all(isinstance(c, dict) and KINDS["a share (0 to 1) or null"](c.get("acc")) for c in v)
     ),
 }
 # The summary contract (``SUMMARY_KEYS``) with each key's kind, then keys only some runs have that reports read.
@@ -84,10 +85,10 @@ SUMMARY_TYPES = {
     "num_clients": "a positive integer",
     "rounds": "a positive integer",
     "seed": "an integer",
-    "acc_mean": "a number or null",
-    "acc_worst": "a number or null",
-    "acc_std": "a number or null",
-    "teacher_acc": "a number or null",
+    "acc_mean": "a share (0 to 1) or null",
+    "acc_worst": "a share (0 to 1) or null",
+    "acc_std": "a share (0 to 1) or null",
+    "teacher_acc": "a share (0 to 1) or null",
     "bytes_up": "a count",
     "bytes_down": "a count",
     "wall_s": "a number",
@@ -113,6 +114,8 @@ PROVENANCE_TYPES = {
     "python": "text or null",
     "cpu_count": "a count or null",
 }
+# What the curves read of a round row (a row without bytes_up or bytes_down counts 0).
+ROUND_NUMBERS = {"acc_mean": "a share (0 to 1) or null", "bytes_up": "a count", "bytes_down": "a count"}
 MAX_NODES = 100_000  # values in one config.yaml: YAML aliases can nest a small file into billions
 
 
@@ -223,13 +226,10 @@ def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
         log.warning("%s: cannot read %s (%s); no per-round curves", run_dir, METRICS_FILE, exc.strerror or exc)
         return []
     rounds = [r for r in rows if r.get("type") == "round"]
-    good = [r for r in rounds if all(KINDS["a number or null"](r.get(k)) for k in ROUND_NUMBERS)]
+    good = [r for r in rounds if all(KINDS[kind](r.get(k, 0)) for k, kind in ROUND_NUMBERS.items())]
     if skipped := skipped + len(rounds) - len(good):
         log.warning("%s: %d damaged line%s of %s skipped", run_dir, skipped, "s" * (skipped > 1), METRICS_FILE)
     return good
-
-
-ROUND_NUMBERS = ("acc_mean", "bytes_up", "bytes_down")  # what the curves read of a round row
 
 
 def _read_provenance(run_dir: Path) -> dict[str, Any] | None:

@@ -60,7 +60,12 @@ SUMMARY_DAMAGE = {
         lambda p: p.write_text("{}"),
         "lacks strategy, dataset, num_clients and 10 more (keys of the summary contract)",
     ),
-    "acc_mean a string": ("summary.json", _set("acc_mean", "0.9"), ": acc_mean is a string, not a number or null"),
+    "acc_mean a string": (
+        "summary.json",
+        _set("acc_mean", "0.9"),
+        ": acc_mean is a string, not a share (0 to 1) or null",
+    ),
+    "acc_worst 2": ("summary.json", _set("acc_worst", 2), ": acc_worst is the number 2, not a share (0 to 1) or null"),
     "num_clients 0": ("summary.json", _set("num_clients", 0), ": num_clients is the number 0, not a positive integer"),
     "wall_s NaN": ("summary.json", _set("wall_s", float("nan")), ": wall_s is NaN, not a number"),
     "per_client acc a list": (
