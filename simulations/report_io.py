@@ -325,19 +325,21 @@ def load_results(root: str | Path) -> Results:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` or what it held before, never half: a new file beside it, then renamed over it.
-    The new file is created afresh (never through a planted symlink); ConfigError if it cannot be written."""
-    import tempfile
+    """``path`` holds ``data`` or what it held before, never half: a new file beside it, then renamed
+    over it. The new file is created afresh (``O_EXCL``: never through a planted link), with the
+    permissions of the user's umask; ConfigError (naming ``dir``) if it cannot be written."""
+    import secrets
 
-    tmp = None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-            tmp = f.name
-            f.write(data)
-        os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
         raise ConfigError(
             "dir",
             f"cannot write {path.name} in {str(path.parent)!r}: {exc.strerror or exc}",

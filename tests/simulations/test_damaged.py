@@ -7,6 +7,7 @@ made once per module and copied for each case.
 
 import errno
 import json
+import os
 import shutil
 
 import pytest
@@ -178,16 +179,18 @@ def test_every_run_damaged_is_one_error_line(finished_run, tmp_path, capsys):
 
 
 def test_a_read_only_directory_is_one_line_and_keeps_the_old_report(two_runs, capsys, monkeypatch):
-    import tempfile
-
-    # Prepare: a report written, then the directory made read-only (as root, chmod would not stop us).
+    # Prepare: a report written, then no file can be created in the directory (a read-only mount:
+    # as root, chmod would not stop the test).
     assert main(["report", str(two_runs)]) == 0
     before = (two_runs / "report.md").read_bytes()
+    real_open = os.open
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(two_runs)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     capsys.readouterr()
     # Execute
     code, err, _ = _report(capsys, two_runs)
@@ -207,9 +210,13 @@ def test_report_files_are_replaced_not_written_through_a_link(two_runs, tmp_path
     (two_runs / "report.md").symlink_to(elsewhere)
     # Execute
     assert main(["report", str(two_runs)]) == 0
-    # Assert: the link is replaced by the report; the file it pointed to is untouched.
+    # Assert: the link is replaced by the report (with the umask's permissions); the file it pointed to is untouched.
     assert not (two_runs / "report.md").is_symlink() and (two_runs / "report.md").read_text().startswith("# peerkd")
     assert elsewhere.read_text() == "keep me"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (two_runs / "report.md").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not list(two_runs.glob(".*.tmp"))
 
 
 # --- sweep relaunch ---------------------------------------------------------------------
