@@ -146,17 +146,18 @@ def check_finished(run: SweepRun) -> dict[str, Any] | None:
     """
     from peerkd.round.checkpoint import Checkpoint
 
+    checkpoint = Checkpoint(run.out, engine="")
     try:
         old = read_config_tree(run.out)
         summary = read_summary(run.out) if (run.out / SUMMARY_FILE).exists() else None
     except DamagedRun as exc:
         moved = _set_aside(run.out, exc)
         log.warning("redoing %s; set aside as %s", exc, ", ".join(f"{name}.damaged" for name in moved))
-        if Checkpoint(run.out, engine="").exists():
+        if checkpoint.exists():
             log.warning("removed the checkpoint of %s: its settings cannot be checked", run.out)
-            Checkpoint(run.out, engine="").clear()
+            checkpoint.clear()
         return None
-    if summary is None and not Checkpoint(run.out, engine="").exists():
+    if summary is None and not checkpoint.exists():
         return None
     if change := config_change(old, run.config):
         state = "finished" if summary is not None else "checkpointed"
@@ -257,29 +258,27 @@ def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any])
     """A run in a worker process: its own local Ray instance, only warnings logged."""
     import torch
 
-    from simulations.runner import run_engine
-
     logging.getLogger("peerkd").setLevel(logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(max(1, ray_init["num_cpus"]))  # the batched engine's share of the cores
-    return start_over_if_refused(
-        run,
-        lambda: run_engine(
-            run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init, resume=True
-        ),
-    )
+    return run_resumed(run, resources, ray_init)
 
 
-def start_over_if_refused(run: SweepRun, start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``start()``; if it refuses the run's checkpoint as damaged, remove the checkpoint (warning) and
-    ``start()`` again from round 1: one damaged file costs that run's rounds, not the sweep."""
+def run_resumed(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run`` through ``run_engine``, from its checkpoint if it has one. A checkpoint refused as
+    damaged is removed (a warning) and the run started over: one damaged file costs that run's
+    rounds, not the sweep."""
+    from peerkd.round.checkpoint import Checkpoint
+    from simulations.runner import run_engine
+
+    def start() -> dict[str, Any]:
+        return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init, resume=True)
+
     try:
         return start()
     except ConfigError as exc:
         if not _checkpoint_refused(exc, run):
             raise
-        from peerkd.round.checkpoint import Checkpoint
-
         log.warning("%s: %s; removed its checkpoint, starting it over from round 1", run.out, exc)
         Checkpoint(run.out, engine="").clear()
         return start()
@@ -304,16 +303,9 @@ def execute(
     """Run ``runs``, ``parallel`` at once (1: in this process); ``on_done(run, summary)`` after
     each, with summary None for a run that failed (its error is logged; the others go on)."""
     if parallel <= 1:
-        from simulations.runner import run_engine
-
         for run in runs:
             try:
-                summary = start_over_if_refused(
-                    run,
-                    lambda run=run: run_engine(
-                        run.spec, run.strategy, run.out, run.config, run.engine, resources, resume=True
-                    ),
-                )
+                summary = run_resumed(run, resources)
             except (RuntimeError, OSError) as exc:
                 log.error("%s failed: %s", run.label, exc)
                 summary = None
