@@ -260,8 +260,9 @@ def _print_overview(out: Path) -> None:
     from simulations.report import group_runs, headline_pair, overview_rows, rule_order, swept_keys
     from simulations.report_io import load_results, write_report
 
-    write_report(out)
-    runs, _ = load_results(out)
+    results = load_results(out)
+    write_report(out, results)
+    runs = results.runs
     groups = group_runs(runs, swept_keys([r["config"] for r in runs]))
     _print_table(*overview_rows(groups, rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)))
 
@@ -295,7 +296,15 @@ def _report(args: list[str]) -> int:
         raise ConfigError(
             "dir", f"expected one results directory, got {' '.join(args) or 'nothing'}", "peerkd report DIR"
         )
-    print(f"report: {write_report(args[0])}")
+    # A damaged run is skipped with a warning: one ``peerkd: warning: ...`` line each, as other commands write.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("peerkd: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("peerkd").addHandler(handler)
+    try:
+        print(f"report: {write_report(args[0])}")
+    finally:
+        logging.getLogger("peerkd").removeHandler(handler)
     return 0
 
 

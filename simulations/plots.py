@@ -215,7 +215,9 @@ def bytes_curves(runs: Sequence[dict[str, Any]], rules: Sequence[str]) -> dict[s
         if not rs:
             continue
         kb = [
-            np.cumsum([row.get("bytes_up", 0) + row.get("bytes_down", 0) for row in r["rounds"]])
+            np.cumsum(
+                [float(row.get("bytes_up", 0) + row.get("bytes_down", 0)) for row in r["rounds"]]
+            )  # floats: no wrap
             / 1000
             / r["summary"]["num_clients"]
             for r in rs

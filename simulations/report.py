@@ -146,15 +146,24 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested dict: ``{"a": {"b": 1}} -> {"a.b": 1}``; lists become tuples."""
+    """Dotted keys of a nested dict: ``{"a": {"b": 1}} -> {"a.b": 1}``; lists become tuples
+    (and mappings inside them tuples of pairs), so every value can key a grid point."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, name + "."))
         else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
+            flat[name] = _frozen(value)
     return flat
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    return value
 
 
 def swept_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
@@ -171,11 +180,12 @@ def swept_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
 
 def sort_key(value: Any) -> tuple:
     """Sort key that puts numbers first, in numeric order, then everything else as text."""
-    return (
-        (0, float(value), "")
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-        else (1, 0.0, str(value))
-    )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return (0, float(value), "")
+        except OverflowError:  # an integer beyond floats (a hand-edited config): sorted as text
+            pass
+    return (1, 0.0, str(value))
 
 
 def group_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[Point, list[dict[str, Any]]]:
@@ -195,7 +205,11 @@ def rule_order(rules: Iterable[str]) -> list[str]:
 def headline_pair(runs: Sequence[dict[str, Any]]) -> tuple[str, str]:
     """The report's headline ``(a, b)`` for ``a − b``: the ``pair`` most runs' configs name
     (compare and sweep record it in config.yaml), else ``DEFAULT_PAIR``."""
-    named = Counter(p for r in runs if isinstance(p := r["config"].get("pair"), tuple) and len(p) == 2)
+    named = Counter(
+        p
+        for r in runs
+        if isinstance(p := r["config"].get("pair"), tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+    )
     return named.most_common(1)[0][0] if named else DEFAULT_PAIR
 
 
@@ -341,6 +355,13 @@ def provenance_text(records: Sequence[dict[str, Any] | None]) -> str:
     return text + "\n"
 
 
+def skipped_text(skipped: Sequence[tuple[str, str]]) -> str:
+    """The finished runs left out because their files are damaged, one line each with why."""
+    lines = [f"- `{path}`: {why}" for path, why in skipped]
+    n = len(skipped)
+    return f"**{n} damaged run{'s' * (n > 1)} skipped** (in no table or plot):\n\n" + "\n".join(lines) + "\n"
+
+
 NOTES = """Notes: accuracy is on the held-out test split, averaged over clients, then mean ± sample
 std (ddof = 1) over seeds ("± –": one seed, so no spread was measured). A column or row named
 after a rule (`teacher`, `peer`, ...) gives that rule's students; "teacher model" is the central
@@ -362,8 +383,10 @@ def report_markdown(
     unfinished: int = 0,
     wall_s: float | None = None,
     plots: Sequence[tuple[str, str]] = (),
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The whole report.md for finished runs, with links to ``plots`` (file, caption)."""
+    """The whole report.md for finished runs, with links to ``plots`` (file, caption); the runs
+    ``skipped`` for damaged files (directory, why) are listed under the opening paragraph."""
     keys = swept_keys([r["config"] for r in runs])
     groups = group_runs(runs, keys)
     rules, (a, b) = rule_order(r["summary"]["strategy"] for r in runs), headline_pair(runs)
@@ -372,6 +395,8 @@ def report_markdown(
         describe(runs, keys, unfinished, wall_s),
         provenance_text([r.get("provenance") for r in runs]),
     ]
+    if skipped:
+        parts += [skipped_text(skipped)]
     if keys:
         parts += ["## Accuracy by grid point\n", md_table(*overview_rows(groups, rules, (a, b)))]
         if len(keys) == 2 and {a, b} <= set(rules):

@@ -27,8 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.errors import ConfigError, check_choice
-from peerkd.round.results import CONFIG_FILE, SUMMARY_FILE, SUMMARY_KEYS
-from simulations.report_io import RUNS_FILE, SWEEP_FILE, write_csv
+from peerkd.round.results import SUMMARY_FILE, SUMMARY_KEYS
+from simulations.report_io import (
+    RUNS_FILE,
+    SWEEP_FILE,
+    DamagedRun,
+    is_number,
+    read_config_tree,
+    read_object,
+    read_summary,
+    write_atomic,
+    write_csv,
+)
 from simulations.resume import config_change
 
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
@@ -127,19 +137,51 @@ def _hms(seconds: float | None) -> str:
 
 
 def check_finished(run: SweepRun) -> dict[str, Any] | None:
-    """The summary of a finished run (None if unfinished); refuses one made with other settings."""
-    import yaml
+    """The summary of a finished run (None if unfinished); refuses one made with other settings.
 
-    if not (run.out / SUMMARY_FILE).is_file():
+    A run whose summary.json or config.yaml is damaged is unfinished: the damaged files are moved
+    aside (``summary.json.damaged``: kept to look at, never read again) and the run is redone.
+    An unfinished run's checkpoint is checked here too, before any run starts: made with other
+    settings, refused; beside a damaged config.yaml (its settings unknown), removed.
+    """
+    from peerkd.round.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(run.out, engine="")
+    try:
+        old = read_config_tree(run.out)
+        summary = read_summary(run.out) if (run.out / SUMMARY_FILE).exists() else None
+    except DamagedRun as exc:
+        moved = _set_aside(run.out, exc)
+        log.warning("redoing %s; set aside as %s", exc, ", ".join(f"{name}.damaged" for name in moved))
+        if checkpoint.exists():
+            log.warning("removed the checkpoint of %s: its settings cannot be checked", run.out)
+            checkpoint.clear()
         return None
-    old = yaml.safe_load((run.out / CONFIG_FILE).read_text()) if (run.out / CONFIG_FILE).is_file() else {}
-    if change := config_change(old or {}, run.config):
+    if summary is None and not checkpoint.exists():
+        return None
+    if change := config_change(old, run.config):
+        state = "finished" if summary is not None else "checkpointed"
         raise ConfigError(
             "out",
-            f"{run.out} holds a finished run made with other settings ({change})",
+            f"{run.out} holds a {state} run made with other settings ({change})",
             "a new out directory, or the settings it was made with",
         )
-    return json.loads((run.out / SUMMARY_FILE).read_text())
+    return summary
+
+
+def _set_aside(out: Path, exc: DamagedRun) -> list[str]:
+    """Rename the run's summary.json (so it is unfinished) and the damaged file to ``*.damaged``; their names."""
+    moved = []
+    for name in dict.fromkeys([SUMMARY_FILE, exc.file]):
+        try:
+            if (out / name).exists():
+                os.replace(out / name, out / f"{name}.damaged")
+                moved.append(name)
+        except OSError as err:
+            raise ConfigError(
+                "out", f"{exc}, and it cannot be set aside: {err.strerror or err}", "remove the damaged file"
+            ) from None
+    return moved
 
 
 def plan(
@@ -216,14 +258,40 @@ def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any])
     """A run in a worker process: its own local Ray instance, only warnings logged."""
     import torch
 
-    from simulations.runner import run_engine
-
     logging.getLogger("peerkd").setLevel(logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(max(1, ray_init["num_cpus"]))  # the batched engine's share of the cores
-    return run_engine(
-        run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init=ray_init, resume=True
-    )
+    return run_resumed(run, resources, ray_init)
+
+
+def run_resumed(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run`` through ``run_engine``, from its checkpoint if it has one. A checkpoint refused as
+    damaged is removed (a warning) and the run started over: one damaged file costs that run's
+    rounds, not the sweep."""
+    from peerkd.round.checkpoint import Checkpoint
+    from simulations.runner import run_engine
+
+    def start() -> dict[str, Any]:
+        return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init, resume=True)
+
+    try:
+        return start()
+    except ConfigError as exc:
+        if not _checkpoint_refused(exc, run):
+            raise
+        log.warning("%s: %s; removed its checkpoint, starting it over from round 1", run.out, exc)
+        Checkpoint(run.out, engine="").clear()
+        return start()
+
+
+def _checkpoint_refused(exc: ConfigError, run: SweepRun) -> bool:
+    """Whether ``exc`` is ``run``'s checkpoint refused as damaged: a ``CheckpointError`` (a ConfigError)
+    where ``peerkd.round.checkpoint`` defines one; before it did, any ConfigError while the run
+    holds a checkpoint (``check_finished`` has already refused one made with other settings)."""
+    from peerkd.round import checkpoint
+
+    refused = getattr(checkpoint, "CheckpointError", None)
+    return isinstance(exc, refused) if refused else checkpoint.Checkpoint(run.out, engine="").exists()
 
 
 def execute(
@@ -235,11 +303,9 @@ def execute(
     """Run ``runs``, ``parallel`` at once (1: in this process); ``on_done(run, summary)`` after
     each, with summary None for a run that failed (its error is logged; the others go on)."""
     if parallel <= 1:
-        from simulations.runner import run_engine
-
         for run in runs:
             try:
-                summary = run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, resume=True)
+                summary = run_resumed(run, resources)
             except (RuntimeError, OSError) as exc:
                 log.error("%s failed: %s", run.label, exc)
                 summary = None
@@ -451,9 +517,24 @@ def _write_runs_csv(out: Path, runs: list[SweepRun], summaries: dict[Path, dict[
 
 def _write_sweep_json(out: Path, meta: dict[str, Any], session: dict[str, Any]) -> float:
     """Add this session to ``sweep.json``; return the wall time of all its sessions."""
-    path = out / SWEEP_FILE
-    sessions = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
+    sessions = _sessions(out)
     sessions.append(session)
     total = round(sum(s["wall_s"] for s in sessions), 1)
-    path.write_text(json.dumps({**meta, "sessions": sessions, "wall_s": total}, indent=2))
+    write_atomic(out / SWEEP_FILE, json.dumps({**meta, "sessions": sessions, "wall_s": total}, indent=2).encode())
     return total
+
+
+def _sessions(out: Path) -> list[dict[str, Any]]:
+    """The sessions sweep.json recorded so far; a damaged sweep.json is set aside (a warning) and they start anew."""
+    if not (path := out / SWEEP_FILE).exists():
+        return []
+    try:
+        sessions = read_object(path).get("sessions", [])
+        ok = isinstance(sessions, list) and all(isinstance(s, dict) and is_number(s.get("wall_s")) for s in sessions)
+        if not ok:
+            raise ValueError(f"{SWEEP_FILE}: sessions is not a list of sessions with their wall_s")
+    except ValueError as exc:
+        log.warning("%s: %s; set aside as %s.damaged, its sessions are not counted", out, exc, SWEEP_FILE)
+        os.replace(path, out / f"{SWEEP_FILE}.damaged")
+        return []
+    return sessions

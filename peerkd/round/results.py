@@ -173,11 +173,21 @@ def _clean(obj: Any) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file, skipping a torn last line left by a killed run."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """Rows of a metrics.jsonl file, skipping a torn last line left by a killed run (and any
+    other line that is not a JSON object; ``read_jsonl_counted`` counts them)."""
+    return read_jsonl_counted(path)[0]
+
+
+def read_jsonl_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a JSON-lines file, and how many lines were skipped: torn, not UTF-8, not JSON, not an object."""
+    rows, skipped = [], 0
+    for line in Path(path).read_bytes().splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+            row = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # torn or garbage; RecursionError: "[[[[..." nested too deep
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif line.strip():
+            skipped += 1
+    return rows, skipped

@@ -6,6 +6,10 @@
 - User files: random bytes, CSV text in several encodings, .npz arrays of any shape and dtype:
   ``load_dataset`` / ``build_world`` give a valid world or one ConfigError.
 - Configs: random ``peerkd run`` overrides exit 0 (``--check``: valid) or 2 with one line.
+- Results folders: random bytes, cuts, changed bytes and values of another type in each file a
+  finished run writes (summary.json, config.yaml, metrics.jsonl, provenance.json): the run is read
+  or skipped for one named file; ``peerkd report`` writes a report or one error line; a sweep run
+  again finishes the run (kept or redone) or refuses in one line. Never a traceback.
 
 All in-process, seeded (``derandomize``), with bounded example counts so the file runs in
 about a minute. ``pytest --hypothesis-show-statistics tests/simulations/test_fuzz.py`` reports the counts.
@@ -423,3 +427,169 @@ def test_any_run_overrides_exit_0_or_2_with_one_line(capsys, tmp_path_factory, a
     else:
         err = captured.err.strip()
         assert code == 2 and err.startswith("peerkd: error: ") and "\n" not in err and "Traceback" not in err, err
+
+
+# --- results folders --------------------------------------------------------------------
+
+RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "provenance.json")
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=6),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(-3, 3), max_size=2),
+)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One real finished run (seconds), copied for every example."""
+    from simulations.cli import main
+
+    out = tmp_path_factory.mktemp("fuzz-made") / "run"
+    assert main(["run", "data=digits", "rounds=2", "num_clients=3", f"out={out}"]) == 0
+    return out
+
+
+def _swap(draw, name: str, text: bytes) -> bytes:
+    """One value of the file swapped for one of another type (or a key dropped); metrics: in one line."""
+    import json
+
+    import yaml
+
+    if name == "metrics.jsonl":
+        lines = text.splitlines()
+        i = draw(st.integers(0, len(lines) - 1))
+        lines[i] = _swap(draw, "line.json", lines[i]) if draw(st.booleans()) else draw(st.binary(max_size=40))
+        return b"\n".join(lines) + b"\n"
+    tree = yaml.safe_load(text) if name == "config.yaml" else json.loads(text)
+    node = tree
+    while isinstance(node[key := draw(st.sampled_from(sorted(node)))], dict) and node[key] and draw(st.booleans()):
+        node = node[key]
+    if draw(st.integers(0, 5)):
+        node[key] = draw(values)
+    else:
+        del node[key]
+    return yaml.safe_dump(tree).encode() if name == "config.yaml" else json.dumps(tree).encode()
+
+
+@st.composite
+def damaged(draw, name: str, original: bytes) -> bytes:
+    """``original`` (the file ``name`` of a finished run) damaged: random bytes, cut short, one byte
+    changed, a value of another type, or the whole file one value of another type."""
+    import json
+
+    how = draw(st.sampled_from(["bytes", "truncate", "byte", "swap", "swap", "document"]))
+    event(f"{name}: {how}")
+    if how == "bytes":
+        return draw(st.binary(max_size=512))
+    if how == "truncate":
+        return original[: draw(st.integers(0, len(original) - 1))]
+    if how == "byte":
+        i = draw(st.integers(0, len(original) - 1))
+        return original[:i] + bytes([draw(st.integers(0, 255))]) + original[i + 1 :]
+    if how == "document":
+        return json.dumps(draw(values)).encode()
+    return _swap(draw, name, original)
+
+
+def _damage_copy(data, run: Path, root: Path) -> tuple[Path, list[str]]:
+    """A copy of ``run`` at ``root/x`` with one or two of its files damaged; the copy and those files' names."""
+    import shutil
+
+    shutil.copytree(run, root / "x")
+    names = data.draw(st.lists(st.sampled_from(RUN_FILES), min_size=1, max_size=2, unique=True))
+    for name in names:
+        path = root / "x" / name
+        path.write_bytes(data.draw(damaged(name, path.read_bytes())))
+    return root / "x", names
+
+
+@settings(FUZZ, max_examples=100)
+@given(data=st.data())
+def test_a_damaged_run_is_read_or_skipped_with_one_reason(finished_run, tmp_path_factory, data):
+    from simulations.plots import report_figures
+    from simulations.report import report_markdown
+    from simulations.report_io import DamagedRun, load_run
+
+    x, names = _damage_copy(data, finished_run, tmp_path_factory.mktemp("fuzz-results"))
+    # Execute: read the run as `peerkd report` does.
+    try:
+        run = load_run(x)
+    except DamagedRun as exc:
+        # Assert: skipped for one of the damaged files, in one line that names the run and the file.
+        event(f"skipped: {exc.file}")
+        assert exc.file in names and str(exc).startswith(f"{x}: {exc.file}") and "\n" not in str(exc)
+        return
+    # Assert: what was read makes the report's text and figures (damaged lines and provenance left out).
+    event("read")
+    report_markdown([run])
+    report_figures([run])
+
+
+@settings(FUZZ, max_examples=8)  # each renders its plots: seconds
+@given(data=st.data())
+def test_report_of_a_damaged_folder_is_a_report_or_one_line(finished_run, tmp_path_factory, capsys, data):
+    import shutil
+
+    from simulations.cli import main
+
+    root = tmp_path_factory.mktemp("fuzz-report")
+    x, _ = _damage_copy(data, finished_run, root)
+    if data.draw(st.booleans()):
+        shutil.copytree(finished_run, root / "good")
+    # Execute
+    code = main(["report", str(root)])
+    # Assert: a report (the damaged run in it or listed as skipped), or one error line; never a traceback.
+    err = capsys.readouterr().err.strip().splitlines()
+    event(f"exit {code}")
+    if code == 0:
+        md = (root / "report.md").read_text()
+        assert f"- `{x}`: " in md or f"**{1 + (root / 'good').exists()} finished runs**" in md
+        assert all(line.startswith("peerkd: warning: ") for line in err)
+    else:
+        assert code == 2 and err[-1].startswith("peerkd: error: dir: every finished run") and len(err) == 2
+
+
+SWEEP = ["sweep", "data=digits", "rounds=2", "num_clients=3", "rules=[peer]", "seeds=[0]", "report=false"]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """One real finished sweep of one run (seconds), copied for every example."""
+    from simulations.cli import main
+
+    out = tmp_path_factory.mktemp("fuzz-made") / "sweep"
+    assert main([*SWEEP, f"out={out}"]) == 0
+    return out
+
+
+@settings(FUZZ, max_examples=3)  # each may redo the run: seconds
+@given(data=st.data())
+def test_a_sweep_relaunched_on_damaged_files_finishes_or_says_why_in_one_line(
+    finished_sweep, tmp_path_factory, capsys, data
+):
+    import shutil
+
+    from simulations.cli import main
+    from simulations.report_io import read_summary
+
+    out = tmp_path_factory.mktemp("fuzz-sweep") / "sweep"
+    shutil.copytree(finished_sweep, out)
+    run, _ = _damage_copy(data, out / "peer-seed0", out / "damaged")
+    shutil.rmtree(out / "peer-seed0")
+    run.rename(out / "peer-seed0")
+    if data.draw(st.booleans()):
+        (out / "sweep.json").write_bytes(data.draw(damaged("sweep.json", (out / "sweep.json").read_bytes())))
+    # Execute: the same command again.
+    code = main([*SWEEP, f"out={out}"])
+    # Assert: the run finished (kept, or redone), or refused in one line (a config.yaml that reads as other settings).
+    captured = capsys.readouterr()
+    event(f"exit {code}")
+    if code == 0:
+        assert "1 runs (" in captured.out and read_summary(out / "peer-seed0")["strategy"] == "peer"
+    else:
+        err = captured.err.strip().splitlines()[-1]
+        assert code == 2 and err.startswith("peerkd: error: out: ") and "other settings" in err, captured.err

@@ -188,8 +188,8 @@ def test_report_of_a_sweep_over_datasets(tmp_path):
 
 
 def test_load_results_reads_rounds_and_flattens_config(sweep_dir):
-    runs, unfinished = load_results(sweep_dir / "num_clients=4")
-    assert unfinished == 0 and len(runs) == 9
+    runs, unfinished, skipped = load_results(sweep_dir / "num_clients=4")
+    assert unfinished == 0 and len(runs) == 9 and skipped == []
     assert runs[0]["config"]["strategy.name"] in ("local", "teacher", "peer")
     assert [r["round"] for r in runs[0]["rounds"]] == [1, 2]
 
@@ -289,7 +289,7 @@ def test_plots_are_print_ready(sweep_dir):
     write_report(sweep_dir)
     image = Image.open(sweep_dir / "accuracy_vs_round.png")
     assert image.info["dpi"][0] >= 150 and image.size[0] >= 1000
-    runs, _ = load_results(sweep_dir)
+    runs = load_results(sweep_dir).runs
     assert runs[0]["chance"] == pytest.approx(183 / 1797)
 
 
@@ -306,7 +306,7 @@ def test_a_swept_rule_setting_gets_one_line_per_value(tmp_path):
             config = yaml.safe_load((path / "config.yaml").read_text())
             config["strategy"]["aggregator"], config["attack"] = agg, {"fraction": frac}
             (path / "config.yaml").write_text(yaml.safe_dump(config))
-    runs, _ = load_results(tmp_path)
+    runs = load_results(tmp_path).runs
     # Execute
     [(name, caption, fig)] = setting_figures(runs, ["attack.fraction", "strategy.aggregator"])
     # Assert: one line per aggregator, at the mean over seeds (0.7 + 0.71) / 2 and (0.3 + 0.31) / 2 for mean.
