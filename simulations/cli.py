@@ -1,7 +1,8 @@
 """The ``peerkd`` command: ``peerkd run|compare|sweep key=value ...`` (Hydra overrides), ``peerkd report DIR``.
 
 Errors a user can fix print one line, ``peerkd: error: <field>: <problem> (allowed: ...)``,
-and exit with status 2; no traceback.
+and exit with status 2; no traceback. A file that cannot be read or written (a full disk, a
+read-only directory) prints one line too, ``peerkd: error: <file>: <reason>``, status 1.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         return _fail(_hydra_message(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename or command}: {exc.strerror or exc}", code=1)
     except KeyboardInterrupt:
         return _fail(
             "interrupted; finished runs and rounds are on disk: to go on, run the same command again "
@@ -126,7 +129,7 @@ def _run(args: list[str]) -> int:
     if check_only:
         return _check_run(spec, strategy, out, engine, resources)
     config = OmegaConf.to_container(cfg, resolve=True)
-    summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume)
+    summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume, overwrite=cfg.overwrite)
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
     if summary["acc_mean"] is None:
         print(

@@ -163,6 +163,7 @@ class RunConf:
     students: list[str] = field(default_factory=lambda: ["mlp64"])  # assigned round-robin
     out: Optional[str] = None  # results directory (default runs/<command>-<time>)
     resume: bool = False  # run: go on from the checkpoint a killed run left in out= (compare and sweep always do)
+    overwrite: bool = False  # run: replace a finished run in out= made with other settings (else it is refused)
     round_timeout: float = 600.0
     measure_agreement: bool = True  # per-round peer agreement; may add measurement-only logits
     participation: float = 1.0  # fraction of clients training each round (a seeded sample, the same for every rule)

@@ -47,6 +47,7 @@ COLUMNS = (
 RUN_SETTINGS = (
     "out",
     "resume",
+    "overwrite",
     "verbose",
     "round_timeout",
     "resources.",

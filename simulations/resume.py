@@ -17,14 +17,18 @@ from peerkd.errors import ConfigError
 from peerkd.round.checkpoint import Checkpoint
 from peerkd.round.results import CONFIG_FILE, SUMMARY_FILE
 from simulations.report import RUN_SETTINGS, flatten
+from simulations.report_io import read_summary
 
 log = logging.getLogger("peerkd")
 
 
-def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+def prepare(
+    out_dir: str | Path, config: dict[str, Any], resume: bool, overwrite: bool = False
+) -> dict[str, Any] | None:
     """With ``resume``: the summary of a run already finished in ``out_dir`` (nothing to run), else
     None after checking that a checkpoint there was made with ``config``'s settings. Without
-    ``resume``: None, and any checkpoint there is removed (the run starts from round 1).
+    ``resume``: None, and any checkpoint there is removed (the run starts from round 1); a finished
+    run there made with other settings is refused unless ``overwrite``.
 
     Raises
     ------
@@ -33,30 +37,48 @@ def prepare(out_dir: str | Path, config: dict[str, Any], resume: bool) -> dict[s
     CheckpointError
         Its checkpoint does not parse or verify (a ``ConfigError``: one line, how to start over).
     """
-    import yaml
-
     out = Path(out_dir)
     checkpoint = Checkpoint(out, engine="")
     if not resume:
+        if not overwrite and (out / SUMMARY_FILE).is_file() and (change := stored_change(out, config)):
+            raise ConfigError(
+                "overwrite",
+                f"{out} holds a finished run made with other settings ({change})",
+                "overwrite=true to replace it, or another out=",
+            )
         checkpoint.clear()
         return None
-    stored = out / CONFIG_FILE
-    if (out / SUMMARY_FILE).is_file() or checkpoint.exists():
-        old = yaml.safe_load(stored.read_text()) if stored.is_file() else {}
-        if change := config_change(old or {}, config):
+    finished = (out / SUMMARY_FILE).is_file()
+    if finished or checkpoint.exists():
+        if change := stored_change(out, config):
+            again = "resume=false overwrite=true to replace it" if finished else "resume=false to start it over"
             raise ConfigError(
                 "resume",
                 f"{out} holds a run made with other settings ({change})",
-                "the settings it was made with, or resume=false to start it over",
+                f"the settings it was made with, or {again}",
             )
     if (out / SUMMARY_FILE).is_file():
         log.info("%s is finished already; nothing to resume", out)
-        return json.loads((out / SUMMARY_FILE).read_text())
+        return read_summary(out)  # a damaged summary.json is one line (DamagedRun), not a traceback
     if checkpoint.exists():
         checkpoint.read()  # a damaged checkpoint is refused here, in one line, before any engine starts
     else:
         log.info("no checkpoint in %s: starting from round 1", out)
     return None
+
+
+def stored_change(out_dir: Path, config: dict[str, Any]) -> str | None:
+    """``config_change`` from the settings stored in ``out_dir``; a missing or unreadable
+    config.yaml is a change too (those settings are unknown)."""
+    import yaml
+
+    try:
+        old = yaml.safe_load((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return f"its {CONFIG_FILE} cannot be read: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+    if not isinstance(old, dict):
+        return f"its {CONFIG_FILE} holds no settings"
+    return config_change(old, config)
 
 
 def config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:

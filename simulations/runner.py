@@ -15,7 +15,7 @@ from peerkd.cluster import cluster_args
 from peerkd.errors import RunInterrupted
 from peerkd.round.checkpoint import Checkpoint
 from peerkd.round.hook import RoundHook, SummaryFields
-from peerkd.round.results import check_out_dir
+from peerkd.round.results import check_out_dir, hold_run_dir
 from peerkd.round.run import run_on, server_app
 from peerkd.round.spec import RunSpec
 from simulations.config import EngineConf
@@ -33,6 +33,7 @@ def run_engine(
     resources: dict[str, float],
     ray_init: dict[str, Any] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
@@ -41,26 +42,29 @@ def run_engine(
     ``flower`` is Flower's simulation engine, one Ray actor per client slot with ``resources``
     (``run_one``). Both use the Ray cluster at ``engine.ray_address`` if set, else a private
     local Ray. With ``resume``, a run killed in ``out_dir`` goes on from its last checkpointed
-    round (``simulations.resume.prepare``; not the sharded batched engine).
+    round (``simulations.resume.prepare``; not the sharded batched engine). A finished run in
+    ``out_dir`` made with other settings is replaced only with ``overwrite``. ``out_dir`` is held
+    (``hold_run_dir``) from before ``prepare`` looks into it until the run ends.
     """
-    if (finished := prepare(out_dir, config, resume)) is not None:
-        return finished
-    if engine.name == "flower":
-        ray_init = cluster_args(engine.ray_address, ray_init or {})
-        return run_one(spec, strategy, out_dir, config, resources, ray_init=ray_init, resume=resume)
     check_out_dir(out_dir)
-    preflight(spec, strategy, engine)
-    cluster = None
-    if engine.workers:
-        cluster = {
-            "address": engine.ray_address,
-            "workers": engine.workers,
-            "num_cpus": engine.worker_cpus,
-            "num_gpus": engine.worker_gpus,
-        }
-    return run_batched(
-        spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster, resume=resume
-    )
+    preflight(spec, strategy, engine, resources)
+    with hold_run_dir(out_dir):  # another run there is refused before it touches a file or starts an engine
+        if (finished := prepare(out_dir, config, resume, overwrite)) is not None:
+            return finished
+        if engine.name == "flower":
+            ray_init = cluster_args(engine.ray_address, ray_init or {})
+            return _run_flower(spec, strategy, out_dir, config, resources, None, ray_init, resume)
+        cluster = None
+        if engine.workers:
+            cluster = {
+                "address": engine.ray_address,
+                "workers": engine.workers,
+                "num_cpus": engine.worker_cpus,
+                "num_gpus": engine.worker_gpus,
+            }
+        return run_batched(
+            spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster, resume=resume
+        )
 
 
 class FlowerEngine:
@@ -143,10 +147,15 @@ def run_one(
     resume : bool
         Go on from the checkpoint in ``out_dir`` if there is one (else it is removed).
     """
+    check_out_dir(out_dir)  # before Ray starts
+    preflight(spec, strategy, EngineConf(name="flower", ray_address=(ray_init or {}).get("address")), resources)
+    return _run_flower(spec, strategy, out_dir, config, resources, client_app, ray_init, resume)
+
+
+def _run_flower(spec, strategy, out_dir, config, resources, client_app, ray_init, resume) -> dict[str, Any]:
+    """``run_one`` once its checks passed."""
     if client_app is None:
         from peerkd.student.client_app import app as client_app
 
-    check_out_dir(out_dir)  # before Ray starts
-    preflight(spec, strategy, EngineConf(name="flower", ray_address=(ray_init or {}).get("address")), resources)
     engine = FlowerEngine(spec.world.num_clients, resources, cluster_args(None, ray_init or {}), client_app)
     return run_on(engine, spec, strategy, out_dir, config, resume=resume)

@@ -1,18 +1,30 @@
 """The results contract (docs/design.md, "Results"): ``config.yaml``, ``metrics.jsonl`` appended as the run
-goes, ``summary.json`` written last. Pure summaries here; the writer is the only I/O."""
+goes, ``summary.json`` written last. Pure summaries here; the writer and the run directory's lock are the only I/O.
+
+A run directory belongs to one run (``hold_run_dir``). Its files are created beside their names and renamed
+over them, never opened through a symbolic link someone planted there: a link is replaced, or refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from peerkd.errors import ConfigError
+
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
 PROVENANCE_FILE = "provenance.json"
+LOCK_FILE = ".lock"  # held by the run writing the directory; holds its pid
+_CREATE = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a planted link fails with ELOOP, never written through
 PACKAGES = (
     "peerkd",
     "flwr",
@@ -59,8 +71,6 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     naming ``out``. Runs call it before any engine starts, so a bad path costs no simulation."""
     import tempfile
 
-    from peerkd.errors import ConfigError
-
     path, allowed = Path(out_dir), "a directory path that can be created and written"
     try:
         if path.exists() and not path.is_dir():
@@ -85,20 +95,131 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def hold_run_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``out_dir`` (created if missing) for one run, until the block ends.
+
+    An exclusive ``filelock`` lock on ``<out>/.lock``, which records the holder's pid; the OS
+    drops it when the process dies, however it dies. Re-entrant in this process (a runner
+    holds the directory and then calls ``run_on``, which holds it too).
+
+    Raises
+    ------
+    ConfigError
+        Another process holds ``out_dir`` (naming its pid), or the lock cannot be written there.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(out_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(
+            path.absolute() / LOCK_FILE, thread_local=False, is_singleton=True, blocking=False, on_acquired=_write_pid
+        )
+        lock.acquire()
+    except Timeout:
+        holder = f"{path} is held by another run (pid {_holder_pid(path / LOCK_FILE)})"
+        raise ConfigError("out", holder, "another out directory, or this one once that run has ended") from None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def _write_pid(fd: int) -> None:
+    """The lock's holder: this process."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _holder_pid(lock_file: Path) -> str:
+    """The pid a lock file records, or ``unknown`` (its holder has not written it yet)."""
+    try:
+        with open(os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), encoding="ascii") as f:
+            pid = f.read(32).strip()
+    except (OSError, UnicodeDecodeError):
+        pid = ""
+    return pid if pid.isdigit() else "unknown"
+
+
+def write_error(out_dir: str | os.PathLike, exc: OSError) -> ConfigError:
+    """``exc``, met writing results in ``out_dir``, as a ConfigError naming ``out`` (one line)."""
+    where = exc.filename or out_dir
+    reason = "a symbolic link: a run writes only files of its own" if exc.errno == errno.ELOOP else exc.strerror
+    allowed = "a directory this process can write, with free space"
+    return ConfigError("out", f"cannot write {str(where)!r}: {reason or exc}", allowed)
+
+
+def is_write_error(out_dir: str | os.PathLike, exc: OSError) -> bool:
+    """Whether ``exc`` means results cannot be written in ``out_dir``: a full disk or quota, a
+    read-only filesystem, or any error on a file inside ``out_dir``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return True
+    if not isinstance(exc.filename, (str, bytes, os.PathLike)):
+        return False
+    return Path(os.path.abspath(os.fsdecode(exc.filename))).is_relative_to(Path(out_dir).absolute())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with a file holding ``text``, whole or not at all (a link at ``path`` is
+    replaced, its target untouched)."""
+    tmp = _staged(path, text)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _staged(path: Path, text: str) -> Path:
+    """A new file beside ``path`` (a name of its own, created exclusively) holding ``text``, fsynced."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE, 0o666), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _append(path: Path) -> IO[str]:
+    """``path`` opened to append to (created if missing); a link there is refused (ELOOP)."""
+    return open(os.open(path, os.O_WRONLY | os.O_APPEND | _CREATE, 0o666), "a", encoding="utf-8")
+
+
 class RunWriter:
-    """Writes one run's directory. Every metrics line is flushed when written, so a killed
-    run keeps all it finished; the summary is replaced atomically."""
+    """Writes one run's directory (``hold_run_dir`` keeps other runs out of it).
+
+    Every metrics line is fsynced when written, so a killed run keeps all it finished; the
+    other files are replaced atomically. A rerun replaces an earlier run's files only once
+    its own first files are on disk: a full disk or a read-only directory leaves the earlier
+    run as it was.
+    """
 
     def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any], resume: bool = False):
         import yaml
 
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / SUMMARY_FILE).unlink(missing_ok=True)  # a rerun is unfinished until it ends
-        (self.dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        (self.dir / PROVENANCE_FILE).write_text(json.dumps(provenance(), indent=2))
-        # resume: keep the rows written so far (``keep_rounds`` trims them to the checkpoint)
-        self._metrics = open(self.dir / METRICS_FILE, "a" if resume else "w", encoding="utf-8")
+        files = {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)}
+        files[PROVENANCE_FILE] = json.dumps(provenance(), indent=2)
+        if not resume:  # resume: keep the rows written so far (``keep_rounds`` trims them to the checkpoint)
+            files[METRICS_FILE] = ""
+        staged = {}
+        try:
+            for name, text in files.items():
+                staged[name] = _staged(self.dir / name, text)
+            (self.dir / SUMMARY_FILE).unlink(missing_ok=True)  # a rerun is unfinished until it ends
+            for name, tmp in staged.items():
+                os.replace(tmp, self.dir / name)
+        finally:
+            for tmp in staged.values():
+                tmp.unlink(missing_ok=True)  # those not renamed: an error came first
+        self._metrics = _append(self.dir / METRICS_FILE)
 
     def keep_rounds(self, last_round: int) -> None:
         """Drop metrics rows of rounds after ``last_round`` (and final evaluations, and a torn
@@ -107,10 +228,8 @@ class RunWriter:
         self._metrics.close()
         rows = read_jsonl(path) if path.is_file() else []
         kept = [r for r in rows if r.get("round", 0) <= last_round and not r.get("final_evaluation")]
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
-        self._metrics = open(path, "a", encoding="utf-8")
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._metrics = _append(path)
 
     def log(self, *rows: dict[str, Any]) -> None:
         """Append one JSON object per row to metrics.jsonl and flush them to disk (one fsync
@@ -121,9 +240,11 @@ class RunWriter:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write summary.json (atomically) and close the metrics file."""
-        tmp = self.dir / (SUMMARY_FILE + ".tmp")
-        tmp.write_text(json.dumps(_clean(summary), indent=2))
-        os.replace(tmp, self.dir / SUMMARY_FILE)
+        write_atomic(self.dir / SUMMARY_FILE, json.dumps(_clean(summary), indent=2))
+        self._metrics.close()
+
+    def close(self) -> None:
+        """Close the metrics file (a run that ends without a summary)."""
         self._metrics.close()
 
 

@@ -23,7 +23,7 @@ from peerkd.round.checkpoint import Checkpoint
 from peerkd.round.contract import ExchangeRule
 from peerkd.round.hook import RoundHook
 from peerkd.round.loop import run_federation
-from peerkd.round.results import SUMMARY_FILE, RunWriter
+from peerkd.round.results import SUMMARY_FILE, RunWriter, hold_run_dir, is_write_error, write_error
 from peerkd.round.spec import RunSpec
 
 log = logging.getLogger("peerkd")
@@ -57,21 +57,36 @@ def run_on(
     a checkpoint in ``out_dir`` is gone on from (else it is removed first). A stop request
     (``RunInterrupted``) ends the run without a summary; then this raises ``RuntimeError``
     unless the engine turned the stop into its own exception first.
+
+    Raises
+    ------
+    ConfigError
+        Another run holds ``out_dir`` (before the engine starts), or results cannot be written
+        there (a full disk, a read-only directory, a link planted for a file the run writes).
     """
     out, stop, done = Path(out_dir), threading.Event(), {}
 
     def main(grid: Grid) -> None:
-        checkpoint = engine.checkpoint(out, grid)
-        if checkpoint is not None and not resume:
-            checkpoint.clear()
-        writer = RunWriter(out, config, resume=checkpoint is not None and checkpoint.exists())
-        all_hooks = [*standard_hooks(spec), *hooks, *engine.hooks(grid)]
+        writer = None
         try:
+            checkpoint = engine.checkpoint(out, grid)
+            if checkpoint is not None and not resume:
+                checkpoint.clear()
+            writer = RunWriter(out, config, resume=checkpoint is not None and checkpoint.exists())
+            all_hooks = [*standard_hooks(spec), *hooks, *engine.hooks(grid)]
             done["summary"] = run_federation(grid, spec, rule, writer, all_hooks, checkpoint, stop)
         except RunInterrupted as exc:  # not an error: the engine set ``stop`` and knows
             log.warning("[%s] run stopped (%s); no summary written", rule.name, exc)
+        except OSError as exc:  # a full disk, a read-only directory: one line, not a traceback
+            if not is_write_error(out, exc):
+                raise
+            raise write_error(out, exc) from None
+        finally:
+            if writer is not None:
+                writer.close()
 
-    engine.serve(main, stop)
+    with hold_run_dir(out):  # before the engine starts: a second run on ``out_dir`` stops here
+        engine.serve(main, stop)
     if "summary" not in done:
         raise RuntimeError(f"the run ended without writing {out / SUMMARY_FILE}; see the log above")
     return done["summary"]

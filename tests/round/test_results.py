@@ -1,8 +1,14 @@
+import errno
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from peerkd.round.results import RunWriter, accuracy_stats, read_jsonl
+from peerkd.errors import ConfigError
+from peerkd.round.results import RunWriter, accuracy_stats, hold_run_dir, read_jsonl, write_error
 from simulations.report import compare_table, markdown_table
 
 
@@ -75,3 +81,83 @@ def test_every_run_directory_records_versions_and_git_revision(tmp_path):
     assert prov["packages"]["flwr"].startswith("1.39")
     assert prov["packages"]["torch"] is not None
     assert prov["git_revision"] is None or len(prov["git_revision"]) == 40
+
+
+RUN_FILES = ("config.yaml", "provenance.json", "metrics.jsonl", "summary.json")
+
+
+def _plant_links(run: Path, outside: Path, names) -> dict[Path, bytes | None]:
+    """A link at each name in ``run`` to a file of the same name in ``outside`` (every other one
+    dangling); returns each target's bytes (None: it must stay missing)."""
+    run.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(exist_ok=True)
+    targets = {}
+    for i, name in enumerate(names):
+        target = outside / name
+        if i % 2 == 0:
+            target.write_bytes(b"precious\n")
+        (run / name).symlink_to(target)
+        targets[target] = target.read_bytes() if target.exists() else None
+    return targets
+
+
+def _contents(targets: dict[Path, bytes | None]) -> dict[Path, bytes | None]:
+    return {t: t.read_bytes() if t.exists() else None for t in targets}
+
+
+def test_writer_replaces_planted_links_and_never_writes_through_them(tmp_path):
+    # Prepare: links at every name the writer writes, to files and to nothing outside the run.
+    names = [*RUN_FILES, "summary.json.tmp", "metrics.jsonl.tmp"]
+    targets = _plant_links(tmp_path / "run", tmp_path / "outside", names)
+    # Execute
+    w = RunWriter(tmp_path / "run", {"rule": "peer"})
+    w.log({"type": "round", "round": 1})
+    w.keep_rounds(1)
+    w.finish({"acc_mean": 0.5})
+    # Assert: the targets as they were (the missing ones still missing); the run's own files are regular files.
+    assert _contents(targets) == targets
+    for name in RUN_FILES:
+        assert not (tmp_path / "run" / name).is_symlink()
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == [{"type": "round", "round": 1}]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"acc_mean": 0.5}
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # no staged file left behind
+
+
+def test_a_resumed_writer_refuses_a_link_at_metrics_jsonl(tmp_path):
+    # Prepare: a resume keeps metrics.jsonl, so a link there cannot be replaced: it is refused.
+    targets = _plant_links(tmp_path / "run", tmp_path / "outside", ["metrics.jsonl"])
+    # Execute
+    with pytest.raises(OSError) as info:
+        RunWriter(tmp_path / "run", {}, resume=True)
+    # Assert: ELOOP, and as the one line a user sees.
+    assert info.value.errno == errno.ELOOP
+    assert str(write_error(tmp_path / "run", info.value)) == (
+        f"out: cannot write '{tmp_path / 'run' / 'metrics.jsonl'}': a symbolic link: a run writes only files of its "
+        "own (allowed: a directory this process can write, with free space)"
+    )
+    assert _contents(targets) == targets
+
+
+def test_a_run_directory_is_held_by_one_process_at_a_time(tmp_path):
+    # Prepare: this process holds the directory (twice: a runner, then run_on inside it).
+    other = [
+        sys.executable,
+        "-c",
+        f"from peerkd.round.results import hold_run_dir\nwith hold_run_dir({str(tmp_path)!r}): pass",
+    ]
+    with hold_run_dir(tmp_path), hold_run_dir(tmp_path):
+        # Execute: another process tries.
+        refused = subprocess.run(other, capture_output=True, text=True, timeout=120)
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    # Assert: refused at once, naming this process; free again once the blocks ended.
+    assert refused.returncode != 0
+    assert f"ConfigError: out: {tmp_path} is held by another run (pid {os.getpid()})" in refused.stderr
+    assert subprocess.run(other, capture_output=True, timeout=120).returncode == 0
+
+
+def test_a_link_planted_as_the_lock_is_refused(tmp_path):
+    targets = _plant_links(tmp_path / "run", tmp_path / "outside", [".lock"])
+    with pytest.raises(ConfigError, match=r"^out: cannot write '.*/run/\.lock': a symbolic link"):
+        with hold_run_dir(tmp_path / "run"):
+            pass
+    assert _contents(targets) == targets
