@@ -221,17 +221,21 @@ def _plan_and_run(
 ) -> tuple[Path, list, dict]:
     """Plan every run of ``command`` (all validated before any starts), then run the unfinished
     ones; return the results directory, the planned runs and ``run_sweep``'s result."""
-    from peerkd.round.results import check_out_dir
+    from peerkd.errors import ConfigError
+    from peerkd.round.results import check_out_dir, hold_run_dir
     from simulations.config import check_resources
     from simulations.sweep import plan, run_sweep
 
+    if cfg.overwrite:  # a sweep refuses runs made with other settings: it never replaces one
+        raise ConfigError("overwrite", f"peerkd {command} never replaces finished runs", "false (or another out=)")
     out = Path(cfg.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out)
     runs = plan(lambda o: _compose(command, o), overrides, axes, out)
     resources = check_resources(cfg.resources)
     _print_splits([r.spec.world for r in runs])
     meta = {"command": f"peerkd {command} " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
-    return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose)
+    with hold_run_dir(out):  # one sweep at a time in out= (each run also holds its own directory)
+        return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose)
 
 
 def _print_splits(worlds: list) -> None:

@@ -21,7 +21,7 @@ import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd.errors import ConfigError, check_choice
 from peerkd.hooks.standard import standard_hooks
 from peerkd.round.loop import run_federation
-from peerkd.round.results import RunWriter, check_out_dir
+from peerkd.round.results import RunWriter, check_out_dir, hold_run_dir
 from simulations.config import RULE_NODES, RunConf, SharedRuleConf, to_run_spec, to_strategy
 from strategies import RULES
 
@@ -107,4 +107,5 @@ def flower_main(grid: Grid, context: Context) -> None:
         spec.rounds,
         out,
     )
-    run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)), standard_hooks(spec))
+    with hold_run_dir(out):  # a second `flwr run` into the same out= is refused, not interleaved
+        run_federation(grid, spec, strategy, RunWriter(out, OmegaConf.to_container(cfg)), standard_hooks(spec))

@@ -203,3 +203,35 @@ def test_a_read_only_disk_is_one_line_and_the_earlier_run_stays(small_disk, caps
         assert err[0].startswith("peerkd: error: out: cannot write") and "Read-only file system" in err[0]
     assert files(earlier) == before
     assert read_jsonl(earlier / "metrics.jsonl")
+
+
+def test_a_sweep_root_held_by_another_process_is_refused_and_compare_takes_no_overwrite(tmp_path, capsys):
+    # Prepare: another process holds the compare's out= (as a running compare would).
+    out = tmp_path / "cmp"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from peerkd.round.results import hold_run_dir\nwith hold_run_dir({str(out)!r}):\n"
+            "    print('held', flush=True)\n    import time; time.sleep(120)",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # Execute: a compare into the held directory; a compare asking to overwrite.
+        logging.getLogger("peerkd").handlers.clear()
+        held = main(["compare", "data=digits", "num_clients=3", "rounds=1", "rules=[local]", "seeds=[0]", f"out={out}"])
+        held_err = capsys.readouterr().err.strip().splitlines()
+    finally:
+        holder.kill()
+        holder.wait()
+    asked = main(["compare", "data=digits", "rules=[local]", f"out={tmp_path / 'other'}", "overwrite=true"])
+    asked_err = capsys.readouterr().err.strip().splitlines()
+    # Assert: one line each, exit 2; nothing ran in the held directory.
+    assert held == 2 and held_err[-1].startswith(f"peerkd: error: out: {out} is held by another run (pid {holder.pid})")
+    assert not (out / "local-seed0").exists()
+    assert asked == 2 and asked_err == [
+        "peerkd: error: overwrite: peerkd compare never replaces finished runs (allowed: false (or another out=))"
+    ]
