@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -21,6 +20,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from peerkd.errors import ConfigError
+from peerkd.round import results
 from peerkd.round.results import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, SUMMARY_FILE, read_jsonl_counted
 from simulations.report import COLUMNS, compare_table, flatten, markdown_table, report_markdown
 
@@ -325,20 +325,11 @@ def load_results(root: str | Path) -> Results:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` or what it held before, never half: a new file beside it, then renamed
-    over it. The new file is created afresh (``O_EXCL``: never through a planted link), with the
-    permissions of the user's umask; ConfigError (naming ``dir``) if it cannot be written."""
-    import secrets
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    """``path`` holds ``data`` or what it held before, never half (``peerkd.round.results.write_atomic``:
+    a new file beside it, never through a planted link, then renamed over it); ConfigError (naming
+    ``dir``) if it cannot be written."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        results.write_atomic(path, data)
     except OSError as exc:
         raise ConfigError(
             "dir",

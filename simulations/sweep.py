@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.errors import ConfigError, check_choice
+from peerkd.round.checkpoint import Checkpoint, CheckpointError
 from peerkd.round.results import SUMMARY_FILE, SUMMARY_KEYS
 from simulations.report_io import (
     RUNS_FILE,
@@ -144,7 +145,6 @@ def check_finished(run: SweepRun) -> dict[str, Any] | None:
     An unfinished run's checkpoint is checked here too, before any run starts: made with other
     settings, refused; beside a damaged config.yaml (its settings unknown), removed.
     """
-    from peerkd.round.checkpoint import Checkpoint
 
     checkpoint = Checkpoint(run.out, engine="")
     try:
@@ -268,7 +268,6 @@ def run_resumed(run: SweepRun, resources: dict[str, float], ray_init: dict[str, 
     """``run`` through ``run_engine``, from its checkpoint if it has one. A checkpoint refused as
     damaged is removed (a warning) and the run started over: one damaged file costs that run's
     rounds, not the sweep."""
-    from peerkd.round.checkpoint import Checkpoint
     from simulations.runner import run_engine
 
     def start() -> dict[str, Any]:
@@ -276,22 +275,10 @@ def run_resumed(run: SweepRun, resources: dict[str, float], ray_init: dict[str, 
 
     try:
         return start()
-    except ConfigError as exc:
-        if not _checkpoint_refused(exc, run):
-            raise
+    except CheckpointError as exc:  # damaged: start over (one made with other settings: check_finished refused it)
         log.warning("%s: %s; removed its checkpoint, starting it over from round 1", run.out, exc)
         Checkpoint(run.out, engine="").clear()
         return start()
-
-
-def _checkpoint_refused(exc: ConfigError, run: SweepRun) -> bool:
-    """Whether ``exc`` is ``run``'s checkpoint refused as damaged: a ``CheckpointError`` (a ConfigError)
-    where ``peerkd.round.checkpoint`` defines one; before it did, any ConfigError while the run
-    holds a checkpoint (``check_finished`` has already refused one made with other settings)."""
-    from peerkd.round import checkpoint
-
-    refused = getattr(checkpoint, "CheckpointError", None)
-    return isinstance(exc, refused) if refused else checkpoint.Checkpoint(run.out, engine="").exists()
 
 
 def execute(

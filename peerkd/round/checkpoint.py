@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from peerkd.errors import ConfigError, RunInterrupted  # noqa: F401  (re-exported: where a run stops)
+from peerkd.round.results import atomic_file
 
 log = logging.getLogger("peerkd")
 
@@ -340,16 +341,16 @@ def decode(data: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """``write`` a temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    """``write`` ``path``'s content through ``atomic_file``; a linked directory on the way is refused."""
+    if path.parent.is_symlink():
+        raise ConfigError("out", f"{path.parent} is a symbolic link: a run writes only files of its own", "a directory")
+    with atomic_file(path) as f:
+        try:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        except RuntimeError as exc:  # torch.save's zip writer hides a failed write (a full disk) behind its own
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
 
 
 def _key(key: Any, path: str) -> int | str:

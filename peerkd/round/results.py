@@ -162,11 +162,24 @@ def is_write_error(out_dir: str | os.PathLike, exc: OSError) -> bool:
     return Path(os.path.abspath(os.fsdecode(exc.filename))).is_relative_to(Path(out_dir).absolute())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with a file holding ``text``, whole or not at all (a link at ``path`` is
-    replaced, its target untouched)."""
-    tmp = _staged(path, text)
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace ``path`` with a file holding ``data`` (text as UTF-8), whole or not at all (a link
+    at ``path`` is replaced, its target untouched)."""
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A new file to write ``path``'s content to: created beside it under a name of its own
+    (exclusively, never through a planted link), fsynced and renamed onto ``path`` when the block
+    ends without error; removed otherwise. Every results file and checkpoint is written so."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE, 0o666), "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

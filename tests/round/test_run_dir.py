@@ -235,3 +235,16 @@ def test_a_sweep_root_held_by_another_process_is_refused_and_compare_takes_no_ov
     assert asked == 2 and asked_err == [
         "peerkd: error: overwrite: peerkd compare never replaces finished runs (allowed: false (or another out=))"
     ]
+
+
+def test_a_checkpoint_directory_planted_as_a_link_is_never_written_through(tmp_path, capsys):
+    # Prepare: out=/checkpoint is a link to a directory elsewhere.
+    out, elsewhere = tmp_path / "r", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "checkpoint").symlink_to(elsewhere, target_is_directory=True)
+    # Execute
+    code, err = run(capsys, f"out={out}")
+    # Assert: one line naming the link, exit 2; nothing written where it points.
+    assert code == 2 and err[-1].startswith(f"peerkd: error: out: {out / 'checkpoint'} is a symbolic link")
+    assert list(elsewhere.iterdir()) == []
