@@ -93,8 +93,12 @@ def run_batched(
         Shard the students over Ray workers (``ShardedEngine``'s ``address``, ``workers``,
         ``num_cpus``, ``num_gpus``); None: all in this process.
 
-    Returns the summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
-    (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
+
+    Returns
+    -------
+    dict
+        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
+        (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
     """
     n = spec.world.num_clients
     if cluster is None:
