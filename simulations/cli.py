@@ -117,6 +117,7 @@ def _run(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from simulations.config import check_engine, check_resources, to_run_spec, to_strategy
+    from simulations.progress import Display, RoundBar, wanted
     from simulations.runner import run_engine
 
     check_only = CHECK_FLAG in args
@@ -129,7 +130,14 @@ def _run(args: list[str]) -> int:
     if check_only:
         return _check_run(spec, strategy, out, engine, resources)
     config = OmegaConf.to_container(cfg, resolve=True)
-    summary = run_engine(spec, strategy, out, config, engine, resources, resume=cfg.resume, overwrite=cfg.overwrite)
+    display = Display(wanted(cfg.quiet))
+    try:
+        summary = run_engine(
+            spec, strategy, out, config, engine, resources, resume=cfg.resume, overwrite=cfg.overwrite,
+            hooks=[RoundBar(display)],
+        )  # fmt: skip
+    finally:
+        display.close()
     teacher = "" if summary["teacher_acc"] is None else f"  teacher model {summary['teacher_acc']:.3f}"
     if summary["acc_mean"] is None:
         print(
@@ -224,6 +232,7 @@ def _plan_and_run(
     from peerkd.errors import ConfigError
     from peerkd.round.results import check_out_dir, hold_run_dir
     from simulations.config import check_resources
+    from simulations.progress import Display, wanted
     from simulations.sweep import plan, run_sweep
 
     if cfg.overwrite:  # a sweep refuses runs made with other settings: it never replaces one
@@ -234,8 +243,12 @@ def _plan_and_run(
     resources = check_resources(cfg.resources)
     _print_splits([r.spec.world for r in runs])
     meta = {"command": f"peerkd {command} " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
+    display = Display(wanted(cfg.quiet))
     with hold_run_dir(out):  # one sweep at a time in out= (each run also holds its own directory)
-        return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose)
+        try:
+            return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose, display)
+        finally:
+            display.close()
 
 
 def _print_splits(worlds: list) -> None:
@@ -331,8 +344,21 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 COMMANDS = {"run": _run, "compare": _compare, "sweep": _sweep, "bench": _bench, "report": _report}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now: under a progress bar that is rich's proxy, which
+    prints the line above the bar instead of through it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     ours = logging.getLogger("peerkd")
     ours.addHandler(handler)

@@ -171,6 +171,7 @@ class RunConf:
     faults: FaultsConf = field(default_factory=FaultsConf)  # injected faults, seeded (peerkd.hooks.faults)
     attack: AttackConf = field(default_factory=AttackConf)  # attacking clients, seeded
     verbose: bool = False
+    quiet: bool = False  # no progress bars (they show only on a terminal anyway)
 
 
 @dataclass

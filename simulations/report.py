@@ -49,6 +49,7 @@ RUN_SETTINGS = (
     "resume",
     "overwrite",
     "verbose",
+    "quiet",
     "round_timeout",
     "resources.",
     "engine.chunk",

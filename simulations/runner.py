@@ -7,6 +7,7 @@ Lists of runs (``peerkd compare`` and ``peerkd sweep``) are planned and executed
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def run_engine(
     ray_init: dict[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    hooks: Sequence[RoundHook] = (),
 ) -> dict[str, Any]:
     """Run one rule on one world in ``engine`` (validated by ``check_engine``); return its summary.
 
@@ -53,7 +55,7 @@ def run_engine(
             return finished
         if engine.name == "flower":
             ray_init = cluster_args(engine.ray_address, ray_init or {})
-            return _run_flower(spec, strategy, out_dir, config, resources, None, ray_init, resume)
+            return _run_flower(spec, strategy, out_dir, config, resources, None, ray_init, resume, hooks)
         cluster = None
         if engine.workers:
             cluster = {
@@ -62,9 +64,8 @@ def run_engine(
                 "num_cpus": engine.worker_cpus,
                 "num_gpus": engine.worker_gpus,
             }
-        return run_batched(
-            spec, strategy, out_dir, config, device=engine.device, chunk=engine.chunk, cluster=cluster, resume=resume
-        )
+        settings = {"device": engine.device, "chunk": engine.chunk, "cluster": cluster, "resume": resume}
+        return run_batched(spec, strategy, out_dir, config, **settings, hooks=hooks)
 
 
 class FlowerEngine:
@@ -152,10 +153,10 @@ def run_one(
     return _run_flower(spec, strategy, out_dir, config, resources, client_app, ray_init, resume)
 
 
-def _run_flower(spec, strategy, out_dir, config, resources, client_app, ray_init, resume) -> dict[str, Any]:
+def _run_flower(spec, strategy, out_dir, config, resources, client_app, ray_init, resume, hooks=()) -> dict[str, Any]:
     """``run_one`` once its checks passed."""
     if client_app is None:
         from peerkd.student.client_app import app as client_app
 
     engine = FlowerEngine(spec.world.num_clients, resources, cluster_args(None, ray_init or {}), client_app)
-    return run_on(engine, spec, strategy, out_dir, config, resume=resume)
+    return run_on(engine, spec, strategy, out_dir, config, resume=resume, hooks=hooks)

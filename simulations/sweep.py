@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 from peerkd.errors import ConfigError, check_choice
 from peerkd.round.checkpoint import Checkpoint, CheckpointError
 from peerkd.round.results import SUMMARY_FILE, SUMMARY_KEYS
+from simulations.progress import Display, RoundBar
 from simulations.report_io import (
     RUNS_FILE,
     SWEEP_FILE,
@@ -264,14 +265,18 @@ def _child(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any])
     return run_resumed(run, resources, ray_init)
 
 
-def run_resumed(run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_resumed(
+    run: SweepRun, resources: dict[str, float], ray_init: dict[str, Any] | None = None, hooks: Sequence = ()
+) -> dict[str, Any]:
     """``run`` through ``run_engine``, from its checkpoint if it has one. A checkpoint refused as
     damaged is removed (a warning) and the run started over: one damaged file costs that run's
     rounds, not the sweep."""
     from simulations.runner import run_engine
 
     def start() -> dict[str, Any]:
-        return run_engine(run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init, resume=True)
+        return run_engine(
+            run.spec, run.strategy, run.out, run.config, run.engine, resources, ray_init, resume=True, hooks=hooks
+        )
 
     try:
         return start()
@@ -286,13 +291,14 @@ def execute(
     parallel: int,
     resources: dict[str, float],
     on_done: Callable[[SweepRun, dict[str, Any] | None], None],
+    hooks: Sequence = (),
 ) -> None:
-    """Run ``runs``, ``parallel`` at once (1: in this process); ``on_done(run, summary)`` after
-    each, with summary None for a run that failed (its error is logged; the others go on)."""
+    """Run ``runs``, ``parallel`` at once (1: in this process, with round ``hooks``); ``on_done(run,
+    summary)`` after each, with summary None for a run that failed (its error is logged; the others go on)."""
     if parallel <= 1:
         for run in runs:
             try:
-                summary = run_resumed(run, resources)
+                summary = run_resumed(run, resources, hooks=hooks)
             except (RuntimeError, OSError) as exc:
                 log.error("%s failed: %s", run.label, exc)
                 summary = None
@@ -430,9 +436,11 @@ def run_sweep(
     resources: dict[str, float],
     meta: dict[str, Any],
     verbose: bool = False,
+    display: Display | None = None,
 ) -> dict[str, Any]:
     """Run the unfinished ``runs`` (skipping those with a summary.json), writing ``runs.csv`` as
     runs finish and ``sweep.json`` (``meta``, counts, wall time of every session) at the end.
+    ``display`` draws a bar of the runs (and of the running round, for runs in this process).
 
     Returns
     -------
@@ -454,19 +462,23 @@ def run_sweep(
     )
     _preflight(todo)
     progress, failed = _Progress(len(runs), len(runs) - len(todo), len(todo)), []
+    display = display or Display(False)
+    bar = display.add("runs", len(runs), progress.done)
 
     def on_done(run: SweepRun, summary: dict[str, Any] | None) -> None:
         summaries[run.out] = summary
         if summary is None:
             failed.append(run.label)
         progress(run, summary)
+        display.update(bar, progress.done)
         _write_runs_csv(out, runs, summaries)
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         with _quiet_runs(verbose), sigterm_interrupts():
-            execute(todo, n, resources, on_done)
+            execute(todo, n, resources, on_done, hooks=[RoundBar(display)])
     finally:
+        display.remove(bar)
         session = {
             "started": started,
             "wall_s": round(time.perf_counter() - progress.t0, 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def run_batched(
     chunk: int = 0,
     resume: bool = False,
     cluster: dict[str, Any] | None = None,
+    hooks: Sequence[RoundHook] = (),
 ) -> dict[str, Any]:
     """Run one rule on one world in the batched engine; write the results directory and return the summary.
 
@@ -110,4 +112,4 @@ def run_batched(
         engine = ShardedEngine(
             n, device=device, chunk=chunk, state_dir=state_dir, timeout=spec.round_timeout, **cluster
         )
-    return run_on(engine, spec, strategy, out_dir, config, resume=resume)
+    return run_on(engine, spec, strategy, out_dir, config, resume=resume, hooks=hooks)

@@ -2,7 +2,8 @@
 
 A ``RoundHook`` overrides only the methods it needs; the others do nothing. The loop calls, in
 order: ``setup`` (once a run starts or resumes), ``message_config`` (entries every message
-carries), ``wrap_grid`` (after the warm-up round trip), then per round ``select`` and
+carries), ``wrap_grid`` (after the warm-up round trip), then per round ``select``,
+``on_replies`` (as replies arrive: 0 of n when the round's messages go out) and
 ``after_round``; after the last round ``finish``, then ``summary``. ``state`` / ``restore``
 carry what a hook counts across a checkpoint. Hooks take plain values at construction (the
 way Flower chains ClientApp mods and pfl-research calls training-process callbacks), never
@@ -62,6 +63,9 @@ class RoundHook:
     def select(self, server_round: int, node_ids: list[int], client_of: dict[int, int]) -> list[int]:
         """The nodes of ``server_round`` among ``node_ids`` (``client_of``: node -> client, as known)."""
         return node_ids
+
+    def on_replies(self, server_round: int, received: int, expected: int) -> None:
+        """``received`` of the round's ``expected`` replies are in (0 when its messages go out)."""
 
     def after_round(self, result: RoundResult) -> dict[str, Any]:
         """Fields for the round's row (they replace the loop's own of the same name)."""

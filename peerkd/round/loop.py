@@ -1,20 +1,19 @@
 """peerkd's round loop: select nodes, send, receive, screen, aggregate, record.
 
-Per round: the rule builds one Message per node; replies are screened (client errors,
-malformed metrics, wrong-shaped or non-finite logits or weights are rejected and logged,
-the round goes on with the rest); the rule aggregates; every client's accuracy, the bytes
-of every serialised array sent and received, and the clock go to ``metrics.jsonl``.
-Everything else (privacy, faults and attacks, participation, placement, text measures,
-peer agreement, the engine's own fields) is a ``RoundHook`` (``peerkd.round.hook``).
+Per round: the rule builds one Message per node; replies are screened (client errors, malformed
+metrics, wrong-shaped or non-finite arrays are rejected and logged, the round goes on); the rule
+aggregates; each client's accuracy, the bytes of every serialised array and the clock go to
+``metrics.jsonl``. Everything else (privacy, faults and attacks, participation, placement, text
+measures, peer agreement, the engine's own fields) is a ``RoundHook`` (``peerkd.round.hook``).
 
-The checkpoint stays in the loop: what it saves and restores is the loop's own state (the
-round reached, each client's last row, the totals, the rule), so a hook for it would have
-to reach into the loop.
+The checkpoint stays in the loop: it saves and restores the loop's own state (round reached,
+clients' last rows, totals, the rule); a hook for it would have to reach into the loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -70,7 +69,7 @@ def run_federation(
         writer.log(*client_rows, row)
         log.info("[%s] round %d/%d  %s", state.strategy.name, rnd, spec.rounds, record.round_line(row))
         if checkpoint:
-            checkpoint.save(dataclasses.replace(state, hooks=hook_states(hooks), **_clock(row["wall_s"])))
+            checkpoint.save(dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state()))
     for hook in hooks:  # e.g. every client evaluated once more after partial participation
         final = hook.finish(grid, {**base, P.CFG_ROUND: spec.rounds}, stop)
         writer.log(*final)
@@ -102,7 +101,9 @@ def run_round(
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
     if stop is not None and stop.is_set():
         raise RunInterrupted(f"stopped before round {rnd}")
-    replies, sent = send_and_receive(grid, messages, spec.round_timeout, stop=stop)
+    heard = functools.partial(_heard, hooks, rnd, expected=len(messages))
+    heard(0)
+    replies, sent = send_and_receive(grid, messages, spec.round_timeout, stop=stop, on_pull=heard)
     measure_keys = rule.measurement_keys()
     accepted, rejected = _screen(replies, sent, rule, measure_keys, spec.world.num_clients, rnd)
     round_metrics = rule.aggregate_round(rnd, [reply for reply, _ in accepted])
@@ -118,6 +119,12 @@ def run_round(
     for hook in hooks:
         row.update(hook.after_round(result))
     return row, rows
+
+
+def _heard(hooks: Sequence[RoundHook], rnd: int, received: int, expected: int) -> None:
+    """Tell every hook that ``received`` of the round's ``expected`` replies are in."""
+    for hook in hooks:
+        hook.on_replies(rnd, received, expected)
 
 
 def _screen(replies: list[Message], sent: dict[str, int], rule: ExchangeRule, measure_keys: set[str], num_clients, rnd):
@@ -238,8 +245,3 @@ def _summary(spec: RunSpec, state: RunState, hooks: Sequence[RoundHook]) -> dict
     for hook in hooks:
         summary.update(hook.summary(done, clients))
     return summary
-
-
-def _clock(wall_s: float) -> dict[str, Any]:
-    """A checkpoint's time stamp: the run's seconds so far and the RNG states now."""
-    return {"wall_s": wall_s, "rng": rng_state()}

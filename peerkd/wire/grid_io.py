@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
@@ -47,7 +48,12 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
 
 
 def send_and_receive(
-    grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S, stop: threading.Event | None = None
+    grid: Grid,
+    messages: list[Message],
+    timeout: float,
+    poll: float = POLL_S,
+    stop: threading.Event | None = None,
+    on_pull: Callable[[int], None] | None = None,
 ) -> tuple[list[Message], dict[str, int]]:
     """Push ``messages``, pull replies every ``poll`` s until all came or ``timeout`` s passed.
 
@@ -58,7 +64,8 @@ def send_and_receive(
     deployed round on loopback. Each message's TTL ends with the wait (plus ``TTL_MARGIN_S``), so one still queued
     when the round is abandoned is dropped (by the SuperLink, or by the ClientApp's
     ``drop_expired``) instead of training for a round nobody reads; late replies are
-    never pulled. Raises ``RunInterrupted`` once ``stop`` is set.
+    never pulled. Raises ``RunInterrupted`` once ``stop`` is set. ``on_pull(n)`` hears the
+    number of replies in after each pull.
     """
     for m in messages:  # + TTL_MARGIN_S: a reply pulled at the deadline is not yet "expired" (it is missing)
         m.metadata.ttl = timeout + TTL_MARGIN_S + max(0.0, time.time() - m.metadata.created_at)
@@ -70,6 +77,8 @@ def send_and_receive(
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending -= {m.metadata.reply_to_message_id for m in got}
+        if on_pull is not None:
+            on_pull(len(replies))
         if not pending or time.monotonic() >= deadline:
             break
         _pause(poll, stop)

@@ -120,7 +120,11 @@ def test_fit_holds_finished_students_still(arch, world):
     for i, (m, opt) in enumerate(zip(models, opts)):
         for name, p in m.named_parameters():
             ref = opt.state[p]["exp_avg_sq"].numpy() if p in opt.state else np.zeros(p.shape)
-            np.testing.assert_allclose(state.exp_avg_sq[name][i].numpy(), ref, rtol=1e-5, atol=1e-10)
+            # float32 sums in another order (vmapped vs one model): entries far below the tensor's
+            # largest differ in their last bits relative to it, not to themselves (torch 2.14.1 put
+            # one element 2.3e-5 off at rtol 1e-5, atol 1e-10), hence an atol scaled to the tensor.
+            scale = float(np.abs(ref).max()) if ref.size else 0.0
+            np.testing.assert_allclose(state.exp_avg_sq[name][i].numpy(), ref, rtol=1e-5, atol=1e-6 * scale + 1e-12)
 
 
 def cohort(world, arch, **params):
