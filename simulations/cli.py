@@ -317,14 +317,15 @@ def _report(args: list[str]) -> int:
             "dir", f"expected one results directory, got {' '.join(args) or 'nothing'}", "peerkd report DIR"
         )
     # A damaged run is skipped with a warning: one ``peerkd: warning: ...`` line each, as other commands write.
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("peerkd: warning: %(message)s"))
     handler.setLevel(logging.WARNING)
-    logging.getLogger("peerkd").addHandler(handler)
+    ours = logging.getLogger("peerkd")
+    handlers, ours.handlers = ours.handlers, [handler]  # these lines alone, whatever ran before in this process
     try:
         print(f"report: {write_report(args[0])}")
     finally:
-        logging.getLogger("peerkd").removeHandler(handler)
+        ours.handlers = handlers
     return 0
 
 
@@ -358,10 +359,12 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _setup_logging(verbose: bool) -> None:
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    """peerkd's lines to stderr with the time (one handler however often ``main`` runs in a process)."""
     ours = logging.getLogger("peerkd")
-    ours.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in ours.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     ours.propagate = False
     # Flower logs a deprecation notice and per-round chatter; keep its errors only.

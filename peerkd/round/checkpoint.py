@@ -270,7 +270,7 @@ class Checkpoint:
         return CheckpointError(
             "resume",
             f"cannot resume from {path}: {problem}",
-            f"resume=false to start the run over; compare and sweep: remove {self.dir}",
+            "resume=false to start the run over (compare and sweep start it over by themselves)",
         )
 
 
