@@ -101,8 +101,8 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path, capsys, monkeypat
     args = ["sweep", *TINY, "rules=[local,peer]", "seeds=[0]", "num_clients=3", f"out={out}"]
     real_execute = sweep.execute
 
-    def killed_during_second_run(runs, *rest):
-        real_execute(runs[:1], *rest)
+    def killed_during_second_run(runs, *rest, **options):
+        real_execute(runs[:1], *rest, **options)
         (runs[1].out).mkdir(parents=True)
         (runs[1].out / "metrics.jsonl").write_text('{"type": "round", "round": 1, "acc')  # torn by the kill
         raise KeyboardInterrupt
