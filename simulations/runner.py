@@ -129,14 +129,8 @@ def run_one(
 
     Parameters
     ----------
-    spec : RunSpec
-        World and training settings.
-    strategy : DistillationStrategy
-        The exchange rule.
-    out_dir : str | Path
-        Results directory (config.yaml, metrics.jsonl, summary.json).
-    config : dict
-        The resolved config, written as config.yaml.
+    spec, strategy, out_dir, config
+        The run's settings, rule, results directory and resolved config (``peerkd.round.run.run_on``).
     resources : dict
         Client resources for the Ray backend (``num_cpus``, ``num_gpus``).
     client_app : flwr.clientapp.ClientApp | None

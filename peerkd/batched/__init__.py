@@ -76,14 +76,8 @@ def run_batched(
 
     Parameters
     ----------
-    spec : peerkd.round.spec.RunSpec
-        World and training settings.
-    strategy
-        The exchange rule (a ``strategies`` rule; checking it against the world is the caller's preflight).
-    out_dir : str | os.PathLike
-        Results directory (config.yaml, metrics.jsonl, summary.json).
-    config : dict
-        The resolved config, written as config.yaml.
+    spec, strategy, out_dir, config
+        As for ``peerkd.round.run.run_on`` (checking the rule against the world is the caller's preflight).
     device : str
         ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
     chunk : int
@@ -94,7 +88,8 @@ def run_batched(
     cluster : dict | None
         Shard the students over Ray workers (``ShardedEngine``'s ``address``, ``workers``,
         ``num_cpus``, ``num_gpus``); None: all in this process.
-
+    hooks : Sequence[RoundHook]
+        Extra round hooks (e.g. a progress bar), after the standard ones.
 
     Returns
     -------
