@@ -49,7 +49,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import torch
 
-from peerkd.errors import ConfigError, RunInterrupted  # noqa: F401  (re-exported: where a run stops)
+from peerkd.errors import ConfigError
 from peerkd.round.results import atomic_file
 
 log = logging.getLogger("peerkd")
