@@ -56,7 +56,7 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
     import torch
 
     from peerkd.student.models import build_model
-    from peerkd.student.training import evaluate, predict_logits, round_seed, train_model
+    from peerkd.student.training import evaluate, predict_logits, round_seed, shared_transfer_seed, train_model
     from peerkd.world.build import build_world
     from strategies.aggregation import peer_targets
 
@@ -82,6 +82,7 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
                 lr=spec.lr,
                 batch_size=spec.batch_size,
                 seed=round_seed(w.seed, c, rnd),
+                transfer_seed=shared_transfer_seed(w.seed, rnd),
                 transfer_x=world.transfer_x,
                 targets=targets[c],
                 alpha=alpha,

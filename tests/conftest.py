@@ -20,9 +20,9 @@ def train_alone():
     """The reference a batched cohort's round must equal: ``train_alone(world, models, round_,
     targets=None, sample_targets=None, **settings)`` trains model i on its own with ``train_model``
     on client i's private split, with the seed it gets in round ``round_`` (``round_seed(0, i,
-    round_)``), its own ``targets[i]`` / ``sample_targets[i]`` and the shared ``settings``, and
-    returns the losses."""
-    from peerkd.student.training import round_seed, train_model
+    round_)``) and the round's shared transfer order, its own ``targets[i]`` / ``sample_targets[i]``
+    and the shared ``settings``, and returns the losses."""
+    from peerkd.student.training import round_seed, shared_transfer_seed, train_model
 
     def train(world, models, round_, targets=None, sample_targets=None, **settings):
         none = [None] * len(models)
@@ -33,6 +33,7 @@ def train_alone():
                 m,
                 *world.private(i),
                 seed=round_seed(0, i, round_),
+                transfer_seed=shared_transfer_seed(0, round_),
                 targets=targets[i],
                 sample_targets=sample_targets[i],
                 **settings,

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from peerkd.batched.stacked import Params, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
-from peerkd.student.training import BatchPlan, class_mean_logits, plan_batches, round_seed
+from peerkd.student.batches import CohortPlan, plan_cohort
+from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import World
 
@@ -62,9 +63,20 @@ class Cohort:
         """Each student's private shard as global indices into the world's data."""
         return [self.world.private_index(c) for c in self.clients]
 
+    @cached_property
+    def sizes(self) -> torch.Tensor:
+        """``(S,)`` private samples per student."""
+        return torch.tensor([len(ix) for ix in self.private], device=self.device)
+
     @property
-    def seeds(self) -> list[int]:
-        return [round_seed(self.world.spec.seed, c, self.params.round) for c in self.clients]
+    def seeds(self) -> torch.Tensor:
+        """``(S,)`` each student's private batch-order seed this round."""
+        seeds = [round_seed(self.world.spec.seed, c, self.params.round) for c in self.clients]
+        return torch.tensor(seeds, device=self.device)
+
+    @property
+    def transfer_seed(self) -> int:
+        return shared_transfer_seed(self.world.spec.seed, self.params.round)
 
     @property
     def device(self) -> torch.device:
@@ -76,58 +88,99 @@ class Cohort:
         weights and each student's mean loss over its last epoch."""
         p, n_transfer = self.params, len(self.world.transfer_x)
         on = [t is not None and p.alpha > 0 and n_transfer > 0 for t in (targets or [None] * len(self.clients))]
-        plans = [
-            plan_batches(len(ix), n_transfer if d else 0, p.batch_size, p.epochs, s)
-            for ix, d, s in zip(self.private, on, self.seeds)
-        ]
-        priv, pub, n_steps = stack_plans(plans, self.private, self.device)
-        if any(on):
-            kd = self._transfer_kd(targets, on, pub)
-        elif classes is not None and p.alpha > 0 and any(c is not None for c in classes):
-            kd = self._class_kd(classes)
-        else:
-            kd = None
+        distill = torch.tensor(on, device=self.device)
+        plan = plan_cohort(
+            self.sizes, n_transfer if any(on) else 0, p.batch_size, p.epochs, self.seeds, self.transfer_seed, distill
+        )
+        private = self._private_inputs(plan.private)
+        transfer = self._transfer_inputs(targets, plan.transfer) if any(on) else None
+        with_classes = transfer is None and classes is not None and p.alpha > 0 and any(c is not None for c in classes)
+        class_kd = self._class_kd(classes) if with_classes else None
+        alpha = torch.tensor([p.alpha if d else 0.0 for d in on], device=self.device)
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
-            bi = priv[k]
-            out = student_rows(self.forward(live, self.data.x[bi]))
-            loss = cross_entropy(out, student_rows(self.data.y[bi]))
-            return loss if kd is None else loss + kd(live, k, bi, out)
+            x, labels, weight = private(k)
+            if transfer is None:
+                out = student_rows(self.forward(live, x))
+                loss = cross_entropy(out, labels, weight)
+                return loss if class_kd is None else loss + class_kd(out, labels, weight)
+            xt, target = transfer(k)
+            both = self.forward(live, torch.cat([x, xt], dim=1))  # one pass: one weight gradient, none to add
+            loss = cross_entropy(student_rows(both[:, : x.shape[1]]), labels, weight)
+            return loss + alpha * kd_divergence(student_rows(both[:, x.shape[1] :]), target, p.temperature)
 
-        w, hist, _ = fit(w, loss_at, n_steps, p.lr)
-        return w, last_epoch_means(plans, hist)
+        w, hist, _ = fit(w, loss_at, plan.steps, p.lr)
+        return w, last_epoch_means(plan, hist)
+
+    def _private_inputs(self, batches: torch.Tensor):
+        """``f(k)``: every student's private inputs at step k, their labels (as rows) and row
+        weights (None: a plain mean). When every shard fits in one batch (many students with a
+        few samples each), the inputs are each student's whole shard and a step's batch becomes
+        counts over the shard's rows: the same loss and gradient as the batch itself (the zoo's
+        models treat rows independently), without gathering a ``(S, B, ...)`` copy of the
+        inputs per step or computing repeated rows."""
+        x, y = self.data.x, self.data.y
+        n_max = int(self.sizes.max()) if len(self.sizes) else 0
+        if n_max == 0 or n_max > self.params.batch_size:
+            to_global = self._global_index(batches)
+            return lambda k: (x[to_global[k]], student_rows(y[to_global[k]]), None)
+        shard = self._padded_shards(n_max)
+        xs, ys = x[shard], student_rows(y[shard])
+        counts = torch.zeros((*batches.shape[:2], n_max), device=self.device)
+        counts.scatter_add_(2, batches, torch.ones(batches.shape, device=self.device))
+        per_input = ys.shape[1] // n_max  # text: a window's positions
+        weights = (counts / (batches.shape[2] * per_input)).repeat_interleave(per_input, dim=2)
+        return lambda k: (xs, ys, weights[k])
+
+    def _transfer_inputs(self, targets: list, batches: torch.Tensor):
+        """``f(k)``: every student's transfer inputs at step k and its targets on them (as rows);
+        one batch of inputs shared by all when the plan shares its transfer order."""
+        tt, rows, s = self._targets(targets), self._rows, len(self.clients)
+
+        def inputs(k: int):
+            bj = batches[k]
+            if bj.dim() == 1:  # (B,): every student's batch
+                x = self.data.transfer[bj]
+                return x.expand(s, *x.shape), student_rows(tt[:, bj])
+            return self.data.transfer[bj], student_rows(tt[rows, bj])
+
+        return inputs
+
+    def _global_index(self, batches: torch.Tensor) -> torch.Tensor:
+        """``(K, S, B)`` indices into each student's shard as indices into the world's arrays."""
+        n_max = int(self.sizes.max())
+        return (
+            self._padded_shards(n_max)
+            .gather(1, batches.permute(1, 0, 2).reshape(len(self.clients), -1))
+            .reshape(batches.shape[1], batches.shape[0], -1)
+            .permute(1, 0, 2)
+        )
+
+    def _padded_shards(self, n_max: int) -> torch.Tensor:
+        """``(S, n_max)`` each student's global indices, padded by repeating them (real inputs)."""
+        return torch.as_tensor(np.stack([np.resize(ix, n_max) for ix in self.private])).to(self.device)
 
     def digest(self, w: Params, targets: list) -> Params:
         """``distill_only`` on the transfer set toward ``targets[i]`` for every student that
-        has targets (``digest_epochs`` epochs); the others are left unchanged."""
+        has targets (``digest_epochs`` epochs, in the round's shared transfer order); the others
+        are left unchanged."""
         p, n_transfer = self.params, len(self.world.transfer_x)
         on = [t is not None and p.digest_epochs > 0 for t in targets]
         if not any(on):
             return w
-        plans = [
-            plan_batches(n_transfer, 0, p.batch_size, p.digest_epochs, s) if d else None for d, s in zip(on, self.seeds)
-        ]
-        pub, _, n_steps = stack_plans(plans, None, self.device)
-        tt, rows = self._targets(targets), self._rows
+        one = torch.tensor([n_transfer], device=self.device)
+        seed = torch.tensor([self.transfer_seed], device=self.device)
+        order = plan_cohort(one, 0, p.batch_size, p.digest_epochs, seed, self.transfer_seed).private[:, 0]  # (K, B)
+        n_steps = torch.tensor([len(order) if d else 0 for d in on], device=self.device)
+        tt = self._targets(targets)
+        shared = stacked_forward(self.base, shared_input=True)
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
-            bj = pub[k]
-            out = student_rows(self.forward(live, self.data.transfer[bj]))
-            return kd_divergence(out, student_rows(tt[rows, bj]), p.temperature)
+            bj = order[k]
+            out = student_rows(shared(live, self.data.transfer[bj]))
+            return kd_divergence(out, student_rows(tt[:, bj]), p.temperature)
 
         return fit(w, loss_at, n_steps, p.lr)[0]
-
-    def _transfer_kd(self, targets: list, on: list[bool], pub: torch.Tensor):
-        """α·KD toward each student's transfer-set targets on its transfer batch (0 without)."""
-        tt, rows, p = self._targets(targets), self._rows, self.params
-        weight = torch.tensor([p.alpha if d else 0.0 for d in on], device=self.device)
-
-        def term(live: Params, k: int, bi: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            bj = pub[k]
-            out = student_rows(self.forward(live, self.data.transfer[bj]))
-            return weight * kd_divergence(out, student_rows(tt[rows, bj]), p.temperature)
-
-        return term
 
     def _class_kd(self, classes: list):
         """α·KD toward the per-class target of each private sample's label, over the samples
@@ -141,9 +194,9 @@ class Cohort:
         ).to(self.device)
         weight = torch.tensor([p.alpha if t is not None else 0.0 for t in classes], device=self.device)
 
-        def term(live: Params, k: int, bi: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            labels = self.data.y[bi]
-            return weight * kd_divergence(out, tables[rows, labels], p.temperature, valid[rows, labels])
+        def term(out: torch.Tensor, labels: torch.Tensor, rows_w: torch.Tensor | None) -> torch.Tensor:
+            ok = valid[rows, labels] if rows_w is None else valid[rows, labels] * rows_w
+            return weight * kd_divergence(out, tables[rows, labels], p.temperature, ok)
 
         return term
 
@@ -182,9 +235,7 @@ class Cohort:
     def class_means(self, w: Params) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each student's per-class mean logits and label counts on its private shard (FD)."""
         n = [len(ix) for ix in self.private]
-        padded = torch.as_tensor(np.stack([np.resize(ix, max(n)) for ix in self.private])).to(
-            self.device
-        )  # repeats: real inputs
+        padded = self._padded_shards(max(n))
         z = torch.cat(
             [
                 self.forward(w, self.data.x[padded[:, i : i + EVAL_ROWS]]).float().cpu()
@@ -196,26 +247,10 @@ class Cohort:
         return [class_mean_logits(z[s, : n[s]], y[ix], self.world.num_classes) for s, ix in enumerate(self.private)]
 
 
-def stack_plans(plans: list[BatchPlan | None], to_global: list[np.ndarray] | None, device: torch.device):
-    """Students' plans as ``(K, S, B)`` index tensors (private mapped to global indices by
-    ``to_global``; transfer as is, or None when no plan has one) and ``(S,)`` step counts.
-    Steps past a student's end hold index 0: computed, never applied."""
-    n_steps = [0 if pl is None else len(pl.private) for pl in plans]
-    b = next(pl.private.shape[1] for pl in plans if pl is not None)
-    priv = np.zeros((max(n_steps), len(plans), b), dtype=np.int64)
-    pub = np.zeros_like(priv) if any(pl is not None and pl.transfer is not None for pl in plans) else None
-    for s, pl in enumerate(plans):
-        if pl is None:
-            continue
-        local = pl.private.numpy()
-        priv[: n_steps[s], s] = local if to_global is None else to_global[s][local]
-        if pub is not None and pl.transfer is not None:
-            pub[: n_steps[s], s] = pl.transfer.numpy()
-    put = lambda a: None if a is None else torch.as_tensor(a).to(device)  # noqa: E731
-    return put(priv), put(pub), torch.tensor(n_steps, device=device)
-
-
-def last_epoch_means(plans: list[BatchPlan], hist: torch.Tensor) -> list[float]:
-    """Each student's mean step loss over its last epoch, summed as ``train_model`` sums."""
-    h = hist.double().cpu().numpy()
-    return [pl.last_epoch_mean(h[: len(pl.private), s].tolist()) for s, pl in enumerate(plans)]
+def last_epoch_means(plan: CohortPlan, hist: torch.Tensor) -> list[float]:
+    """Each student's mean step loss over its last epoch (``BatchPlan.last_epoch_mean``, stacked)."""
+    h = hist.double().cpu()
+    k = torch.arange(len(h))[:, None]
+    steps, spe = plan.steps.cpu()[None, :], plan.steps_per_epoch.cpu()[None, :]
+    last = (k < steps) & (k >= steps - spe)
+    return ((h * last).sum(dim=0) / spe[0].clamp(min=1)).tolist()

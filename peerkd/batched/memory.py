@@ -39,6 +39,12 @@ def student_bytes(model: nn.Module, input_shape: tuple[int, ...], train_rows: in
     return 4 * (10 * n_params + train_rows * train_row + eval_rows * sum(acts))
 
 
+# Measured, 1,000 mlp64 students training on 2 cores: 8.3 ms each in chunks of 16, 4.4-6.8 at 32, 5.3-6.0 at 64,
+# 7.3-9.7 all at once (each step's traffic out of cache); below 16 the per-call overheads win.
+CPU_WORKING_SET = 32 << 20  # bytes
+CPU_MIN_CHUNK = 16
+
+
 def free_bytes(device: torch.device) -> int:
     """Free memory on ``device`` (the GPU's, or the machine's available RAM)."""
     if device.type == "cuda":
@@ -125,9 +131,14 @@ def human_bytes(n: float) -> str:
 def auto_chunk(
     model: nn.Module, input_shape: tuple[int, ...], train_rows: int, eval_rows: int, students: int, device: torch.device
 ) -> int:
-    """Students per vmapped call so that a call's estimate fits in ``MEMORY_SHARE`` of free memory."""
+    """Students per vmapped call so that a call's estimate fits in ``MEMORY_SHARE`` of free memory;
+    on a CPU also so that their weights, gradients and Adam moments (16 bytes a parameter) stay
+    within ``CPU_WORKING_SET`` (a cache-sized working set: every step reads and writes all four)."""
     need = student_bytes(model, input_shape, train_rows, eval_rows)
     fits = int(MEMORY_SHARE * free_bytes(device) // max(need, 1))
+    if device.type == "cpu":
+        n_params = sum(p.numel() for p in model.parameters())
+        fits = min(fits, max(CPU_MIN_CHUNK, CPU_WORKING_SET // (16 * max(n_params, 1))))
     return max(1, min(students, fits))
 
 

@@ -56,10 +56,12 @@ def student_rows(z: torch.Tensor) -> torch.Tensor:
     return z.flatten(1, -2) if z.dim() > 2 and z.is_floating_point() else z.flatten(1)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the batch axis: ``(..., B, C)``, ``(..., B)`` -> ``(...)``."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the batch axis: ``(..., B, C)``, ``(..., B)`` -> ``(...)``; with
+    ``weight`` (``(..., B)``) the weighted sum instead (weights of a mean: 1/B each)."""
     log_p = F.log_softmax(logits, dim=-1)
-    return -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
+    nll = -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return nll.mean(dim=-1) if weight is None else (nll * weight).sum(dim=-1)
 
 
 def kd_divergence(
@@ -68,16 +70,18 @@ def kd_divergence(
     """T²·KL(softmax(target/T) ‖ softmax(student/T)) averaged over the batch rows:
     ``(..., B, C)`` -> ``(...)``; ``peerkd.student.losses.kd_loss`` for stacked students.
 
-    With ``valid`` (``(..., B)`` bool) the mean is over valid rows only. With none valid the
-    value is NaN and the gradient zero, as ``kd_loss`` on an empty batch gives.
+    With ``valid`` (``(..., B)``, bool, or float row weights) the mean is over valid rows only
+    (weighted). With none valid the value is NaN and the gradient zero, as ``kd_loss`` on an
+    empty batch gives.
     """
     log_s = F.log_softmax(student / temperature, dim=-1)
     log_t = F.log_softmax(target.detach() / temperature, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # (..., B)
     if valid is None:
         return kl.mean(dim=-1) * temperature**2
+    valid = valid.to(kl.dtype)
     n = valid.sum(dim=-1)
-    mean = (kl * valid).sum(dim=-1) / n.clamp(min=1)
+    mean = (kl * valid).sum(dim=-1) / n.clamp(min=1e-30)
     return torch.where(n > 0, mean, torch.full_like(mean, float("nan"))) * temperature**2
 
 
@@ -172,13 +176,32 @@ def fit(
     """
     params = {k: v.detach().clone() for k, v in params.items()}  # updated in place below
     state = adam_init(params)
-    losses = []
+    losses, flipped = [], set()
     every = int(n_steps.min()) if len(n_steps) else 0  # steps all students take: no mask needed
     for k in range(int(n_steps.max()) if len(n_steps) else 0):
         live = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        loss = loss_at(live, k)
+        loss = loss_at({n: _flip(t) if n in flipped else t for n, t in live.items()}, k)
         grads = dict(zip(live, torch.autograd.grad(loss.sum(), list(live.values()))))
         adam_step(params, grads, state, lr, None if k < every else k < n_steps)
         losses.append(loss.detach())
+        if k == 0:
+            flipped = {n for n, g in grads.items() if not g.is_contiguous() and _flip(g).is_contiguous()}
+            _relayout(params, state, flipped)
+    _relayout(params, state, flipped)
     hist = torch.stack(losses) if losses else torch.zeros((0, len(n_steps)))
     return params, hist, state
+
+
+def _flip(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(-1, -2)
+
+
+def _relayout(params: Params, state: AdamState, names: set[str]) -> None:
+    """Store ``names`` (and their Adam moments) transposed in their last two axes, or back.
+
+    vmap's gradient of a linear weight is a transposed view; kept in that layout, the weights'
+    gradients arrive contiguous and Adam's fused kernel takes them without a copy per step.
+    """
+    for d in (params, state.exp_avg, state.exp_avg_sq):
+        for n in names:
+            d[n] = _flip(d[n]).contiguous()

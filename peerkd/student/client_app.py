@@ -57,6 +57,7 @@ from peerkd.student.training import (
     pick_device,
     predict_logits,
     round_seed,
+    shared_transfer_seed,
     train_model,
     warm_up,
 )
@@ -97,6 +98,11 @@ class Student:
     def seed(self) -> int:
         """A per-client, per-round seed for batch order."""
         return round_seed(self.world.spec.seed, self.client, self.params.round)
+
+    @property
+    def transfer_seed(self) -> int:
+        """The round's transfer-set batch order, the same for every client."""
+        return shared_transfer_seed(self.world.spec.seed, self.params.round)
 
 
 def _load_student(msg: Message, context: Context) -> Student:
@@ -153,6 +159,7 @@ def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]
         lr=p.lr,
         batch_size=p.batch_size,
         seed=s.seed,
+        transfer_seed=s.transfer_seed,
         transfer_x=s.world.transfer_x,
         targets=targets,
         alpha=p.alpha,
@@ -233,7 +240,7 @@ def digest(msg: Message, context: Context) -> Message:
             epochs=p.digest_epochs,
             lr=p.lr,
             batch_size=p.batch_size,
-            seed=s.seed,
+            seed=s.transfer_seed,  # the transfer set's shared order, as in train's KD batches
             temperature=p.temperature,
             device=s.device,
         )

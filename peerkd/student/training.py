@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peerkd.student.batches import plan_cohort
 from peerkd.student.losses import as_rows, distillation_loss
 
 
@@ -29,6 +29,7 @@ def train_model(
     lr: float,
     batch_size: int,
     seed: int,
+    transfer_seed: int | None = None,
     transfer_x: np.ndarray | None = None,
     targets: np.ndarray | None = None,
     alpha: float = 0.0,
@@ -44,7 +45,8 @@ def train_model(
 
     With ``sample_targets`` (``(N, C)``, aligned with ``x``; rows of NaN mean "no target")
     the KD term is taken on the private batch itself instead (federated distillation's
-    per-class targets). Returns the mean training loss over the last epoch.
+    per-class targets). ``seed`` orders the private batches, ``transfer_seed`` (default ``seed``)
+    the transfer batches. Returns the mean training loss over the last epoch.
     """
     device = device or torch.device("cpu")
     model.to(device).train()
@@ -53,7 +55,7 @@ def train_model(
     if distill:
         pt, tt = torch.as_tensor(transfer_x, device=device), per_input(targets, len(transfer_x), device)
     st = torch.as_tensor(sample_targets, device=device) if sample_targets is not None and alpha > 0 else None
-    plan = plan_batches(len(x), len(transfer_x) if distill else 0, batch_size, epochs, seed)
+    plan = plan_batches(len(x), len(transfer_x) if distill else 0, batch_size, epochs, seed, transfer_seed)
 
     def loss_at(k: int) -> torch.Tensor:
         bi = plan.private[k].to(device)
@@ -147,6 +149,12 @@ def round_seed(world_seed: int, client: int, server_round: int) -> int:
     return world_seed * 1_000_003 + client * 1_009 + server_round
 
 
+def shared_transfer_seed(world_seed: int, server_round: int) -> int:
+    """The seed of the transfer-set batch order in ``server_round``, shared by every client (its
+    key stream differs from any client's private order: ``peerkd.student.batches``)."""
+    return round_seed(world_seed, 0, server_round)
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """Every step's batch indices of one training call, drawn before it starts.
@@ -166,33 +174,21 @@ class BatchPlan:
         return sum(losses[-self.steps_per_epoch :]) / self.steps_per_epoch
 
 
-def plan_batches(n: int, n_transfer: int, batch_size: int, epochs: int, seed: int) -> BatchPlan:
+def plan_batches(
+    n: int, n_transfer: int, batch_size: int, epochs: int, seed: int, transfer_seed: int | None = None
+) -> BatchPlan:
     """Batches of ``epochs`` epochs over ``n`` private samples, paired with batches over
-    ``n_transfer`` transfer inputs (0: none).
+    ``n_transfer`` transfer inputs (0: none): ``peerkd.student.batches.plan_cohort`` for one student.
 
-    An epoch is one pass over the larger of the two sets; the smaller is cycled. Each epoch
-    draws the private order, then the transfer order, from one generator seeded with
-    ``seed``, so a plan is a pure function of its arguments.
+    An epoch is one pass over the larger of the two sets; the smaller is cycled. The private
+    order follows ``seed``, the transfer order ``transfer_seed`` (default ``seed``; the clients
+    of a round share ``shared_transfer_seed(world seed, round)``), so a plan is a pure function of its
+    arguments and the same whether drawn alone or with a cohort.
     """
-    gen = torch.Generator().manual_seed(seed)
-    n_steps = math.ceil(max(n, n_transfer) / batch_size)
-    priv, pub = [], []
-    for _ in range(epochs):
-        priv.append(_cycled_batches(n, batch_size, n_steps, gen))
-        if n_transfer:
-            pub.append(_cycled_batches(n_transfer, batch_size, n_steps, gen))
-    cat = lambda epochs: torch.cat(epochs) if epochs else torch.zeros((0, batch_size), dtype=torch.int64)  # noqa: E731
-    return BatchPlan(n_steps, cat(priv), cat(pub) if n_transfer else None)
-
-
-def _cycled_batches(n: int, batch_size: int, n_steps: int, gen: torch.Generator) -> torch.Tensor:
-    """``(n_steps, batch_size)`` indices over ``0..n-1``, reshuffling each time the data runs out
-    (so every batch is full); ``(n_steps, 0)`` when ``n`` is 0."""
-    reps = math.ceil(n_steps * batch_size / n) if n else 0
-    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(max(reps, 1))])
-    if not n:
-        return torch.zeros((n_steps, 0), dtype=torch.int64)
-    return order[: n_steps * batch_size].view(n_steps, batch_size)
+    tseed = seed if transfer_seed is None else transfer_seed
+    plan = plan_cohort(torch.tensor([n]), n_transfer, batch_size, epochs, torch.tensor([seed]), tseed)
+    private = plan.private[:, 0] if n else torch.zeros((len(plan.private), 0), dtype=torch.int64)
+    return BatchPlan(int(plan.steps_per_epoch[0]), private, plan.transfer)
 
 
 @torch.no_grad()

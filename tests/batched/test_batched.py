@@ -27,7 +27,7 @@ from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.round.spec import RunSpec
 from peerkd.student.losses import distillation_loss
 from peerkd.student.models import build_model
-from peerkd.student.training import distill_only, round_seed
+from peerkd.student.training import distill_only, shared_transfer_seed
 from peerkd.wire import protocol as P
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
@@ -42,6 +42,18 @@ CPU = torch.device("cpu")
 def world():
     """Digits, 3 clients of 64 samples (2 steps an epoch), 96 transfer inputs (3 steps)."""
     return build_world(WorldSpec(dataset="digits", num_clients=3, seed=0, samples_per_client=64, transfer_size=96))
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    """Digits, 3 clients of 5 samples: every shard fits in one batch (the cohort runs whole shards)."""
+    return build_world(WorldSpec(dataset="digits", num_clients=3, seed=0, samples_per_client=5, transfer_size=96))
+
+
+@pytest.fixture(params=["batches", "shards"])
+def any_world(request, world, tiny_world):
+    """Both ways a cohort runs private data: gathered batches, and whole shards with counts."""
+    return world if request.param == "batches" else tiny_world
 
 
 def students(world, arch, n=3):
@@ -136,8 +148,9 @@ def cohort(world, arch, **params):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cohort_trains_as_train_model_and_distill_only(arch, world, train_alone):
+def test_cohort_trains_as_train_model_and_distill_only(arch, any_world, train_alone):
     # Prepare: client 1 has no targets this round, so it takes fewer steps (its shard's).
+    world = any_world
     c = cohort(world, arch)
     rng = np.random.default_rng(0)
     targets = [rng.normal(size=(len(world.transfer_x), 10)).astype(np.float32) if i != 1 else None for i in range(3)]
@@ -166,7 +179,7 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, world, train_alone)
                 epochs=c.params.digest_epochs,
                 lr=1e-3,
                 batch_size=32,
-                seed=round_seed(0, i, 2),
+                seed=shared_transfer_seed(0, 2),
                 temperature=4.0,
             )
     # Assert
@@ -174,9 +187,10 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, world, train_alone)
     assert_rows_equal(w, models)
 
 
-def test_fd_class_targets_match_the_per_client_nan_rows(world, train_alone):
+def test_fd_class_targets_match_the_per_client_nan_rows(any_world, train_alone):
     # Prepare: per-class targets valid for all classes, for two classes only, and for none
     # (every batch then has no KD rows: the per-client loss is NaN, its gradient CE's alone).
+    world = any_world
     c, models = cohort(world, "mlp32"), students(world, "mlp32")
     rng = np.random.default_rng(1)
     tables = [rng.normal(size=(10, 10)).astype(np.float32) for _ in range(3)]
