@@ -16,13 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from peerkd.batched.stacked import Params, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
+from peerkd.batched.stacked import Params, SoftTargets, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
+from peerkd.clock import section
 from peerkd.student.batches import CohortPlan, plan_cohort
 from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import World
 
 EVAL_ROWS = 2048  # inputs per forward when predicting (predict_logits' batch size)
+EVAL_CELLS = 65536  # students × inputs per forward when predicting: activations that stay in cache
+SHARD_ROWS = 1.5  # run whole shards (no per-step gather) up to this many batches' rows
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,12 @@ class Cohort:
         weights and each student's mean loss over its last epoch."""
         p, n_transfer = self.params, len(self.world.transfer_x)
         on = [t is not None and p.alpha > 0 and n_transfer > 0 for t in (targets or [None] * len(self.clients))]
-        distill = torch.tensor(on, device=self.device)
-        plan = plan_cohort(
-            self.sizes, n_transfer if any(on) else 0, p.batch_size, p.epochs, self.seeds, self.transfer_seed, distill
-        )
-        private = self._private_inputs(plan.private)
-        transfer = self._transfer_inputs(targets, plan.transfer) if any(on) else None
+        with section("plan"):
+            distill = torch.tensor(on, device=self.device)
+            n_t = n_transfer if any(on) else 0
+            plan = plan_cohort(self.sizes, n_t, p.batch_size, p.epochs, self.seeds, self.transfer_seed, distill)
+            private = self._private_inputs(plan.private)
+            transfer = self._transfer_inputs(targets, plan.transfer) if any(on) else None
         with_classes = transfer is None and classes is not None and p.alpha > 0 and any(c is not None for c in classes)
         class_kd = self._class_kd(classes) if with_classes else None
         alpha = torch.tensor([p.alpha if d else 0.0 for d in on], device=self.device)
@@ -121,7 +124,7 @@ class Cohort:
         inputs per step or computing repeated rows."""
         x, y = self.data.x, self.data.y
         n_max = int(self.sizes.max()) if len(self.sizes) else 0
-        if n_max == 0 or n_max > self.params.batch_size:
+        if n_max == 0 or n_max > SHARD_ROWS * self.params.batch_size:
             to_global = self._global_index(batches)
             return lambda k: (x[to_global[k]], student_rows(y[to_global[k]]), None)
         shard = self._padded_shards(n_max)
@@ -133,16 +136,17 @@ class Cohort:
         return lambda k: (xs, ys, weights[k])
 
     def _transfer_inputs(self, targets: list, batches: torch.Tensor):
-        """``f(k)``: every student's transfer inputs at step k and its targets on them (as rows);
-        one batch of inputs shared by all when the plan shares its transfer order."""
-        tt, rows, s = self._targets(targets), self._rows, len(self.clients)
+        """``f(k)``: every student's transfer inputs at step k and its soft targets on them (as
+        rows); one batch of inputs shared by all when the plan shares its transfer order."""
+        soft = SoftTargets.of(self._targets(targets), self.params.temperature)
+        rows, s = self._rows, len(self.clients)
 
         def inputs(k: int):
             bj = batches[k]
             if bj.dim() == 1:  # (B,): every student's batch
                 x = self.data.transfer[bj]
-                return x.expand(s, *x.shape), student_rows(tt[:, bj])
-            return self.data.transfer[bj], student_rows(tt[rows, bj])
+                return x.expand(s, *x.shape), soft[:, bj].rows()
+            return self.data.transfer[bj], soft[rows, bj].rows()
 
         return inputs
 
@@ -172,13 +176,13 @@ class Cohort:
         seed = torch.tensor([self.transfer_seed], device=self.device)
         order = plan_cohort(one, 0, p.batch_size, p.digest_epochs, seed, self.transfer_seed).private[:, 0]  # (K, B)
         n_steps = torch.tensor([len(order) if d else 0 for d in on], device=self.device)
-        tt = self._targets(targets)
+        soft = SoftTargets.of(self._targets(targets), p.temperature)
         shared = stacked_forward(self.base, shared_input=True)
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             bj = order[k]
             out = student_rows(shared(live, self.data.transfer[bj]))
-            return kd_divergence(out, student_rows(tt[:, bj]), p.temperature)
+            return kd_divergence(out, soft[:, bj].rows(), p.temperature)
 
         return fit(w, loss_at, n_steps, p.lr)[0]
 
@@ -221,7 +225,8 @@ class Cohort:
     @torch.no_grad()
     def _predict(self, w: Params, x: torch.Tensor) -> torch.Tensor:
         shared = stacked_forward(self.base, shared_input=True)
-        z = torch.cat([shared(w, x[i : i + EVAL_ROWS]).float() for i in range(0, len(x), EVAL_ROWS)], dim=1)
+        step = max(1, min(EVAL_ROWS, EVAL_CELLS // max(len(self.clients), 1)))
+        z = torch.cat([shared(w, x[i : i + step]).float() for i in range(0, len(x), step)], dim=1)
         return student_rows(z)
 
     def evaluate(self, w: Params) -> list[tuple[float, float]]:

@@ -24,6 +24,7 @@ from peerkd.batched.cohort import EVAL_ROWS, Cohort, DeviceData
 from peerkd.batched.handlers import HANDLERS, Request, decode_request
 from peerkd.batched.memory import auto_chunk
 from peerkd.batched.store import StudentStore
+from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
 from peerkd.student.exchange import reply, sent_logits
 from peerkd.student.models import build_model
@@ -117,7 +118,8 @@ class BatchedGrid(Grid):
                 continue
             try:
                 client = self._nodes[msg.metadata.dst_node_id]
-                req = decode_request(msg, client, self.store.sent.get(client))
+                with section("messages"):
+                    req = decode_request(msg, client, self.store.sent.get(client))
             except Exception as exc:  # noqa: BLE001  (a bad message fails alone, as in a ClientApp)
                 replies.append(_raised(msg, exc))
                 continue
@@ -140,10 +142,13 @@ class BatchedGrid(Grid):
                 self.store.base(first.arch, world),
                 [r.client for r in reqs],
             )
-            weights = self.store.load(first.arch, world, cohort.clients)
-            weights, records = HANDLERS[first.msg.metadata.message_type](cohort, weights, reqs)
+            with section("plan"):
+                weights = self.store.load(first.arch, world, cohort.clients)
+            with section("compute"):
+                weights, records = HANDLERS[first.msg.metadata.message_type](cohort, weights, reqs)
             if weights is not None:
-                self.store.save(first.arch, cohort.clients, weights)
+                with section("plan"):
+                    self.store.save(first.arch, cohort.clients, weights)
             if first.params.keep_sent:
                 self._keep_sent(world, cohort.clients, records)
         except Exception as exc:  # noqa: BLE001
@@ -151,7 +156,8 @@ class BatchedGrid(Grid):
                 "batched %s for %d %s students failed", first.msg.metadata.message_type, len(reqs), first.arch
             )
             return [_raised(r.msg, exc) for r in reqs]
-        return [reply(r.msg, r.arch, rec) for r, rec in zip(reqs, records)]
+        with section("messages"):
+            return [reply(r.msg, r.arch, rec) for r, rec in zip(reqs, records)]
 
     def _keep_sent(self, world: World, clients: list[int], records: list[dict]) -> None:
         """Remember each student's sent logits, as the ClientApp keeps them in ``context.state``."""

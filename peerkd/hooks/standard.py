@@ -8,6 +8,7 @@ from peerkd.hooks.participation import ParticipationHook
 from peerkd.hooks.placement import PlacementHook
 from peerkd.hooks.privacy import PrivacyHook
 from peerkd.hooks.text import TextHook
+from peerkd.hooks.timing import TimeBreakdown
 from peerkd.round.hook import RoundHook
 from peerkd.round.spec import RunSpec
 from peerkd.world.build import build_world
@@ -16,7 +17,7 @@ from peerkd.world.build import build_world
 def standard_hooks(spec: RunSpec) -> list[RoundHook]:
     """The round hooks ``spec`` asks for, in the order their summary fields apply: placement,
     text measures (a text world), peer agreement (``measure_agreement``), privacy (a budget set),
-    participation, faults and attacks (any set)."""
+    participation, faults and attacks (any set); last, each round's time by section."""
     world = build_world(spec.world)
     hooks: list[RoundHook] = [PlacementHook()]
     if world.data.text:
@@ -29,4 +30,5 @@ def standard_hooks(spec: RunSpec) -> list[RoundHook]:
     if spec.faults.active or spec.attack.fraction > 0:
         w = spec.world
         hooks.append(FaultsHook(spec.faults, spec.attack, w.seed, w.num_clients, spec.round_timeout, world.num_classes))
+    hooks.append(TimeBreakdown())
     return hooks

@@ -24,6 +24,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from peerkd.clock import section
 from peerkd.errors import RunInterrupted
 from peerkd.round import record
 from peerkd.round.checkpoint import Checkpoint, RunState, rekey_nodes, rng_state
@@ -66,10 +67,12 @@ def run_federation(
         row, client_rows = run_round(grid, spec, state.strategy, hooks, rnd, {**base, P.CFG_ROUND: rnd}, nodes, stop)
         _record(state, rnd, client_of, client_rows, row)
         row["wall_s"] = state.wall_s + time.perf_counter() - t_start
-        writer.log(*client_rows, row)
+        with section("io"):
+            writer.log(*client_rows, row)
+            if checkpoint:
+                saved = dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state())
+                checkpoint.save(saved)
         log.info("[%s] round %d/%d  %s", state.strategy.name, rnd, spec.rounds, record.round_line(row))
-        if checkpoint:
-            checkpoint.save(dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state()))
     for hook in hooks:  # e.g. every client evaluated once more after partial participation
         final = hook.finish(grid, {**base, P.CFG_ROUND: spec.rounds}, stop)
         writer.log(*final)
@@ -97,16 +100,20 @@ def run_round(
     metrics) and one row per accepted client; the caller writes them.
     """
     t0 = time.perf_counter()
-    messages = list(rule.configure_round(rnd, node_ids, ConfigRecord(config), grid))
+    with section("rule"):
+        messages = list(rule.configure_round(rnd, node_ids, ConfigRecord(config), grid))
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
     if stop is not None and stop.is_set():
         raise RunInterrupted(f"stopped before round {rnd}")
     heard = functools.partial(_heard, hooks, rnd, expected=len(messages))
     heard(0)
-    replies, sent = send_and_receive(grid, messages, spec.round_timeout, stop=stop, on_pull=heard)
+    with section("wait"):
+        replies, sent = send_and_receive(grid, messages, spec.round_timeout, stop=stop, on_pull=heard)
     measure_keys = rule.measurement_keys()
-    accepted, rejected = _screen(replies, sent, rule, measure_keys, spec.world.num_clients, rnd)
-    round_metrics = rule.aggregate_round(rnd, [reply for reply, _ in accepted])
+    with section("screening"):
+        accepted, rejected = _screen(replies, sent, rule, measure_keys, spec.world.num_clients, rnd)
+    with section("rule"):
+        round_metrics = rule.aggregate_round(rnd, [reply for reply, _ in accepted])
     rows = []
     for reply, values in accepted:
         node = sender(reply, sent)

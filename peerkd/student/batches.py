@@ -22,6 +22,7 @@ import torch
 
 MASK32 = 0xFFFFFFFF
 ROUNDS = 4  # Feistel rounds
+ROUND_KEYS = (0x9E3779B9, 0x3C6EF372, 0xDAA66D2B, 0x78DDE6E4)  # k * golden ratio mod 2**32: each round its own
 PRIVATE, TRANSFER = 0x51ED270B, 0x2545F491  # key streams: private and transfer orders never share keys
 
 
@@ -65,7 +66,7 @@ def _feistel(x: torch.Tensor, key: torch.Tensor, half: torch.Tensor) -> torch.Te
     mask = (torch.ones_like(half) << half) - 1
     left, right = x >> half, x & mask
     for r in range(ROUNDS):
-        left, right = right, left ^ (mix32(right ^ mix32(key ^ r)) & mask)
+        left, right = right, left ^ (mix32(right ^ key ^ ROUND_KEYS[r]) & mask)
     return (left << half) | right
 
 
@@ -79,7 +80,7 @@ def cycled_orders(sizes: torch.Tensor, lengths: torch.Tensor, epochs: int, seeds
     n = sizes.clamp(min=1)[:, None, None]
     p = pos[None, None, :]
     epoch = torch.arange(epochs, device=device)[None, :, None]
-    key = mix32(mix32(seed_key(seeds, stream)[:, None, None] ^ epoch) ^ (p // n))
+    key = mix32(seed_key(seeds, stream)[:, None, None] ^ epoch) ^ mul32(p // n, ROUND_KEYS[0])  # per pass
     out = permute(p % n, n, key).reshape(len(sizes), epochs, width)
     keep = (p < lengths[:, None, None]) & (sizes[:, None, None] > 0)
     return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=device))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from peerkd.clock import timed
 from peerkd.errors import check_choice, check_range
 from peerkd.wire.protocol import ARRAY_LOGITS
 
@@ -53,6 +54,7 @@ class Codec:
 FP32 = Codec()
 
 
+@timed("messages")
 def encode_logits(logits: np.ndarray, codec: Codec = FP32, probs: bool = False) -> ArrayRecord:
     """Pack a ``(P, C)`` logits (or, with ``probs``, probabilities) matrix into an ArrayRecord."""
     return ArrayRecord(encode_arrays(ARRAY_LOGITS, logits, codec, probs))
@@ -147,6 +149,7 @@ def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()[: buf.tell() - int(np.prod(shape)) * np.dtype(descr).itemsize]
 
 
+@timed("messages")
 def decode_logits(record: ArrayRecord, shape: tuple[int, ...], probs: bool = False) -> np.ndarray:
     """Unpack and validate logits (or, with ``probs``, probabilities) in any codec; raise
     CodecError on any mismatch.
@@ -258,6 +261,7 @@ def _decoded(arr: Array, shape: tuple[int, ...], what: str, dtype: np.dtype | No
     return out
 
 
+@timed("messages")
 def array_bytes(content: RecordDict) -> int:
     """Bytes of every serialised array in a message's content (what crosses the wire for arrays)."""
     return sum(len(arr.data) for record in content.array_records.values() for arr in record.values())

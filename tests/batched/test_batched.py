@@ -56,6 +56,12 @@ def any_world(request, world, tiny_world):
     return world if request.param == "batches" else tiny_world
 
 
+def world_tol(world) -> dict:
+    """Whole shards sum a batch's repeated rows as counts, in another order than the batch's
+    rows: weights then agree to ~1e-5 absolute after a round (measured 1.05e-5 at most)."""
+    return TOL if world.spec.samples_per_client > 32 else dict(rtol=1e-5, atol=5e-5)
+
+
 def students(world, arch, n=3):
     return [build_model(arch, world.data.input_shape, world.num_classes, seed=1000 + c) for c in range(n)]
 
@@ -184,7 +190,7 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, any_world, train_al
             )
     # Assert
     np.testing.assert_allclose(losses, ref, **TOL)
-    assert_rows_equal(w, models)
+    assert_rows_equal(w, models, **world_tol(world))
 
 
 def test_fd_class_targets_match_the_per_client_nan_rows(any_world, train_alone):
@@ -207,7 +213,7 @@ def test_fd_class_targets_match_the_per_client_nan_rows(any_world, train_alone):
     # Assert
     assert np.isnan(ref[2]) and not np.isnan(ref[0])
     np.testing.assert_allclose(losses, ref, equal_nan=True, **TOL)
-    assert_rows_equal(w, models)
+    assert_rows_equal(w, models, **world_tol(world))
 
 
 def tiny_spec(students=("mlp32",), **world):
