@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peerkd.clock import SECTIONS
+
 log = logging.getLogger("peerkd")
 
 VARIANTS = ("loop", "flower", "batched")
+SECTION_FIELDS = tuple(f"time_{name}_s" for name in SECTIONS)
 FIELDS = (
     "clients",
     "variant",
@@ -35,6 +38,11 @@ FIELDS = (
     "acc_mean",
     "ratio_to_loop",
     "device",
+    "gflop_round",  # a distillation round's FLOPs (simulations.floor.round_flops): the algorithm's, every variant's
+    "gflops",  # achieved: gflop_round / round_s_median
+    "gemm_gflops",  # the GEMM rate measured in the variant's process
+    "pct_of_gemm",
+    *SECTION_FIELDS,  # median seconds per round by section (the engines' runs)
 )
 
 
@@ -95,32 +103,35 @@ def plain_loop(spec, alpha: float, temperature: float) -> dict[str, Any]:
 
 
 def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, Any]:
-    """One variant of one size, in this process; its timings, memory and accuracy."""
+    """One variant of one size, in this process; its timings, memory, accuracy, the round's time by
+    section (``peerkd.clock``; the engines' runs only) and the GEMM rate measured here afterwards
+    (with the thread setting the variant ran with)."""
     from peerkd.batched.memory import peak_rss_mb
     from peerkd.round.results import METRICS_FILE, read_jsonl
+    from simulations.floor import gemm_rate
     from simulations.runner import preflight, run_engine
 
     t0 = time.perf_counter()
     if variant == "loop":
         preflight(spec, strategy)  # builds the world, as each engine's run does
         res = plain_loop(spec, strategy.alpha, strategy.temperature)
-        return {
-            **res,
-            "wall_s": time.perf_counter() - t0,
-            "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": None,
-            "device": "cpu",
-        }
+        wall = time.perf_counter() - t0
+        return {**res, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": None, "device": "cpu",
+                "sections": {}, "gemm_gflops": gemm_rate("cpu")}  # fmt: skip
     engine = dataclasses.replace(engine, name=variant)
     summary = run_engine(spec, strategy, out, {"bench": variant}, engine, {"num_cpus": 1.0, "num_gpus": 0.0})
-    rounds = [r["round_s"] for r in read_jsonl(out / METRICS_FILE) if r.get("type") == "round"]
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_jsonl(out / METRICS_FILE) if r.get("type") == "round"]
+    device = summary.get("device") or "cpu"
     return {
         "acc_mean": summary["acc_mean"],
-        "round_s": rounds,
-        "wall_s": time.perf_counter() - t0,
+        "round_s": [r["round_s"] for r in rows],
+        "wall_s": wall,
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": summary.get("peak_gpu_mb"),
-        "device": summary.get("device") or "cpu",
+        "device": device,
+        "sections": {k: [r[k] for r in rows if k in r] for k in SECTION_FIELDS},
+        "gemm_gflops": gemm_rate(device),
     }
 
 
@@ -143,19 +154,22 @@ def run_bench(
         preflight(world_for(spec, n, auto_size), strategy)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    from simulations.floor import round_flops
+
     for n in sizes:
         sized = world_for(spec, n, auto_size)
+        flops = round_flops(sized)
         for variant in variants:
             log.info("bench: %d clients, %s ...", n, variant)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 res = pool.submit(_in_child, variant, sized, strategy, engine, out / f"{variant}-{n}").result()
-            rows.append(_row(n, variant, res, rows))
+            rows.append(_row(n, variant, res, rows, flops))
             log.info("bench: %d clients, %s: %.1f s, acc %.4f", n, variant, res["wall_s"], res["acc_mean"])
             write_bench(out, rows)
     return rows
 
 
-def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]], flops: float) -> dict[str, Any]:
     import numpy as np
 
     loop = (
@@ -163,17 +177,24 @@ def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]]) 
         if variant == "loop"
         else next((r["wall_s"] for r in rows if r["clients"] == n and r["variant"] == "loop"), None)
     )
+    median = float(np.median(res["round_s"]))
+    achieved = flops / median / 1e9 if median > 0 else None
     return {
         "clients": n,
         "variant": variant,
         "wall_s": res["wall_s"],
         "round_s_first": res["round_s"][0],
-        "round_s_median": float(np.median(res["round_s"])),
+        "round_s_median": median,
         "peak_rss_mb": res["peak_rss_mb"],
         "peak_gpu_mb": res["peak_gpu_mb"],
         "acc_mean": res["acc_mean"],
         "ratio_to_loop": None if loop is None else res["wall_s"] / loop,
         "device": res["device"],
+        "gflop_round": flops / 1e9,
+        "gflops": achieved,
+        "gemm_gflops": res["gemm_gflops"],
+        "pct_of_gemm": None if achieved is None else 100 * achieved / res["gemm_gflops"],
+        **{k: float(np.median(v)) if v else None for k, v in res["sections"].items()},
     }
 
 
@@ -194,6 +215,10 @@ def bench_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
         "accuracy",
         "× loop",
         "device",
+        "GFLOP a round",
+        "GFLOP/s",
+        "GEMM GFLOP/s",
+        "% of GEMM",
     ]
     cells = [
         [
@@ -207,9 +232,26 @@ def bench_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
             num(r["acc_mean"], ".4f"),
             num(r["ratio_to_loop"], ".2f"),
             r["device"],
+            num(r["gflop_round"], ".1f"),
+            num(r["gflops"], ".1f"),
+            num(r["gemm_gflops"], ".0f"),
+            num(r["pct_of_gemm"], ".0f"),
         ]
         for r in rows
     ]
+    return header, cells
+
+
+def sections_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of where a round's time goes: median seconds per section (engines only)."""
+    timed = [r for r in rows if r.get("time_compute_s") is not None]
+    header = ["clients", "variant", "median round s", *SECTIONS, "other"]
+    cells = []
+    for r in timed:
+        parts = [r[f"time_{name}_s"] or 0.0 for name in SECTIONS]
+        other = r["round_s_median"] - sum(parts) + (r["time_io_s"] or 0.0)  # io falls outside round_s
+        cells.append([str(r["clients"]), r["variant"], f"{r['round_s_median']:.2f}", *(f"{p:.2f}" for p in parts),
+                      f"{max(other, 0.0):.2f}"])  # fmt: skip
     return header, cells
 
 
@@ -222,7 +264,12 @@ def write_bench(out: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "bench.md").write_text(md_table(*bench_table(rows)))
+    text = md_table(*bench_table(rows))
+    if any(r.get("time_compute_s") is not None for r in rows):
+        text += "\n\nWhere a round's time goes (median seconds; `wait` is the grid's push and pull beyond\n"
+        text += "the sections inside it, with Flower's engine the clients' own work):\n\n"
+        text += md_table(*sections_table(rows))
+    (out / "bench.md").write_text(text)
     (out / "bench.png").write_bytes(png_bytes(_figure(rows)))
 
 

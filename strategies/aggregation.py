@@ -6,6 +6,8 @@ import numpy as np
 
 from strategies.robust import Aggregator
 
+LOO_BLOCK = 1 << 20  # values per block of leave_one_out_mean's float64 work
+
 
 def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
     """Row i of the result is the mean of all rows but i.
@@ -22,11 +24,16 @@ def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
     np.ndarray
         Same shape as ``stack``.
     """
-    stack = np.asarray(stack, dtype=np.float64)
+    stack = np.asarray(stack)
     n = stack.shape[0]
     if n < 2:
         raise ValueError(f"leave-one-out needs at least 2 peers, got {n}")
-    return ((stack.sum(axis=0, keepdims=True) - stack) / (n - 1)).astype(np.float32)
+    total = stack.sum(axis=0, dtype=np.float64)  # summed in float64, row by row
+    out = np.empty(stack.shape, dtype=np.float32)
+    block = max(1, LOO_BLOCK // max(total.size, 1))  # float64 temporaries of a few MB, not of the whole stack
+    for i in range(0, n, block):
+        out[i : i + block] = (total - stack[i : i + block]) / (n - 1)
+    return out
 
 
 def peer_targets(
@@ -53,7 +60,9 @@ def peer_targets(
     stack = np.stack([logits[s] for s in senders])
     robust = aggregator is not None and not aggregator.plain
     loo = None if len(senders) < 2 else aggregator.leave_one_out(stack) if robust else leave_one_out_mean(stack)
-    everyone = aggregator(stack) if robust else stack.mean(axis=0).astype(np.float32)
+    everyone = None
+    if any(r not in logits for r in recipients):  # newcomers: the mean of every sender
+        everyone = aggregator(stack) if robust else stack.mean(axis=0).astype(np.float32)
     position = {s: k for k, s in enumerate(senders)}
     for r in recipients:
         if r in logits:

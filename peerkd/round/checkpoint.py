@@ -284,7 +284,9 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     (``{"set": [...]}``); a dict with int or str keys (``{"dict": [[key, value], ...]}``);
     ``ModuleWeights`` (``{"module": [[name, tensor], ...]}``); a torch tensor
     (``{"tensor": name}``); a numeric NumPy array or scalar (``{"ndarray"|"scalar": name,
-    "dtype": "float32"}``). ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
+    "dtype": "float32"}``); a dict of two or more such arrays of one shape and dtype is stored as
+    its keys and one stacked array (``{"stacked": [keys], "ndarray": name, "dtype": ...}``).
+    ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
 
     Raises TypeError naming ``path`` for anything else.
     """
@@ -294,6 +296,9 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
     if type(value) in (tuple, set):
         return {type(value).__name__: [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
+    if type(value) is dict and _stackable(value):  # e.g. a rule's logits by node: one tensor, not thousands
+        keys = [_key(k, path) for k in value]
+        return {"stacked": keys, **encode(np.stack(list(value.values())), f"{path}.stacked", tensors)}
     if type(value) in (dict, ModuleWeights):
         pairs = [[_key(k, path), encode(v, f"{path}.{k}", tensors)] for k, v in value.items()]
         return {"module" if type(value) is ModuleWeights else "dict": pairs}
@@ -315,6 +320,17 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     )
 
 
+def _stackable(d: dict) -> bool:
+    """Two or more numeric NumPy arrays of one dtype and shape, under int or str keys."""
+    values = list(d.values())
+    if len(values) < 2 or not all(type(k) in (int, str) for k in d):
+        return False
+    first = values[0]
+    if type(first) is not np.ndarray or first.dtype.name not in _NUMPY_DTYPES:
+        return False
+    return all(type(v) is np.ndarray and v.dtype == first.dtype and v.shape == first.shape for v in values)
+
+
 def decode(data: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Inverse of ``encode``. Raises ValueError naming ``path`` for anything ``encode`` does not write."""
     if data is None or type(data) in _SCALARS:
@@ -333,6 +349,12 @@ def decode(data: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         if len(out) != len(pairs):
             raise _Damaged(f"{path}: a key appears twice")
         return ModuleWeights(out) if kind == "module" else out
+    if keys == {"stacked", "ndarray", "dtype"}:
+        names = _list(data["stacked"], path)
+        stacked = _array(tensors, {"ndarray": data["ndarray"], "dtype": data["dtype"]}, path)
+        if not all(type(k) in (int, str) for k in names) or len(stacked) != len(names) or len(set(names)) != len(names):
+            raise _Damaged(f"{path}: {len(names)} keys for {len(stacked)} stacked arrays, or a key twice")
+        return {k: stacked[i] for i, k in enumerate(names)}
     if keys == {"tensor"}:
         return _tensor(tensors, data["tensor"], path)
     if keys in ({"ndarray", "dtype"}, {"scalar", "dtype"}):

@@ -1,17 +1,16 @@
 """Batch orders for one student or a whole cohort at once: pure tensor code, no Python per student.
 
 Every training call pairs private batches with transfer-set batches; an epoch is one pass over
-the larger set and the smaller is cycled, reshuffled each time it runs out. A shuffle here is a
-keyed pseudo-random permutation evaluated per position (a 4-round Feistel network on the next
-power of 4, cycle-walked into ``0..n-1``), so position ``p`` of a student's order is a pure
-function of (its seed, epoch, pass, ``p``): planning S students in one call gives each exactly
-the plan it gets alone. The per-client path plans one student; the batched engine a cohort
-with a constant number of tensor calls.
+the larger set and the smaller is cycled, reshuffled each time it runs out. A shuffle is the
+stable argsort of 32-bit hashes of (seed, epoch, pass, item), so a student's order is a pure
+function of its own seed and sizes: planning S students in one call gives each exactly the plan
+it gets alone. The per-client path plans one student; the batched engine a cohort with a
+constant number of tensor calls.
 
 The transfer order comes from a seed of its own (``transfer_seed``), the same for every
 client of a round: all students distill on the same transfer batch at the same step, so the
-batched engine runs that half of a step on one shared input (one GEMM for all students, no
-per-student copy of the batch). Both engines draw these orders, so they see the same batches.
+batched engine runs that half of a step on one shared batch of inputs (no per-student copy of
+it). Both engines draw these orders, so they see the same batches.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 MASK32 = 0xFFFFFFFF
-ROUNDS = 4  # Feistel rounds
-ROUND_KEYS = (0x9E3779B9, 0x3C6EF372, 0xDAA66D2B, 0x78DDE6E4)  # k * golden ratio mod 2**32: each round its own
+GOLDEN, ITEM_MULT = 0x9E3779B9, 0x85EBCA6B  # odd multipliers: distinct passes and items, distinct keys
+PAD = 1 << 40  # a padded item's sort key: after every real one
 PRIVATE, TRANSFER = 0x51ED270B, 0x2545F491  # key streams: private and transfer orders never share keys
 
 
@@ -46,44 +45,73 @@ def seed_key(seeds: torch.Tensor, stream: int) -> torch.Tensor:
     return mix32(mix32(seeds & MASK32) ^ mix32(((seeds >> 32) & MASK32) ^ stream))
 
 
-def permute(items: torch.Tensor, n: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """``perm_key(items)``: for each element, its image under the permutation of ``0..n-1``
-    keyed by ``key`` (all three broadcast together; ``0 <= items < n``)."""
-    items, n, key = (t.reshape(-1) for t in torch.broadcast_tensors(items, n, key))
-    bits = torch.ceil(torch.log2(n.clamp(min=2).double())).long()
-    half = ((bits + 1) // 2).clamp(min=1)
-    out = _feistel(items, key, half)
-    todo = (out >= n).nonzero().squeeze(1)  # cycle-walking: re-encrypt until inside 0..n-1
-    while len(todo):
-        y = _feistel(out[todo], key[todo], half[todo])
-        out[todo] = y
-        todo = todo[y >= n[todo]]
-    return out
+def pass_keys(seeds: torch.Tensor, stream: int, epoch: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
+    """The 32-bit key of one pass (``rep``) of one epoch of a seed's order (broadcast together)."""
+    return mix32(mix32(seed_key(seeds, stream) ^ epoch) ^ mul32(rep, GOLDEN))
 
 
-def _feistel(x: torch.Tensor, key: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-    """A balanced Feistel network on ``2 * half`` bits: a bijection of ``0..4**half - 1``."""
-    mask = (torch.ones_like(half) << half) - 1
-    left, right = x >> half, x & mask
-    for r in range(ROUNDS):
-        left, right = right, left ^ (mix32(right ^ key ^ ROUND_KEYS[r]) & mask)
-    return (left << half) | right
+def item_keys(pass_key: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Sort keys of ``items`` in a pass: its permutation is ``argsort`` of them (stable: ties by item)."""
+    return mix32(pass_key ^ mul32(items, ITEM_MULT))
 
 
 def cycled_orders(sizes: torch.Tensor, lengths: torch.Tensor, epochs: int, seeds: torch.Tensor, stream: int):
     """Each row's first ``lengths[s]`` indices into ``0..sizes[s]-1`` per epoch: passes over a
     fresh permutation each, cut at the length. Returns ``(S, epochs, max length)`` int64, 0 past a
-    row's length (and everywhere for an empty set)."""
+    row's length (and everywhere for an empty set).
+
+    A pass's permutation is the stable argsort of ``item_keys``; it is sorted in one padded
+    ``(S, epochs, passes, max size)`` block when shards are alike, else in one flat segmented
+    sort. Both give the same orders (tests/student/test_batches.py)."""
     device = sizes.device
     width = int(lengths.max()) if len(lengths) else 0
-    pos = torch.arange(width, device=device)
-    n = sizes.clamp(min=1)[:, None, None]
-    p = pos[None, None, :]
-    epoch = torch.arange(epochs, device=device)[None, :, None]
-    key = mix32(seed_key(seeds, stream)[:, None, None] ^ epoch) ^ mul32(p // n, ROUND_KEYS[0])  # per pass
-    out = permute(p % n, n, key).reshape(len(sizes), epochs, width)
+    n = sizes.clamp(min=1)
+    reps = torch.div(lengths + n - 1, n, rounding_mode="floor").clamp(min=1)
+    if not len(sizes):
+        return torch.zeros((0, epochs, width), dtype=torch.int64, device=device)
+    dense, flat = len(sizes) * int(reps.max()) * int(n.max()), int((reps * n).sum())
+    perm = _dense_passes if dense <= 2 * flat + 1024 else _flat_passes
+    p = torch.arange(width, device=device)[None, None, :]
+    out = perm(n, reps, epochs, seeds, stream, p)  # (S, epochs, width): item at position p
     keep = (p < lengths[:, None, None]) & (sizes[:, None, None] > 0)
     return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=device))
+
+
+def _dense_passes(n, reps, epochs, seeds, stream, p):
+    """Every pass sorted in one padded block: ``(S, E, R, max n)`` keys, padding last."""
+    device = n.device
+    items = torch.arange(int(n.max()), device=device)
+    epoch = torch.arange(epochs, device=device)[None, :, None]
+    rep = torch.arange(int(reps.max()), device=device)[None, None, :]
+    keys = item_keys(pass_keys(seeds[:, None, None], stream, epoch, rep)[..., None], items)
+    keys = torch.where(items < n[:, None, None, None], keys, PAD)
+    order = keys.argsort(dim=-1, stable=True)  # (S, E, R, n_max)
+    nn = n[:, None, None]
+    rows = torch.arange(len(n), device=device)[:, None, None]
+    e = torch.arange(epochs, device=device)[None, :, None]
+    return order[rows, e, (p // nn).clamp(max=order.shape[2] - 1), p % nn]
+
+
+def _flat_passes(n, reps, epochs, seeds, stream, p):
+    """Every pass sorted in one flat segmented sort: (segment, key) pairs, segments in order."""
+    device = n.device
+    per_pass = n.repeat_interleave(reps * epochs)  # each (student, epoch, rep) pass's size, in order
+    student = torch.arange(len(n), device=device).repeat_interleave(reps * epochs)
+    local = torch.arange(len(per_pass), device=device) - torch.repeat_interleave(
+        torch.cumsum(reps * epochs, 0) - reps * epochs, reps * epochs
+    )  # pass index within its student: epoch * reps + rep
+    r = reps[student]
+    key = pass_keys(seeds[student], stream, local // r, local % r)
+    seg = torch.arange(len(per_pass), device=device).repeat_interleave(per_pass)
+    starts = torch.cumsum(per_pass, 0) - per_pass
+    items = torch.arange(len(seg), device=device) - starts[seg]
+    order = ((seg << 33) | item_keys(key[seg], items)).argsort(stable=True)
+    sorted_items = items[order]  # segments stay in order, each permuted
+    first = starts[(torch.cumsum(reps * epochs, 0) - reps * epochs)]  # each student's first pass
+    nn, rr = n[:, None, None], reps[:, None, None]
+    e = torch.arange(epochs, device=device)[None, :, None]
+    at = first[:, None, None] + (e * rr + (p // nn).clamp(max=rr - 1)) * nn + p % nn
+    return sorted_items[at.clamp(max=len(sorted_items) - 1)]
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,27 @@ def test_encode_writes_plain_json_with_types_and_tensors_by_name():
     assert tensors["rule.1001"].tolist() == [0.5, 1.5]
 
 
+def test_arrays_of_one_shape_by_key_are_stored_as_one_stack(tmp_path):
+    # Prepare: a rule's logits by node (thousands in a fleet), and a dict that must stay per value
+    logits = {1000 + i: np.full((3, 2), i, dtype=np.float32) for i in range(4)}
+    mixed = {"a": np.zeros(2, np.float32), "b": np.zeros(3, np.float32)}
+    # Execute
+    tensors = {}
+    out = encode(logits, "rule.logits", tensors)
+    back = through_files({"logits": logits, "mixed": mixed}, tmp_path)
+    # Assert: one (4, 3, 2) tensor and the keys; back as a dict of equal arrays
+    assert out == {"stacked": [1000, 1001, 1002, 1003], "ndarray": "rule.logits.stacked", "dtype": "float32"}
+    assert tensors["rule.logits.stacked"].shape == (4, 3, 2)
+    assert list(back["logits"]) == list(logits) and all(np.array_equal(back["logits"][k], v) for k, v in logits.items())
+    assert set(back["mixed"]) == {"a", "b"} and back["mixed"]["b"].shape == (3,)
+
+
+def test_a_stack_with_keys_of_another_number_is_damaged():
+    tensors = {"s": torch.zeros(2, 3)}
+    with pytest.raises(ValueError, match="2 stacked arrays"):
+        decode({"stacked": [1, 2, 3], "ndarray": "s", "dtype": "float32"}, "rule.logits", tensors)
+
+
 def test_decode_gives_back_values_of_the_same_types(tmp_path):
     # Prepare: every kind of data a checkpoint holds.
     value = {

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from peerkd.student.batches import PRIVATE, cycled_orders, mix32, mul32, permute, plan_cohort
+from peerkd.student.batches import PRIVATE, _dense_passes, _flat_passes, cycled_orders, mix32, mul32, plan_cohort
 from peerkd.student.training import plan_batches
 
 
@@ -30,17 +30,31 @@ def test_mul32_and_mix32_equal_plain_integer_arithmetic():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 1000, 4097])
-def test_permute_is_a_bijection_of_0_to_n(n):
-    # Execute: every item under three keys
-    for key in (0, 1, 0xFFFFFFFF):
-        out = permute(torch.arange(n), torch.tensor(n), torch.tensor(key))
-        # Assert
-        assert sorted(out.tolist()) == list(range(n))
+def test_every_pass_is_a_permutation_of_0_to_n(n):
+    # Execute: three seeds, two epochs of three passes each
+    out = cycled_orders(torch.tensor([n] * 3), torch.tensor([3 * n] * 3), 2, torch.tensor([0, 1, 2**33]), PRIVATE)
+    # Assert
+    for row in out.reshape(-1, n).tolist():
+        assert sorted(row) == list(range(n))
 
 
-def test_permute_depends_on_the_key():
-    a = permute(torch.arange(100), torch.tensor(100), torch.tensor(1))
-    b = permute(torch.arange(100), torch.tensor(100), torch.tensor(2))
+def test_the_padded_and_the_flat_sort_give_the_same_orders():
+    # Prepare: shards of very different sizes (the flat sort's case) and one empty
+    sizes, lengths = torch.tensor([1, 3, 50, 7, 0]), torch.tensor([64, 64, 64, 20, 8])
+    n = sizes.clamp(min=1)
+    reps = torch.div(lengths + n - 1, n, rounding_mode="floor").clamp(min=1)
+    p = torch.arange(64)[None, None, :]
+    seeds = torch.tensor([4, 5, 6, 7, 8])
+    # Execute
+    dense = _dense_passes(n, reps, 2, seeds, PRIVATE, p)
+    flat = _flat_passes(n, reps, 2, seeds, PRIVATE, p)
+    # Assert: equal at every position a row uses (cycled_orders masks the rest)
+    used = (p < lengths[:, None, None]).expand_as(dense)
+    assert torch.equal(dense[used], flat[used])
+
+
+def test_orders_depend_on_the_seed():
+    a, b = (cycled_orders(torch.tensor([100]), torch.tensor([100]), 1, torch.tensor([s]), PRIVATE) for s in (1, 2))
     assert not torch.equal(a, b)
 
 
