@@ -46,13 +46,15 @@ class BatchedEngine:
         return Checkpoint(out_dir, "batched", grid.store.snapshot, grid.store.restore)
 
     def hooks(self, grid: BatchedGrid) -> list[RoundHook]:
-        """The summary's engine fields: engine, device, chunk, peak host and GPU memory."""
+        """The summary's engine fields: engine, device, chunk, where weights stay between calls
+        (``store``), peak host and GPU memory."""
         return [
             SummaryFields(
                 lambda: {
                     "engine": "batched",
                     "device": str(grid.device),
                     "chunk": self.chunk,
+                    "store": "host" if grid.store.home != grid.device else "device",
                     "peak_rss_mb": peak_rss_mb(),
                     "peak_gpu_mb": peak_gpu_mb(grid.device),
                 }

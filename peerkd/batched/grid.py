@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from uuid import uuid4
 
+import torch
 from flwr.app import Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
@@ -22,7 +23,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from peerkd.batched.cohort import EVAL_ROWS, Cohort, DeviceData
 from peerkd.batched.handlers import HANDLERS, Request, decode_request
-from peerkd.batched.memory import auto_chunk
+from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
@@ -34,6 +35,7 @@ from peerkd.world.build import World, WorldSpec, build_world
 log = logging.getLogger("peerkd")
 
 DEVICES = ("auto", "cpu", "cuda")
+STORES = ("auto", "device", "host")
 NODE_ID_BASE = 1_000  # node id = NODE_ID_BASE + partition id (SUPERLINK_NODE_ID is 1)
 
 
@@ -51,18 +53,23 @@ class BatchedGrid(Grid):
     run_id : int
         The run's id; creating the grid makes this process the run's ServerApp task
         (Flower's ``TaskIdentity``), so rules can build Messages.
+    store : str
+        Where students' weights stay between calls: ``device``, ``host`` (streamed to the device
+        chunk by chunk), or ``auto``: host memory on a GPU whose free memory could not hold
+        ``MEMORY_SHARE`` of the fleet's weights (``memory.fleet_bytes``), else the device.
     """
 
     answers_at_once = True  # replies are ready when push_messages returns (injected delays are simulated)
 
-    def __init__(self, num_nodes: int, *, device: str = "auto", chunk: int = 0, run_id: int = 1):
+    def __init__(self, num_nodes: int, *, device: str = "auto", chunk: int = 0, run_id: int = 1, store: str = "auto"):
         if chunk < 0:
             raise ConfigError(
                 "engine.chunk", f"{chunk} students per call", "an integer >= 0 (0: sized from free memory)"
             )
         self.device = pick_device(check_choice("engine.device", device, DEVICES))
         self.chunk = chunk
-        self.store = StudentStore(self.device)
+        self._store_on = check_choice("engine.store", store, STORES)
+        self.store = StudentStore(self.device, torch.device("cpu") if store == "host" else None)
         self._nodes = {NODE_ID_BASE + i: i for i in range(num_nodes)}
         self._replies: dict[str, Message] = {}
         self._data: dict[WorldSpec, DeviceData] = {}
@@ -142,6 +149,7 @@ class BatchedGrid(Grid):
                 self.store.base(first.arch, world),
                 [r.client for r in reqs],
             )
+            self._place_store(first.arch, world)
             with section("plan"):
                 weights = self.store.load(first.arch, world, cohort.clients)
             with section("compute"):
@@ -165,6 +173,17 @@ class BatchedGrid(Grid):
         for client, rec in zip(clients, records):
             if (sent := sent_logits(rec, shape)) is not None:
                 self.store.sent[client] = sent
+
+    def _place_store(self, arch: str, world: World) -> None:
+        """``store=auto`` on a GPU, before the first student is made: host memory if the fleet's
+        weights would take more than ``MEMORY_SHARE`` of the free GPU memory."""
+        if self._store_on != "auto" or self.device.type != "cuda" or self.store.home.type != "cuda":
+            return
+        self._store_on = "decided"
+        n_params = sum(p.numel() for p in self.store.base(arch, world).parameters())
+        if fleet_bytes(n_params, len(self._nodes), 0) > MEMORY_SHARE * free_bytes(self.device):
+            log.info("batched: %d students' weights kept in host memory, streamed by chunk", len(self._nodes))
+            self.store.home = torch.device("cpu")
 
     def _chunk_size(self, reqs: list[Request]) -> int:
         if self.chunk:

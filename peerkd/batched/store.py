@@ -1,6 +1,8 @@
 """Every node's student between messages: the batched engine's ``context.state``.
 
-Weights are kept stacked per architecture on the compute device. A student appears, on
+Weights are kept stacked per architecture on their ``home`` device: the compute device, or host
+memory when the fleet's weights would not fit there (a GPU box with 100,000 students), in which
+case each chunk's weights stream to the device for its call and back. A student appears, on
 its first message, built exactly as the ClientApp builds it
 (``build_model(arch, ..., seed=world seed * 1000 + client)``); a training handler writes
 its weights back. Optimiser state is never kept: the per-client path creates a fresh
@@ -23,8 +25,9 @@ from peerkd.world.build import World
 class StudentStore:
     """Stacked weights per architecture, one row per client."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, home: torch.device | None = None):
+        self.device = device  # where students are trained
+        self.home = device if home is None else home  # where their weights stay between calls
         self._weights: dict[str, Params] = {}
         self._rows: dict[str, dict[int, int]] = {}  # arch -> client -> row
         self._arch: dict[int, str] = {}  # client -> the architecture its student has now
@@ -44,19 +47,19 @@ class StudentStore:
         new = [c for c in clients if self._arch.get(c) != arch]
         if new:
             self._add(arch, world, new)
-        rows = torch.as_tensor(np.array([self._rows[arch][c] for c in clients]), device=self.device)
-        return {k: v.index_select(0, rows) for k, v in self._weights[arch].items()}
+        rows = torch.as_tensor(np.array([self._rows[arch][c] for c in clients]), device=self.home)
+        return {k: v.index_select(0, rows).to(self.device) for k, v in self._weights[arch].items()}
 
     def save(self, arch: str, clients: list[int], weights: Params) -> None:
         """Keep ``weights`` (rows in ``clients`` order) as these clients' students."""
-        rows = torch.as_tensor(np.array([self._rows[arch][c] for c in clients]), device=self.device)
+        rows = torch.as_tensor(np.array([self._rows[arch][c] for c in clients]), device=self.home)
         for k, v in self._weights[arch].items():
-            v.index_copy_(0, rows, weights[k].to(v.dtype))
+            v.index_copy_(0, rows, weights[k].to(self.home, v.dtype))
 
     def _add(self, arch: str, world: World, clients: list[int]) -> None:
         seed = world.spec.seed
         models = [build_model(arch, world.data.input_shape, world.num_classes, seed=seed * 1000 + c) for c in clients]
-        params = {k: v.to(self.device) for k, v in stack_students(models)[1].items()}
+        params = {k: v.to(self.home) for k, v in stack_students(models)[1].items()}
         rows = self._rows.setdefault(arch, {})
         old = self._weights.get(arch)
         start = 0 if old is None else len(next(iter(old.values())))
@@ -73,7 +76,7 @@ class StudentStore:
         for arch, rows in self._rows.items():
             clients = sorted(c for c in rows if self._arch.get(c) == arch)  # a client gone to another arch: not here
             if clients:
-                idx = torch.as_tensor([rows[c] for c in clients], device=self.device)
+                idx = torch.as_tensor([rows[c] for c in clients], device=self.home)
                 weights = {k: v.index_select(0, idx).cpu() for k, v in self._weights[arch].items()}
                 archs[arch] = {"clients": clients, "weights": weights}
         sent = sorted(self.sent)
@@ -90,7 +93,7 @@ class StudentStore:
             clients, weights = saved["clients"], saved["weights"]
             if any(len(v) != len(clients) for v in weights.values()):
                 raise ValueError(f"students.{arch}: {len(clients)} clients, but weights of another number")
-            self._weights[arch] = {k: v.to(self.device) for k, v in weights.items()}
+            self._weights[arch] = {k: v.to(self.home) for k, v in weights.items()}
             self._rows[arch] = {c: i for i, c in enumerate(clients)}
             self._arch.update({c: arch for c in clients})
         sent = snapshot["sent"]

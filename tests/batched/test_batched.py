@@ -223,10 +223,11 @@ def tiny_spec(students=("mlp32",), **world):
 
 
 def test_chunks_of_one_student_give_what_one_chunk_gives(tmp_path):
-    # Execute: peer with heterogeneous students, every student alone, then all together.
+    # Execute: peer with heterogeneous students, every student alone with its weights kept in
+    # host memory between calls (streamed to the device per chunk), then all together.
     spec, grids = tiny_spec(("mlp32", "cnn"), samples_per_client=64, transfer_size=96), {}
     for chunk in (1, 0):
-        grids[chunk] = BatchedGrid(3, device="cpu", chunk=chunk)
+        grids[chunk] = BatchedGrid(3, device="cpu", chunk=chunk, store="host" if chunk else "device")
         run_federation(
             grids[chunk], spec, build_strategy("peer"), RunWriter(tmp_path / str(chunk), {}), standard_hooks(spec)
         )
