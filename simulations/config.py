@@ -111,6 +111,7 @@ class EngineConf:
     )
     device: str = "auto"  # batched: auto (CUDA when visible) | cpu | cuda
     chunk: int = 0  # batched: most students per vmapped call (0: automatic)
+    store: str = "auto"  # batched: where weights stay between calls: auto | device | host (streamed by chunk)
     ray_address: Optional[str] = None  # a running Ray cluster: auto | HOST:PORT (null: a private local Ray)
     workers: int = 0  # batched: Ray actors holding a fixed shard of students each (0: all in this process)
     worker_cpus: float = 1.0  # batched: Ray CPUs per worker (its torch threads)
@@ -118,6 +119,7 @@ class EngineConf:
 
 
 ENGINES = ("batched", "flower")
+STORES = ("auto", "device", "host")  # peerkd.batched.grid.STORES
 
 
 def _spec_node(spec: type, name: str) -> type:
@@ -347,6 +349,10 @@ def check_engine(e: Any) -> EngineConf:
     check_choice("engine.name", e.name, ENGINES)
     check_choice("engine.device", e.device, DEVICES)
     check_range("engine.chunk", e.chunk, 0)
+    check_choice("engine.store", e.store, STORES)
+    if e.store != "auto" and (e.name != "batched" or e.workers):
+        raise ConfigError("engine.store", f"{e.store} with the {e.name} engine and {e.workers} workers",
+                          "auto, or the in-process batched engine (engine.name=batched, engine.workers=0)")  # fmt: skip
     if e.name == "flower" and e.device != "auto":
         raise ConfigError("engine.device", "the flower engine places clients by resources.num_gpus", "auto")
     _check_workers(e)

@@ -64,7 +64,8 @@ def run_engine(
                 "num_cpus": engine.worker_cpus,
                 "num_gpus": engine.worker_gpus,
             }
-        settings = {"device": engine.device, "chunk": engine.chunk, "cluster": cluster, "resume": resume}
+        settings = {"device": engine.device, "chunk": engine.chunk, "store": engine.store, "cluster": cluster,
+                    "resume": resume}  # fmt: skip
         return run_batched(spec, strategy, out_dir, config, **settings, hooks=hooks)
 
 

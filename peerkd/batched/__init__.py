@@ -27,16 +27,17 @@ log = logging.getLogger("peerkd")
 
 
 class BatchedEngine:
-    """All students in this process, on ``device`` in chunks of ``chunk`` (``peerkd.round.run.Engine``)."""
+    """All students in this process, on ``device`` in chunks of ``chunk``, their weights kept per
+    ``store`` (``BatchedGrid``) between calls (``peerkd.round.run.Engine``)."""
 
-    def __init__(self, num_clients: int, device: str = "auto", chunk: int = 0):
-        self.num_clients, self.device, self.chunk = num_clients, device, chunk
+    def __init__(self, num_clients: int, device: str = "auto", chunk: int = 0, store: str = "auto"):
+        self.num_clients, self.device, self.chunk, self.store = num_clients, device, chunk, store
 
     def serve(self, main, stop) -> None:
         """Build the grid and run ``main`` on it (no stop handling: Ctrl-C stops the process's loop)."""
         import torch
 
-        grid = BatchedGrid(self.num_clients, device=self.device, chunk=self.chunk)
+        grid = BatchedGrid(self.num_clients, device=self.device, chunk=self.chunk, store=self.store)
         if grid.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(grid.device)
         main(grid)
@@ -54,7 +55,7 @@ class BatchedEngine:
                     "engine": "batched",
                     "device": str(grid.device),
                     "chunk": self.chunk,
-                    "store": "host" if grid.store.home != grid.device else "device",
+                    "store": grid.store_place,
                     "peak_rss_mb": peak_rss_mb(),
                     "peak_gpu_mb": peak_gpu_mb(grid.device),
                 }
@@ -70,6 +71,7 @@ def run_batched(
     *,
     device: str = "auto",
     chunk: int = 0,
+    store: str = "auto",
     resume: bool = False,
     cluster: dict[str, Any] | None = None,
     hooks: Sequence[RoundHook] = (),
@@ -84,6 +86,8 @@ def run_batched(
         ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
     chunk : int
         Most students per vmapped call (0: sized from free memory).
+    store : str
+        Where students' weights stay between calls (``BatchedGrid``): ``auto``, ``device``, ``host``.
     resume : bool
         Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
         saved after every round) if there is one; else it is removed.
@@ -101,7 +105,7 @@ def run_batched(
     """
     n = spec.world.num_clients
     if cluster is None:
-        engine = BatchedEngine(n, device, chunk)
+        engine = BatchedEngine(n, device, chunk, store)
     else:
         if resume:  # workers keep their shards' students for a restarted actor, but the run keeps no checkpoint
             log.warning("resume: the sharded batched engine (engine.workers > 0) keeps no checkpoint; starting over")

@@ -69,6 +69,7 @@ class BatchedGrid(Grid):
         self.device = pick_device(check_choice("engine.device", device, DEVICES))
         self.chunk = chunk
         self._store_on = check_choice("engine.store", store, STORES)
+        self.store_place = "host" if store == "host" else "device"  # where weights stay (summary field ``store``)
         self.store = StudentStore(self.device, torch.device("cpu") if store == "host" else None)
         self._nodes = {NODE_ID_BASE + i: i for i in range(num_nodes)}
         self._replies: dict[str, Message] = {}
@@ -183,7 +184,7 @@ class BatchedGrid(Grid):
         n_params = sum(p.numel() for p in self.store.base(arch, world).parameters())
         if fleet_bytes(n_params, len(self._nodes), 0) > MEMORY_SHARE * free_bytes(self.device):
             log.info("batched: %d students' weights kept in host memory, streamed by chunk", len(self._nodes))
-            self.store.home = torch.device("cpu")
+            self.store.home, self.store_place = torch.device("cpu"), "host"
 
     def _chunk_size(self, reqs: list[Request]) -> int:
         if self.chunk:

@@ -69,10 +69,11 @@ def run_federation(
         row["wall_s"] = state.wall_s + time.perf_counter() - t_start
         with section("io"):
             writer.log(*client_rows, row)
-            if checkpoint:
-                saved = dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state())
-                checkpoint.save(saved)
         log.info("[%s] round %d/%d  %s", state.strategy.name, rnd, spec.rounds, record.round_line(row))
+        if checkpoint:
+            saved = dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state())
+            with section("io"):
+                checkpoint.save(saved)
     for hook in hooks:  # e.g. every client evaluated once more after partial participation
         final = hook.finish(grid, {**base, P.CFG_ROUND: spec.rounds}, stop)
         writer.log(*final)

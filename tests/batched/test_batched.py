@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
+from peerkd import clock
 from peerkd.batched import BatchedGrid, run_batched
 from peerkd.batched.cohort import Cohort, DeviceData
 from peerkd.batched.stacked import (
@@ -347,7 +348,8 @@ def test_batched_engine_gives_flower_engine_numbers(name, flower_runs, tmp_path)
     flower = json.loads((flower_runs / name / "summary.json").read_text())
     # Execute
     spec, strategy = case(name)
-    batched = run_batched(spec, strategy, tmp_path / name, {"rule": name}, device="cpu")
+    store = "host" if name == "peer" else "auto"  # weights kept in host memory give the same numbers
+    batched = run_batched(spec, strategy, tmp_path / name, {"rule": name}, device="cpu", store=store)
     # Assert: accuracy within 0.005 (client by client), the same bytes and rejections, and
     # the same training losses in every client's every round.
     assert abs(batched["acc_mean"] - flower["acc_mean"]) <= 0.005
@@ -368,4 +370,8 @@ def test_batched_engine_gives_flower_engine_numbers(name, flower_runs, tmp_path)
         if r["train_loss"] is not None:
             assert rows["batched"][key]["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
     assert (batched["engine"], batched["device"], batched["chunk"]) == ("batched", "cpu", 0)
+    assert batched["store"] == ("host" if name == "peer" else "device")
+    # every round row says where its time went; the batched engine's is mostly vmapped compute
+    for r in (r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["type"] == "round"):
+        assert all(r[f"time_{s}_s"] >= 0 for s in clock.SECTIONS) and r["time_compute_s"] > 0
     assert batched["peak_rss_mb"] > 0 and batched["peak_gpu_mb"] is None

@@ -64,6 +64,8 @@ def _refused(capsys, args: list[str]) -> str:
         ([f"seed={2**32}"], "seed"),
         (["data.test_frac=0"], "data.test_frac"),
         (["data.test_frac=0.002"], "data.test_frac"),  # rounds to 0 rows in every class of digits
+        (["engine.store=disk"], "engine.store"),
+        (["engine.store=host", "engine.name=flower"], "engine.store"),
     ],
 )
 def test_bad_settings_are_one_line(capsys, tmp_path, extra, field):
