@@ -1,10 +1,12 @@
 """A cohort: students of one architecture answering one kind of message together.
 
 Each method is the batched twin of a per-client function in ``peerkd.student.training``
-(``train_model``, ``distill_only``, ``evaluate``, ``predict_logits``): every student draws
-its batches from ``plan_batches`` with its own per-round seed, exactly as on the
-per-client path, and gathers them from the world's arrays by global index, so shards of
-different sizes need no padding. Students with fewer steps stop early (masked updates).
+(``train_model``, ``distill_only``, ``evaluate``, ``predict_logits``): the cohort's batch
+orders come from one ``plan_cohort`` call and equal each student's ``plan_batches`` on the
+per-client path (its own private order, the round's shared transfer order). Private batches
+are gathered from the world's arrays by global index, or, for shards of at most
+``SHARD_ROWS`` batches, run as whole shards with per-step row counts. Students with fewer
+steps stop early (masked updates).
 """
 
 from __future__ import annotations
@@ -117,11 +119,11 @@ class Cohort:
 
     def _private_inputs(self, batches: torch.Tensor):
         """``f(k)``: every student's private inputs at step k, their labels (as rows) and row
-        weights (None: a plain mean). When every shard fits in one batch (many students with a
-        few samples each), the inputs are each student's whole shard and a step's batch becomes
-        counts over the shard's rows: the same loss and gradient as the batch itself (the zoo's
-        models treat rows independently), without gathering a ``(S, B, ...)`` copy of the
-        inputs per step or computing repeated rows."""
+        weights (None: a plain mean). When every shard has at most ``SHARD_ROWS`` batches of
+        samples (many students with a few samples each), the inputs are each student's whole
+        shard and a step's batch becomes counts over the shard's rows: the same loss and
+        gradient as the batch itself (the zoo's models treat rows independently), without
+        gathering a ``(S, B, ...)`` copy of the inputs per step or computing repeated rows."""
         x, y = self.data.x, self.data.y
         n_max = int(self.sizes.max()) if len(self.sizes) else 0
         if n_max == 0 or n_max > SHARD_ROWS * self.params.batch_size:
