@@ -194,7 +194,7 @@ def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]], 
         "gflops": achieved,
         "gemm_gflops": res["gemm_gflops"],
         "pct_of_gemm": None if achieved is None else 100 * achieved / res["gemm_gflops"],
-        **{k: float(np.median(v)) if v else None for k, v in res["sections"].items()},
+        **{k: float(np.median(res["sections"][k])) if res["sections"].get(k) else None for k in SECTION_FIELDS},
     }
 
 
