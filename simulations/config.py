@@ -12,7 +12,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from peerkd.batched.grid import DEVICES
+from peerkd.batched.grid import DEVICES, STORES
 from peerkd.batched.memory import MemoryPart, check_fits
 from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.hooks.faults import AttackSpec, FaultSpec
@@ -119,7 +119,6 @@ class EngineConf:
 
 
 ENGINES = ("batched", "flower")
-STORES = ("auto", "device", "host")  # peerkd.batched.grid.STORES
 
 
 def _spec_node(spec: type, name: str) -> type:

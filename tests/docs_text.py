@@ -39,13 +39,7 @@ def blocks(text: str, lang: str) -> list[str]:
 
 def prose(text: str) -> str:
     """``text`` without its fenced blocks and inline code (what links and headings are read from)."""
-    kept, inside = [], False
-    for line in text.splitlines():
-        if FENCE.match(line):
-            inside = not inside
-        elif not inside:
-            kept.append(re.sub(r"`[^`]*`", "", line))
-    return "\n".join(kept)
+    return "\n".join(re.sub(r"`[^`]*`", "", line) for line in prose_keep_code(text).split("\n"))
 
 
 def command_lines(block: str) -> list[list[str]]:

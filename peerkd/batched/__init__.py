@@ -82,12 +82,9 @@ def run_batched(
     ----------
     spec, strategy, out_dir, config
         As for ``peerkd.round.run.run_on`` (checking the rule against the world is the caller's preflight).
-    device : str
-        ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``.
-    chunk : int
-        Most students per vmapped call (0: sized from free memory).
-    store : str
-        Where students' weights stay between calls (``BatchedGrid``): ``auto``, ``device``, ``host``.
+    device, chunk, store : str, int, str
+        As for ``BatchedGrid``: ``auto|cpu|cuda``; most students per vmapped call (0: sized from free
+        memory); where students' weights stay between calls (``auto|device|host``).
     resume : bool
         Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
         saved after every round) if there is one; else it is removed.
@@ -100,7 +97,7 @@ def run_batched(
     Returns
     -------
     dict
-        The summary, with ``engine``, ``device``, ``chunk``, ``peak_rss_mb`` and ``peak_gpu_mb``
+        The summary, with ``engine``, ``device``, ``chunk``, ``store``, ``peak_rss_mb``, ``peak_gpu_mb``
         (and, sharded, ``workers``: each worker's shard and placement, and ``worker_events``).
     """
     n = spec.world.num_clients

@@ -28,7 +28,7 @@ from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
 from peerkd.student.exchange import reply, sent_logits
-from peerkd.student.models import build_model
+from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
 from peerkd.world.build import World, WorldSpec, build_world
 
@@ -181,8 +181,8 @@ class BatchedGrid(Grid):
         if self._store_on != "auto" or self.device.type != "cuda" or self.store.home.type != "cuda":
             return
         self._store_on = "decided"
-        n_params = sum(p.numel() for p in self.store.base(arch, world).parameters())
-        if fleet_bytes(n_params, len(self._nodes), 0) > MEMORY_SHARE * free_bytes(self.device):
+        need = fleet_bytes(num_parameters(self.store.base(arch, world)), len(self._nodes), 0)
+        if need > MEMORY_SHARE * free_bytes(self.device):
             log.info("batched: %d students' weights kept in host memory, streamed by chunk", len(self._nodes))
             self.store.home, self.store_place = torch.device("cpu"), "host"
 

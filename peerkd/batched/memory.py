@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from peerkd.errors import ConfigError
+from peerkd.student.models import num_parameters
 
 MEMORY_SHARE = 0.5  # of the free memory a chunk may plan to use: estimates are rough, allocators fragment
 
@@ -137,8 +138,7 @@ def auto_chunk(
     need = student_bytes(model, input_shape, train_rows, eval_rows)
     fits = int(MEMORY_SHARE * free_bytes(device) // max(need, 1))
     if device.type == "cpu":
-        n_params = sum(p.numel() for p in model.parameters())
-        fits = min(fits, max(CPU_MIN_CHUNK, CPU_WORKING_SET // (16 * max(n_params, 1))))
+        fits = min(fits, max(CPU_MIN_CHUNK, CPU_WORKING_SET // (16 * max(num_parameters(model), 1))))
     return max(1, min(students, fits))
 
 

@@ -43,11 +43,10 @@ def train_model(
     larger of the two sets; the smaller one is cycled, so a tiny private shard still sees
     the whole transfer set each epoch.
 
-    With ``sample_targets`` (``(N, C)``, aligned with ``x``; rows of NaN mean "no target")
-    the KD term is taken on the private batch itself instead (federated distillation's
-    per-class targets). ``seed`` orders the private batches, ``transfer_seed`` (default ``seed``)
-    the transfer batches. Returns the mean training loss over the last epoch.
-    """
+    With ``sample_targets`` (``(N, C)``, aligned with ``x``; rows of NaN mean "no target") the KD
+    term is taken on the private batch itself instead (federated distillation's per-class targets).
+    ``seed`` orders the private batches, ``transfer_seed`` (default ``seed``) the transfer batches.
+    Returns the mean training loss over the last epoch."""
     device = device or torch.device("cpu")
     model.to(device).train()
     xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
