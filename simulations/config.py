@@ -146,6 +146,7 @@ class PrivacyConf:
     epsilon: Optional[float] = None  # target epsilon for the whole run; null: no noise
     delta: float = 1e-5
     clip: float = 1.0  # L2 bound of each released row of centred logits
+    noise: str = "client"  # client: each adds all the noise; distributed: summed clients share it (peer_sum)
 
 
 @dataclass
@@ -303,7 +304,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         measure_agreement=cfg.measure_agreement,
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
         codec=Codec(cfg.codec.name, cfg.codec.k),
-        privacy=PrivacySpec(cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip),
+        privacy=PrivacySpec(cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip, cfg.privacy.noise),
         faults=FaultSpec(**_as_dict(cfg.faults)),
         attack=AttackSpec(**_as_dict(cfg.attack)),
     )

@@ -46,6 +46,7 @@ class PeerSumLearning(LogitDistillation):
     name = "peer_sum"
     wants_logits = True
     min_clients = 2
+    sums_releases = True  # receivers read only the sum: privacy.noise=distributed may split the noise
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.total: np.ndarray | None = None

@@ -13,36 +13,47 @@ release anywhere in its clip ball. Two rows in a ball of radius ``clip`` differ 
 accountant (``flwr.serverapp.RdpAccountant``, backed by Google's ``dp-accounting``), with no
 amplification by client sampling claimed. Probabilities (DS-FL) are the softmax of the noisy
 logits: post-processing, at no privacy cost.
+
+``noise="distributed"`` (``peer_sum`` only) splits the noise between the clients whose releases
+are summed: each adds ``z / √(n − 1)`` of it, so what any one of them, or the server, learns from
+the sum beyond its own release carries ``z`` (``n`` senders). That holds when the sum is computed
+under secure aggregation, which peerkd does not run (``strategies.peer_sum``): each release seen
+alone carries only ``z / √(n − 1)``, and the summary reports ε under both assumptions.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from peerkd.errors import ConfigError, check_range
+from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.wire import protocol as P
 
 log = logging.getLogger("peerkd")
 
+NOISES = ("client", "distributed")
 MAX_NOISE = 1e4  # a budget that needs more noise than this (x the sensitivity) is refused as unreachable
 _NOISE_STREAM = 0x5EED_D9  # keeps the noise generator apart from batch order and model init
 
 
 @dataclass(frozen=True)
 class PrivacySpec:
-    """The run's privacy target: ``epsilon`` (None: off), ``delta``, and the row clip bound."""
+    """The run's privacy target: ``epsilon`` (None: off), ``delta``, the row clip bound, and who
+    adds the noise (``noise`` in ``NOISES``: each client all of it, or shared by summed clients)."""
 
     epsilon: float | None = None
     delta: float = 1e-5
     clip: float = 1.0
+    noise: str = "client"
 
     def __post_init__(self) -> None:
+        check_choice("privacy.noise", self.noise, NOISES)
         if self.epsilon is not None:
             check_range("privacy.epsilon", self.epsilon, 0.0, low_open=True)
         check_range("privacy.delta", self.delta, 0.0, 1.0, low_open=True, high_open=True)
@@ -68,13 +79,34 @@ def epsilon_spent(noise: float, releases: int, delta: float) -> float:
     One release at ``noise`` 1 and δ = 1e-5 over 20 releases gives 30.13 (see the tests for the
     closed form it matches).
     """
-    if releases == 0:
+    return epsilon_of_events([noise] * releases, delta)
+
+
+def epsilon_of_events(noises: list[float], delta: float) -> float:
+    """ε at ``delta`` after one Gaussian release per entry of ``noises`` (its noise multiplier);
+    ``epsilon_of_events([z] * r, d) == epsilon_spent(z, r, d)``."""
+    if not noises:
         return 0.0
     from flwr.serverapp import GaussianPrivacyEvent
 
     accountant = _accountant(delta)
-    accountant.compose(GaussianPrivacyEvent(noise_multiplier=float(noise), sample_size=1, population_size=1), releases)
+    for z, count in sorted(Counter(noises).items()):
+        accountant.compose(GaussianPrivacyEvent(noise_multiplier=float(z), sample_size=1, population_size=1), count)
     return float(accountant.get_epsilon(delta))
+
+
+def share_of_noise(senders: int) -> float:
+    """The part of the noise multiplier each of ``senders`` summed clients adds under distributed
+    noise, ``1 / √(senders − 1)``: the others' shares then add up to the whole for any one of them."""
+    return 1.0 / math.sqrt(max(senders - 1, 1))
+
+
+def summed_noise(noise: float, senders: int, summed: int) -> float:
+    """The multiplier protecting a client in a sum of ``summed`` releases, each noised at ``noise``
+    x ``share_of_noise(senders)``, as another sender sees it after removing its own share:
+    ``noise · √((summed − 1) / (senders − 1))``, ``noise`` when all ``senders`` are summed. A lone
+    sender's release reaches only non-senders, with its own share: ``noise · share_of_noise(senders)``."""
+    return noise * share_of_noise(senders) * math.sqrt(max(summed - 1, 1))
 
 
 def noise_multiplier(epsilon: float, delta: float, releases: int) -> float:
@@ -135,17 +167,28 @@ def privatize(
     }
 
 
-def privacy_setup(privacy: PrivacySpec, rounds: int, rule: Any) -> dict[str, Any]:
-    """The run's noise multiplier for ``privacy`` over one release per round (run metrics);
-    ConfigError for a budget no noise meets, or a rule whose clients send what noise cannot cover."""
+def privacy_setup(privacy: PrivacySpec, rounds: int, rule: Any, senders: int = 2) -> dict[str, Any]:
+    """The run's noise multiplier for ``privacy`` over one release per round (run metrics), and under
+    distributed noise each of ``senders`` clients' share; ConfigError for a budget no noise meets,
+    a rule whose clients send what noise cannot cover, or distributed noise on a rule that reads
+    releases one by one."""
     if not privacy.enabled:
         return {}
     if not getattr(rule, "dp_supported", False):
         raise ConfigError(
             "privacy.epsilon", f"rule {rule.name!r} sends more than outputs on shared inputs", "null for this rule"
         )
+    if privacy.noise == "distributed" and not getattr(rule, "sums_releases", False):
+        raise ConfigError(
+            "privacy.noise",
+            f"distributed noise protects only a sum of releases, and rule {rule.name!r} reads each client's",
+            "client, or strategy=peer_sum",
+        )
     noise = noise_multiplier(privacy.epsilon, privacy.delta, rounds)
-    return {"dp_noise": noise, "dp_epsilon": privacy.epsilon, "dp_delta": privacy.delta, "dp_clip": privacy.clip}
+    out = {"dp_noise": noise, "dp_epsilon": privacy.epsilon, "dp_delta": privacy.delta, "dp_clip": privacy.clip}
+    if privacy.noise == "distributed":
+        out["dp_noise_share"] = noise * share_of_noise(senders)
+    return out
 
 
 def releases(messages: list) -> int:
@@ -157,35 +200,52 @@ def releases(messages: list) -> int:
 
 class PrivacyHook(RoundHook):
     """Client-level DP: the noise multiplier set up for the budget, sent with every message;
-    each round's release counted; the epsilon spent in the summary."""
+    each round's release counted; the epsilon spent in the summary.
 
-    def __init__(self, privacy: PrivacySpec, rounds: int):
-        self.privacy, self.rounds, self.releases = privacy, rounds, 0
+    With distributed noise, ``senders`` (the clients a round asks) share the noise, each round's
+    multiplier as the summed releases protect a client is kept (``summed_noise``), and the summary
+    adds ``dp_epsilon_spent_clear``: ε if the server read each release alone."""
+
+    def __init__(self, privacy: PrivacySpec, rounds: int, senders: int = 2):
+        self.privacy, self.rounds, self.senders = privacy, rounds, senders
+        self.releases, self.noises, self.noise = 0, [], 0.0
 
     def setup(self, rule: Any, fresh: bool) -> dict[str, Any]:
-        metrics = privacy_setup(self.privacy, self.rounds, rule)
+        metrics = privacy_setup(self.privacy, self.rounds, rule, self.senders)
+        self.noise = metrics["dp_noise"]
         if fresh:
             log.info(
-                "[%s] privacy: noise multiplier %.3f for (%g, %g) over %d rounds",
+                "[%s] privacy: noise multiplier %.3f for (%g, %g) over %d rounds%s",
                 rule.name, metrics["dp_noise"], self.privacy.epsilon, self.privacy.delta, self.rounds,
+                f", {metrics['dp_noise_share']:.3f} from each of {self.senders} clients" if "dp_noise_share" in metrics
+                else "",
             )  # fmt: skip
         return metrics
 
     def message_config(self, run_metrics: dict[str, Any]) -> dict[str, Any]:
-        noise = run_metrics.get("dp_noise", 0.0)
+        noise = run_metrics.get("dp_noise_share", run_metrics.get("dp_noise", 0.0))
         return {P.CFG_DP_CLIP: self.privacy.clip, P.CFG_DP_NOISE: noise} if noise > 0 else {}
 
     def after_round(self, result: RoundResult) -> dict[str, Any]:
         n = releases(result.messages)
         self.releases += n
+        if n and self.privacy.noise == "distributed" and result.replies:
+            self.noises.append(summed_noise(self.noise, self.senders, len(result.replies)))
         return {"releases": n}
 
     def summary(self, record: RunRecord, per_client: list[dict[str, Any]]) -> dict[str, Any]:
-        spent = epsilon_spent(record.run_metrics["dp_noise"], self.releases, self.privacy.delta)
-        return {"dp_epsilon_spent": spent, "dp_releases": self.releases}
+        noise, delta = record.run_metrics["dp_noise"], self.privacy.delta
+        if self.privacy.noise != "distributed":
+            return {"dp_epsilon_spent": epsilon_spent(noise, self.releases, delta), "dp_releases": self.releases}
+        return {
+            "dp_epsilon_spent": epsilon_of_events(self.noises, delta),  # the sum under secure aggregation
+            "dp_epsilon_spent_clear": epsilon_spent(record.run_metrics["dp_noise_share"], self.releases, delta),
+            "dp_releases": self.releases,
+        }
 
     def state(self) -> dict[str, Any]:
-        return {"releases": self.releases}
+        return {"releases": self.releases, "noises": list(self.noises)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.releases = int(state.get("releases", 0))
+        self.noises = [float(z) for z in state.get("noises", [])]

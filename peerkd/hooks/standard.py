@@ -25,7 +25,7 @@ def standard_hooks(spec: RunSpec) -> list[RoundHook]:
     if spec.measure_agreement:
         hooks.append(AgreementHook())
     if spec.privacy.enabled:
-        hooks.append(PrivacyHook(spec.privacy, spec.rounds))
+        hooks.append(PrivacyHook(spec.privacy, spec.rounds, spec.clients_per_round or spec.world.num_clients))
     hooks.append(ParticipationHook(spec.world.num_clients, spec.clients_per_round, spec.world.seed, spec.round_timeout))
     if spec.faults.active or spec.attack.fraction > 0:
         w = spec.world

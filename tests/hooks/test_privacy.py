@@ -8,7 +8,17 @@ import pytest
 
 from peerkd.batched import run_batched
 from peerkd.errors import ConfigError
-from peerkd.hooks.privacy import PrivacySpec, clip_rows, epsilon_spent, noise_multiplier, privatize, sensitivity
+from peerkd.hooks.privacy import (
+    PrivacySpec,
+    clip_rows,
+    epsilon_of_events,
+    epsilon_spent,
+    noise_multiplier,
+    privatize,
+    sensitivity,
+    share_of_noise,
+    summed_noise,
+)
 from peerkd.round.spec import RunSpec
 from peerkd.world.build import WorldSpec
 from simulations.runner import preflight
@@ -92,3 +102,41 @@ def test_a_private_run_reports_the_epsilon_it_spent(tmp_path, flower_identity):
     assert summary["dp_releases"] == 3 and summary["rejected_replies"] == 0
     assert 0.99 * 4.0 <= summary["dp_epsilon_spent"] <= 4.0
     assert summary["dp_epsilon_spent"] == pytest.approx(epsilon_spent(summary["dp_noise"], 3, 1e-5))
+
+
+def test_distributed_shares_add_up_to_the_whole_noise_for_any_one_sender():
+    # Prepare: 5 senders share z = 2: each adds 2 / √4 = 1; the 4 others' shares add up to √4 · 1 = 2.
+    assert share_of_noise(5) == 0.5
+    assert summed_noise(2.0, 5, 5) == pytest.approx(2.0)
+    assert summed_noise(2.0, 5, 3) == pytest.approx(2.0 * 0.5 * math.sqrt(2))  # two clients missing
+    assert summed_noise(2.0, 5, 1) == pytest.approx(1.0)  # a lone release reaches non-senders with its share
+    released = {"logits": np.zeros((500, 10))}
+    # Execute: the sum of four senders' releases, as the fifth sees it once its own is removed
+    others = sum(privatize(released, 1.0, 2.0 * share_of_noise(5), (0, 1, c))["logits"] for c in range(4))
+    # Assert: the std of the whole noise, 2 x sensitivity
+    assert np.std(others) == pytest.approx(2.0 * sensitivity(500, 1.0), rel=0.03)
+
+
+def test_epsilon_composes_releases_of_different_noise():
+    assert epsilon_of_events([2.0] * 5, 1e-5) == pytest.approx(epsilon_spent(2.0, 5, 1e-5))
+    mixed = epsilon_of_events([2.0, 2.0, 1.0], 1e-5)
+    assert epsilon_spent(2.0, 3, 1e-5) < mixed < epsilon_spent(1.0, 3, 1e-5)
+    assert epsilon_of_events([], 1e-5) == 0.0
+
+
+def test_distributed_noise_needs_a_rule_that_reads_only_sums():
+    with pytest.raises(ConfigError, match="privacy.noise: .* rule 'peer' reads each client's.*allowed: client, or"):
+        preflight(tiny(epsilon=8.0, noise="distributed"), build_strategy("peer"))
+    with pytest.raises(ConfigError, match="privacy.noise"):
+        PrivacySpec(epsilon=8.0, noise="shared")
+
+
+def test_distributed_noise_reports_epsilon_for_the_sum_and_in_the_clear(tmp_path, flower_identity):
+    # Execute: peer_sum, 3 clients share the noise for (4, 1e-5) over 3 rounds.
+    spec = tiny(rounds=3, epsilon=4.0, noise="distributed")
+    summary = run_batched(spec, build_strategy("peer_sum"), tmp_path, {}, device="cpu")
+    # Assert: each adds z / √2; with all 3 summed every round, the sum protects at z: the target ε.
+    assert summary["dp_noise_share"] == pytest.approx(summary["dp_noise"] / math.sqrt(2))
+    assert 0.99 * 4.0 <= summary["dp_epsilon_spent"] <= 4.0
+    assert summary["dp_epsilon_spent_clear"] == pytest.approx(epsilon_spent(summary["dp_noise_share"], 3, 1e-5))
+    assert summary["dp_epsilon_spent_clear"] > 5.0  # z / √2 costs about 1.5x the ε
