@@ -1,7 +1,10 @@
 """End to end: real Flower simulations (Ray backend), real training, tiny worlds.
 
 Each rule runs 3 clients × 2 rounds on digits; the results directory is checked against
-the contract in docs/design.md ("Results").
+the contract in docs/design.md ("Results"). The four rules of the default comparison run in
+Flower's engine, one simulation each; the literature rules run in the batched engine (each
+runs in Flower's engine too, with bytes and accuracies equal to the batched engine's, in
+``tests/batched/test_batched.py``'s parity test, which starts Ray once for all of them).
 """
 
 import json
@@ -12,6 +15,7 @@ import yaml
 from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
+from peerkd.batched import run_batched
 from peerkd.round.results import SUMMARY_KEYS, read_jsonl
 from peerkd.round.spec import RunSpec
 from peerkd.student import client_app as real
@@ -148,7 +152,9 @@ def test_literature_rules_end_to_end(rule, up, down_round2, students, world, tmp
         world=WorldSpec(dataset="digits", num_clients=3, seed=0, **world), rounds=2, epochs=1, students=students
     )
     # Execute
-    run_one(spec, tiny_rule(rule, teacher_epochs=3, teacher_members=2), tmp_path / rule, {"rule": rule}, CPU)
+    run_batched(
+        spec, tiny_rule(rule, teacher_epochs=3, teacher_members=2), tmp_path / rule, {"rule": rule}, device="cpu"
+    )
     summary, rows = check_contract(tmp_path / rule, rule)
     # Assert: the bytes each protocol must send, and agreement where students share inputs.
     clients = [r for r in rows if r["type"] == "client"]
