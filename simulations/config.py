@@ -18,10 +18,10 @@ from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.hooks.faults import AttackSpec, FaultSpec
 from peerkd.hooks.privacy import PrivacySpec
 from peerkd.round.spec import RunSpec
-from peerkd.student.models import MODELS
+from peerkd.student.models import AUTO, MODELS, default_student
 from peerkd.wire.codec import CODECS, Codec
 from peerkd.world.build import MAX_SEED, WorldSpec
-from peerkd.world.data import BUILTIN_DATASETS, check_fractions, file_fractions, load_bytes, load_dataset
+from peerkd.world.data import BUILTIN_DATASETS, check_fractions, file_fractions, is_text, load_bytes, load_dataset
 from peerkd.world.partition import PARTITIONS
 from peerkd.world.transfer import TRANSFER_KINDS
 from strategies import RULES, build_strategy, rule_settings
@@ -162,7 +162,7 @@ class RunConf:
     num_clients: int = 10
     rounds: int = 20
     seed: int = 0
-    students: list[str] = field(default_factory=lambda: ["mlp64"])  # assigned round-robin
+    students: list[str] = field(default_factory=lambda: [AUTO])  # assigned round-robin; auto: tlm for text, else mlp64
     out: Optional[str] = None  # results directory (default runs/<command>-<time>)
     resume: bool = False  # run: go on from the checkpoint a killed run left in out= (compare and sweep always do)
     overwrite: bool = False  # run: replace a finished run in out= made with other settings (else it is refused)
@@ -264,9 +264,10 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     check_range("round_timeout", cfg.round_timeout, 0.0, low_open=True)
     if (rules := getattr(cfg, "rules", None)) is not None:  # compare, sweep: one settings node for several rules
         check_shared_settings(cfg.strategy, list(rules))
-    students = tuple(check_choice("students", s, MODELS) for s in cfg.students)
+    students = tuple(check_choice("students", s, (AUTO, *MODELS)) for s in cfg.students)
     if not students:
-        raise ConfigError("students", "needs at least one model", MODELS)
+        raise ConfigError("students", "needs at least one model", (AUTO, *MODELS))
+    students = tuple(default_student(is_text(d.name, d.path)) if s == AUTO else s for s in students)
     check_choice("data", d.name, GROUPS["data"])
     for key in ("size", "transfer_size"):
         check_range(f"data.{key}", getattr(d, key), 0, MAX_ROWS)

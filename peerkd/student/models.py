@@ -18,6 +18,7 @@ from peerkd.student.lm import LM_MODELS, build_lm
 MLP_WIDTHS = {"mlp32": (32,), "mlp64": (64,), "mlp128": (128,), "mlp256x2": (256, 256)}
 CNN_SIZES = {"cnn": ((8, 16), 32), "cnn_large": ((32, 64), 128)}
 MODELS = (*MLP_WIDTHS, *CNN_SIZES, *LM_MODELS)
+AUTO = "auto"  # ``students=[auto]``: the default student of the world's kind (``default_student``)
 
 
 def build_model(
@@ -61,6 +62,12 @@ def build_model(
         raise ConfigError(field, f"unknown model {name!r}", MODELS)
     finally:
         torch.default_generator.set_state(gen_state)
+
+
+def default_student(text: bool) -> str:
+    """The student a world gets unless one is named: ``tlm`` for text, else ``mlp64`` (the model
+    every image and tabular table in the docs was measured with)."""
+    return "tlm" if text else "mlp64"
 
 
 def check_modality(name: str, text: bool, field: str = "students") -> None:

@@ -87,6 +87,12 @@ class Splits:
     pool: np.ndarray  # private data, partitioned over clients
 
 
+def is_text(name: str, path: str | None = None) -> bool:
+    """Whether ``data=name`` (with ``data.path``) is a text world, known without reading it:
+    ``synthtext``, or a user's ``.txt`` file."""
+    return name == "synthtext" or (name == "file" and Path(path or "").suffix == ".txt")
+
+
 def load_dataset(name: str, path: str | None = None, label: str | None = None, size: int = 0) -> Dataset:
     """Load a built-in dataset by name, or a user file when ``name == "file"``.
 

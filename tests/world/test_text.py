@@ -265,3 +265,28 @@ def test_every_other_rule_runs_on_text_in_the_batched_engine(rule, tmp_path):
     # Assert: every client's reply was accepted in both rounds, and perplexity is reported.
     assert summary["rejected_replies"] == 0
     check_text_summary(summary, rule)
+
+
+@pytest.mark.parametrize(
+    ("data", "students"),
+    [
+        ({"name": "synthtext"}, ("tlm",)),
+        ({"name": "mnist5k"}, ("mlp64",)),
+        ({"name": "file", "path": "x.txt"}, ("tlm",)),
+    ],
+)
+def test_students_follow_the_world_unless_named(data, students):
+    from omegaconf import OmegaConf
+
+    from simulations.config import RULE_NODES, RunConf, to_run_spec
+
+    # Prepare: peerkd run's defaults with only the data changed
+    cfg = OmegaConf.structured(RunConf(strategy=RULE_NODES["peer"]()))
+    OmegaConf.update(cfg, "data", data, merge=True)
+    # Execute / Assert: the default student is the world's kind's; a named one is kept (and checked later)
+    assert to_run_spec(cfg).students == students
+    OmegaConf.update(cfg, "students", ["auto", "mlp32"], merge=False)
+    assert to_run_spec(cfg).students == (students[0], "mlp32")
+    OmegaConf.update(cfg, "students", ["nope"], merge=False)
+    with pytest.raises(ConfigError, match=r"students: unknown value 'nope' \(allowed: auto, cnn, "):
+        to_run_spec(cfg)
