@@ -44,6 +44,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from peerkd.errors import ConfigError, check_choice, check_range
+from peerkd.hooks.forgery import FORGERIES, forge
 from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.round.results import accuracy_stats
 from peerkd.wire import protocol as P
@@ -54,7 +55,7 @@ log = logging.getLogger("peerkd")
 
 DELAYS = ("exponential", "uniform", "constant")
 DELAY_MODES = ("auto", "real", "simulated")
-ATTACKS = ("wrong", "sign_flip", "random", "huge", "colluding")
+ATTACKS = ("wrong", "sign_flip", "random", "huge", "colluding", *FORGERIES)
 WRONG_MARGIN = 10.0  # wrong / colluding: logit added to the pushed class (the issue's "+10 on a wrong class")
 HUGE_SCALE = 1e6  # huge: what an attacker multiplies its outputs by
 # Independent random streams of one seed (numpy SeedSequence entropy: [seed, stream, ...]).
@@ -97,7 +98,7 @@ class AttackSpec:
     """Attacking clients (``attack.*`` in the run config; none by default)."""
 
     fraction: float = 0.0  # share of clients that attack (a seeded choice, rounded to whole clients)
-    kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding
+    kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding | lma | cpa | rank_shift
 
     def __post_init__(self) -> None:
         # Below 1: accuracy is measured over honest clients, and a fleet of attackers has none.
@@ -185,7 +186,8 @@ def attack_array(
     - ``wrong``: +``WRONG_MARGIN`` on a random class other than each row's top class;
     - ``colluding``: +``WRONG_MARGIN`` on ``push_class`` in every row (all attackers agree on it);
     - ``sign_flip``: the logits negated; ``random``: Gaussian logits of the same spread;
-    - ``huge``: everything times ``HUGE_SCALE``.
+    - ``huge``: everything times ``HUGE_SCALE``;
+    - ``lma``, ``cpa``, ``rank_shift``: built from the row's own values (``peerkd.hooks.forgery``).
 
     ``probabilities``: ``values`` are softmax outputs (DS-FL); the forgery is made on their logs
     and sent as probabilities again (``huge`` scales the probabilities themselves).
@@ -199,6 +201,8 @@ def attack_array(
         z = -z
     elif kind == "random":
         z = rng.normal(0.0, float(z.std()) or 1.0, z.shape)
+    elif kind in FORGERIES:
+        z = forge(z, kind)
     else:
         if kind == "colluding":
             pushed = np.full(rows, push_class)

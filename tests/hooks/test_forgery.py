@@ -1,0 +1,45 @@
+"""Forgeries built from the attacker's own outputs (peerkd/hooks/forgery.py), by hand."""
+
+import numpy as np
+import pytest
+
+from peerkd.hooks.faults import attack_array
+from peerkd.hooks.forgery import class_similarity, forge, least_similar, peaked, rank_shift
+
+Z = np.array([[3.0, 1.0, 2.0], [0.0, 4.0, -2.0]])
+
+
+def test_lma_puts_the_rows_maximum_on_its_least_likely_class():
+    # Row 0's least likely class is 1, row 1's is 2; maxima 3 and 4, minima 1 and -2.
+    np.testing.assert_allclose(forge(Z, "lma"), [[1.0, 3.0, 1.0], [-2.0, -2.0, 4.0]])
+    np.testing.assert_allclose(peaked([[1.0, 3.0, 2.0]], np.array([0])), [[3.0, 1.0, 1.0]])
+
+
+def test_cpa_targets_the_class_least_similar_to_the_top_class():
+    # Prepare: class 0 rows give class 1 much more mass than class 2; class 1 rows likewise favour 0.
+    z = np.array([[4.0, 3.0, 0.0], [4.0, 2.5, 0.0], [3.0, 4.0, 0.0]])
+    s = class_similarity(z)
+    # Assert: symmetric; class 2 is never a top class but is least similar to both 0 and 1
+    np.testing.assert_allclose(s, s.T)
+    assert s[0, 1] > s[0, 2] and s[1, 0] > s[1, 2]
+    assert least_similar(z).tolist() == [2, 2, 2]
+    np.testing.assert_allclose(forge(z, "cpa")[0], [0.0, 0.0, 4.0])
+
+
+def test_rank_shift_hands_each_class_the_value_ranked_above_it():
+    # Row 0: ranks 0 (3), 2 (2), 1 (1) -> class 2 gets 3, class 1 gets 2, class 0 gets 1.
+    np.testing.assert_allclose(rank_shift(Z), [[1.0, 2.0, 3.0], [4.0, -2.0, 0.0]])
+    out = rank_shift(Z)
+    np.testing.assert_allclose(np.sort(out, axis=1), np.sort(Z, axis=1))  # the same values: the same norm
+    assert (out.argmax(axis=1) != Z.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("kind", ["lma", "cpa", "rank_shift"])
+def test_forgeries_stay_in_the_rows_range_and_travel_as_probabilities_too(kind):
+    z = np.random.default_rng(0).normal(0, 3, (40, 10))
+    out = attack_array(z, kind, np.random.default_rng(0))
+    assert (out.max(axis=1) <= z.max(axis=1) + 1e-5).all() and (out.min(axis=1) >= z.min(axis=1) - 1e-5).all()
+    assert (out.argmax(axis=1) != z.argmax(axis=1)).all()  # never the row's own answer
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    probs = attack_array(p, kind, np.random.default_rng(0), probabilities=True)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
