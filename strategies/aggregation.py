@@ -37,7 +37,10 @@ def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
 
 
 def peer_targets(
-    logits: dict[int, np.ndarray], recipients: list[int], aggregator: Aggregator | None = None
+    logits: dict[int, np.ndarray],
+    recipients: list[int],
+    aggregator: Aggregator | None = None,
+    trust: dict[int, float] | None = None,
 ) -> dict[int, np.ndarray | None]:
     """Target for each recipient: the mean (or ``aggregator``'s robust aggregate) of the *other* peers' logits.
 
@@ -52,6 +55,8 @@ def peer_targets(
         Peer ids to build targets for.
     aggregator : Aggregator | None
         A robust aggregate instead of the mean (its leave-one-out variant for senders).
+    trust : dict[int, float] | None
+        Weights by peer id for the aggregator (``reputation``: ``strategies.robust.reputation_weights``).
     """
     senders = sorted(logits)
     out: dict[int, np.ndarray | None] = {}
@@ -59,10 +64,11 @@ def peer_targets(
         return {r: None for r in recipients}
     stack = np.stack([logits[s] for s in senders])
     robust = aggregator is not None and not aggregator.plain
-    loo = None if len(senders) < 2 else aggregator.leave_one_out(stack) if robust else leave_one_out_mean(stack)
+    w = None if trust is None else np.array([trust[s] for s in senders])
+    loo = None if len(senders) < 2 else aggregator.leave_one_out(stack, w) if robust else leave_one_out_mean(stack)
     everyone = None
     if any(r not in logits for r in recipients):  # newcomers: the mean of every sender
-        everyone = aggregator(stack) if robust else stack.mean(axis=0).astype(np.float32)
+        everyone = aggregator(stack, w) if robust else stack.mean(axis=0).astype(np.float32)
     position = {s: k for k, s in enumerate(senders)}
     for r in recipients:
         if r in logits:

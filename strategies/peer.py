@@ -16,6 +16,7 @@ from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import KEY_LOGITS
 from strategies.aggregation import peer_targets
 from strategies.base import RobustLogitDistillation
+from strategies.robust import reputation_weights, top1_agreement, update_agreement
 
 
 class PeerMutualLearning(RobustLogitDistillation):
@@ -27,14 +28,24 @@ class PeerMutualLearning(RobustLogitDistillation):
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}
+        self.agreement: dict[int, float] = {}  # reputation: each node's remembered agreement
         return super().setup(ctx)
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
-        return peer_targets(self.logits, node_ids, self.aggregator)
+        trust = None
+        if self.aggregator.method == "reputation" and self.logits:
+            senders = sorted(self.logits)
+            weights = reputation_weights(np.array([self.agreement.get(n, 1.0) for n in senders]))
+            trust = dict(zip(senders, weights))
+        return peer_targets(self.logits, node_ids, self.aggregator, trust)
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
         # Only this round's senders count: a node that dropped out stops teaching.
         self.logits = {
             m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
         }
+        if self.aggregator.method == "reputation" and len(self.logits) >= 2:
+            senders = sorted(self.logits)
+            now = top1_agreement(np.stack([self.logits[n] for n in senders]))
+            self.agreement = update_agreement(self.agreement, dict(zip(senders, now.tolist())))
         return {"peers": float(len(self.logits))}
