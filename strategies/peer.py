@@ -16,7 +16,7 @@ from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import KEY_LOGITS
 from strategies.aggregation import peer_targets
 from strategies.base import RobustLogitDistillation
-from strategies.robust import reputation_weights, top1_agreement, update_agreement
+from strategies.robust import distance_ratios, remember, reputation_weights
 
 
 class PeerMutualLearning(RobustLogitDistillation):
@@ -28,14 +28,14 @@ class PeerMutualLearning(RobustLogitDistillation):
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}
-        self.agreement: dict[int, float] = {}  # reputation: each node's remembered agreement
+        self.distance: dict[int, float] = {}  # reputation: each node's remembered distance ratio
         return super().setup(ctx)
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         trust = None
         if self.aggregator.method == "reputation" and self.logits:
             senders = sorted(self.logits)
-            weights = reputation_weights(np.array([self.agreement.get(n, 1.0) for n in senders]))
+            weights = reputation_weights(np.array([self.distance.get(n, 1.0) for n in senders]))
             trust = dict(zip(senders, weights))
         return peer_targets(self.logits, node_ids, self.aggregator, trust)
 
@@ -46,6 +46,6 @@ class PeerMutualLearning(RobustLogitDistillation):
         }
         if self.aggregator.method == "reputation" and len(self.logits) >= 2:
             senders = sorted(self.logits)
-            now = top1_agreement(np.stack([self.logits[n] for n in senders]))
-            self.agreement = update_agreement(self.agreement, dict(zip(senders, now.tolist())))
+            now = distance_ratios(np.stack([self.logits[n] for n in senders]))
+            self.distance = remember(self.distance, dict(zip(senders, now.tolist())))
         return {"peers": float(len(self.logits))}

@@ -21,18 +21,15 @@ A rule that averages what clients send (logits, probabilities, per-class means) 
   the trusted consensus; here the reference is the median itself, so no extra model and no
   labelled data are needed. Median / trimmed-mean aggregation of uploaded logits is also what
   FedEMA-Distill (arXiv:2603.04422) uses against Byzantine clients.
-- ``reputation``: weight each peer by how often its top class agrees with the robust consensus
-  (the coordinate-wise median's), remembered over rounds (``update_agreement``: an average that
-  halves the weight of the past each round), ``w_i = exp(-REPUTATION_SHARPNESS * max(0, 1 -
-  a_i / (m / 2))^2)`` with ``a_i`` its agreement and ``m`` the median agreement: a peer agreeing
-  on at least half as many rows as the median peer keeps full weight (a minority-class expert
-  that disagrees on its own class's rows is not trimmed away), one that never agrees keeps e^-16;
-  each peer's array is first clipped at ``NORM_BOUND`` times the median norm (a huge-scale peer
-  agrees on its top classes). After ExpGuard (Roux, Zimmer & Pokutta, ICLR 2024), which weights
-  clients by their behaviour over past rounds; the agreement is taken on top classes because the
-  forgeries that stay within a row's range (``peerkd.hooks.forgery``) move a row's answer, not its
-  norm. Rules that keep each peer's outputs between rounds (``peer``) pass the remembered
-  agreement; elsewhere it is the current round's.
+- ``reputation``: ``consensus`` times a trust remembered over rounds: each round every peer's
+  distance to the coordinate-wise median over the median peer's (``distance_ratios``) is
+  remembered (``remember``: each round halves the past's share), and the trust is the consensus
+  formula on the remembered ratio (``reputation_weights``): a peer that has stayed as close as the
+  median peer keeps full trust, one remembered twice as far e^-4. Arrays are clipped at
+  ``NORM_BOUND`` times the median norm first (``clip_norm`` overrides). After ExpGuard (Roux,
+  Zimmer & Pokutta, ICLR 2024), which weights clients by their behaviour over past rounds. Rules
+  that keep each peer's outputs between rounds (``peer``) pass the remembered trust; elsewhere it
+  is ``consensus`` with the norm bound.
 """
 
 from __future__ import annotations
@@ -46,8 +43,8 @@ from peerkd.errors import check_choice, check_range
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "clip", "consensus", "reputation")
 SHARPNESS = 4.0  # consensus: how fast a peer's weight falls beyond the median distance
-REPUTATION_SHARPNESS = 16.0  # reputation: weight e^-16 for a peer that never agrees
-REPUTATION_MEMORY = 0.5  # reputation: the past's share of a peer's remembered agreement each round
+MAX_RATIO = 1e3  # a peer off the median when most peers sit on it
+REPUTATION_MEMORY = 0.5  # reputation: the past's share of a peer's remembered distance ratio each round
 NORM_BOUND = 3.0  # reputation: arrays clipped at this many times the median norm
 EXACT_LOO_MAX = 256  # above this many peers, a robust leave-one-out target is the all-peer aggregate
 
@@ -106,23 +103,23 @@ def consensus_weights(stack: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def top1_agreement(stack: np.ndarray) -> np.ndarray:
-    """Each peer's share of rows whose top class (last axis) is the coordinate-wise median's.
+def distance_ratios(stack: np.ndarray) -> np.ndarray:
+    """Each peer's distance to the coordinate-wise median over the median peer's distance (``d_i / m``;
+    when m is 0, 0 for peers on the median and ``MAX_RATIO`` for the others).
 
-    ``top1_agreement([[[2, 0]], [[1, 0]], [[0, 3]]])``: the median row ``[1, 0]`` picks class 0, so
-    ``[1, 1, 0]``.
+    ``distance_ratios([[0], [1], [3]])``: the median is 1, distances 1, 0, 2, m = 1: ``[1, 0, 2]``.
     """
     stack = np.asarray(stack, dtype=np.float64)
-    consensus = coordinate_median(stack).argmax(axis=-1)
-    agree = stack.argmax(axis=-1) == consensus
-    return agree.reshape(len(stack), -1).mean(axis=1)
+    dist = peer_norms(stack - coordinate_median(stack))
+    m = float(np.median(dist))
+    return dist / m if m > 0 else np.where(dist > 0, MAX_RATIO, 0.0)
 
 
-def update_agreement(past: dict[int, float], current: dict[int, float]) -> dict[int, float]:
-    """Remembered agreement by peer: ``REPUTATION_MEMORY`` of the past plus the rest of this round's;
-    a peer seen first takes this round's, one absent this round keeps its past.
+def remember(past: dict[int, float], current: dict[int, float]) -> dict[int, float]:
+    """A value remembered by peer over rounds: ``REPUTATION_MEMORY`` of the past plus the rest of this
+    round's; a peer seen first takes this round's, one absent this round keeps its past.
 
-    ``update_agreement({1: 1.0, 2: 0.5}, {1: 0.0, 3: 0.8}) == {1: 0.5, 2: 0.5, 3: 0.8}``.
+    ``remember({1: 1.0, 2: 0.5}, {1: 0.0, 3: 0.8}) == {1: 0.5, 2: 0.5, 3: 0.8}``.
     """
     out = dict(past)
     for peer, a in current.items():
@@ -130,14 +127,11 @@ def update_agreement(past: dict[int, float], current: dict[int, float]) -> dict[
     return out
 
 
-def reputation_weights(agreement: np.ndarray) -> np.ndarray:
-    """Weights (not normalised) from agreements: 1 at or above half the median agreement, falling to
-    e^-16 at 0. ``reputation_weights([0.8, 0.6, 0.0])``: median 0.6, so ``[1, 1, e^-16]``."""
-    a = np.asarray(agreement, dtype=np.float64)
-    half = float(np.median(a)) / 2
-    if half <= 0:  # most peers never agree with the consensus: no one to trust more
-        return np.ones_like(a)
-    return np.exp(-REPUTATION_SHARPNESS * np.maximum(0.0, 1.0 - a / half) ** 2)
+def reputation_weights(ratios: np.ndarray) -> np.ndarray:
+    """Trust from remembered distance ratios, as ``consensus_weights`` weighs one round's:
+    ``exp(-SHARPNESS * max(0, r - 1)^2)``. ``reputation_weights([0.5, 1, 2])`` is ``[1, 1, e^-4]``."""
+    r = np.asarray(ratios, dtype=np.float64)
+    return np.exp(-SHARPNESS * np.maximum(0.0, r - 1.0) ** 2)
 
 
 def _weighted_mean(stack: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -181,8 +175,8 @@ class Aggregator:
         """Combine ``(n, ...)`` peer arrays into one ``(...)`` array (float32).
 
         ``weights`` (e.g. WML's ω) scale the mean-like methods (mean, clip, consensus); the
-        median and the trimmed mean ignore them; for ``reputation`` they are the peers' trust
-        (default: ``reputation_weights`` of this stack's agreement).
+        median and the trimmed mean ignore them; for ``reputation`` they are the peers' remembered
+        trust (``reputation_weights``), multiplying the consensus weights (default: none).
         """
         stack = np.asarray(stack, dtype=np.float64)
         if self.method == "median":
@@ -193,8 +187,8 @@ class Aggregator:
             out = _weighted_mean(stack, weights)
         elif self.method == "reputation":
             stack = clip_norms(stack, self.clip_norm or NORM_BOUND * float(np.median(peer_norms(stack))))
-            trust = reputation_weights(top1_agreement(stack)) if weights is None else weights
-            out = _weighted_mean(stack, trust)
+            w = consensus_weights(stack)
+            out = _weighted_mean(stack, w if weights is None else w * weights)
         else:
             clip = self.method == "clip" or self.clip_norm > 0
             stack = clip_norms(stack, self.clip_norm) if clip else stack

@@ -8,15 +8,16 @@ from peerkd.hooks.forgery import rank_shift
 from strategies import build_strategy, rule_settings
 from strategies.aggregation import class_consensus, entropy_reduction_average, peer_targets, weighted_peer_targets
 from strategies.robust import (
+    MAX_RATIO,
     Aggregator,
     clip_norms,
     consensus_weights,
     coordinate_median,
+    distance_ratios,
+    remember,
     reputation_weights,
-    top1_agreement,
     trim_count,
     trimmed_mean,
-    update_agreement,
 )
 
 
@@ -152,43 +153,41 @@ def test_consensus_keeps_the_closer_half_whole_and_fades_the_far():
     np.testing.assert_allclose(w, np.array([1, 1, 1, e, 1]) / (4 + e))
 
 
-def test_top1_agreement_and_its_memory_by_hand():
-    # The median row [1, 0] picks class 0: peers 0 and 1 agree, peer 2 does not.
-    assert top1_agreement(np.array([[[2.0, 0.0]], [[1.0, 0.0]], [[0.0, 3.0]]])).tolist() == [1.0, 1.0, 0.0]
-    assert update_agreement({1: 1.0, 2: 0.5}, {1: 0.0, 3: 0.8}) == {1: 0.5, 2: 0.5, 3: 0.8}
+def test_distance_ratios_and_their_memory_by_hand():
+    # The median is 1: distances 1, 0, 2; the median distance 1.
+    assert distance_ratios(np.array([[0.0], [1.0], [3.0]])).tolist() == [1.0, 0.0, 2.0]
+    assert distance_ratios(np.array([[1.0], [1.0], [3.0]])).tolist() == [0.0, 0.0, MAX_RATIO]  # most on the median
+    assert remember({1: 1.0, 2: 0.5}, {1: 0.0, 3: 0.8}) == {1: 0.5, 2: 0.5, 3: 0.8}
 
 
-def test_reputation_keeps_a_minority_expert_and_drops_a_peer_that_never_agrees():
-    # Prepare: median agreement 0.6 -> half 0.3; 0.2 is a third of the way from 0.3 down to 0, 0 all the way.
-    w = reputation_weights(np.array([0.8, 0.7, 0.6, 0.2, 0.0]))
-    # Assert
-    np.testing.assert_allclose(w, [1.0, 1.0, 1.0, np.exp(-16 / 9), np.exp(-16)])
-    assert reputation_weights(np.array([0.0, 0.0, 0.1])).tolist() == [1.0, 1.0, 1.0]  # nobody to trust more
+def test_reputation_trusts_peers_as_far_as_the_median_peer_and_fewer_beyond():
+    np.testing.assert_allclose(reputation_weights(np.array([0.5, 1.0, 2.0, 3.0])), [1.0, 1.0, np.exp(-4), np.exp(-16)])
 
 
-def test_reputation_aggregate_ignores_in_range_forgeries_and_clips_huge_peers():
-    # Prepare: 5 honest peers near one answer on 60 rows of 10 classes; one is a minority expert that
-    # answers otherwise on 10 rows; a rank_shift attacker moves every row's answer (same values);
-    # a huge peer agrees but is 1e6 times larger.
+def test_reputation_aggregate_is_consensus_times_trust_after_clipping_huge_peers():
+    # Prepare: 5 honest peers near one answer on 60 rows of 10 classes; a rank_shift attacker; a huge peer.
     rng = np.random.default_rng(0)
     base = rng.normal(0, 3, (60, 10))
     honest = base + rng.normal(0, 0.1, (5, 60, 10))
-    honest[4, :10] = rank_shift(honest[4, :10])
+    stack = np.concatenate([honest, rank_shift(base)[None]])
     agg = Aggregator("reputation")
     # Execute
-    out = agg(np.concatenate([honest, rank_shift(base)[None]]))
+    out = agg(stack)
+    distrusted = agg(stack, np.array([1, 1, 1, 1, 1, 0.0]))
     loud = agg(np.concatenate([honest, 1e6 * honest[:1]]))
-    loo = agg.leave_one_out(np.concatenate([honest, rank_shift(base)[None]]))
-    # Assert: the attacker (agreement 0) weighs e^-16; the expert (50 of 60 rows) keeps full weight
-    np.testing.assert_allclose(out, honest.mean(axis=0), atol=1e-4)
-    np.testing.assert_allclose(loo[0], honest[1:].mean(axis=0), atol=1e-4)
-    assert np.abs(loud).max() < 3 * np.abs(honest).max()  # clipped at 3x the median norm
+    # Assert: without memory it is consensus (the attacker, far from the median, barely counts);
+    # a remembered distrust removes it; a huge peer is clipped at 3x the median norm
+    np.testing.assert_allclose(out, Aggregator("consensus")(stack), atol=1e-5)
+    np.testing.assert_allclose(distrusted, honest.mean(axis=0), atol=1e-3)
+    assert np.abs(loud).max() < 3 * np.abs(honest).max()
+    loo = agg.leave_one_out(stack, np.array([1, 1, 1, 1, 1, 0.0]))
+    np.testing.assert_allclose(loo[0], honest[1:].mean(axis=0), atol=1e-3)
 
 
 def test_peer_remembers_reputation_by_node_and_it_survives_a_checkpoint():
     rule = build_strategy("peer", aggregator="reputation")
-    rule.aggregator, rule.agreement = Aggregator("reputation"), {7: 0.25, 8: 1.0}
+    rule.aggregator, rule.distance = Aggregator("reputation"), {7: 0.25, 8: 1.0}
     state = rule.state_dict()
     fresh = build_strategy("peer", aggregator="reputation")
     fresh.load_state_dict(state)
-    assert fresh.agreement == {7: 0.25, 8: 1.0}
+    assert fresh.distance == {7: 0.25, 8: 1.0}
