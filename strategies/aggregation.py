@@ -56,7 +56,7 @@ def peer_targets(
     aggregator : Aggregator | None
         A robust aggregate instead of the mean (its leave-one-out variant for senders).
     trust : dict[int, float] | None
-        Weights by peer id for the aggregator (``reputation``: ``strategies.robust.reputation_weights``).
+        Weights by peer id for the aggregator (``reputation``: ``strategies.robust.closeness_weights``).
     """
     senders = sorted(logits)
     out: dict[int, np.ndarray | None] = {}

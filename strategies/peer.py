@@ -16,7 +16,7 @@ from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import KEY_LOGITS
 from strategies.aggregation import peer_targets
 from strategies.base import RobustLogitDistillation
-from strategies.robust import distance_ratios, remember, reputation_weights
+from strategies.robust import closeness_weights, distance_ratios, remember
 
 
 class PeerMutualLearning(RobustLogitDistillation):
@@ -35,7 +35,7 @@ class PeerMutualLearning(RobustLogitDistillation):
         trust = None
         if self.aggregator.method == "reputation" and self.logits:
             senders = sorted(self.logits)
-            weights = reputation_weights(np.array([self.distance.get(n, 1.0) for n in senders]))
+            weights = closeness_weights(np.array([self.distance.get(n, 1.0) for n in senders]))
             trust = dict(zip(senders, weights))
         return peer_targets(self.logits, node_ids, self.aggregator, trust)
 

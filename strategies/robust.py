@@ -24,7 +24,7 @@ A rule that averages what clients send (logits, probabilities, per-class means) 
 - ``reputation``: ``consensus`` times a trust remembered over rounds: each round every peer's
   distance to the coordinate-wise median over the median peer's (``distance_ratios``) is
   remembered (``remember``: each round halves the past's share), and the trust is the consensus
-  formula on the remembered ratio (``reputation_weights``): a peer that has stayed as close as the
+  formula on the remembered ratio (``closeness_weights``): a peer that has stayed as close as the
   median peer keeps full trust, one remembered twice as far e^-4. Arrays are clipped at
   ``NORM_BOUND`` times the median norm first (``clip_norm`` overrides). After ExpGuard (Roux,
   Zimmer & Pokutta, ICLR 2024), which weights clients by their behaviour over past rounds. Rules
@@ -90,16 +90,11 @@ def clip_norms(stack: np.ndarray, clip_norm: float = 0.0) -> np.ndarray:
 def consensus_weights(stack: np.ndarray) -> np.ndarray:
     """Weights (summing to 1) that fall with a peer's distance to the coordinate-wise median.
 
-    ``w_i ∝ exp(-SHARPNESS * max(0, d_i / m - 1)^2)``, ``d_i = ||x_i - median||``, ``m = median_i d_i``;
-    when m is 0 (most peers sit exactly on the median), those peers share the weight.
+    ``w_i ∝ exp(-SHARPNESS * max(0, d_i / m - 1)^2)``, ``d_i = ||x_i - median||``, ``m = median_i d_i``
+    (``closeness_weights`` of ``distance_ratios``); when m is 0 (most peers sit exactly on the
+    median), those peers share the weight.
     """
-    stack = np.asarray(stack, dtype=np.float64)
-    dist = peer_norms(stack - coordinate_median(stack))
-    m = float(np.median(dist))
-    if m == 0:  # most peers agree exactly
-        w = (dist == 0).astype(np.float64)
-    else:
-        w = np.exp(-SHARPNESS * np.maximum(0.0, dist / m - 1.0) ** 2)
+    w = closeness_weights(distance_ratios(stack))
     return w / w.sum()
 
 
@@ -127,9 +122,10 @@ def remember(past: dict[int, float], current: dict[int, float]) -> dict[int, flo
     return out
 
 
-def reputation_weights(ratios: np.ndarray) -> np.ndarray:
-    """Trust from remembered distance ratios, as ``consensus_weights`` weighs one round's:
-    ``exp(-SHARPNESS * max(0, r - 1)^2)``. ``reputation_weights([0.5, 1, 2])`` is ``[1, 1, e^-4]``."""
+def closeness_weights(ratios: np.ndarray) -> np.ndarray:
+    """Weights (not normalised) from distance ratios: ``exp(-SHARPNESS * max(0, r - 1)^2)``, full
+    weight up to the median peer's distance. ``closeness_weights([0.5, 1, 2])`` is ``[1, 1, e^-4]``;
+    a ``MAX_RATIO`` peer gets 0."""
     r = np.asarray(ratios, dtype=np.float64)
     return np.exp(-SHARPNESS * np.maximum(0.0, r - 1.0) ** 2)
 
@@ -176,7 +172,7 @@ class Aggregator:
 
         ``weights`` (e.g. WML's ω) scale the mean-like methods (mean, clip, consensus); the
         median and the trimmed mean ignore them; for ``reputation`` they are the peers' remembered
-        trust (``reputation_weights``), multiplying the consensus weights (default: none).
+        trust (``closeness_weights`` of remembered ratios), multiplying the consensus weights (default: none).
         """
         stack = np.asarray(stack, dtype=np.float64)
         if self.method == "median":

@@ -11,11 +11,11 @@ from strategies.robust import (
     MAX_RATIO,
     Aggregator,
     clip_norms,
+    closeness_weights,
     consensus_weights,
     coordinate_median,
     distance_ratios,
     remember,
-    reputation_weights,
     trim_count,
     trimmed_mean,
 )
@@ -161,7 +161,7 @@ def test_distance_ratios_and_their_memory_by_hand():
 
 
 def test_reputation_trusts_peers_as_far_as_the_median_peer_and_fewer_beyond():
-    np.testing.assert_allclose(reputation_weights(np.array([0.5, 1.0, 2.0, 3.0])), [1.0, 1.0, np.exp(-4), np.exp(-16)])
+    np.testing.assert_allclose(closeness_weights(np.array([0.5, 1.0, 2.0, 3.0])), [1.0, 1.0, np.exp(-4), np.exp(-16)])
 
 
 def test_reputation_aggregate_is_consensus_times_trust_after_clipping_huge_peers():
