@@ -55,7 +55,7 @@ log = logging.getLogger("peerkd")
 
 DELAYS = ("exponential", "uniform", "constant")
 DELAY_MODES = ("auto", "real", "simulated")
-ATTACKS = ("wrong", "sign_flip", "random", "huge", "colluding", *FORGERIES)
+ATTACKS = ("wrong", "sign_flip", "random", "huge", "colluding", *FORGERIES, "silent")
 WRONG_MARGIN = 10.0  # wrong / colluding: logit added to the pushed class (the issue's "+10 on a wrong class")
 HUGE_SCALE = 1e6  # huge: what an attacker multiplies its outputs by
 # Independent random streams of one seed (numpy SeedSequence entropy: [seed, stream, ...]).
@@ -98,7 +98,7 @@ class AttackSpec:
     """Attacking clients (``attack.*`` in the run config; none by default)."""
 
     fraction: float = 0.0  # share of clients that attack (a seeded choice, rounded to whole clients)
-    kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding | lma | cpa | rank_shift
+    kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding | lma | cpa | rank_shift | silent
 
     def __post_init__(self) -> None:
         # Below 1: accuracy is measured over honest clients, and a fleet of attackers has none.
@@ -340,7 +340,11 @@ class FaultyGrid(Grid):
         sent, client = self._sent.pop(mid), _client_of(reply)
         if client is not None:
             self.client.setdefault(reply.metadata.src_node_id, client)
-        if client in self.attackers and sent.round >= 1:
+        if client in self.attackers and sent.round >= 1 and self.plan.attack.kind == "silent":
+            self.events["silenced"] += 1  # the reference a defence is measured against: attackers who only leave
+            reason = f"attacker: client {client} sends nothing in round {sent.round} (injected silent attacker)"
+            reply = Message(Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason=reason), reply_to=sent.message)
+        elif client in self.attackers and sent.round >= 1:
             self._forge(reply, sent, client)
         delay = 0.0 if client is None else self.plan.delay(sent.round, client)
         if delay and self.real_delays:

@@ -170,6 +170,21 @@ def test_faults_and_attackers_on_the_batched_engine(tmp_path):
     assert summary["faults"]["delays"] == "simulated"
 
 
+def test_silent_attackers_only_stop_teaching(tmp_path):
+    # Execute: 3 clients, 2 rounds, one attacker that sends nothing (the bound a defence can reach)
+    spec = tiny(attack=AttackSpec(0.34, "silent"))
+    summary = run_batched(spec, build_strategy("peer"), tmp_path, {"rule": "peer"}, device="cpu")
+    # Assert: its reply is rejected in each round, the others are accepted, and accuracy is the honest ones'
+    attacker = summary["attackers"]
+    assert len(attacker) == 1
+    assert sorted(c for _, c in ((r, int(re.findall(r"client (\d+)", x)[0])) for r, x in rejections(tmp_path))) == [
+        attacker[0],
+        attacker[0],
+    ]
+    assert all("injected silent attacker" in reason for _, reason in rejections(tmp_path))
+    assert summary["faults"]["silenced"] == 2 and summary["accepted_replies"] == 4
+
+
 @pytest.mark.parametrize("codec", [Codec("int8"), Codec("topk", 2)])
 def test_forgeries_travel_in_the_runs_codec(codec, tmp_path):
     # Execute: the same fleet with packed logits: an attacker's forgery must decode like an honest reply.
