@@ -1,8 +1,8 @@
 """Forgeries that read the attacker's own outputs: arrays in, arrays out.
 
 Each takes the ``(rows, C)`` logits an attacker would honestly send and returns logits it sends
-instead, built only from values of its own row: the same range, so norm clipping, a value
-range check or a norm-based consensus sees an ordinary row.
+instead, built only from values of its own row: the same range (``rank_shift``: the same values,
+so the same norm), so a value-range check or a norm bound sees an ordinary-looking row.
 
 - ``lma``, Loss Maximization Attack (Roux, Zimmer & Pokutta, "On the Byzantine-Resilience of
   Distillation-Based Federated Learning", ICLR 2024, arXiv 2402.12265): all the mass on the class

@@ -12,8 +12,8 @@ record holds, so a decoder needs no other setting:
   may be shorter), ``<name>.scale`` and ``<name>.zero`` float32 ``(ceil(rows / INT8_BLOCK),)``:
   value = q·scale + zero, q in [-127, 127] spanning the block's min..max. A per-row map cost
   8 bytes a row beside 10 one-byte values on 10 classes (2.2× below float32); per block of 32
-  rows it costs a quarter of a byte (3.8×), and the error stays within half a step of the
-  block's range (logits of one student on 32 inputs span a similar range to one row's).
+  rows it costs a quarter of a byte (3.65× on 500 × 10), and the error stays within half a
+  step of the block's range.
 - ``topk``: ``<name>`` float16 ``(rows, k)``, the row's k largest values, ``<name>.index``
   ``(rows, k)`` unsigned ints, their columns, and ``<name>.fill`` float16 ``(rows,)``, the mean
   of the values dropped, which fills the rest of the row. For logits this keeps the row's mean
