@@ -15,9 +15,11 @@ the sections inside it).
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 SECTIONS = ("plan", "compute", "rule", "messages", "screening", "io", "wait")
 
@@ -60,3 +62,14 @@ def take() -> dict[str, float]:
     out.update(_totals)
     _totals.clear()
     return out
+
+
+def process_started_at() -> float | None:
+    """When this process started (epoch seconds, from ``/proc``), or None where there is no ``/proc``."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22: start time in clock ticks after boot
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")

@@ -19,6 +19,11 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
 }
 
+# Deployment timing (``peerkd-deploy bench``): a ClientApp appends one JSON line per message to
+# $PEERKD_TIMING_LOG; a warm ClientApp sets $PEERKD_TASK_T0 (epoch s) when it takes a task.
+TIMING_ENV = "PEERKD_TIMING_LOG"
+TASK_T0_ENV = "PEERKD_TASK_T0"
+
 # ray.init's FutureWarning about that default changing: the value above is deliberate.
 _RAY_ACCEL_TIP = "Tip: In future versions of Ray, Ray will no longer override accelerator"
 

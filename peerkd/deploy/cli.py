@@ -14,6 +14,7 @@ from peerkd.deploy.bench import bench
 from peerkd.deploy.certs import check_hosts, make_certs, make_node_keys
 from peerkd.deploy.cluster import Cluster, DeployError
 from peerkd.deploy.commands import (
+    CLIENTAPPS,
     CONNECTION,
     DEPLOY_ENV,
     connection_toml,
@@ -25,15 +26,18 @@ from peerkd.deploy.commands import (
     write_node_config,
 )
 from peerkd.deploy.launch import (
+    DEFAULT_SETUP,
     NODE_CONFIG,
+    SETUPS,
     LocalCluster,
     output_reason,
     start_local,
+    start_node,
     submit_run,
     wait_for_port,
     wait_for_summary,
 )
-from peerkd.errors import ConfigError, check_range
+from peerkd.errors import ConfigError, check_choice, check_range
 
 log = logging.getLogger("peerkd.deploy")
 
@@ -76,7 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     """The parser of every sub-command, in the order ``--help`` lists them."""
     p = argparse.ArgumentParser(prog="peerkd-deploy", description="Run peerkd on a Flower SuperLink and SuperNodes.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for add in (_add_certs, _add_keys, _add_superlink, _add_supernode, _add_local, _add_run, _add_stop, _add_bench):
+    for add in (
+        _add_certs,
+        _add_keys,
+        _add_superlink,
+        _add_supernode,
+        _add_clientapp,
+        _add_local,
+        _add_run,
+        _add_stop,
+        _add_bench,
+    ):
         add(sub)
     return p
 
@@ -208,7 +222,21 @@ def _add_supernode(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--student", default="", help="student architecture of this node")
     n.add_argument("--root-cert", type=Path, help="the CA certificate (ca.crt)")
     n.add_argument("--key", type=Path, help="this node's private key (registered with `flwr supernode register`)")
-    n.add_argument("--port", type=int, default=9094, help="local ClientAppIo port (distinct per node on one machine)")
+    n.add_argument("--port", type=int, default=9094, help="local Runtime API port (distinct per node on one machine)")
+    n.add_argument(
+        "--clientapp",
+        choices=CLIENTAPPS,
+        default="warm",
+        help="warm: one long-lived ClientApp process serves every message (default); "
+        "fresh: Flower's default, a new process per message",
+    )
+    n.add_argument(
+        "--idle-poll",
+        type=float,
+        default=SETUPS[DEFAULT_SETUP].idle_poll_s,
+        help="longest wait (s) between the SuperNode's empty pulls, backing off from 0.05 s "
+        "(a patch of flwr 1.39's fixed 3 s: peerkd.deploy.fastnode); 0: Flower's SuperNode unchanged",
+    )
     n.add_argument("--insecure", action="store_true")
     n.set_defaults(func=_cmd_supernode)
 
@@ -226,20 +254,35 @@ def _cmd_supernode(a: argparse.Namespace) -> int:
         log.warning("insecure connection to %s: logits travel unencrypted", a.superlink)
     cluster = Cluster(a.state)
     name = f"node-{a.partition_id}"
-    with cluster.claim([name]):
+    with cluster.claim([name, f"{name}-app"]):
         home = cluster.state / name
         home.mkdir(exist_ok=True)
         root_cert = None if a.insecure else a.root_cert.resolve()
-        args = supernode_args(
-            a.superlink,
-            write_node_config(home / NODE_CONFIG, config),
-            a.port,
-            root_cert,
-            a.key.resolve() if a.key else None,
-        )
-        env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache")}
-        node = cluster.start(name, args, env=env)
+        config_file = write_node_config(home / NODE_CONFIG, config)
+        key = a.key.resolve() if a.key else None
+        args = supernode_args(a.superlink, config_file, a.port, root_cert, key, a.clientapp, a.idle_poll)
+        node = start_node(cluster, name, args, a.port if a.clientapp == "warm" else None)
     log.info("SuperNode %s pid %d -> %s", name, node.pid, a.superlink)
+    return 0
+
+
+def _add_clientapp(sub: argparse._SubParsersAction) -> None:
+    """``clientapp --runtime-api-address HOST:PORT``: the warm ClientApp of a SuperNode."""
+    c = sub.add_parser(
+        "clientapp",
+        help="serve a `flower-supernode --isolation process` with one long-lived ClientApp process "
+        "(`supernode` starts it for you)",
+    )
+    c.add_argument("--runtime-api-address", default="127.0.0.1:9094", help="the SuperNode's Runtime API (its --port)")
+    c.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) exits")
+    c.set_defaults(func=_cmd_clientapp)
+
+
+def _cmd_clientapp(a: argparse.Namespace) -> int:
+    """Serve the SuperNode's messages until SIGTERM/SIGINT or until its SuperNode exits."""
+    from peerkd.deploy.warm import serve  # imports flwr's runtime: only this command needs it
+
+    serve(a.runtime_api_address, parent_pid=a.parent_pid)
     return 0
 
 
@@ -253,13 +296,20 @@ def _add_local(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--nodes", type=int, default=3)
     lo.add_argument("--students", default="", help="comma list, assigned round-robin to nodes")
     lo.add_argument("--insecure", action="store_true")
+    lo.add_argument(
+        "--setup",
+        choices=SETUPS,
+        default=DEFAULT_SETUP,
+        help="how SuperNodes run: warm-fast (default: warm ClientApps, 1 s idle poll), warm, cached, "
+        "flower (Flower's defaults)",
+    )
     lo.set_defaults(func=_cmd_local)
 
 
 def _cmd_local(a: argparse.Namespace) -> int:
     """Start a whole cluster on loopback."""
     students = [s for s in a.students.split(",") if s]
-    info = start_local(a.state, a.nodes, secure=not a.insecure, students=students)
+    info = start_local(a.state, a.nodes, secure=not a.insecure, students=students, setup=a.setup)
     log.info(
         "cluster up: Fleet API %s, Control API %s, %d nodes%s; FLWR_HOME=%s",
         info.fleet,
@@ -316,23 +366,24 @@ def _cmd_stop(a: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    """``bench --state DIR --nodes 2,8``."""
-    b = sub.add_parser("bench", help="per-round wall time on loopback")
+    """``bench --state DIR --nodes 2,8 --setups flower,warm-fast``."""
+    b = sub.add_parser("bench", help="where a deployed round's time goes, per setup and cluster size (loopback)")
     b.add_argument("--state", type=Path, required=True)
     b.add_argument("--nodes", default="2,8")
     b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--setups", default=",".join(SETUPS), help=f"comma list of {', '.join(SETUPS)}")
     b.add_argument("--app", type=Path, default=Path("."))
     b.add_argument("--secure", action="store_true")
     b.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    """Bench Flower's defaults, then the tuned settings; one JSON line per cluster size."""
+    """One JSON line per (setup, cluster size): per-round wall, start-up, handler, training and waiting."""
     if not re.fullmatch(r"[1-9]\d*(,[1-9]\d*)*", a.nodes):
         raise ConfigError("--nodes", f"{a.nodes!r} is not a comma list of cluster sizes", "e.g. 2,8 (each >= 1)")
     check_range("--rounds", a.rounds, 1)
+    setups = [check_choice("--setups", x, SETUPS) for x in a.setups.split(",")]
     sizes = [int(x) for x in a.nodes.split(",")]
-    for tuned in (False, True):
-        for row in bench(a.state.resolve(), sizes, a.rounds, a.app.resolve(), a.secure, tuned):
-            log.info(json.dumps(row))
+    for row in bench(a.state.resolve(), sizes, a.rounds, a.app.resolve(), a.secure, setups):
+        log.info(json.dumps(row))
     return 0

@@ -11,13 +11,15 @@ from typing import Any
 import tomli_w
 
 from peerkd.env import QUIET_ENV
-from peerkd.errors import check_range
+from peerkd.errors import check_choice, check_range
 
 __all__ = [
     "BASELINE_ENV",
     "BIN",
+    "CLIENTAPPS",
     "CONNECTION",
     "DEPLOY_ENV",
+    "clientapp_args",
     "connection_toml",
     "control_client_address",
     "free_ports",
@@ -38,6 +40,7 @@ DEPLOY_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # else the SuperLink `uv sync`s a CUDA torch
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
+CLIENTAPPS = ("warm", "fresh")  # one long-lived ClientApp process per node, or Flower's one per message
 BASELINE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0", "PEERKD_GRID_POLL_S": "3", "PEERKD_WORLD_CACHE": ""}
 
 
@@ -121,12 +124,28 @@ def superlink_args(fleet: str, http: str, certs: Path | None, auth: bool, log_fi
 
 
 def supernode_args(
-    superlink: str, node_config: Path, clientappio_port: int, root_cert: Path | None, key: Path | None
+    superlink: str,
+    node_config: Path,
+    clientappio_port: int,
+    root_cert: Path | None,
+    key: Path | None,
+    clientapp: str = "warm",
+    idle_poll_s: float = 0.0,
 ) -> list[str]:
-    """Command line of a SuperNode (TLS when ``root_cert`` is given, authenticated with ``key``);
-    ``node_config`` is the TOML file ``write_node_config`` wrote."""
+    """Command line of a SuperNode (TLS when ``root_cert`` is given, authenticated with ``key``).
+
+    ``node_config`` is the TOML file ``write_node_config`` wrote. ``clientapp``: ``warm`` (the
+    SuperNode runs with ``--isolation process`` and serves ``clientapp_args``' long-lived
+    process on its Runtime API, port ``clientappio_port``) or ``fresh`` (Flower's default: a
+    new ``flwr-clientapp`` process per message). ``idle_poll_s`` > 0 runs it through
+    ``peerkd.deploy.fastnode``: its idle poll backs off up to that many seconds instead of
+    Flower's fixed 3 s (0: Flower's SuperNode unchanged).
+    """
+    check_choice("clientapp", clientapp, CLIENTAPPS)
+    check_range("idle-poll", idle_poll_s, 0.0, 3.0)
+    head = [sys.executable, "-m", "peerkd.deploy.fastnode", f"{idle_poll_s:g}"] if idle_poll_s > 0 else []
     args = [
-        str(BIN / "flower-supernode"),
+        *(head or [str(BIN / "flower-supernode")]),
         "--superlink",
         superlink,
         "--node-config",
@@ -135,7 +154,24 @@ def supernode_args(
         str(clientappio_port),
     ]
     args += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+    args += ["--isolation", "process"] if clientapp == "warm" else []
     return args + (["--auth-supernode-private-key", str(key)] if key else [])
+
+
+def clientapp_args(clientappio_port: int, supernode_pid: int) -> list[str]:
+    """Command line of the warm ClientApp beside a ``--isolation process`` SuperNode: it serves
+    that node's Runtime API on loopback and exits with the SuperNode (``peerkd.deploy.warm``)."""
+    address = f"127.0.0.1:{clientappio_port}"
+    return [
+        sys.executable,
+        "-m",
+        "peerkd.deploy",
+        "clientapp",
+        "--runtime-api-address",
+        address,
+        "--parent-pid",
+        str(supernode_pid),
+    ]
 
 
 def is_loopback(address: str) -> bool:

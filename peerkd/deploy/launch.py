@@ -18,6 +18,7 @@ from peerkd.deploy.commands import (
     BIN,
     CONNECTION,
     DEPLOY_ENV,
+    clientapp_args,
     connection_toml,
     free_ports,
     node_config,
@@ -26,16 +27,20 @@ from peerkd.deploy.commands import (
     write_node_config,
 )
 from peerkd.deploy.processes import Started, process_tree
-from peerkd.errors import check_range
+from peerkd.errors import check_choice, check_range
 
 __all__ = [
     "CLUSTER_FILE",
+    "DEFAULT_SETUP",
     "LocalCluster",
+    "NodeSetup",
+    "SETUPS",
     "NODE_CONFIG",
     "flwr_env",
     "output_reason",
     "register_nodes",
     "start_local",
+    "start_node",
     "submit_run",
     "wait_for_port",
     "wait_for_summary",
@@ -43,6 +48,30 @@ __all__ = [
 
 CLUSTER_FILE = "cluster.json"
 NODE_CONFIG = "node-config.toml"  # in each SuperNode's home: its --node-config
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    """How a cluster's SuperNodes run: what ``peerkd-deploy bench`` compares.
+
+    ``clientapp``: ``warm`` (one long-lived ClientApp process per node) or ``fresh`` (Flower's
+    process per message); ``idle_poll_s``: the SuperNode's longest idle wait (0: Flower's fixed
+    3 s, unpatched); ``tuned``: the SuperExec's 0.1 s task poll, the ServerApp's 0.2 s reply
+    pulls and the world cache (False: Flower's 1 s and 3 s, no cache).
+    """
+
+    clientapp: str = "warm"
+    idle_poll_s: float = 1.0
+    tuned: bool = True
+
+
+SETUPS = {
+    "flower": NodeSetup("fresh", 0.0, False),  # Flower 1.39's defaults
+    "cached": NodeSetup("fresh", 0.0, True),  # peerkd's settings before warm ClientApps
+    "warm": NodeSetup("warm", 0.0, True),  # warm ClientApps, Flower's SuperNode unchanged
+    "warm-fast": NodeSetup("warm", 1.0, True),  # the default: warm, and the idle poll patched
+}
+DEFAULT_SETUP = "warm-fast"
 
 
 @dataclass(frozen=True)
@@ -130,12 +159,15 @@ def start_local(
     students: list[str] | None = None,
     data_paths: list[str] | None = None,
     start_timeout: float = 60.0,
-    tuned: bool = True,
+    setup: str = DEFAULT_SETUP,
+    node_env: dict[str, str] | None = None,
 ) -> LocalCluster:
     """A SuperLink and ``nodes`` SuperNodes on loopback; TLS and node authentication when ``secure``.
 
-    ``tuned=False`` starts it as Flower's defaults would (1 s task polls, 3 s reply pulls,
-    no world cache): the baseline of ``bench``. A run's wait for a round's replies is its
+    ``setup`` names a ``SETUPS`` entry: by default each SuperNode gets a warm ClientApp
+    (``peerkd.deploy.warm``) and a 1 s idle poll (``peerkd.deploy.fastnode``); ``flower`` starts
+    it as Flower's defaults would, the baseline of ``bench``. ``node_env`` is added to every
+    SuperNode's (and its ClientApps') environment. A run's wait for a round's replies is its
     run-config key ``round-timeout`` (s, default 600).
 
     A state whose processes still run is refused (DeployError) before anything in it changes;
@@ -143,10 +175,13 @@ def start_local(
     it started is stopped.
     """
     check_range("--nodes", nodes, 1)
+    check_choice("--setup", setup, SETUPS)
     cluster = Cluster(state)
     with cluster.claim():
         try:
-            return _start_cluster(cluster, nodes, secure, students or [], data_paths or [], start_timeout, tuned)
+            how = SETUPS[setup]
+            extra = {**({} if how.tuned else BASELINE_ENV), **(node_env or {})}
+            return _start_cluster(cluster, nodes, secure, students or [], data_paths or [], start_timeout, how, extra)
         except BaseException:  # Ctrl-C included: no half cluster left running
             cluster.stop()
             raise
@@ -159,10 +194,11 @@ def _start_cluster(
     students: list[str],
     data_paths: list[str],
     start_timeout: float,
-    tuned: bool,
+    setup: NodeSetup,
+    extra: dict[str, str],
 ) -> LocalCluster:
-    """``start_local`` in a state directory it owns."""
-    state, extra = cluster.state, {} if tuned else BASELINE_ENV
+    """``start_local`` in a state directory it owns; ``extra``: environment of every process it starts."""
+    state = cluster.state
     fleet_port, control_port, *node_ports = free_ports(2 + nodes)
     fleet, control = f"127.0.0.1:{fleet_port}", f"127.0.0.1:{control_port}"
     certs = make_certs(state / "certs", ["127.0.0.1", "localhost"], force=True) if secure else None
@@ -180,18 +216,26 @@ def _start_cluster(
         student = students[i % len(students)] if students else ""
         data_path = data_paths[i] if i < len(data_paths) else ""
         config = write_node_config(_node_home(cluster, i) / NODE_CONFIG, node_config(i, nodes, data_path, student))
-        args = supernode_args(fleet, config, node_ports[i], certs / "ca.crt" if certs else None, private)
-        _start_node(cluster, i, args, extra)
+        ca = certs / "ca.crt" if certs else None
+        args = supernode_args(fleet, config, node_ports[i], ca, private, setup.clientapp, setup.idle_poll_s)
+        start_node(cluster, f"node-{i}", args, node_ports[i] if setup.clientapp == "warm" else None, extra)
     info = LocalCluster(str(state), fleet, control, str(flwr_home), secure, nodes)
     info.write()
     return info
 
 
-def _start_node(cluster: Cluster, i: int, args: list[str], extra: dict[str, str]) -> Started:
-    """Start SuperNode ``node-i`` with its own FLWR_HOME and the cluster's shared world cache."""
-    home = _node_home(cluster, i)
-    env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache"), **extra}
-    return cluster.start(f"node-{i}", args, env=env)
+def start_node(
+    cluster: Cluster, name: str, args: list[str], warm_port: int | None, extra: dict[str, str] | None = None
+) -> Started:
+    """Start SuperNode ``name`` (``supernode_args``) with its own FLWR_HOME and the cluster's world cache;
+    with ``warm_port`` (its Runtime API port), also its warm ClientApp, recorded as ``name-app``."""
+    home = cluster.state / name
+    home.mkdir(exist_ok=True)
+    env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache"), **(extra or {})}
+    node = cluster.start(name, args, env=env)
+    if warm_port is not None:
+        cluster.start(f"{name}-app", clientapp_args(warm_port, node.pid), env=env)
+    return node
 
 
 def _node_home(cluster: Cluster, i: int) -> Path:

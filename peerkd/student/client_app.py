@@ -21,11 +21,15 @@ With ``P.CFG_CHECKPOINT_DIR`` in the config (Flower's simulation), each training
 also writes the student to that directory, and a fresh context loads it back when the
 config names the round a resumed run starts after (``peerkd.round.checkpoint``). A message whose
 TTL ran out while it queued (the server abandoned its round) is answered at once with an
-error, untrained (``drop_expired``).
+error, untrained (``drop_expired``). With ``$PEERKD_TIMING_LOG`` set (``peerkd-deploy bench``),
+every message appends one JSON line there: its handler's time and the start-up it waited for
+(``record_timing``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -37,6 +41,8 @@ from flwr.common.constant import ErrorCode
 from torch import nn
 
 import peerkd  # noqa: F401  (sets the no-telemetry environment)
+from peerkd.clock import process_started_at
+from peerkd.env import TASK_T0_ENV, TIMING_ENV
 from peerkd.round.checkpoint import load_client, save_client
 from peerkd.student.exchange import (
     class_means_record,
@@ -75,7 +81,36 @@ def drop_expired(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[drop_expired])
+_handled = [0]  # messages this process handled
+
+
+def record_timing(msg: Message, context: Context, call_next) -> Message:
+    """A ClientApp mod: with ``$PEERKD_TIMING_LOG`` set, append this message's ``handler_s`` and
+    ``startup_s`` (from the task's start in a warm ClientApp, else from this process's start
+    for its first message: interpreter, imports, FAB, app load; 0 for a later message)."""
+    path = os.environ.get(TIMING_ENV)
+    if not path:
+        return call_next(msg, context)
+    entered = time.time()
+    reply = call_next(msg, context)
+    done, task_t0 = time.time(), os.environ.get(TASK_T0_ENV)
+    _handled[0] += 1
+    began = float(task_t0) if task_t0 else process_started_at() if _handled[0] == 1 else None
+    config = msg.content.config_records.get(P.KEY_CONFIG, {})
+    line = {
+        "node": context.node_config.get(P.NODE_PARTITION_ID),
+        "round": config.get(P.CFG_ROUND, 0),
+        "pid": os.getpid(),
+        "entered": entered,
+        "startup_s": max(0.0, entered - began) if began is not None else 0.0,
+        "handler_s": done - entered,
+    }
+    with open(path, "a") as f:  # one short line per write: appends from several processes stay whole
+        f.write(json.dumps(line) + "\n")
+    return reply
+
+
+app = ClientApp(mods=[drop_expired, record_timing])
 
 _STATE_WEIGHTS = "student"
 _STATE_META = "student-meta"

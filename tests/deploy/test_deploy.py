@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from peerkd import deploy as D
+from peerkd.env import TIMING_ENV
+from simulations.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_TIMEOUT = 200.0  # seconds from `flwr run` to summary.json on a loaded 2-core machine
@@ -55,10 +57,10 @@ def _run(state: Path, out: Path, extra: str = "") -> None:
 def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
     # Arrange: SuperLink (TLS, node auth) + 3 registered SuperNodes; two intruders: an
     # unregistered key over TLS, and a node without TLS.
-    state, out = tmp_path / "cluster", tmp_path / "out"
+    state, out, timing = tmp_path / "cluster", tmp_path / "out", tmp_path / "timing.jsonl"
     cluster = D.Cluster(state)
     try:
-        info = D.start_local(state, 3, secure=True)
+        info = D.start_local(state, 3, secure=True, node_env={TIMING_ENV: str(timing)})
         assert info.secure and Path(info.flwr_home, "config.toml").read_text().count("root-certificates") == 1
         ((rogue_key, _),) = D.make_node_keys(state / "rogue-keys", 1, prefix="rogue")
         p1, p2 = D.free_ports(2)
@@ -86,6 +88,18 @@ def test_tls_auth_cluster_runs_peer_and_refuses_intruders(tmp_path):
         rounds = [r for r in _rows(out) if r["type"] == "round"]
         assert [r["replies"] for r in rounds] == [3, 3] and all(r["missing"] == [] for r in rounds)
         assert summary["bytes_up"] > 0 and (out / "config.yaml").exists()
+        # Warm ClientApps: each node's messages (warm-up evaluate + 2 rounds) ran in one process, its own.
+        lines = [json.loads(x) for x in timing.read_text().splitlines()]
+        pids = {n: {t["pid"] for t in lines if t["node"] == n} for n in range(3)}
+        assert sorted(t["round"] for t in lines) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert all(len(p) == 1 for p in pids.values()) and len(set().union(*pids.values())) == 3, pids
+        app_pids = {cluster.get(f"node-{n}-app").pid for n in range(3)}
+        assert set().union(*pids.values()) == app_pids
+        # The same numbers as the simulation of the same world (batched engine, in this process).
+        sim = tmp_path / "sim"
+        assert main(["run", "strategy=peer", "data=digits", "num_clients=3", "rounds=2", "seed=0", f"out={sim}"]) == 0
+        simulated = json.loads((sim / "summary.json").read_text())["per_client"]
+        assert {c["client"]: c["acc"] for c in summary["per_client"]} == {c["client"]: c["acc"] for c in simulated}
         # Both intruders were refused and gave up.
         assert _wait_exit(cluster, "rogue-unregistered", 60), _logs(state)
         assert _wait_exit(cluster, "rogue-plaintext", 60), _logs(state)
@@ -104,7 +118,7 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
     cluster = D.Cluster(state)
     try:
         D.start_local(state, 3, secure=True)
-        _run(state, out, "round-timeout=35")  # bounds round 2's wait for the dead node (live nodes answer in ~15 s)
+        _run(state, out, "round-timeout=10")  # bounds round 2's wait for the dead node (warm live nodes answer in ~1 s)
 
         # Act: once round 1 is recorded, node 2 dies without a goodbye (SIGKILL, whole tree).
         deadline = time.monotonic() + SUMMARY_TIMEOUT
@@ -114,6 +128,7 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
             time.sleep(0.3)
         killed_id = int(re.findall(r"SuperNode ID: (\d+)", (state / "node-2.log").read_text())[-1])
         assert not cluster.kill("node-2")
+        assert _wait_exit(cluster, "node-2-app", 10), "the warm ClientApp outlived its SuperNode"
         summary = D.wait_for_summary(out, cluster, SUMMARY_TIMEOUT)
 
         # Assert: round 2 went on with the other two; the results say who took part.

@@ -170,10 +170,10 @@ def test_a_launcher_waits_for_another_that_is_starting_processes_then_gives_up(t
 
 def test_a_local_that_fails_half_way_stops_what_it_started(tmp_path, capsys, monkeypatch):
     # Prepare: the first SuperNode cannot start (the disk is full when its log is opened).
-    def full(cluster, i, args, extra):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cluster.state / f"node-{i}.log"))
+    def full(cluster, name, args, warm_port, extra=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cluster.state / f"{name}.log"))
 
-    monkeypatch.setattr(launch_module, "_start_node", full)
+    monkeypatch.setattr(launch_module, "start_node", full)
     state = tmp_path / "state"
     # Execute
     code, err = _fails(capsys, ["local", "--state", str(state), "--nodes", "1", "--insecure"])
@@ -328,11 +328,12 @@ def test_local_on_a_read_only_file_system_is_one_line(read_only_dir, capsys, sub
 
 
 def test_a_second_local_on_a_live_cluster_is_refused_and_the_cluster_keeps_working(tmp_path, capsys):
-    # Prepare: a secure cluster of 2 SuperNodes.
+    # Prepare: a secure cluster of 2 SuperNodes, as Flower's defaults run them (a ClientApp process
+    # per message: this path stays tested; the other deployment tests use warm ClientApps).
     state, out = tmp_path / "cluster", tmp_path / "out"
     cluster = D.Cluster(state)
     try:
-        D.start_local(state, 2, secure=True)
+        D.start_local(state, 2, secure=True, setup="flower")
         secrets = {p: p.read_bytes() for p in [*(state / "certs").iterdir(), *(state / "keys").iterdir()]}
         record, link = cluster.started(), cluster.get("superlink")
         fleet, control = (f"127.0.0.1:{p}" for p in D.free_ports(2))
