@@ -148,6 +148,7 @@ def _tls_checks(info: N.NetnsCluster, spaces: N.Namespaces) -> dict[str, str]:
 
 
 def test_a_cut_link_makes_its_node_missing_for_the_round_and_it_rejoins(tmp_path):
+    """2 SuperNodes, 3 rounds; node 1's link cut in round 2 and restored after it: see the module docstring."""
     _namespaces_or_skip()
     # Arrange: namespaces, a TLS + node-auth cluster across them.
     state, out = tmp_path / "cluster", tmp_path / "out"
@@ -180,8 +181,16 @@ def test_a_cut_link_makes_its_node_missing_for_the_round_and_it_rejoins(tmp_path
     why = f"{text}\n{_logs(state)}"
     names = {i: _node_id(state, i) for i in range(2)}
 
-    # Assert: the rounds, as the ServerApp recorded them.
-    rows = _rows(out)
+    # Assert: the rounds as the ServerApp recorded them; TLS; nothing left.
+    _check_rounds(_rows(out), names, summary, why)
+    _check_tls(state, tls, started, names, why)
+    assert left == [] and len(ids) == 3 and len(started) == 3 and not D.process_tree(started), left
+    assert not set(spaces.names) & set(N.listed_namespaces()) and N.processes_in(ids) == {}
+
+
+def _check_rounds(rows: list[dict], names: dict[int, int | None], summary: dict | None, why: str) -> None:
+    """Round 1: both nodes; round 2: node ``CUT`` missing (sent the message, never answered), nothing rejected;
+    round 3: node ``CUT`` back, same node id, serving its client."""
     rounds = [r for r in rows if r["type"] == "round"]
     by_round = {
         n: {r["client"]: r["node_id"] for r in rows if r["type"] == "client" and r["round"] == n}
@@ -189,16 +198,18 @@ def test_a_cut_link_makes_its_node_missing_for_the_round_and_it_rejoins(tmp_path
     }
     assert [r["round"] for r in rounds] == [1, 2, 3], why
     assert by_round[1] == {0: names[0], 1: names[CUT]} and rounds[0]["missing"] == [], why
-    # Round 2: node 1 is missing (it was sent the message and never answered), nothing rejected.
     assert by_round[2] == {0: names[0]}, why
     assert rounds[1]["missing"] == [names[CUT]] and rounds[1]["rejections"] == [], why
-    assert "link down" in text and rounds[1]["round_s"] >= ROUND_TIMEOUT, why
-    # Round 3: node 1 is back, same node id, serving its client.
+    assert "link down" in why and rounds[1]["round_s"] >= ROUND_TIMEOUT, why
     assert by_round[3] == {0: names[0], 1: names[CUT]}, why
     assert rounds[2]["missing"] == [] and rounds[2]["rejections"] == [], why
     assert summary is not None and _last_rounds(summary) == {0: 3, 1: 3}, why
-    # TLS: verified against the IP SAN 198.18.0.1; a name the certificate lacks is refused by gRPC.
-    sans = _ip_sans(Path(state) / "certs" / "server.pem")
+
+
+def _check_tls(state: Path, tls: dict[str, str], started: list, names: dict[int, int | None], why: str) -> None:
+    """The certificate's IP SANs; gRPC verified them (a name not in the cert is refused); both nodes activated
+    over TLS (no process started with --insecure)."""
+    sans = _ip_sans(state / "certs" / "server.pem")
     assert sans == [ipaddress.ip_address(N.LINK_ADDRESS), ipaddress.ip_address("127.0.0.1")]
     assert tls["san"].startswith("UNAUTHENTICATED |"), tls  # TLS done; the SuperLink's node auth refuses a keyless call
     assert tls["wrong-name"].startswith("UNAVAILABLE |") and "Hostname Verification" in tls["wrong-name"], tls
@@ -208,9 +219,6 @@ def test_a_cut_link_makes_its_node_missing_for_the_round_and_it_rejoins(tmp_path
     assert len(nodes) == 2 and all("--root-certificates" in s.cmdline for s in nodes), started
     assert len(links) == 1 and "--ssl-certfile" in links[0].cmdline, started
     assert not any("--insecure" in s.cmdline for s in started), started
-    # Nothing survives: no process we started, no namespace, no process inside one of them.
-    assert left == [] and len(ids) == 3 and len(started) == 3 and not D.process_tree(started), left
-    assert not set(spaces.names) & set(N.listed_namespaces()) and N.processes_in(ids) == {}
 
 
 def _last_rounds(summary: dict) -> dict[int, int]:
