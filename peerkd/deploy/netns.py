@@ -93,7 +93,8 @@ def _ip(*args: str, what: str) -> None:
 
 
 def netns_unavailable() -> str | None:
-    """Why network namespaces cannot be used here (not root, no ``ip``, creating one fails), or None if they can.
+    """Why network namespaces cannot be used here (not root, no ``ip``, creating one, a veth pair in it or
+    running a program in it fails), or None if they can.
 
     Creates and deletes one namespace (``pk<pid>-probe``) to find out.
     """
@@ -104,7 +105,11 @@ def netns_unavailable() -> str | None:
     probe = f"pk{os.getpid()}-probe"
     try:
         _ip("netns", "add", probe, what="creating a network namespace")
+    except (DeployError, OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    try:
         _ip("-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1", what="creating a veth pair")
+        _ip("netns", "exec", probe, "true", what="running a program in a network namespace")
     except (DeployError, OSError, subprocess.SubprocessError) as exc:
         return str(exc)
     finally:
