@@ -42,6 +42,7 @@ from peerkd.deploy.commands import (
     BASELINE_ENV,
     BIN,
     CONNECTION,
+    clientapp_args,
     connection_toml,
     node_config,
     superlink_args,
@@ -395,9 +396,12 @@ def _start_netns(
         config = write_node_config(
             home / NODE_CONFIG, node_config(i, n, data_paths[i] if i < len(data_paths) else "", student)
         )
-        args = supernode_args(fleet, config, CLIENTAPPIO_PORT, certs / "ca.crt", private)
+        how = "warm" if tuned else "fresh"  # tuned: a warm ClientApp beside each node, 1 s idle poll
+        args = supernode_args(fleet, config, CLIENTAPPIO_PORT, certs / "ca.crt", private, how, 1.0 if tuned else 0.0)
         env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(state / "world-cache"), **extra}
-        start_in(cluster, spaces.node(i), f"node-{i}", args, env=env)
+        node = start_in(cluster, spaces.node(i), f"node-{i}", args, env=env)
+        if tuned:
+            start_in(cluster, spaces.node(i), f"node-{i}-app", clientapp_args(CLIENTAPPIO_PORT, node.pid), env=env)
     info = NetnsCluster(
         str(state), spaces.link, [spaces.node(i) for i in range(n)], fleet, CONTROL, str(flwr_home), str(certs), n
     )

@@ -184,7 +184,7 @@ def test_a_cut_link_makes_its_node_missing_for_the_round_and_it_rejoins(tmp_path
     # Assert: the rounds as the ServerApp recorded them; TLS; nothing left.
     _check_rounds(_rows(out), names, summary, why)
     _check_tls(state, tls, started, names, why)
-    assert left == [] and len(ids) == 3 and len(started) == 3 and not D.process_tree(started), left
+    assert left == [] and len(ids) == 3 and len(started) == 5 and not D.process_tree(started), left
     assert not set(spaces.names) & set(N.listed_namespaces()) and N.processes_in(ids) == {}
 
 
@@ -215,7 +215,8 @@ def _check_tls(state: Path, tls: dict[str, str], started: list, names: dict[int,
     assert tls["wrong-name"].startswith("UNAVAILABLE |") and "Hostname Verification" in tls["wrong-name"], tls
     link_log = (state / "superlink-flwr.log").read_text()
     assert {int(n) for n in re.findall(r"Activated node_id=(\d+)", link_log)} == set(names.values()), why
-    nodes, links = [s for s in started if s.name != "superlink"], [s for s in started if s.name == "superlink"]
+    nodes = [s for s in started if s.name.startswith("node-") and not s.name.endswith("-app")]  # SuperNodes
+    links = [s for s in started if s.name == "superlink"]
     assert len(nodes) == 2 and all("--root-certificates" in s.cmdline for s in nodes), started
     assert len(links) == 1 and "--ssl-certfile" in links[0].cmdline, started
     assert not any("--insecure" in s.cmdline for s in started), started
