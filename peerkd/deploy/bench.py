@@ -12,13 +12,13 @@ the server's own work. Start-up and handler times come from the ClientApps' timi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from peerkd.deploy.cluster import Cluster
 from peerkd.deploy.launch import start_local, submit_run, wait_for_summary
 from peerkd.env import TIMING_ENV
+from peerkd.round.results import read_jsonl
 
 __all__ = ["bench", "round_breakdown"]
 
@@ -55,7 +55,8 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    """The rows of a JSON-lines file (``read_jsonl``: a torn line skipped); none if it was never written."""
+    return read_jsonl(path) if path.is_file() else []
 
 
 def bench_one(state: Path, nodes: int, rounds: int, app: Path, secure: bool, setup: str) -> dict:

@@ -127,11 +127,17 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
     return {**os.environ, **DEPLOY_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
 
 
-def register_nodes(flwr_home: Path, public_keys: list[Path], timeout: float = 90.0) -> None:
-    """``flwr supernode register`` each key (concurrently: each call is a CLI start-up of seconds)."""
+def register_nodes(
+    flwr_home: Path, public_keys: list[Path], timeout: float = 90.0, prefix: list[str] | None = None, where: str = ""
+) -> None:
+    """``flwr supernode register`` each key (concurrently: each call is a CLI start-up of seconds).
+
+    ``prefix`` goes in front of each command (``ip netns exec NS``: where the Control API is reachable);
+    ``where`` names that place in the error.
+    """
     procs = [
         subprocess.Popen(
-            [str(BIN / "flwr"), "supernode", "register", str(k), CONNECTION],
+            [*(prefix or []), str(BIN / "flwr"), "supernode", "register", str(k), CONNECTION],
             env=flwr_env(flwr_home),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -149,7 +155,7 @@ def register_nodes(flwr_home: Path, public_keys: list[Path], timeout: float = 90
         if proc.returncode != 0:
             failed.append(f"{key}: {output_reason(out)}")
     if failed:
-        raise DeployError("flwr supernode register failed: " + " | ".join(failed))
+        raise DeployError(f"flwr supernode register{where} failed: " + " | ".join(failed))
 
 
 def start_local(

@@ -49,7 +49,7 @@ from peerkd.deploy.commands import (
     supernode_args,
     write_node_config,
 )
-from peerkd.deploy.launch import NODE_CONFIG, flwr_env, output_reason
+from peerkd.deploy.launch import NODE_CONFIG, flwr_env, output_reason, register_nodes
 from peerkd.deploy.processes import Started, cmdline, process_tree
 from peerkd.errors import check_range
 
@@ -311,23 +311,7 @@ def wait_for_port_in(ns: str, address: str, timeout: float, proc: Started | None
 
 def register_nodes_in(ns: str, flwr_home: Path, public_keys: list[Path], timeout: float = 90.0) -> None:
     """``flwr supernode register`` each key from inside namespace ``ns`` (where the Control API is), concurrently."""
-    argv = [[str(BIN / "flwr"), "supernode", "register", str(k), CONNECTION] for k in public_keys]
-    env = flwr_env(flwr_home)
-    procs = [
-        subprocess.Popen(exec_args(ns, a), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for a in argv
-    ]
-    failed = []
-    for key, proc in zip(public_keys, procs):
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        if proc.returncode != 0:
-            failed.append(f"{key}: {output_reason(out)}")
-    if failed:
-        raise DeployError(f"flwr supernode register (in namespace {ns}) failed: " + " | ".join(failed))
+    register_nodes(flwr_home, public_keys, timeout, prefix=exec_args(ns, []), where=f" (in namespace {ns})")
 
 
 @dataclass(frozen=True)
