@@ -13,14 +13,16 @@ the server's own work. Start-up and handler times come from the ClientApps' timi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from peerkd.deploy.cluster import Cluster
+from peerkd.deploy import netns
+from peerkd.deploy.cluster import Cluster, DeployError
 from peerkd.deploy.launch import start_local, submit_run, wait_for_summary
 from peerkd.env import TIMING_ENV
-from peerkd.round.results import read_jsonl
+from peerkd.round.results import append_jsonl, read_jsonl
 
-__all__ = ["bench", "round_breakdown"]
+__all__ = ["WHERE", "bench", "bench_one", "round_breakdown"]
 
 TIMING_FILE = "timing.jsonl"
 
@@ -59,20 +61,54 @@ def _read_jsonl(path: Path) -> list[dict]:
     return read_jsonl(path) if path.is_file() else []
 
 
-def bench_one(state: Path, nodes: int, rounds: int, app: Path, secure: bool, setup: str) -> dict:
-    """One fresh cluster of ``nodes`` in ``setup``, one run; its per-round breakdown and means."""
-    sub, timing_file = state / f"{setup}-{nodes}", state / f"{setup}-{nodes}" / TIMING_FILE
-    out = sub / "out"
-    sub.mkdir(parents=True, exist_ok=True)
-    timing_file.unlink(missing_ok=True)
+def _run_loopback(
+    sub: Path, nodes: int, run_config: str, app: Path, secure: bool, setup: str, env: dict, timeout: float
+) -> dict:
+    """A fresh loopback cluster in ``sub``, one run; its summary within ``timeout`` s (everything stopped after)."""
     cluster = Cluster(sub)
-    start_local(sub, nodes, secure=secure, setup=setup, node_env={TIMING_ENV: str(timing_file)})
+    start_local(sub, nodes, secure=secure, setup=setup, node_env=env)
     try:
-        submit_run(sub, f"strategy='peer' data='digits' num-clients={nodes} rounds={rounds} out='{out}'", app)
-        summary = wait_for_summary(out, cluster, 120 + 60 * rounds * max(1, nodes // 2))
+        submit_run(sub, run_config, app)
+        return wait_for_summary(sub / "out", cluster, timeout)
     finally:
         cluster.stop()
-    lines = _read_jsonl(out / "metrics.jsonl")
+
+
+def _run_netns(
+    sub: Path, nodes: int, run_config: str, app: Path, secure: bool, setup: str, env: dict, timeout: float
+) -> dict:
+    """As ``_run_loopback`` across network namespaces (``peerkd.deploy.netns``: always TLS + node auth);
+    DeployError if anything survived the teardown."""
+    spaces, cluster = netns.Namespaces(nodes).create(), Cluster(sub)
+    try:
+        info = netns.start_netns_cluster(sub, spaces, setup=setup, node_env=env)
+        netns.submit_run_in(info, run_config, app)
+        summary = wait_for_summary(sub / "out", cluster, timeout)
+    except BaseException:  # the run's own error is the one to see: tear down, then let it through
+        netns.teardown(cluster, spaces)
+        raise
+    left = netns.teardown(cluster, spaces)
+    if left:
+        raise DeployError("the namespace bench left behind: " + "; ".join(left))
+    return summary
+
+
+WHERE = {"loopback": _run_loopback, "netns": _run_netns}
+
+
+def bench_one(
+    state: Path, nodes: int, rounds: int, app: Path, secure: bool, setup: str, where: str = "loopback"
+) -> dict:
+    """One fresh cluster of ``nodes`` in ``setup`` (``where``: loopback or netns), one run; its per-round
+    breakdown and means."""
+    sub = state / (f"{setup}-{nodes}" if where == "loopback" else f"{where}-{setup}-{nodes}")
+    timing_file = sub / TIMING_FILE
+    sub.mkdir(parents=True, exist_ok=True)
+    timing_file.unlink(missing_ok=True)
+    run_config = f"strategy='peer' data='digits' num-clients={nodes} rounds={rounds} out='{sub / 'out'}'"
+    timeout = 120 + 60 * rounds * max(1, nodes // 2)
+    summary = WHERE[where](sub, nodes, run_config, app, secure, setup, {TIMING_ENV: str(timing_file)}, timeout)
+    lines = _read_jsonl(sub / "out" / "metrics.jsonl")
     per_round = round_breakdown(
         [r for r in lines if r.get("type") == "round"],
         [r for r in lines if r.get("type") == "client"],
@@ -81,8 +117,9 @@ def bench_one(state: Path, nodes: int, rounds: int, app: Path, secure: bool, set
     means = {f"mean_{k}": _mean(per_round, k) for k in ("wall_s", "train_s", "handler_s", "startup_s", "waiting_s")}
     return {
         "setup": setup,
+        "where": where,
         "nodes": nodes,
-        "secure": secure,
+        "secure": secure or where == "netns",
         **means,
         "acc_mean": summary["acc_mean"],
         "rounds": per_round,
@@ -90,6 +127,20 @@ def bench_one(state: Path, nodes: int, rounds: int, app: Path, secure: bool, set
     }
 
 
-def bench(state: Path, sizes: list[int], rounds: int, app: Path, secure: bool, setups: list[str]) -> list[dict]:
-    """``bench_one`` for every setup and cluster size (fresh cluster each), in that order."""
-    return [bench_one(state, n, rounds, app, secure, s) for s in setups for n in sizes]
+def bench(
+    state: Path,
+    sizes: list[int],
+    rounds: int,
+    app: Path,
+    secure: bool,
+    setups: list[str],
+    places: tuple[str, ...] = ("loopback",),
+) -> Iterator[dict]:
+    """``bench_one`` for every place, setup and cluster size (fresh cluster each), in that order; each row
+    as soon as it is measured, also appended to ``state/bench.jsonl``."""
+    for where in places:
+        for setup in setups:
+            for n in sizes:
+                row = bench_one(state, n, rounds, app, secure, setup, where)
+                append_jsonl(state / "bench.jsonl", row)
+                yield row

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
-from peerkd.deploy.bench import bench
+from peerkd.deploy.bench import WHERE, bench
 from peerkd.deploy.certs import check_hosts, make_certs, make_node_keys
 from peerkd.deploy.cluster import Cluster, DeployError
 from peerkd.deploy.commands import (
@@ -37,6 +38,7 @@ from peerkd.deploy.launch import (
     wait_for_port,
     wait_for_summary,
 )
+from peerkd.deploy.netns import netns_unavailable
 from peerkd.errors import ConfigError, check_choice, check_range
 
 log = logging.getLogger("peerkd.deploy")
@@ -367,23 +369,33 @@ def _cmd_stop(a: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     """``bench --state DIR --nodes 2,8 --setups flower,warm-fast``."""
-    b = sub.add_parser("bench", help="where a deployed round's time goes, per setup and cluster size (loopback)")
+    b = sub.add_parser("bench", help="where a deployed round's time goes, per place, setup and cluster size")
     b.add_argument("--state", type=Path, required=True)
     b.add_argument("--nodes", default="2,8")
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--setups", default=",".join(SETUPS), help=f"comma list of {', '.join(SETUPS)}")
     b.add_argument("--app", type=Path, default=Path("."))
-    b.add_argument("--secure", action="store_true")
+    b.add_argument("--secure", action="store_true", help="TLS + node auth on loopback (always on across namespaces)")
+    b.add_argument(
+        "--where",
+        default="loopback",
+        help=f"comma list of {', '.join(WHERE)} (netns: each node in its own network namespace; root only)",
+    )
     b.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    """One JSON line per (setup, cluster size): per-round wall, start-up, handler, training and waiting."""
+    """One JSON line per (place, setup, cluster size), printed and appended to STATE/bench.jsonl as each is
+    measured: per-round wall, start-up, handler, training and waiting."""
     if not re.fullmatch(r"[1-9]\d*(,[1-9]\d*)*", a.nodes):
         raise ConfigError("--nodes", f"{a.nodes!r} is not a comma list of cluster sizes", "e.g. 2,8 (each >= 1)")
     check_range("--rounds", a.rounds, 1)
     setups = [check_choice("--setups", x, SETUPS) for x in a.setups.split(",")]
     sizes = [int(x) for x in a.nodes.split(",")]
-    for row in bench(a.state.resolve(), sizes, a.rounds, a.app.resolve(), a.secure, setups):
+    places = tuple(check_choice("--where", x, WHERE) for x in a.where.split(","))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill tears the cluster down as Ctrl-C does
+    if "netns" in places and (why := netns_unavailable()):
+        raise ConfigError("--where", f"netns is not available here: {why}", "loopback")
+    for row in bench(a.state.resolve(), sizes, a.rounds, a.app.resolve(), a.secure, setups, places):
         log.info(json.dumps(row))
     return 0

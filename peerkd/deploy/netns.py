@@ -49,9 +49,9 @@ from peerkd.deploy.commands import (
     supernode_args,
     write_node_config,
 )
-from peerkd.deploy.launch import NODE_CONFIG, flwr_env, output_reason, register_nodes
+from peerkd.deploy.launch import DEFAULT_SETUP, NODE_CONFIG, SETUPS, NodeSetup, flwr_env, output_reason, register_nodes
 from peerkd.deploy.processes import Started, cmdline, process_tree
-from peerkd.errors import check_range
+from peerkd.errors import check_choice, check_range
 
 __all__ = [
     "CLIENTAPPIO_PORT",
@@ -271,12 +271,13 @@ def start_in(
 
     ``Cluster.start`` reads the command line right after the start, possibly while it is still
     ``ip netns exec ...``: once ip has exec'd the program (same PID), the record is updated to the
-    program's own command line, the one ``stop`` checks. DeployError if it exits before that.
+    program's own command line, the one ``stop`` checks. While the exec is under way ``/proc`` shows
+    an empty command line: that is waited out too. DeployError if it exits before that.
     """
     rec = cluster.start(name, exec_args(ns, args), env=env)
     wrapper = " ".join(exec_args(ns, []))
     deadline = time.monotonic() + timeout
-    while (now := cmdline(rec.pid)) is not None and now.startswith(wrapper):
+    while (now := cmdline(rec.pid)) is not None and (now == "" or now.startswith(wrapper)):  # "": mid-exec
         if time.monotonic() > deadline:
             raise DeployError(f"{name}: `ip netns exec {ns}` did not start {args[0]} within {timeout:g} s")
         time.sleep(0.01)
@@ -338,30 +339,40 @@ def start_netns_cluster(
     students: list[str] | None = None,
     data_paths: list[str] | None = None,
     start_timeout: float = 60.0,
-    tuned: bool = True,
+    setup: str = DEFAULT_SETUP,
+    node_env: dict[str, str] | None = None,
 ) -> NetnsCluster:
     """A TLS + node-authentication cluster across ``spaces`` (created): the SuperLink in ``spaces.link``
     bound to ``LINK_ADDRESS``, SuperNode i in ``spaces.node(i)`` (node config: partition i of ``spaces.nodes``).
 
-    As ``peerkd.deploy.launch.start_local`` otherwise: the state's own CA (IP SANs ``LINK_ADDRESS`` and
+    As ``peerkd.deploy.launch.start_local`` otherwise (``setup``: a ``SETUPS`` name, ``node_env``: added to
+    every SuperNode's and ClientApp's environment): the state's own CA (IP SANs ``LINK_ADDRESS`` and
     127.0.0.1, the Control API's address inside the link namespace) and node keys, made afresh; keys
     registered with ``flwr supernode register`` inside the link namespace; DeployError naming the step that
     failed, after stopping what it started. Stop with ``Cluster(state).stop()``, then ``spaces.delete()``.
     """
-    cluster = Cluster(state)
+    check_choice("setup", setup, SETUPS)
+    how, cluster = SETUPS[setup], Cluster(state)
     with cluster.claim():
         try:
-            return _start_netns(cluster, spaces, students or [], data_paths or [], start_timeout, tuned)
+            extra = {**({} if how.tuned else BASELINE_ENV), **(node_env or {})}
+            return _start_netns(cluster, spaces, students or [], data_paths or [], start_timeout, how, extra)
         except BaseException:  # Ctrl-C included: no half cluster left running
             cluster.stop()
             raise
 
 
 def _start_netns(
-    cluster: Cluster, spaces: Namespaces, students: list[str], data_paths: list[str], start_timeout: float, tuned: bool
+    cluster: Cluster,
+    spaces: Namespaces,
+    students: list[str],
+    data_paths: list[str],
+    start_timeout: float,
+    setup: NodeSetup,
+    extra: dict[str, str],
 ) -> NetnsCluster:
-    """``start_netns_cluster`` in a state directory it owns."""
-    state, extra, n = cluster.state, {} if tuned else BASELINE_ENV, spaces.nodes
+    """``start_netns_cluster`` in a state directory it owns; ``extra``: environment of every process it starts."""
+    state, n = cluster.state, spaces.nodes
     fleet = f"{LINK_ADDRESS}:{FLEET_PORT}"
     certs = make_certs(state / "certs", [LINK_ADDRESS, "127.0.0.1"], force=True)
     flwr_home = state / "flwr-home"
@@ -380,11 +391,11 @@ def _start_netns(
         config = write_node_config(
             home / NODE_CONFIG, node_config(i, n, data_paths[i] if i < len(data_paths) else "", student)
         )
-        how = "warm" if tuned else "fresh"  # tuned: a warm ClientApp beside each node, 1 s idle poll
-        args = supernode_args(fleet, config, CLIENTAPPIO_PORT, certs / "ca.crt", private, how, 1.0 if tuned else 0.0)
+        ca, port = certs / "ca.crt", CLIENTAPPIO_PORT
+        args = supernode_args(fleet, config, port, ca, private, setup.clientapp, setup.idle_poll_s)
         env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(state / "world-cache"), **extra}
         node = start_in(cluster, spaces.node(i), f"node-{i}", args, env=env)
-        if tuned:
+        if setup.clientapp == "warm":
             start_in(cluster, spaces.node(i), f"node-{i}-app", clientapp_args(CLIENTAPPIO_PORT, node.pid), env=env)
     info = NetnsCluster(
         str(state), spaces.link, [spaces.node(i) for i in range(n)], fleet, CONTROL, str(flwr_home), str(certs), n

@@ -204,6 +204,14 @@ def _append(path: Path) -> IO[str]:
     return open(os.open(path, os.O_WRONLY | os.O_APPEND | _CREATE, 0o666), "a", encoding="utf-8")
 
 
+def append_jsonl(path: str | os.PathLike, *rows: dict[str, Any]) -> None:
+    """Append one JSON object per row to ``path`` (created if missing) and flush them to disk."""
+    with _append(Path(path)) as f:
+        f.write("".join(json.dumps(_clean(row)) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class RunWriter:
     """Writes one run's directory (``hold_run_dir`` keeps other runs out of it).
 

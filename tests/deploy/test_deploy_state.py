@@ -290,6 +290,12 @@ def test_bad_counts_of_keys_and_bench_sizes_are_one_line(tmp_path, capsys, argv)
     assert code == 2 and ": error: --nodes: " in err and not (tmp_path / "d").exists()
 
 
+def test_a_bench_place_not_known_is_one_line_naming_the_places(tmp_path, capsys):
+    code, err = _fails(capsys, ["bench", "--state", str(tmp_path / "d"), "--where", "loopback,mars"])
+    assert code == 2 and ": error: --where: " in err and "loopback" in err and "netns" in err, err
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.fixture
 def read_only_dir(tmp_path, monkeypatch):
     """A directory on a read-only file system: a tmpfs mounted ``ro`` (root ignores chmod 0555). Where

@@ -24,7 +24,9 @@ import pytest
 
 from peerkd import deploy as D
 from peerkd.deploy import netns as N
+from peerkd.deploy.bench import bench_one
 from peerkd.errors import ConfigError
+from simulations.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 3  # 1: both nodes; 2: node 1's link cut while it trains -> missing; 3: link back -> node 1 answers
@@ -327,3 +329,23 @@ def test_without_namespaces_the_reason_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(N, "IP", "/bin/false")  # every `ip` call fails, as `ip netns add` does without CAP_SYS_ADMIN
     reason = N.netns_unavailable()
     assert reason.startswith("creating a network namespace failed: ip netns add pk") and "\n" not in reason, reason
+
+
+def test_the_bench_across_namespaces_breaks_rounds_down_with_the_simulations_accuracy(tmp_path):
+    """``bench --where netns``: a fresh TLS cluster across namespaces, one run, its per-round breakdown; the
+    per-client accuracies equal the in-process simulation's; nothing survives."""
+    _namespaces_or_skip()
+    before = set(N.listed_namespaces())
+    row = bench_one(tmp_path / "b", 2, 2, REPO, False, "warm-fast", where="netns")
+    deployed = json.loads((tmp_path / "b" / "netns-warm-fast-2" / "out" / "summary.json").read_text())["per_client"]
+    sim = tmp_path / "sim"
+    assert main(["run", "strategy=peer", "data=digits", "num_clients=2", "rounds=2", "seed=0", f"out={sim}"]) == 0
+    simulated = json.loads((sim / "summary.json").read_text())["per_client"]
+
+    assert (row["where"], row["setup"], row["nodes"], row["secure"]) == ("netns", "warm-fast", 2, True), row
+    assert [r["round"] for r in row["rounds"]] == [1, 2], row
+    for r in row["rounds"]:  # every part measured; the slowest handler (training inside) within the round
+        assert 0 < r["train_s"] <= r["handler_s"] < r["wall_s"] and r["startup_s"] >= 0 and r["waiting_s"] >= 0, r
+    assert {c["client"]: c["acc"] for c in deployed} == {c["client"]: c["acc"] for c in simulated}
+    assert row["acc_mean"] == pytest.approx(sum(c["acc"] for c in simulated) / 2)
+    assert set(N.listed_namespaces()) == before
