@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+FOLLOW_S = 1.0  # how long a job's other processes get to follow their exited roots before they are asked
+
 
 @dataclass(frozen=True)
 class Started:
@@ -86,7 +88,7 @@ def _same(r: Started, table: dict[int, tuple[int, int, str, int]]) -> bool:
 def stop_escalating(
     first: Iterable[int], current: Callable[[], set[int]], grace: float = 10.0, poll: float = 0.1
 ) -> set[int]:
-    """SIGTERM ``first`` and wait; then SIGTERM, then SIGKILL, whatever ``current()`` still reports.
+    """SIGTERM ``first`` and wait for them; then SIGTERM, then SIGKILL, whatever ``current()`` still reports.
 
     Parameters
     ----------
@@ -96,7 +98,10 @@ def stop_escalating(
         The live PIDs that belong to the job, asked again at every check: a fixed set
         filtered to the living, or a rescan that also finds processes started meanwhile.
     grace
-        Seconds the first SIGTERM gets; the second SIGTERM and the SIGKILL get 5 s each.
+        Seconds the roots get to exit after the first SIGTERM. Once they are gone, what is left
+        gets ``FOLLOW_S`` to follow them before the second SIGTERM (an orphan that keeps
+        sleeping, such as a SuperExec in its reconnect backoff, is not waited for the whole
+        grace); the second SIGTERM and the SIGKILL get 5 s each.
     poll
         Seconds between checks.
 
@@ -105,16 +110,26 @@ def stop_escalating(
     set of int
         The PIDs still alive at the end; empty when all are gone.
     """
-    steps = [(set(first), signal.SIGTERM, grace), (None, signal.SIGTERM, 5.0), (None, signal.SIGKILL, 5.0)]
-    for targets, sig, wait in steps:
+    roots = set(first)
+    if not current():
+        return set()
+    _signal(roots, signal.SIGTERM)
+    _wait(lambda: alive(roots) & current(), grace, poll)
+    _wait(current, FOLLOW_S, poll)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         live = current()
         if not live:
             return set()
-        _signal(live if targets is None else targets, sig)
-        deadline = time.monotonic() + wait
-        while current() and time.monotonic() < deadline:
-            time.sleep(poll)
+        _signal(live, sig)
+        _wait(current, 5.0, poll)
     return current()
+
+
+def _wait(pending: Callable[[], set[int]], wait: float, poll: float) -> None:
+    """Return once ``pending()`` is empty, or after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while pending() and time.monotonic() < deadline:
+        time.sleep(poll)
 
 
 def stop_processes(roots: list[Started], grace: float = 10.0) -> set[int]:
@@ -126,9 +141,7 @@ def stop_processes(roots: list[Started], grace: float = 10.0) -> set[int]:
 def kill_now(pids: set[int], wait: float = 5.0) -> set[int]:
     """SIGKILL ``pids`` at once and wait up to ``wait`` s for them to go; return survivors."""
     _signal(pids, signal.SIGKILL)
-    deadline = time.monotonic() + wait
-    while alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait(lambda: alive(pids), wait, 0.1)
     return alive(pids)
 
 
