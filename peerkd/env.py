@@ -23,6 +23,7 @@ QUIET_ENV = {
 # $PEERKD_TIMING_LOG; a warm ClientApp sets $PEERKD_TASK_T0 (epoch s) when it takes a task.
 TIMING_ENV = "PEERKD_TIMING_LOG"
 TASK_T0_ENV = "PEERKD_TASK_T0"
+QUICK_PULLS_ENV = "PEERKD_QUICK_PULLS"  # "0": Flower's 1 s first retry for a message object not there yet
 
 # ray.init's FutureWarning about that default changing: the value above is deliberate.
 _RAY_ACCEL_TIP = "Tip: In future versions of Ray, Ray will no longer override accelerator"

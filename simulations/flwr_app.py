@@ -22,6 +22,7 @@ from peerkd.errors import ConfigError, check_choice
 from peerkd.hooks.standard import standard_hooks
 from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter, check_out_dir, hold_run_dir
+from peerkd.wire.fastpull import quick_pulls
 from simulations.config import RULE_NODES, RunConf, SharedRuleConf, to_run_spec, to_strategy
 from strategies import RULES
 
@@ -96,6 +97,9 @@ def flower_main(grid: Grid, context: Context) -> None:
     from omegaconf import OmegaConf
 
     logging.getLogger("peerkd").setLevel(logging.INFO)
+    from flwr.superlink.grid import http_grid
+
+    quick_pulls(http_grid)  # a reply pulled before its objects are in: asked again after 0.02 s, not 1 s
     cfg = config_from_run_config(dict(context.run_config))
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)
     out = check_out_dir(Path(cfg.out or f"runs/flwr-{context.run_id}").resolve())

@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from peerkd.env import QUIET_ENV
+from peerkd.env import QUICK_PULLS_ENV, QUIET_ENV
 from peerkd.errors import check_choice, check_range
 
 __all__ = [
@@ -41,7 +41,12 @@ DEPLOY_ENV = {
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
 CLIENTAPPS = ("warm", "fresh")  # one long-lived ClientApp process per node, or Flower's one per message
-BASELINE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0", "PEERKD_GRID_POLL_S": "3", "PEERKD_WORLD_CACHE": ""}
+BASELINE_ENV = {
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0",
+    "PEERKD_GRID_POLL_S": "3",
+    "PEERKD_WORLD_CACHE": "",
+    QUICK_PULLS_ENV: "0",
+}
 
 
 def node_config(partition_id: int, num_partitions: int, data_path: str = "", student: str = "") -> dict[str, Any]:

@@ -41,19 +41,59 @@ from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
+from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from peerkd.env import TASK_T0_ENV
+from peerkd.wire.fastpull import OBJECT_RETRY_CAP_S, OBJECT_RETRY_S
 
 __all__ = ["TaskLog", "WarmRunner", "serve"]
 
 log = logging.getLogger("peerkd.deploy.warm")
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """flwr 1.39's ``run_clientapp.pull_task_input`` with a short retry for the message's objects.
+
+    The SuperNode offers a task as soon as it has stored the message, then pulls the message's
+    objects from the SuperLink. Flower's ClientApp process starts seconds later; a warm runner
+    asks within ``poll_s`` and can find an object still missing, which Flower asks for again
+    after 1 s, then 2 s (``peerkd.wire.fastpull``): here after ``OBJECT_RETRY_S``, doubling up
+    to ``OBJECT_RETRY_CAP_S``. The rest is Flower's code.
+    """
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id = res.task_id, res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message,
+        initial_backoff=OBJECT_RETRY_S,
+        backoff_cap=OBJECT_RETRY_CAP_S,
+    )
+    message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message lacks its own id
+    return message, context, run, fab
 
 
 @dataclass

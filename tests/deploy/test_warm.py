@@ -37,6 +37,7 @@ def test_patch_replaces_only_the_supernode_modules_clock_and_resets_after_each_p
     pushed = []
     monkeypatch.setattr(sci, "_push_messages", lambda *a, **k: pushed.append(a))
     monkeypatch.setattr(sci, "time", time)  # restored after the test
+    monkeypatch.setattr(sci, "pull_objects", sci.pull_objects)
     monkeypatch.setattr(
         fastnode.inspect,
         "getsource",
@@ -54,14 +55,37 @@ def test_patch_checks_the_real_flwr_source_and_refuses_code_it_does_not_know(mon
 
     monkeypatch.setattr(sci, "time", time)
     monkeypatch.setattr(sci, "_push_messages", sci._push_messages)
+    monkeypatch.setattr(sci, "pull_objects", sci.pull_objects)
     fastnode.patch_supernode(1.0)  # the installed flwr 1.39: the sleeps are where the patch expects
-    assert isinstance(sci.time, fastnode.IdleClock)
+    assert isinstance(sci.time, fastnode.IdleClock) and sci.pull_objects.keywords["initial_backoff"] == 0.02
     monkeypatch.setattr(sci, "time", time)
     monkeypatch.setattr(fastnode, "IDLE_SLEEP", 7)
     with pytest.raises(RuntimeError, match="does not sleep where"):
         fastnode.patch_supernode(1.0)
     with pytest.raises(SystemExit, match=r"must be in \(0, 7\]"):
         fastnode.main(["9", "--insecure"])
+
+
+def test_quick_pulls_ask_again_after_20_ms_once_and_only_for_flowers_own_puller(monkeypatch):
+    import types
+
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from peerkd.env import QUICK_PULLS_ENV
+    from peerkd.wire.fastpull import OBJECT_RETRY_CAP_S, OBJECT_RETRY_S, quick_pulls
+
+    module = types.ModuleType("receiver")
+    module.pull_objects = inflatable_utils.pull_objects
+    monkeypatch.setenv(QUICK_PULLS_ENV, "0")  # the baseline: Flower's 1 s
+    quick_pulls(module)
+    assert module.pull_objects is inflatable_utils.pull_objects
+    monkeypatch.delenv(QUICK_PULLS_ENV)
+    quick_pulls(module)
+    quick_pulls(module)  # again: the same single wrap
+    assert module.pull_objects.func is inflatable_utils.pull_objects
+    assert module.pull_objects.keywords == {"initial_backoff": OBJECT_RETRY_S, "backoff_cap": OBJECT_RETRY_CAP_S}
+    with pytest.raises(RuntimeError, match="does not pull objects with Flower's pull_objects"):
+        quick_pulls(types.ModuleType("elsewhere"))
 
 
 def test_supernode_command_lines_per_setup(tmp_path):
