@@ -12,6 +12,8 @@ from strategies.robust import (
     Aggregator,
     clip_norms,
     closeness_weights,
+    column_ratios,
+    column_weighted_mean,
     consensus_weights,
     coordinate_median,
     distance_ratios,
@@ -191,3 +193,35 @@ def test_peer_remembers_reputation_by_node_and_it_survives_a_checkpoint():
     fresh = build_strategy("peer", aggregator="reputation")
     fresh.load_state_dict(state)
     assert fresh.distance == {7: 0.25, 8: 1.0}
+
+
+def test_column_ratios_and_the_column_weighted_mean_by_hand():
+    # Column 0 holds 0, 1, 3 (median 1, distances 1, 0, 2); column 1 holds 5, 5, 9 (median distance 0).
+    stack = np.array([[[0.0, 5.0]], [[1.0, 5.0]], [[3.0, 9.0]]])
+    np.testing.assert_allclose(column_ratios(stack), [[1, 0], [0, 0], [2, MAX_RATIO]])
+    np.testing.assert_allclose(column_weighted_mean([[[0.0, 0.0]], [[4.0, 8.0]]], [[1, 3], [1, 1]]), [[2.0, 2.0]])
+    np.testing.assert_allclose(column_weighted_mean([[[0.0]], [[4.0]]], [[0.0], [0.0]]), [[2.0]])  # no weight: even
+    # Column 0: weights 1, 1, e^-4 -> (0 + 1 + 3 e^-4) / (2 + e^-4); column 1: the third peer has none -> 5.
+    e = np.exp(-4.0)
+    out = Aggregator("column_consensus")(stack)
+    np.testing.assert_allclose(out, [[(1 + 3 * e) / (2 + e), 5.0]], rtol=1e-6)
+
+
+def test_column_consensus_silences_a_one_class_dissenter_on_that_class_only():
+    # Prepare: 5 honest peers near one answer on 60 rows of 10 classes; one peer off on class 3 alone.
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 3, (60, 10))
+    stack = base + rng.normal(0, 0.1, (6, 60, 10))
+    stack[5, :, 3] += 5.0
+    others = [c for c in range(10) if c != 3]
+    # Execute
+    w = closeness_weights(column_ratios(stack))
+    per_class = Aggregator("column_consensus")(stack)
+    # Assert: per class, the dissenter keeps a say on the 9 columns it agrees on (a weight like the
+    # honest peers') and none on column 3; whole-row consensus drops it everywhere.
+    assert w[5, 3] < 1e-6 and w[5, others].min() > 0.5 and w[:5, others].min() > 0.5
+    np.testing.assert_allclose(per_class, column_weighted_mean(stack, w), rtol=1e-6)
+    np.testing.assert_allclose(per_class[:, 3], column_weighted_mean(stack[:5, :, [3]], w[:5, [3]])[:, 0], rtol=1e-5)
+    assert consensus_weights(stack)[5] < 1e-6
+    loo = Aggregator("column_consensus").leave_one_out(stack)
+    np.testing.assert_allclose(loo[5], Aggregator("column_consensus")(stack[:5]), rtol=1e-6)
