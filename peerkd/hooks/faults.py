@@ -44,7 +44,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from peerkd.errors import ConfigError, check_choice, check_range
-from peerkd.hooks.forgery import FORGERIES, forge
+from peerkd.hooks.forgery import FORGERIES, forge, inside
 from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.round.results import accuracy_stats
 from peerkd.wire import protocol as P
@@ -55,7 +55,7 @@ log = logging.getLogger("peerkd")
 
 DELAYS = ("exponential", "uniform", "constant")
 DELAY_MODES = ("auto", "real", "simulated")
-ATTACKS = ("wrong", "sign_flip", "random", "huge", "colluding", *FORGERIES, "silent")
+ATTACKS = ("wrong", "sign_flip", "random", "huge", "colluding", *FORGERIES, "inside", "silent")
 WRONG_MARGIN = 10.0  # wrong / colluding: logit added to the pushed class (the issue's "+10 on a wrong class")
 HUGE_SCALE = 1e6  # huge: what an attacker multiplies its outputs by
 # Independent random streams of one seed (numpy SeedSequence entropy: [seed, stream, ...]).
@@ -98,7 +98,7 @@ class AttackSpec:
     """Attacking clients (``attack.*`` in the run config; none by default)."""
 
     fraction: float = 0.0  # share of clients that attack (a seeded choice, rounded to whole clients)
-    kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding | lma | cpa | rank_shift | silent
+    kind: str = "wrong"  # wrong | sign_flip | random | huge | colluding | lma | cpa | rank_shift | inside | silent
 
     def __post_init__(self) -> None:
         # Below 1: accuracy is measured over honest clients, and a fleet of attackers has none.
@@ -179,7 +179,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def attack_array(
-    values: np.ndarray, kind: str, rng: np.random.Generator, push_class: int = 0, probabilities: bool = False
+    values: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    push_class: int = 0,
+    probabilities: bool = False,
+    center: np.ndarray | None = None,
 ) -> np.ndarray:
     """An attacker's forgery of ``(rows, C)`` outputs it would honestly send.
 
@@ -187,7 +192,9 @@ def attack_array(
     - ``colluding``: +``WRONG_MARGIN`` on ``push_class`` in every row (all attackers agree on it);
     - ``sign_flip``: the logits negated; ``random``: Gaussian logits of the same spread;
     - ``huge``: everything times ``HUGE_SCALE``;
-    - ``lma``, ``cpa``, ``rank_shift``: built from the row's own values (``peerkd.hooks.forgery``).
+    - ``lma``, ``cpa``, ``rank_shift``: built from the row's own values (``peerkd.hooks.forgery``);
+    - ``inside``: ``center`` (the target the attacker was sent, same shape; None: none yet) moved
+      toward its LMA forgery by most of the attacker's own distance from it (``forgery.inside``).
 
     ``probabilities``: ``values`` are softmax outputs (DS-FL); the forgery is made on their logs
     and sent as probabilities again (``huge`` scales the probabilities themselves).
@@ -203,6 +210,9 @@ def attack_array(
         z = rng.normal(0.0, float(z.std()) or 1.0, z.shape)
     elif kind in FORGERIES:
         z = forge(z, kind)
+    elif kind == "inside":
+        c = None if center is None else np.asarray(center, dtype=np.float64)
+        z = inside(z, None if c is None else np.log(np.clip(c, 1e-12, None)) if probabilities else c)
     else:
         if kind == "colluding":
             pushed = np.full(rows, push_class)
@@ -211,6 +221,18 @@ def attack_array(
         z = z.copy()
         z[np.arange(rows), pushed] += WRONG_MARGIN
     return (_softmax(z) if probabilities else z).astype(np.float32)
+
+
+def _sent_target(msg: Message, shape: tuple[int, ...], probabilities: bool) -> np.ndarray | None:
+    """The target a request carried for its node, decoded to ``shape`` (None: none, a peers' sum, or not
+    decodable to that shape): what an aggregator-aware attacker knows of the consensus."""
+    record = msg.content.get(P.KEY_TARGETS)
+    if not isinstance(record, ArrayRecord) or P.ARRAY_LOGITS not in record or P.ARRAY_PEERS in record:
+        return None
+    try:
+        return decode_logits(record, shape, probabilities)
+    except (CodecError, IndexError, ValueError):
+        return None
 
 
 def _round_of(msg: Message) -> int:
@@ -372,7 +394,8 @@ class FaultyGrid(Grid):
             except (CodecError, IndexError):
                 continue
             push = self.plan.colluding_class(honest.shape[1])
-            forged = attack_array(honest, self.plan.attack.kind, rng, push, probs)
+            center = _sent_target(sent.message, honest.shape, probs) if key == P.KEY_LOGITS else None
+            forged = attack_array(honest, self.plan.attack.kind, rng, push, probs, center)
             rest = {k: v for k, v in record.items() if k != P.ARRAY_LOGITS and not k.startswith(f"{P.ARRAY_LOGITS}.")}
             reply.content[key] = ArrayRecord({**rest, **encode_arrays(P.ARRAY_LOGITS, forged, sent.codec, probs)})
         self.events["forged"] += 1

@@ -14,6 +14,15 @@ so the same norm), so a value-range check or a norm bound sees an ordinary-looki
   the class ranked just above it and the top class the smallest: the second guess becomes the
   answer with the true answer's confidence, the row's values unchanged as a set.
 
+One attacker knows the defence (``inside``, aggregator-aware, after the "stay within the
+defence's radius" attacks on robust aggregation: Baruch et al. "A Little Is Enough", NeurIPS 2019;
+Fang et al., USENIX Security 2020): distance-based defences (``consensus``, ``reputation``) keep full
+weight for a peer no farther from the median than the median peer, and trimming keeps values inside
+the honest spread. So it sends the consensus it was last sent (the rule's target for it: the other
+peers' aggregate) moved toward LMA's forgery of that consensus by ``INSIDE_SHARE`` of its own honest
+distance from it, a distance typical of an honest peer. Until it has been sent a target it answers
+honestly.
+
 Roux et al. give their attackers the honest clients' mean; here each attacker uses its own honest
 outputs as that estimate (it knows its own model, not the others'), and estimates the class
 similarity from them too (``class_similarity``). "All the mass" is sent as logits within the row's
@@ -25,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 FORGERIES = ("lma", "cpa", "rank_shift")
+INSIDE_SHARE = 0.9  # inside: the share of its own honest distance from the consensus an attacker moves off it
 
 
 def peaked(z: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -82,6 +92,25 @@ def rank_shift(z: np.ndarray) -> np.ndarray:
     out = np.empty_like(z)
     np.put_along_axis(out, order, np.roll(values, 1, axis=1), axis=1)
     return out
+
+
+def inside(z: np.ndarray, center: np.ndarray | None, share: float = INSIDE_SHARE) -> np.ndarray:
+    """The aggregator-aware forgery: ``center + share * ||z - center|| * u``, ``u`` the unit direction
+    from ``center`` to its LMA forgery (Frobenius norms over the whole array); ``z`` itself when
+    there is no ``center`` yet or either distance is 0.
+
+    ``inside([[1, 1]], [[2, 0]], 0.5)``: honest distance √2, LMA of the center points to
+    ``[[0, 2]]`` (direction ``[[-1, 1]] / √2``), so ``[[1.5, 0.5]]``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if center is None:
+        return z
+    c = np.asarray(center, dtype=np.float64)
+    push = forge(c, "lma") - c
+    radius, length = float(np.linalg.norm(z - c)), float(np.linalg.norm(push))
+    if radius == 0 or length == 0:
+        return z
+    return c + share * radius * push / length
 
 
 def forge(z: np.ndarray, kind: str) -> np.ndarray:

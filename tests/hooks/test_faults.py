@@ -259,3 +259,38 @@ def test_round_line_without_an_honest_accuracy():
 
     row = {"round": 1, "replies": 1, "rejected": 0, "missing": [], "round_s": 0.5, "acc_mean": None, "acc_worst": None}
     assert round_line(row) == "no honest accuracy (1 replies)  0.5 s"
+
+
+def test_an_aggregator_aware_attacker_reads_the_target_it_was_sent(flower_identity):
+    from flwr.app import ArrayRecord, Message, RecordDict
+
+    from peerkd.hooks.faults import _sent_target
+    from peerkd.wire import protocol as P
+    from peerkd.wire.codec import decode_logits, encode_logits
+
+    # Prepare: requests carrying an int8 target, none, and a peers' sum (peer_sum: not a consensus estimate)
+    target = np.random.default_rng(0).normal(0, 3, (6, 4))
+    packed = encode_logits(target, Codec("int8"))
+    summed = ArrayRecord({**packed, P.ARRAY_PEERS: packed[P.ARRAY_LOGITS]})  # only the key matters here
+
+    def request(content: dict) -> Message:
+        return Message(RecordDict(content), dst_node_id=1, message_type=P.MSG_DISTILL)
+
+    # Assert: decoded as the client decodes it; nothing when absent, a sum, or of another shape
+    got = _sent_target(request({P.KEY_TARGETS: packed}), (6, 4), False)
+    np.testing.assert_array_equal(got, decode_logits(packed, (6, 4)))
+    assert _sent_target(request({}), (6, 4), False) is None
+    assert _sent_target(request({P.KEY_TARGETS: summed}), (6, 4), False) is None
+    assert _sent_target(request({P.KEY_TARGETS: packed}), (5, 4), False) is None
+
+
+def test_inside_attackers_against_column_consensus_on_the_batched_engine(tmp_path):
+    # Execute: 3 clients, 3 rounds, one aggregator-aware attacker (honest in round 1: no target yet)
+    spec = tiny(rounds=3, attack=AttackSpec(0.34, "inside"))
+    summary = run_batched(
+        spec, build_strategy("peer", aggregator="column_consensus"), tmp_path, {"rule": "peer"}, device="cpu"
+    )
+    # Assert: its forgeries were accepted (in range: nothing to reject), and accuracy is the honest clients'
+    assert summary["faults"]["forged"] >= 2 and summary["accepted_replies"] == 9 and rejections(tmp_path) == []
+    honest = [r["acc"] for r in summary["per_client"] if not r["attacker"]]
+    assert len(honest) == 2 and summary["acc_mean"] == pytest.approx(np.mean(honest))

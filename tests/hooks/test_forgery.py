@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from peerkd.hooks.faults import attack_array
-from peerkd.hooks.forgery import class_similarity, forge, least_similar, peaked, rank_shift
+from peerkd.hooks.forgery import INSIDE_SHARE, class_similarity, forge, inside, least_similar, peaked, rank_shift
+from strategies.robust import closeness_weights, distance_ratios
 
 Z = np.array([[3.0, 1.0, 2.0], [0.0, 4.0, -2.0]])
 
@@ -43,3 +44,28 @@ def test_forgeries_stay_in_the_rows_range_and_travel_as_probabilities_too(kind):
     p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     probs = attack_array(p, kind, np.random.default_rng(0), probabilities=True)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_inside_moves_off_the_consensus_by_most_of_its_own_distance_toward_lma():
+    # Center [2, 0]: LMA of it is [0, 2] (direction [-1, 1] / sqrt 2); own honest [1, 1] is sqrt 2 away.
+    np.testing.assert_allclose(inside([[1.0, 1.0]], [[2.0, 0.0]], 0.5), [[1.5, 0.5]])
+    np.testing.assert_allclose(inside(Z, None), Z)  # no target yet: honest
+    np.testing.assert_allclose(inside(Z, Z), Z)  # on the consensus already: nothing to hide in
+    center = np.random.default_rng(1).normal(0, 3, (40, 10))
+    own = center + np.random.default_rng(2).normal(0, 1, (40, 10))
+    out = attack_array(own, "inside", np.random.default_rng(0), center=center)
+    assert np.linalg.norm(out - center) == pytest.approx(INSIDE_SHARE * np.linalg.norm(own - center), rel=1e-5)
+    assert attack_array(own, "inside", np.random.default_rng(0)).tolist() == own.astype(np.float32).tolist()
+
+
+def test_an_inside_forgery_keeps_full_consensus_weight_where_lma_loses_it():
+    # Prepare: 8 honest peers scattered around one answer; the attacker knows their mean (its target).
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 3, (60, 10))
+    honest = base + rng.normal(0, 1, (8, 60, 10))
+    center, own = honest.mean(axis=0), base + rng.normal(0, 1, (60, 10))
+    # Execute
+    hidden = closeness_weights(distance_ratios(np.concatenate([honest, inside(own, center)[None]])))
+    loud = closeness_weights(distance_ratios(np.concatenate([honest, forge(own, "lma")[None]])))
+    # Assert: inside the median peer's distance (full weight); LMA far outside (no weight)
+    assert hidden[-1] == 1.0 and loud[-1] < 1e-6
