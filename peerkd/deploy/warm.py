@@ -60,7 +60,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from peerkd.env import TASK_T0_ENV
-from peerkd.wire.fastpull import OBJECT_RETRY_CAP_S, OBJECT_RETRY_S
+from peerkd.wire.fastpull import retry_settings
 
 __all__ = ["TaskLog", "WarmRunner", "serve"]
 
@@ -73,8 +73,8 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, F
     The SuperNode offers a task as soon as it has stored the message, then pulls the message's
     objects from the SuperLink. Flower's ClientApp process starts seconds later; a warm runner
     asks within ``poll_s`` and can find an object still missing, which Flower asks for again
-    after 1 s, then 2 s (``peerkd.wire.fastpull``): here after ``OBJECT_RETRY_S``, doubling up
-    to ``OBJECT_RETRY_CAP_S``. The rest is Flower's code.
+    after 1 s, then 2 s: here after 20 ms, doubling up to 0.5 s (``peerkd.wire.fastpull``'s
+    ``retry_settings``). The rest is Flower's code.
     """
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id = res.task_id, res.run.run_id
@@ -89,8 +89,7 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, F
         make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
         return_type=Message,
-        initial_backoff=OBJECT_RETRY_S,
-        backoff_cap=OBJECT_RETRY_CAP_S,
+        **retry_settings(),
     )
     message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message lacks its own id
     return message, context, run, fab

@@ -22,22 +22,29 @@ from peerkd.env import QUICK_PULLS_ENV
 
 OBJECT_RETRY_S, OBJECT_RETRY_CAP_S = 0.02, 0.5  # an object not there yet: asked again after, doubling to the cap
 
-__all__ = ["OBJECT_RETRY_CAP_S", "OBJECT_RETRY_S", "quick_pulls"]
+__all__ = ["OBJECT_RETRY_CAP_S", "OBJECT_RETRY_S", "quick_pulls", "retry_settings"]
+
+
+def retry_settings() -> dict[str, float]:
+    """The keyword arguments of Flower's ``pull_objects`` (and ``pull_and_inflate_object_from_tree``) for
+    the short retry; none (Flower's 1 s) with ``PEERKD_QUICK_PULLS=0``."""
+    if os.environ.get(QUICK_PULLS_ENV, "1") == "0":
+        return {}
+    return {"initial_backoff": OBJECT_RETRY_S, "backoff_cap": OBJECT_RETRY_CAP_S}
 
 
 def quick_pulls(module: ModuleType) -> None:
-    """``module.pull_objects`` (Flower's, imported there) with the short retry; again, or with
+    """``module.pull_objects`` (Flower's, imported there) with ``retry_settings``; again, or with
     ``PEERKD_QUICK_PULLS=0``: nothing to do.
 
     RuntimeError if ``module`` has no Flower ``pull_objects`` (another flwr version).
     """
     from flwr.supercore.inflatable import inflatable_utils
 
-    if os.environ.get(QUICK_PULLS_ENV, "1") == "0":
-        return
     current = getattr(module, "pull_objects", None)
     if isinstance(current, partial) and current.func is inflatable_utils.pull_objects:
         return
     if current is not inflatable_utils.pull_objects:
         raise RuntimeError(f"{module.__name__} does not pull objects with Flower's pull_objects (flwr 1.39)")
-    module.pull_objects = partial(current, initial_backoff=OBJECT_RETRY_S, backoff_cap=OBJECT_RETRY_CAP_S)
+    if settings := retry_settings():
+        module.pull_objects = partial(current, **settings)

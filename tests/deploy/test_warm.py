@@ -72,13 +72,13 @@ def test_quick_pulls_ask_again_after_20_ms_once_and_only_for_flowers_own_puller(
     from flwr.supercore.inflatable import inflatable_utils
 
     from peerkd.env import QUICK_PULLS_ENV
-    from peerkd.wire.fastpull import OBJECT_RETRY_CAP_S, OBJECT_RETRY_S, quick_pulls
+    from peerkd.wire.fastpull import OBJECT_RETRY_CAP_S, OBJECT_RETRY_S, quick_pulls, retry_settings
 
     module = types.ModuleType("receiver")
     module.pull_objects = inflatable_utils.pull_objects
     monkeypatch.setenv(QUICK_PULLS_ENV, "0")  # the baseline: Flower's 1 s
     quick_pulls(module)
-    assert module.pull_objects is inflatable_utils.pull_objects
+    assert module.pull_objects is inflatable_utils.pull_objects and retry_settings() == {}
     monkeypatch.delenv(QUICK_PULLS_ENV)
     quick_pulls(module)
     quick_pulls(module)  # again: the same single wrap
