@@ -30,13 +30,13 @@ A rule that averages what clients send (logits, probabilities, per-class means) 
   Zimmer & Pokutta, ICLR 2024), which weights clients by their behaviour over past rounds. Rules
   that keep each peer's outputs between rounds (``peer``) pass the remembered trust; elsewhere it
   is ``consensus`` with the norm bound.
-- ``column_consensus``: ``consensus`` per class column: each peer's distance to the coordinate-wise
-  median is measured on each class's column alone (over all rows), and each column of the result
-  is a mean weighted by the peers' closeness on that column (``column_ratios``). A peer that
-  dissents on one class (a minority-class expert whose column stands out, or a forgery that moves
-  mass onto one class) loses its say on that column only; whole-row ``consensus`` silences it on
-  every class. A class-aware robust statistic in the sense of FedTGD's per-class defence (ICDCS
-  2024), with the consensus formula above.
+- ``class_aware``: ``consensus`` whose distance is judged per predicted class: the rows are grouped
+  by the coordinate-wise median's top class, each peer's distance to the median is measured in each
+  group and divided by the median peer's there, and a peer's ratio is the median over the groups
+  (``class_ratios``). A minority-class expert is far from the consensus only on the rows of its
+  class (a group or two) and keeps full weight; a forgery that is off on every row (``lma``,
+  ``cpa``, ``rank_shift``) is far in every group. Whole-row ``consensus`` adds the expert's few
+  far rows to its one distance. In the spirit of FedTGD's class-wise defence (ICDCS 2024).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 
 from peerkd.errors import check_choice, check_range
 
-AGGREGATORS = ("mean", "median", "trimmed_mean", "clip", "consensus", "reputation", "column_consensus")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "clip", "consensus", "reputation", "class_aware")
 SHARPNESS = 4.0  # consensus: how fast a peer's weight falls beyond the median distance
 MAX_RATIO = 1e3  # a peer off the median when most peers sit on it
 REPUTATION_MEMORY = 0.5  # reputation: the past's share of a peer's remembered distance ratio each round
@@ -117,35 +117,23 @@ def distance_ratios(stack: np.ndarray) -> np.ndarray:
     return dist / m if m > 0 else np.where(dist > 0, MAX_RATIO, 0.0)
 
 
-def column_ratios(stack: np.ndarray) -> np.ndarray:
-    """``distance_ratios`` per class column: ``(n, ..., C) -> (n, C)``, each peer's distance to the
-    coordinate-wise median on column c (over every other axis) over the median peer's on c.
+def class_ratios(stack: np.ndarray) -> np.ndarray:
+    """``distance_ratios`` judged per predicted class: ``(n, ..., C) -> (n,)``.
 
-    ``column_ratios([[[0, 5]], [[1, 5]], [[3, 9]]])``: column 0 as ``distance_ratios`` of 0, 1, 3
-    (``[1, 0, 2]``); column 1's median distance is 0, so the peers on it get 0 and the one off it
-    ``MAX_RATIO``.
+    The rows (every axis but the first and the last) are grouped by the coordinate-wise median's top
+    class; in each group every peer's distance to the median over the median peer's there; a peer's
+    ratio is the median of its group ratios. ``class_ratios([[[3, 0], [0, 3]], [[3, 0], [0, 3]],
+    [[3, 0], [0, 4]], [[5, 0], [0, 3]]])``: the median rows are ``[3, 0]`` (group 0) and ``[0, 3]``
+    (group 1); in group 0 only peer 3 is off (ratio ``MAX_RATIO``), in group 1 only peer 2: the median
+    of ``[0, MAX_RATIO]`` is ``MAX_RATIO / 2`` for those two, 0 for the others.
     """
     stack = np.asarray(stack, dtype=np.float64)
     n, c = len(stack), stack.shape[-1]
-    diff = (stack - coordinate_median(stack)).reshape(n, -1, c)
-    dist = np.sqrt((diff**2).sum(axis=1))
-    m = np.median(dist, axis=0)
-    safe = np.where(m > 0, m, 1.0)
-    return np.where(m > 0, dist / safe, np.where(dist > 0, MAX_RATIO, 0.0))
-
-
-def column_weighted_mean(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Each class column a mean weighted by its own column of ``weights`` (``(n, C)``, normalised per
-    column; a column of zeros counts every peer equally): ``(n, ..., C) -> (...,  C)``.
-
-    ``column_weighted_mean([[[0, 0]], [[4, 8]]], [[1, 3], [1, 1]]) == [[2, 2]]``.
-    """
-    stack = np.asarray(stack, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    total = w.sum(axis=0)
-    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / len(stack))
-    shape = (len(stack),) + (1,) * (stack.ndim - 2) + (stack.shape[-1],)
-    return (stack * w.reshape(shape)).sum(axis=0)
+    rows = stack.reshape(n, -1, c)
+    med = coordinate_median(rows)
+    group = med.argmax(axis=-1)
+    per_group = [distance_ratios(rows[:, group == k]) for k in np.unique(group)]
+    return np.median(np.stack(per_group, axis=1), axis=1)
 
 
 def remember(past: dict[int, float], current: dict[int, float]) -> dict[int, float]:
@@ -208,7 +196,7 @@ class Aggregator:
     def __call__(self, stack: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Combine ``(n, ...)`` peer arrays into one ``(...)`` array (float32).
 
-        ``weights`` (e.g. WML's ω) scale the mean-like methods (mean, clip, consensus, column_consensus); the
+        ``weights`` (e.g. WML's ω) scale the mean-like methods (mean, clip, consensus, class_aware); the
         median and the trimmed mean ignore them; for ``reputation`` they are the peers' remembered
         trust (``closeness_weights`` of remembered ratios), multiplying the consensus weights (default: none).
         """
@@ -219,9 +207,9 @@ class Aggregator:
             out = trimmed_mean(stack, self.trim)
         elif self.method == "mean":
             out = _weighted_mean(stack, weights)
-        elif self.method == "column_consensus":
-            w = closeness_weights(column_ratios(stack))
-            out = column_weighted_mean(stack, w if weights is None else w * np.asarray(weights)[:, None])
+        elif self.method == "class_aware":
+            w = closeness_weights(class_ratios(stack))
+            out = _weighted_mean(stack, w if weights is None else w * np.asarray(weights, dtype=np.float64))
         elif self.method == "reputation":
             stack = clip_norms(stack, self.clip_norm or NORM_BOUND * float(np.median(peer_norms(stack))))
             w = consensus_weights(stack)

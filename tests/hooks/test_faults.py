@@ -284,11 +284,11 @@ def test_an_aggregator_aware_attacker_reads_the_target_it_was_sent(flower_identi
     assert _sent_target(request({P.KEY_TARGETS: packed}), (5, 4), False) is None
 
 
-def test_inside_attackers_against_column_consensus_on_the_batched_engine(tmp_path):
+def test_inside_attackers_against_class_aware_on_the_batched_engine(tmp_path):
     # Execute: 3 clients, 3 rounds, one aggregator-aware attacker (honest in round 1: no target yet)
     spec = tiny(rounds=3, attack=AttackSpec(0.34, "inside"))
     summary = run_batched(
-        spec, build_strategy("peer", aggregator="column_consensus"), tmp_path, {"rule": "peer"}, device="cpu"
+        spec, build_strategy("peer", aggregator="class_aware"), tmp_path, {"rule": "peer"}, device="cpu"
     )
     # Assert: its forgeries were accepted (in range: nothing to reject), and accuracy is the honest clients'
     assert summary["faults"]["forged"] >= 2 and summary["accepted_replies"] == 9 and rejections(tmp_path) == []

@@ -10,10 +10,9 @@ from strategies.aggregation import class_consensus, entropy_reduction_average, p
 from strategies.robust import (
     MAX_RATIO,
     Aggregator,
+    class_ratios,
     clip_norms,
     closeness_weights,
-    column_ratios,
-    column_weighted_mean,
     consensus_weights,
     coordinate_median,
     distance_ratios,
@@ -195,33 +194,35 @@ def test_peer_remembers_reputation_by_node_and_it_survives_a_checkpoint():
     assert fresh.distance == {7: 0.25, 8: 1.0}
 
 
-def test_column_ratios_and_the_column_weighted_mean_by_hand():
-    # Column 0 holds 0, 1, 3 (median 1, distances 1, 0, 2); column 1 holds 5, 5, 9 (median distance 0).
-    stack = np.array([[[0.0, 5.0]], [[1.0, 5.0]], [[3.0, 9.0]]])
-    np.testing.assert_allclose(column_ratios(stack), [[1, 0], [0, 0], [2, MAX_RATIO]])
-    np.testing.assert_allclose(column_weighted_mean([[[0.0, 0.0]], [[4.0, 8.0]]], [[1, 3], [1, 1]]), [[2.0, 2.0]])
-    np.testing.assert_allclose(column_weighted_mean([[[0.0]], [[4.0]]], [[0.0], [0.0]]), [[2.0]])  # no weight: even
-    # Column 0: weights 1, 1, e^-4 -> (0 + 1 + 3 e^-4) / (2 + e^-4); column 1: the third peer has none -> 5.
-    e = np.exp(-4.0)
-    out = Aggregator("column_consensus")(stack)
-    np.testing.assert_allclose(out, [[(1 + 3 * e) / (2 + e), 5.0]], rtol=1e-6)
+def test_class_ratios_by_hand():
+    # Rows [3, 0] (the median's top class 0) and [0, 3] (class 1); peer 3 is off on the class-0 row,
+    # peer 2 on the class-1 row. Per group the median distance is 0: the one peer off gets MAX_RATIO,
+    # the others 0; a peer's ratio is the median of its two group ratios.
+    stack = np.array([[[3, 0], [0, 3]], [[3, 0], [0, 3]], [[3, 0], [0, 4]], [[5, 0], [0, 3]]], dtype=float)
+    np.testing.assert_allclose(class_ratios(stack), [0, 0, MAX_RATIO / 2, MAX_RATIO / 2])
+    # One group (every row the same top class): the ratios are distance_ratios of the whole arrays.
+    one = np.array([[[3.0, 0.0]], [[4.0, 0.0]], [[6.0, 0.0]]])
+    np.testing.assert_allclose(class_ratios(one), distance_ratios(one))
 
 
-def test_column_consensus_silences_a_one_class_dissenter_on_that_class_only():
-    # Prepare: 5 honest peers near one answer on 60 rows of 10 classes; one peer off on class 3 alone.
+def test_class_aware_keeps_a_one_class_expert_and_drops_a_peer_off_everywhere():
+    # Prepare: 6 peers near one answer on 100 rows, 10 per median class (the class-k rows score high
+    # on column k); an expert far off only on class 3's rows; a forger off by as much on every row.
     rng = np.random.default_rng(0)
-    base = rng.normal(0, 3, (60, 10))
-    stack = base + rng.normal(0, 0.1, (6, 60, 10))
-    stack[5, :, 3] += 5.0
-    others = [c for c in range(10) if c != 3]
+    base = rng.normal(0, 1, (100, 10))
+    base[np.arange(100), np.arange(100) % 10] += 6.0
+    stack = base + rng.normal(0, 0.3, (8, 100, 10))
+    rows3 = np.arange(100) % 10 == 3
+    stack[6, rows3, 7] += 8.0  # the expert: class 3's rows look like class 7 to it
+    stack[7] += rng.normal(0, 2.5, (100, 10))  # the forger
     # Execute
-    w = closeness_weights(column_ratios(stack))
-    per_class = Aggregator("column_consensus")(stack)
-    # Assert: per class, the dissenter keeps a say on the 9 columns it agrees on (a weight like the
-    # honest peers') and none on column 3; whole-row consensus drops it everywhere.
-    assert w[5, 3] < 1e-6 and w[5, others].min() > 0.5 and w[:5, others].min() > 0.5
-    np.testing.assert_allclose(per_class, column_weighted_mean(stack, w), rtol=1e-6)
-    np.testing.assert_allclose(per_class[:, 3], column_weighted_mean(stack[:5, :, [3]], w[:5, [3]])[:, 0], rtol=1e-5)
-    assert consensus_weights(stack)[5] < 1e-6
-    loo = Aggregator("column_consensus").leave_one_out(stack)
-    np.testing.assert_allclose(loo[5], Aggregator("column_consensus")(stack[:5]), rtol=1e-6)
+    ratios, whole = class_ratios(stack), distance_ratios(stack)
+    w = closeness_weights(ratios)
+    # Assert: class-aware, the expert is as close as the honest peers (ratio ~1, weight ~1) and the forger
+    # gets none; whole-row distances put the expert ~3x beyond the median peer (consensus drops it)
+    assert abs(ratios[6] - 1) < 0.05 and w[6] > 0.99 and ratios[7] > 5 and w[7] < 1e-6
+    assert whole[6] > 2.5 and closeness_weights(whole)[6] < 1e-3
+    out = Aggregator("class_aware")(stack)
+    np.testing.assert_allclose(out, np.tensordot(w / w.sum(), stack, axes=1), rtol=1e-5)
+    loo = Aggregator("class_aware").leave_one_out(stack)
+    np.testing.assert_allclose(loo[7], Aggregator("class_aware")(stack[:7]), rtol=1e-6)
