@@ -56,6 +56,10 @@ def test_inside_moves_off_the_consensus_by_most_of_its_own_distance_toward_lma()
     out = attack_array(own, "inside", np.random.default_rng(0), center=center)
     assert np.linalg.norm(out - center) == pytest.approx(INSIDE_SHARE * np.linalg.norm(own - center), rel=1e-5)
     assert attack_array(own, "inside", np.random.default_rng(0)).tolist() == own.astype(np.float32).tolist()
+    # As probabilities (DS-FL): made on the logs of both, sent as a distribution again
+    p, q = (np.exp(a) / np.exp(a).sum(axis=1, keepdims=True) for a in (own, center))
+    probs = attack_array(p, "inside", np.random.default_rng(0), probabilities=True, center=q)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_an_inside_forgery_keeps_full_consensus_weight_where_lma_loses_it():
