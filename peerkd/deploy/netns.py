@@ -50,7 +50,7 @@ from peerkd.deploy.commands import (
     write_node_config,
 )
 from peerkd.deploy.launch import DEFAULT_SETUP, NODE_CONFIG, SETUPS, NodeSetup, flwr_env, output_reason, register_nodes
-from peerkd.deploy.processes import Started, cmdline, process_tree
+from peerkd.deploy.processes import Started, cmdline, proc_table, process_tree
 from peerkd.errors import check_choice, check_range
 
 __all__ = [
@@ -277,7 +277,7 @@ def start_in(
     rec = cluster.start(name, exec_args(ns, args), env=env)
     wrapper = " ".join(exec_args(ns, []))
     deadline = time.monotonic() + timeout
-    while (now := cmdline(rec.pid)) is not None and (now == "" or now.startswith(wrapper)):  # "": mid-exec
+    while (now := _settling(rec.pid, wrapper)) is not None and (now == "" or now.startswith(wrapper)):
         if time.monotonic() > deadline:
             raise DeployError(f"{name}: `ip netns exec {ns}` did not start {args[0]} within {timeout:g} s")
         time.sleep(0.01)
@@ -292,6 +292,15 @@ def start_in(
         kept = [s for s in cluster.started() if s.name != name]
         write_atomic(cluster.file, json.dumps([asdict(s) for s in [*kept, settled]], indent=1))
     return settled
+
+
+def _settling(pid: int, wrapper: str) -> str | None:
+    """Process ``pid``'s command line; "" while an exec is under way; None once it has exited (gone, or
+    a zombie: whose command line also reads empty)."""
+    now = cmdline(pid)
+    if now == "" and proc_table().get(pid, (0, 0, "Z", 0))[2] == "Z":
+        return None
+    return now
 
 
 def wait_for_port_in(ns: str, address: str, timeout: float, proc: Started | None = None) -> None:
