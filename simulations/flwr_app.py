@@ -94,11 +94,10 @@ app = ServerApp()
 @app.main()
 def flower_main(grid: Grid, context: Context) -> None:
     """ServerApp for `flwr run .`: settings from the run config, results under ``out``."""
+    from flwr.superlink.grid import http_grid  # the deployment Grid (a simulation uses its own)
     from omegaconf import OmegaConf
 
     logging.getLogger("peerkd").setLevel(logging.INFO)
-    from flwr.superlink.grid import http_grid
-
     quick_pulls(http_grid)  # a reply pulled before its objects are in: asked again after 0.02 s, not 1 s
     cfg = config_from_run_config(dict(context.run_config))
     spec, strategy = to_run_spec(cfg), to_strategy(cfg.strategy)

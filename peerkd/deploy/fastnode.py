@@ -8,10 +8,10 @@ so a node sees a round's message up to 3 s after the server sent it, every round
 ``python -m peerkd.deploy.fastnode IDLE_S ARGS...`` runs Flower's own ``flower-supernode ARGS``
 with that module's clock replaced for those two waits only: an empty pull waits 0.05 s, then
 twice as long after each further empty pull, up to ``IDLE_S`` (back to 0.05 s after each
-message), and the reply check waits 0.02 s; an object of a message not on the SuperLink yet is
-asked for again after 0.02 s, not 1 s (``peerkd.wire.fastpull``). Every other sleep is Flower's. The patch checks
-that the sleeps it replaces are where it expects them and refuses to start otherwise (another
-flwr version). Upstream, this would be an environment setting for the idle interval beside
+message), and the reply check waits 0.02 s. An object of a message not on the SuperLink yet is
+asked for again after 0.02 s, not 1 s (``peerkd.wire.fastpull``). Every other sleep is Flower's.
+The patch checks that the sleeps it replaces are where it expects them and refuses to start
+otherwise (another flwr version). Upstream, this would be an environment setting for the idle interval beside
 the SuperExec's, or a Fleet API pull that waits on the server for the next message.
 """
 
