@@ -1,6 +1,8 @@
 """Where a deployed round's time goes (``peerkd-deploy bench``): wall, start-up, ClientApp work, waiting.
 
-Each (setup, cluster size) gets a fresh cluster and one ``peer`` run on ``digits``. Per round:
+Each (place, setup, cluster size) gets a fresh cluster and one ``peer`` run on ``digits``; the
+place is ``loopback`` or ``netns`` (every process in its own network namespace,
+``peerkd.deploy.netns``; root only). Per round:
 ``wall_s`` (the ServerApp's round time, ``metrics.jsonl``), ``train_s`` (the slowest client's
 training, as its reply reports it), ``handler_s`` (the slowest ClientApp handler: training,
 evaluation, the reply's logits), ``startup_s`` (the longest start-up a message waited for:
