@@ -37,6 +37,10 @@ A rule that averages what clients send (logits, probabilities, per-class means) 
   class (a group or two) and keeps full weight; a forgery that is off on every row (``lma``,
   ``cpa``, ``rank_shift``) is far in every group. Whole-row ``consensus`` adds the expert's few
   far rows to its one distance. In the spirit of FedTGD's class-wise defence (ICDCS 2024).
+- ``foolsgold``: ``consensus`` times FoolsGold's weights (Fung, Yoon & Beschastnikh, RAID 2020)
+  on each peer's deviation from the coordinate-wise median (``similarity_weights``): attackers
+  that follow one recipe deviate in one direction however small their deviation, honest peers
+  each in their own. A peer as similar to another as the most similar pair loses its weight.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import numpy as np
 
 from peerkd.errors import check_choice, check_range
 
-AGGREGATORS = ("mean", "median", "trimmed_mean", "clip", "consensus", "reputation", "class_aware")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "clip", "consensus", "reputation", "class_aware", "foolsgold")
 SHARPNESS = 4.0  # consensus: how fast a peer's weight falls beyond the median distance
 MAX_RATIO = 1e3  # a peer off the median when most peers sit on it
 REPUTATION_MEMORY = 0.5  # reputation: the past's share of a peer's remembered distance ratio each round
@@ -136,6 +140,31 @@ def class_ratios(stack: np.ndarray) -> np.ndarray:
     return np.median(np.stack(per_group, axis=1), axis=1)
 
 
+def similarity_weights(stack: np.ndarray) -> np.ndarray:
+    """FoolsGold's weights (Fung et al. 2020, Algorithm 1, κ = 1) of the peers' deviations from the
+    coordinate-wise median: ``(n, ...) -> (n,)`` in [0, 1].
+
+    ``cs[i, j]``, the cosine similarity of deviations i and j; "pardoning": where peer i's largest
+    similarity ``v_i`` is below ``v_j``, ``cs[i, j] *= v_i / v_j``; ``w = 1 - max_j cs[i, j]`` clipped to
+    [0, 1], divided by its largest (a largest weight of 1 becomes 0.99), then ``ln(w / (1 - w)) + 0.5``
+    clipped to [0, 1]. Two peers deviating the same way (``cs`` = 1) get 0; peers whose deviations are
+    orthogonal to every other's keep 1.
+    """
+    stack = np.asarray(stack, dtype=np.float64)
+    n = len(stack)
+    dev = (stack - coordinate_median(stack)).reshape(n, -1)
+    unit = dev / np.maximum(np.linalg.norm(dev, axis=1, keepdims=True), 1e-12)
+    cs = unit @ unit.T - np.eye(n)
+    top = cs.max(axis=1)
+    pardon = np.where(top[:, None] < top[None, :], top[:, None] / np.where(top[None, :] > 0, top[None, :], 1.0), 1.0)
+    w = np.clip(1.0 - (cs * pardon).max(axis=1), 0.0, 1.0)
+    w = w / w.max() if w.max() > 0 else np.ones(n)
+    w[w == 1.0] = 0.99
+    with np.errstate(divide="ignore"):
+        w = np.log(w / (1.0 - w)) + 0.5
+    return np.clip(np.nan_to_num(w, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
 def remember(past: dict[int, float], current: dict[int, float]) -> dict[int, float]:
     """A value remembered by peer over rounds: ``REPUTATION_MEMORY`` of the past plus the rest of this
     round's; a peer seen first takes this round's, one absent this round keeps its past.
@@ -196,7 +225,7 @@ class Aggregator:
     def __call__(self, stack: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Combine ``(n, ...)`` peer arrays into one ``(...)`` array (float32).
 
-        ``weights`` (e.g. WML's ω) scale the mean-like methods (mean, clip, consensus, class_aware); the
+        ``weights`` (e.g. WML's ω) scale the mean-like methods (mean, clip, consensus, class_aware, foolsgold); the
         median and the trimmed mean ignore them; for ``reputation`` they are the peers' remembered
         trust (``closeness_weights`` of remembered ratios), multiplying the consensus weights (default: none).
         """
@@ -207,6 +236,9 @@ class Aggregator:
             out = trimmed_mean(stack, self.trim)
         elif self.method == "mean":
             out = _weighted_mean(stack, weights)
+        elif self.method == "foolsgold":
+            w = consensus_weights(stack) * similarity_weights(stack)
+            out = _weighted_mean(stack, w if weights is None else w * np.asarray(weights, dtype=np.float64))
         elif self.method == "class_aware":
             w = closeness_weights(class_ratios(stack))
             out = _weighted_mean(stack, w if weights is None else w * np.asarray(weights, dtype=np.float64))

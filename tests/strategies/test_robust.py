@@ -17,6 +17,7 @@ from strategies.robust import (
     coordinate_median,
     distance_ratios,
     remember,
+    similarity_weights,
     trim_count,
     trimmed_mean,
 )
@@ -226,3 +227,27 @@ def test_class_aware_keeps_a_one_class_expert_and_drops_a_peer_off_everywhere():
     np.testing.assert_allclose(out, np.tensordot(w / w.sum(), stack, axes=1), rtol=1e-5)
     loo = Aggregator("class_aware").leave_one_out(stack)
     np.testing.assert_allclose(loo[7], Aggregator("class_aware")(stack[:7]), rtol=1e-6)
+
+
+def test_similarity_weights_drop_peers_that_deviate_alike_however_little():
+    # By hand: the median is 0 and the deviations are orthogonal or opposite: no pair alike, every
+    # weight 1 (w = 1 - 0, normalised to 0.99, ln(99) + 0.5 > 1, clipped). Two peers deviating the
+    # same way (cos 1) get 0.
+    apart = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(similarity_weights(apart), np.ones(5))
+    alike = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.0, 0.0], [0.0, 3.0], [0.0, 2.0]])
+    w = similarity_weights(alike)
+    assert w[5] == 0.0 and w[6] == 0.0 and w[1] == 0.0  # the median is [0, 0]: peers 1, 5, 6 point the same way
+    assert (w[[0, 2, 3]] == 1.0).all()
+    # Two `inside` attackers among 8 honest peers: inside the consensus radius, yet alike.
+    from peerkd.hooks.forgery import inside
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 3, (60, 10))
+    honest = base + rng.normal(0, 1, (8, 60, 10))
+    forged = np.stack([inside(base + rng.normal(0, 1, (60, 10)), honest.mean(axis=0)) for _ in range(2)])
+    stack = np.concatenate([honest, forged])
+    assert (closeness_weights(distance_ratios(stack))[8:] == 1.0).all()  # consensus keeps them whole
+    np.testing.assert_allclose(similarity_weights(stack), [1] * 8 + [0, 0])
+    c = consensus_weights(stack)[:8]  # the attackers' weight is 0: the honest peers' consensus-weighted mean
+    np.testing.assert_allclose(Aggregator("foolsgold")(stack), np.tensordot(c / c.sum(), honest, axes=1), rtol=1e-5)
