@@ -31,6 +31,7 @@ from peerkd.deploy.launch import (
     NODE_CONFIG,
     SETUPS,
     LocalCluster,
+    node_home,
     output_reason,
     start_local,
     start_node,
@@ -257,10 +258,8 @@ def _cmd_supernode(a: argparse.Namespace) -> int:
     cluster = Cluster(a.state)
     name = f"node-{a.partition_id}"
     with cluster.claim([name, f"{name}-app"]):
-        home = cluster.state / name
-        home.mkdir(exist_ok=True)
         root_cert = None if a.insecure else a.root_cert.resolve()
-        config_file = write_node_config(home / NODE_CONFIG, config)
+        config_file = write_node_config(node_home(cluster.state, name) / NODE_CONFIG, config)
         key = a.key.resolve() if a.key else None
         args = supernode_args(a.superlink, config_file, a.port, root_cert, key, a.clientapp, a.idle_poll)
         node = start_node(cluster, name, args, a.port if a.clientapp == "warm" else None)

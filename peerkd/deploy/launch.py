@@ -37,8 +37,11 @@ __all__ = [
     "SETUPS",
     "NODE_CONFIG",
     "flwr_env",
+    "node_environment",
+    "node_home",
     "output_reason",
     "register_nodes",
+    "setup_env",
     "start_local",
     "start_node",
     "submit_run",
@@ -158,6 +161,13 @@ def register_nodes(
         raise DeployError(f"flwr supernode register{where} failed: " + " | ".join(failed))
 
 
+def setup_env(setup: str, node_env: dict[str, str] | None, field: str) -> tuple[NodeSetup, dict[str, str]]:
+    """The ``SETUPS`` entry named ``setup`` (ConfigError naming ``field`` otherwise) and the environment
+    every process of such a cluster gets: Flower's defaults for an untuned setup, then ``node_env``."""
+    how = SETUPS[check_choice(field, setup, SETUPS)]
+    return how, {**({} if how.tuned else BASELINE_ENV), **(node_env or {})}
+
+
 def start_local(
     state: Path,
     nodes: int,
@@ -181,12 +191,10 @@ def start_local(
     it started is stopped.
     """
     check_range("--nodes", nodes, 1)
-    check_choice("--setup", setup, SETUPS)
+    how, extra = setup_env(setup, node_env, "--setup")
     cluster = Cluster(state)
     with cluster.claim():
         try:
-            how = SETUPS[setup]
-            extra = {**({} if how.tuned else BASELINE_ENV), **(node_env or {})}
             return _start_cluster(cluster, nodes, secure, students or [], data_paths or [], start_timeout, how, extra)
         except BaseException:  # Ctrl-C included: no half cluster left running
             cluster.stop()
@@ -221,7 +229,9 @@ def _start_cluster(
     for i, (private, _) in enumerate(keys):
         student = students[i % len(students)] if students else ""
         data_path = data_paths[i] if i < len(data_paths) else ""
-        config = write_node_config(_node_home(cluster, i) / NODE_CONFIG, node_config(i, nodes, data_path, student))
+        config = write_node_config(
+            node_home(state, f"node-{i}") / NODE_CONFIG, node_config(i, nodes, data_path, student)
+        )
         ca = certs / "ca.crt" if certs else None
         args = supernode_args(fleet, config, node_ports[i], ca, private, setup.clientapp, setup.idle_poll_s)
         start_node(cluster, f"node-{i}", args, node_ports[i] if setup.clientapp == "warm" else None, extra)
@@ -235,20 +245,24 @@ def start_node(
 ) -> Started:
     """Start SuperNode ``name`` (``supernode_args``) with its own FLWR_HOME and the cluster's world cache;
     with ``warm_port`` (its Runtime API port), also its warm ClientApp, recorded as ``name-app``."""
-    home = cluster.state / name
-    home.mkdir(exist_ok=True)
-    env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(cluster.state / "world-cache"), **(extra or {})}
+    env = node_environment(cluster.state, name, extra)
     node = cluster.start(name, args, env=env)
     if warm_port is not None:
         cluster.start(f"{name}-app", clientapp_args(warm_port, node.pid), env=env)
     return node
 
 
-def _node_home(cluster: Cluster, i: int) -> Path:
-    """``STATE/node-i``, created: SuperNode i's FLWR_HOME and node config."""
-    home = cluster.state / f"node-{i}"
+def node_home(state: Path, name: str) -> Path:
+    """``STATE/name``, created: a SuperNode's FLWR_HOME and node config."""
+    home = state / name
     home.mkdir(exist_ok=True)
     return home
+
+
+def node_environment(state: Path, name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of SuperNode ``name`` and its warm ClientApp: its own FLWR_HOME (``node_home``),
+    the cluster's world cache, then ``extra``."""
+    return {"FLWR_HOME": str(node_home(state, name)), "PEERKD_WORLD_CACHE": str(state / "world-cache"), **(extra or {})}
 
 
 def submit_run(state: Path, run_config: str, app: Path, timeout: float = 120.0) -> int:

@@ -39,7 +39,6 @@ from pathlib import Path
 from peerkd.deploy.certs import make_certs, make_node_keys
 from peerkd.deploy.cluster import Cluster, DeployError, write_atomic
 from peerkd.deploy.commands import (
-    BASELINE_ENV,
     BIN,
     CONNECTION,
     clientapp_args,
@@ -49,9 +48,19 @@ from peerkd.deploy.commands import (
     supernode_args,
     write_node_config,
 )
-from peerkd.deploy.launch import DEFAULT_SETUP, NODE_CONFIG, SETUPS, NodeSetup, flwr_env, output_reason, register_nodes
+from peerkd.deploy.launch import (
+    DEFAULT_SETUP,
+    NODE_CONFIG,
+    NodeSetup,
+    flwr_env,
+    node_environment,
+    node_home,
+    output_reason,
+    register_nodes,
+    setup_env,
+)
 from peerkd.deploy.processes import Started, cmdline, proc_table, process_tree
-from peerkd.errors import check_choice, check_range
+from peerkd.errors import check_range
 
 __all__ = [
     "CLIENTAPPIO_PORT",
@@ -360,11 +369,10 @@ def start_netns_cluster(
     registered with ``flwr supernode register`` inside the link namespace; DeployError naming the step that
     failed, after stopping what it started. Stop with ``Cluster(state).stop()``, then ``spaces.delete()``.
     """
-    check_choice("setup", setup, SETUPS)
-    how, cluster = SETUPS[setup], Cluster(state)
+    how, extra = setup_env(setup, node_env, "setup")
+    cluster = Cluster(state)
     with cluster.claim():
         try:
-            extra = {**({} if how.tuned else BASELINE_ENV), **(node_env or {})}
             return _start_netns(cluster, spaces, students or [], data_paths or [], start_timeout, how, extra)
         except BaseException:  # Ctrl-C included: no half cluster left running
             cluster.stop()
@@ -394,15 +402,14 @@ def _start_netns(
     keys = make_node_keys(state / "keys", n, force=True)
     register_nodes_in(spaces.link, flwr_home, [public for _, public in keys])
     for i, (private, _) in enumerate(keys):
-        home = state / f"node-{i}"
-        home.mkdir(exist_ok=True)
+        home = node_home(state, f"node-{i}")
         student = students[i % len(students)] if students else ""
         config = write_node_config(
             home / NODE_CONFIG, node_config(i, n, data_paths[i] if i < len(data_paths) else "", student)
         )
         ca, port = certs / "ca.crt", CLIENTAPPIO_PORT
         args = supernode_args(fleet, config, port, ca, private, setup.clientapp, setup.idle_poll_s)
-        env = {"FLWR_HOME": str(home), "PEERKD_WORLD_CACHE": str(state / "world-cache"), **extra}
+        env = node_environment(state, f"node-{i}", extra)
         node = start_in(cluster, spaces.node(i), f"node-{i}", args, env=env)
         if setup.clientapp == "warm":
             start_in(cluster, spaces.node(i), f"node-{i}-app", clientapp_args(CLIENTAPPIO_PORT, node.pid), env=env)

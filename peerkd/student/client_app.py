@@ -28,7 +28,6 @@ every message appends one JSON line there: its handler's time and the start-up i
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import peerkd  # noqa: F401  (sets the no-telemetry environment)
 from peerkd.clock import process_started_at
 from peerkd.env import TASK_T0_ENV, TIMING_ENV
 from peerkd.round.checkpoint import load_client, save_client
+from peerkd.round.results import append_jsonl
 from peerkd.student.exchange import (
     class_means_record,
     class_targets,
@@ -105,8 +105,7 @@ def record_timing(msg: Message, context: Context, call_next) -> Message:
         "startup_s": max(0.0, entered - began) if began is not None else 0.0,
         "handler_s": done - entered,
     }
-    with open(path, "a") as f:  # one short line per write: appends from several processes stay whole
-        f.write(json.dumps(line) + "\n")
+    append_jsonl(path, line)  # one short line per write: appends from several processes stay whole
     return reply
 
 
