@@ -369,9 +369,10 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     with atomic_file(path) as f:
         try:
             write(f)
-        except RuntimeError as exc:  # torch.save's zip writer hides a failed write (a full disk) behind its own
-            if isinstance(exc.__context__, OSError):
-                raise exc.__context__ from None
+        except RuntimeError as exc:  # torch.save's zip writer hides a failed write (a full disk) or a Ctrl-C
+            cause = exc.__context__  # landing mid-write behind its own; a stop must stay a stop (exit 130)
+            if isinstance(cause, OSError) or (cause is not None and not isinstance(cause, Exception)):
+                raise cause from None
             raise
 
 

@@ -11,6 +11,7 @@ import torch
 
 from peerkd.batched.store import StudentStore
 from peerkd.hooks.participation import participation
+from peerkd.round import checkpoint
 from peerkd.round.checkpoint import (
     ModuleWeights,
     decode,
@@ -202,3 +203,27 @@ def test_participation_names_who_took_part():
         "replies_per_client": {"0": 2, "1": 1, "2": 0},
     }
     assert json.loads(json.dumps(out)) == out
+
+
+class _InterruptedFile:
+    """``f`` whose first large write is cut by Ctrl-C, as a SIGINT landing inside torch.save."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        if len(data) > 64:
+            raise KeyboardInterrupt
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_file(tmp_path):
+    # Prepare: torch.save's zip writer turns an exception in write() into its own RuntimeError on closing.
+    target = tmp_path / "round.pt"
+    # Execute / Assert: the stop arrives as KeyboardInterrupt (exit 130 upstream), not a RuntimeError.
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint._write_atomic(target, lambda f: torch.save({"w": torch.zeros(100)}, _InterruptedFile(f)))
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
