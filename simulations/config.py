@@ -147,6 +147,7 @@ class PrivacyConf:
     delta: float = 1e-5
     clip: float = 1.0  # L2 bound of each released row of centred logits
     noise: str = "client"  # client: each adds all the noise; distributed: summed clients share it (peer_sum)
+    unit: str = "client"  # client: noise the released rows (a whole shard protected); example: DP-SGD (one example)
 
 
 @dataclass
@@ -305,7 +306,9 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         measure_agreement=cfg.measure_agreement,
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
         codec=Codec(cfg.codec.name, cfg.codec.k),
-        privacy=PrivacySpec(cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip, cfg.privacy.noise),
+        privacy=PrivacySpec(
+            cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip, cfg.privacy.noise, cfg.privacy.unit
+        ),
         faults=FaultSpec(**_as_dict(cfg.faults)),
         attack=AttackSpec(**_as_dict(cfg.attack)),
     )

@@ -33,6 +33,7 @@ from peerkd.batched.cohort import EVAL_ROWS
 from peerkd.batched.memory import MemoryPart, check_fits, fleet_bytes, plan_bytes, student_bytes
 from peerkd.cluster import check_reachable
 from peerkd.errors import ConfigError, check_range
+from peerkd.hooks.dpsgd import check_example_budget
 from peerkd.hooks.privacy import privacy_setup
 from peerkd.round.spec import RunSpec
 from peerkd.student.models import build_model, check_modality, num_parameters
@@ -71,7 +72,10 @@ def preflight(spec: RunSpec, strategy, engine: EngineConf | None = None, resourc
     check_fits(run_memory(spec, data, engine, resources or {}))
     world = build_world(w)
     strategy.check(spec.students, w.num_clients)
-    privacy_setup(spec.privacy, spec.rounds, strategy)  # refuses a budget no noise meets, or a rule noise cannot cover
+    if spec.privacy.enabled and spec.privacy.unit == "example":  # DP-SGD: a rule it covers, a budget shards meet
+        check_example_budget(spec.privacy, spec.rounds, strategy, world, spec.epochs, spec.batch_size)
+    else:  # refuses a budget no noise meets, or a rule noise cannot cover
+        privacy_setup(spec.privacy, spec.rounds, strategy)
     check_attack(spec, strategy)
     strategy.check_data(world.data.text)
 

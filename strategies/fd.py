@@ -30,6 +30,7 @@ class FederatedDistillation(RobustLogitDistillation):
     message_type = MSG_CLASS_DISTILL
     needs_transfer = False
     dp_supported = False  # label counts travel in the clear
+    example_dp = False  # ... and the class means are of the private shard, not of a DP model's outputs alone
 
     def check_data(self, text: bool) -> None:
         if text:

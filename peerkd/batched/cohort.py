@@ -17,10 +17,12 @@ from functools import cached_property
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
 
 from peerkd.batched.stacked import Params, SoftTargets, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
 from peerkd.clock import section
 from peerkd.student.batches import CohortPlan, plan_cohort
+from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, row_bounds
 from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import World
@@ -87,21 +89,30 @@ class Cohort:
     def device(self) -> torch.device:
         return self.data.x.device
 
-    def train(self, w: Params, targets: list | None = None, classes: list | None = None) -> tuple[Params, list[float]]:
+    def train(
+        self, w: Params, targets: list | None = None, classes: list | None = None, dp: list[DPSGD] | None = None
+    ) -> tuple[Params, list[float]]:
         """``train_model`` for every student: CE, plus KD toward ``targets[i]`` (transfer set)
-        or toward ``classes[i]`` (FD's (table, valid) per-class targets). Returns the new
-        weights and each student's mean loss over its last epoch."""
+        or toward ``classes[i]`` (FD's (table, valid) per-class targets); with ``dp`` (one per
+        student) the private term is DP-SGD's. Returns the new weights and each student's
+        mean loss over its last epoch."""
         p, n_transfer = self.params, len(self.world.transfer_x)
         on = [t is not None and p.alpha > 0 and n_transfer > 0 for t in (targets or [None] * len(self.clients))]
         with section("plan"):
             distill = torch.tensor(on, device=self.device)
             n_t = n_transfer if any(on) else 0
             plan = plan_cohort(self.sizes, n_t, p.batch_size, p.epochs, self.seeds, self.transfer_seed, distill)
-            private = self._private_inputs(plan.private)
             transfer = self._transfer_inputs(targets, plan.transfer) if any(on) else None
+            alpha = torch.tensor([p.alpha if d else 0.0 for d in on], device=self.device)
+        if dp is not None:
+            if classes is not None:
+                raise ValueError("DP-SGD takes no per-class targets: FD releases its shard's class means")
+            w, hist, _ = fit(w, None, plan.steps, p.lr, grads_at=self._private_grads(plan.private, transfer, alpha, dp))
+            return w, last_epoch_means(plan, hist)
+        with section("plan"):
+            private = self._private_inputs(plan.private)
         with_classes = transfer is None and classes is not None and p.alpha > 0 and any(c is not None for c in classes)
         class_kd = self._class_kd(classes) if with_classes else None
-        alpha = torch.tensor([p.alpha if d else 0.0 for d in on], device=self.device)
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             x, labels, weight = private(k)
@@ -116,6 +127,48 @@ class Cohort:
 
         w, hist, _ = fit(w, loss_at, plan.steps, p.lr)
         return w, last_epoch_means(plan, hist)
+
+    def _private_grads(self, batches: torch.Tensor, transfer, alpha: torch.Tensor, dp: list[DPSGD]):
+        """``g(live, k)``: every student's loss at step k and DP-SGD's gradient (``train_model``'s
+        ``_fit_private``, stacked): per-example gradients of the private batch by a nested vmap,
+        clipped (``row_bounds``), summed, noised from each student's key, divided by the batch
+        size; plus the autograd gradient of the transfer-set term."""
+        x, y, base, temperature = self.data.x, self.data.y, self.base, self.params.temperature
+        to_global = self._global_index(batches)
+        clip = dp[0].clip
+        std = torch.tensor([d.noise * d.clip for d in dp], device=self.device)
+        keys = torch.tensor([d.key for d in dp], dtype=torch.int64)
+
+        def row_loss(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+            out = functional_call(base, p, (xi[None],))  # one example: its rows (text: its positions)
+            return cross_entropy(out.reshape(-1, out.shape[-1]), yi.reshape(-1))
+
+        per_row = vmap(vmap(grad_and_value(row_loss), in_dims=(None, 0, 0)))
+
+        def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
+            g, rows = per_row({n: t.detach() for n, t in live.items()}, x[to_global[k]], y[to_global[k]])
+            private = clip_sum(g, row_bounds(batches[k], clip))
+            noise = gaussian(keys, k, {n: tuple(t.shape[1:]) for n, t in live.items()})
+            size = batches.shape[-1]
+            grads = {n: (private[n] + std.reshape(-1, *[1] * (t.dim() - 1)) * noise[n].to(t.device)) / size
+                     for n, t in live.items()}  # fmt: skip
+            loss = rows.mean(dim=-1)
+            if transfer is not None:
+                xt, target = transfer(k)
+                public = alpha * kd_divergence(student_rows(self.forward(live, xt)), target, temperature)
+                for n, extra in zip(live, torch.autograd.grad(public.sum(), list(live.values()))):
+                    grads[n] = grads[n] + extra
+                loss = loss + public.detach()
+            return loss, grads
+
+        return grads_at
+
+    def dpsgd(self, pairs: bool) -> list[DPSGD] | None:
+        """Each student's DP-SGD settings for this request (``client_dpsgd``), or None without an
+        example-level budget; ``pairs``: the rule's training pairs with the transfer set."""
+        n_t = len(self.world.transfer_x) if pairs else 0
+        out = [client_dpsgd(self.params, len(ix), n_t, int(k)) for ix, k in zip(self.private, self.seeds.tolist())]
+        return None if any(d is None for d in out) else out
 
     def _private_inputs(self, batches: torch.Tensor):
         """``f(k)``: every student's private inputs at step k, their labels (as rows) and row

@@ -21,6 +21,7 @@ from torch import nn
 
 from peerkd.batched.cohort import Cohort
 from peerkd.batched.stacked import Params
+from peerkd.student.dpsgd import dp_metrics, steps_planned
 from peerkd.student.exchange import (
     class_means_record,
     class_targets,
@@ -111,24 +112,25 @@ def _train(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict
             for k, v in r.inputs.items():
                 w[k][i] = v.to(w[k].device, w[k].dtype)
     t0 = time.perf_counter()
-    w, losses = c.train(w)
+    w, losses = c.train(w, dp=(dp := c.dpsgd(pairs=False)))
     extra = [{P.KEY_ARRAYS: _state_dict(w, i, c.base)} if r.inputs is not None else None for i, r in enumerate(reqs)]
-    return w, _finish(c, w, losses, time.perf_counter() - t0, extra)
+    return w, _finish(c, w, losses, time.perf_counter() - t0, extra, _dp_reported(c, dp))
 
 
 def _distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
     """``train.distill``: CE + α·KD toward each request's transfer-set targets."""
     t0 = time.perf_counter()
-    w, losses = c.train(w, targets=[r.inputs for r in reqs])
-    return w, _finish(c, w, losses, time.perf_counter() - t0)
+    targets = [r.inputs for r in reqs]
+    w, losses = c.train(w, targets=targets, dp=(dp := c.dpsgd(pairs=True)))
+    return w, _finish(c, w, losses, time.perf_counter() - t0, reported=_dp_reported(c, dp, targets))
 
 
 def _digest(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
     """``train.digest``: KD alone toward the targets (fresh Adam), then CE epochs (fresh Adam)."""
     t0 = time.perf_counter()
     w = c.digest(w, [r.inputs for r in reqs])
-    w, losses = c.train(w)
-    return w, _finish(c, w, losses, time.perf_counter() - t0)
+    w, losses = c.train(w, dp=(dp := c.dpsgd(pairs=False)))
+    return w, _finish(c, w, losses, time.perf_counter() - t0, reported=_dp_reported(c, dp))
 
 
 def _class_distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
@@ -162,9 +164,28 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def _finish(c: Cohort, w: Params, losses: list[float], secs: float, extra: list | None = None) -> list[dict]:
+def _dp_reported(c: Cohort, dp: list | None, targets: list | None = None) -> list[dict] | None:
+    """Each student's DP-SGD metrics (``dp_metrics``): the steps it took, as the ClientApp counts them."""
+    if dp is None:
+        return None
+    p, n_t = c.params, len(c.world.transfer_x)
+    distilled = [t is not None and p.alpha > 0 for t in (targets or [None] * len(dp))]
+    return [
+        dp_metrics(d, steps_planned(len(ix), n_t if on else 0, p.batch_size, p.epochs, 1))
+        for d, ix, on in zip(dp, c.private, distilled)
+    ]
+
+
+def _finish(
+    c: Cohort,
+    w: Params,
+    losses: list[float],
+    secs: float,
+    extra: list | None = None,
+    reported: list[dict] | None = None,
+) -> list[dict]:
     """Each trained student's reply records, as the ClientApp's ``_finish`` builds them.
-    ``train-s`` is the cohort's training time shared out evenly."""
+    ``train-s`` is the cohort's training time shared out evenly; ``reported``: metrics per student."""
     p, n = c.params, len(c.clients)
     scores = c.evaluate(w)
     logits = c.logits(w, c.data.transfer) if p.reply_logits else None
@@ -172,7 +193,10 @@ def _finish(c: Cohort, w: Params, losses: list[float], secs: float, extra: list 
     out = []
     for i, (client, ix) in enumerate(zip(c.clients, c.private)):
         metrics = metrics_record(
-            client, len(ix), *scores[i], **{P.METRIC_TRAIN_LOSS: losses[i], P.METRIC_TRAIN_S: secs / n}
+            client,
+            len(ix),
+            *scores[i],
+            **{P.METRIC_TRAIN_LOSS: losses[i], P.METRIC_TRAIN_S: secs / n, **(reported[i] if reported else {})},
         )
         out.append(
             reply_records(

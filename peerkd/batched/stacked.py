@@ -181,7 +181,11 @@ def _adam_update(params: Params, grads: Params, state: AdamState, lr: float) -> 
 
 
 def fit(
-    params: Params, loss_at: Callable[[Params, int], torch.Tensor], n_steps: torch.Tensor, lr: float
+    params: Params,
+    loss_at: Callable[[Params, int], torch.Tensor] | None,
+    n_steps: torch.Tensor,
+    lr: float,
+    grads_at: Callable[[Params, int], tuple[torch.Tensor, Params]] | None = None,
 ) -> tuple[Params, torch.Tensor, AdamState]:
     """Train stacked students with a fresh Adam: student s takes its first ``n_steps[s]`` steps.
 
@@ -196,6 +200,8 @@ def fit(
         ``(S,)`` steps per student; a student past its last step is left unchanged.
     lr : float
         Adam's learning rate.
+    grads_at : Callable[[Params, int], tuple[torch.Tensor, Params]] | None
+        Instead of ``loss_at``: the losses and the gradients themselves (DP-SGD's).
 
     Returns
     -------
@@ -208,11 +214,14 @@ def fit(
     every = int(n_steps.min()) if len(n_steps) else 0  # steps all students take: no mask needed
     for k in range(int(n_steps.max()) if len(n_steps) else 0):
         live = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        loss = loss_at({n: _flip(t) if n in flipped else t for n, t in live.items()}, k)
-        grads = dict(zip(live, torch.autograd.grad(loss.sum(), list(live.values()))))
+        if grads_at is not None:  # gradients in the parameters' own layout: none is flipped
+            loss, grads = grads_at(live, k)
+        else:
+            loss = loss_at({n: _flip(t) if n in flipped else t for n, t in live.items()}, k)
+            grads = dict(zip(live, torch.autograd.grad(loss.sum(), list(live.values()))))
         adam_step(params, grads, state, lr, None if k < every else k < n_steps)
         losses.append(loss.detach())
-        if k == 0:
+        if k == 0 and grads_at is None:
             flipped = {n for n, g in grads.items() if not g.is_contiguous() and _flip(g).is_contiguous()}
             _relayout(params, state, flipped)
     _relayout(params, state, flipped)

@@ -38,22 +38,30 @@ from peerkd.wire import protocol as P
 log = logging.getLogger("peerkd")
 
 NOISES = ("client", "distributed")
+UNITS = ("client", "example")  # what one unit of privacy is: a client's whole shard, or one example of it
 MAX_NOISE = 1e4  # a budget that needs more noise than this (x the sensitivity) is refused as unreachable
 _NOISE_STREAM = 0x5EED_D9  # keeps the noise generator apart from batch order and model init
 
 
 @dataclass(frozen=True)
 class PrivacySpec:
-    """The run's privacy target: ``epsilon`` (None: off), ``delta``, the row clip bound, and who
-    adds the noise (``noise`` in ``NOISES``: each client all of it, or shared by summed clients)."""
+    """The run's privacy target: ``epsilon`` (None: off), ``delta``, the clip bound, who adds the
+    noise (``noise`` in ``NOISES``: each client all of it, or shared by summed clients), and the
+    ``unit`` protected (``UNITS``). With ``unit="client"`` the released rows are clipped and noised
+    (this module). With ``"example"`` the students train with DP-SGD (``peerkd.student.dpsgd``),
+    clipping each example's gradient to ``clip``, and release without further noise."""
 
     epsilon: float | None = None
     delta: float = 1e-5
     clip: float = 1.0
     noise: str = "client"
+    unit: str = "client"
 
     def __post_init__(self) -> None:
         check_choice("privacy.noise", self.noise, NOISES)
+        check_choice("privacy.unit", self.unit, UNITS)
+        if self.unit == "example" and self.noise != "client":
+            raise ConfigError("privacy.noise", "example-level DP adds its noise to each client's gradients", "client")
         if self.epsilon is not None:
             check_range("privacy.epsilon", self.epsilon, 0.0, low_open=True)
         check_range("privacy.delta", self.delta, 0.0, 1.0, low_open=True, high_open=True)

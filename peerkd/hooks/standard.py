@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from peerkd.hooks.agreement import AgreementHook
+from peerkd.hooks.dpsgd import ExampleDPHook
 from peerkd.hooks.faults import FaultsHook
 from peerkd.hooks.participation import ParticipationHook
 from peerkd.hooks.placement import PlacementHook
@@ -24,7 +25,9 @@ def standard_hooks(spec: RunSpec) -> list[RoundHook]:
         hooks.append(TextHook(world.data.name, *world.split("test")))
     if spec.measure_agreement:
         hooks.append(AgreementHook())
-    if spec.privacy.enabled:
+    if spec.privacy.enabled and spec.privacy.unit == "example":
+        hooks.append(ExampleDPHook(spec.privacy, spec.rounds))
+    elif spec.privacy.enabled:
         hooks.append(PrivacyHook(spec.privacy, spec.rounds, spec.clients_per_round or spec.world.num_clients))
     hooks.append(ParticipationHook(spec.world.num_clients, spec.clients_per_round, spec.world.seed, spec.round_timeout))
     if spec.faults.active or spec.attack.fraction > 0:

@@ -26,7 +26,8 @@ REPLY_RECORDS: dict[str, type] = {
     P.KEY_INFO: ConfigRecord,
 }
 # Metrics a reply may carry beyond the required partition id, test accuracy and test loss.
-OPTIONAL_METRICS = (P.METRIC_NUM_EXAMPLES, P.METRIC_TRAIN_LOSS, P.METRIC_TRAIN_S)
+DP_METRICS = (P.METRIC_DP_STEPS, P.METRIC_DP_NOISE, P.METRIC_DP_RATE)  # example-level DP: all three or none
+OPTIONAL_METRICS = (P.METRIC_NUM_EXAMPLES, P.METRIC_TRAIN_LOSS, P.METRIC_TRAIN_S, *DP_METRICS)
 INT64_MAX = 2**63 - 1  # the largest integer a MetricRecord carries over the wire
 REPLY_METRICS = (P.METRIC_PARTITION, P.METRIC_TEST_ACC, P.METRIC_TEST_LOSS, *OPTIONAL_METRICS)
 
@@ -93,6 +94,24 @@ def _metrics_problem(values: dict[str, Any], num_clients: int) -> str | None:
     n = values.get(P.METRIC_NUM_EXAMPLES)
     if n is not None and (not _is_int(n) or not 1 <= n <= INT64_MAX):
         return f"{P.METRIC_NUM_EXAMPLES} {_short(repr(n))} is not an integer in 1..2**63-1"
+    return _dp_problem(values)
+
+
+def _dp_problem(values: dict[str, Any]) -> str | None:
+    """Why the reply's DP-SGD metrics are not all three of: steps (integer >= 0), noise multiplier
+    (finite >= 0), sampling rate (in (0, 1]), or None (none of them is fine too)."""
+    present = [k for k in DP_METRICS if k in values]
+    if not present:
+        return None
+    if len(present) < len(DP_METRICS):
+        return f"DP-SGD metrics come together: {', '.join(DP_METRICS)}; got only {', '.join(present)}"
+    steps, noise, rate = (values[k] for k in DP_METRICS)
+    if not _is_int(steps) or not 0 <= steps <= INT64_MAX:
+        return f"{P.METRIC_DP_STEPS} {_short(repr(steps))} is not an integer >= 0"
+    if not _finite_at_least(noise, 0.0):
+        return f"{P.METRIC_DP_NOISE} {_short(repr(noise))} is not a finite number >= 0"
+    if not _finite_at_least(rate, 0.0) or not 0.0 < rate <= 1.0:
+        return f"{P.METRIC_DP_RATE} {_short(repr(rate))} outside (0, 1]"
     return None
 
 

@@ -44,6 +44,7 @@ from peerkd.clock import process_started_at
 from peerkd.env import TASK_T0_ENV, TIMING_ENV
 from peerkd.round.checkpoint import load_client, save_client
 from peerkd.round.results import append_jsonl
+from peerkd.student.dpsgd import client_dpsgd, dp_metrics, steps_planned
 from peerkd.student.exchange import (
     class_means_record,
     class_targets,
@@ -180,10 +181,14 @@ def _save_student(s: Student, context: Context) -> None:
         save_client(s.params.checkpoint_dir, s.client, s.params.round, s.arch, s.model.state_dict())
 
 
-def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]:
+def _train(s: Student, targets=None, sample_targets=None, pairs: bool = False) -> tuple[float, dict]:
     """Train for the configured epochs (CE, plus KD toward ``targets`` on the transfer set or
-    ``sample_targets`` on the private samples when given); return (train loss, seconds)."""
+    ``sample_targets`` on the private samples when given); return the train loss and the
+    metrics to report (seconds, and DP-SGD's steps under example-level DP). ``pairs``: the
+    rule's training pairs private with transfer batches (DP-SGD plans its steps so)."""
     x, y, p = *s.private, s.params
+    n_transfer = len(s.world.transfer_x)
+    dp = client_dpsgd(p, len(y), n_transfer if pairs else 0, s.seed)
     t0 = time.perf_counter()
     loss = train_model(
         s.model,
@@ -200,8 +205,11 @@ def _train(s: Student, targets=None, sample_targets=None) -> tuple[float, float]
         temperature=p.temperature,
         device=s.device,
         sample_targets=sample_targets,
+        dp=dp,
     )
-    return loss, time.perf_counter() - t0
+    distilled = targets is not None and p.alpha > 0
+    steps = steps_planned(len(y), n_transfer if distilled else 0, p.batch_size, p.epochs, 1)
+    return loss, {P.METRIC_TRAIN_S: time.perf_counter() - t0, **dp_metrics(dp, steps)}
 
 
 def _metrics(s: Student, **extra: float):
@@ -210,11 +218,12 @@ def _metrics(s: Student, **extra: float):
 
 
 def _finish(
-    msg: Message, s: Student, context: Context, loss: float, secs: float, records: dict | None = None
+    msg: Message, s: Student, context: Context, loss: float, reported: dict, records: dict | None = None
 ) -> Message:
-    """Save the student, evaluate it, and reply with metrics plus what the config asks for."""
+    """Save the student, evaluate it, and reply with metrics (``reported`` by ``_train``) plus what
+    the config asks for."""
     _save_student(s, context)
-    metrics = _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, P.METRIC_TRAIN_S: secs})
+    metrics = _metrics(s, **{P.METRIC_TRAIN_LOSS: loss, **reported})
     out = reply_records(
         s.params,
         metrics,
@@ -245,9 +254,9 @@ def train(msg: Message, context: Context) -> Message:
     weights_in = P.KEY_ARRAYS in msg.content
     if weights_in:
         s.model.load_state_dict(msg.content[P.KEY_ARRAYS].to_torch_state_dict())
-    loss, secs = _train(s)
+    loss, reported = _train(s)
     return _finish(
-        msg, s, context, loss, secs, {P.KEY_ARRAYS: ArrayRecord(s.model.state_dict())} if weights_in else None
+        msg, s, context, loss, reported, {P.KEY_ARRAYS: ArrayRecord(s.model.state_dict())} if weights_in else None
     )
 
 
@@ -255,8 +264,8 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
     s = _load_student(msg, context)
-    loss, secs = _train(s, targets=transfer_targets(msg.content, s.world, _sent(s, context)))
-    return _finish(msg, s, context, loss, secs)
+    loss, reported = _train(s, targets=transfer_targets(msg.content, s.world, _sent(s, context)), pairs=True)
+    return _finish(msg, s, context, loss, reported)
 
 
 @app.train("digest")
@@ -278,8 +287,8 @@ def digest(msg: Message, context: Context) -> Message:
             temperature=p.temperature,
             device=s.device,
         )
-    loss, _ = _train(s)
-    return _finish(msg, s, context, loss, time.perf_counter() - t0)
+    loss, reported = _train(s)
+    return _finish(msg, s, context, loss, {**reported, P.METRIC_TRAIN_S: time.perf_counter() - t0})
 
 
 @app.train("fd")
@@ -295,9 +304,9 @@ def class_distill(msg: Message, context: Context) -> Message:
         table = table.copy()
         table[~valid] = np.nan  # NaN rows: no target for samples of that class
         sample_targets = table[y]
-    loss, secs = _train(s, sample_targets=sample_targets)
+    loss, reported = _train(s, sample_targets=sample_targets)
     means, counts = class_mean_logits(predict_logits(s.model, x, s.device), y, c)
-    return _finish(msg, s, context, loss, secs, {P.KEY_LOGITS: class_means_record(means, counts, s.params)})
+    return _finish(msg, s, context, loss, reported, {P.KEY_LOGITS: class_means_record(means, counts, s.params)})
 
 
 @app.query("logits")

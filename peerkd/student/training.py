@@ -8,9 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
 
 from peerkd.student.batches import plan_cohort
-from peerkd.student.losses import as_rows, distillation_loss
+from peerkd.student.dpsgd import DPSGD, clip_sum, gaussian, row_bounds
+from peerkd.student.losses import as_rows, distillation_loss, kd_loss
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -36,6 +38,7 @@ def train_model(
     temperature: float = 1.0,
     device: torch.device | None = None,
     sample_targets: np.ndarray | None = None,
+    dp: DPSGD | None = None,
 ) -> float:
     """Train with Adam on CE over ``(x, y)``, plus α·T²·KL toward ``targets`` on ``transfer_x``.
 
@@ -46,6 +49,7 @@ def train_model(
     With ``sample_targets`` (``(N, C)``, aligned with ``x``; rows of NaN mean "no target") the KD
     term is taken on the private batch itself instead (federated distillation's per-class targets).
     ``seed`` orders the private batches, ``transfer_seed`` (default ``seed``) the transfer batches.
+    With ``dp`` the private term is DP-SGD's (``peerkd.student.dpsgd``; not with ``sample_targets``).
     Returns the mean training loss over the last epoch."""
     device = device or torch.device("cpu")
     model.to(device).train()
@@ -69,7 +73,18 @@ def train_model(
             out_pub, tgt = out_priv[has], tgt[has]
         return distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)
 
-    return _fit(model, plan, lr, loss_at)
+    if dp is None:
+        return _fit(model, plan, lr, loss_at)
+    if st is not None:
+        raise ValueError("DP-SGD takes no per-sample targets: FD releases its shard's class means")
+
+    def public_at(k: int) -> torch.Tensor | None:
+        if plan.transfer is None:
+            return None
+        bj = plan.transfer[k].to(device)
+        return alpha * kd_loss(model(pt[bj]), tt[bj], temperature)
+
+    return _fit_private(model, plan, lr, dp, (xt, yt), public_at)
 
 
 def distill_only(
@@ -86,8 +101,6 @@ def distill_only(
 ) -> float:
     """Fit ``model`` to ``targets`` on unlabelled ``x`` with T²·KL alone (digest phases, FedDF
     fusion); return the mean KD loss over the last epoch. Batches as ``train_model``'s."""
-    from peerkd.student.losses import kd_loss
-
     device = device or torch.device("cpu")
     model.to(device).train()
     xt, tt = torch.as_tensor(x, device=device), per_input(targets, len(x), device)
@@ -126,6 +139,39 @@ def _fit(model: nn.Module, plan: BatchPlan, lr: float, loss_at) -> float:
     ``loss_at(k)`` is step k's loss. Returns the mean loss of the last epoch."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     return plan.last_epoch_mean([_step(opt, loss_at(k)) for k in range(len(plan.private))])
+
+
+def _fit_private(model: nn.Module, plan: BatchPlan, lr: float, dp: DPSGD, private, public_at) -> float:
+    """``_fit`` with DP-SGD's private gradient: per-example gradients (``torch.func``), clipped,
+    summed, noised and divided by the batch size, plus the gradient of ``public_at(k)`` (the
+    transfer-set term, or None). Returns the mean loss of the last epoch."""
+    x, y = private
+    params = dict(model.named_parameters())
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=lr)
+
+    def row_loss(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, p, (xi[None],))
+        return F.cross_entropy(as_rows(out), yi.reshape(-1))
+
+    per_row = vmap(grad_and_value(row_loss), in_dims=(None, 0, 0))
+    key = torch.tensor([dp.key], dtype=torch.int64)
+    losses = []
+    for k in range(len(plan.private)):
+        bi = plan.private[k].to(x.device)
+        grads, rows = per_row({n: p.detach() for n, p in params.items()}, x[bi], y[bi])
+        private = clip_sum(grads, row_bounds(bi, dp.clip))
+        noise = gaussian(key, k, shapes)
+        opt.zero_grad(set_to_none=True)
+        public = public_at(k)
+        if public is not None:
+            public.backward()
+        for n, p in params.items():
+            g = (private[n] + dp.noise * dp.clip * noise[n][0].to(p.device)) / len(bi)
+            p.grad = g if p.grad is None else p.grad + g
+        opt.step()
+        losses.append(float(rows.mean()) + (0.0 if public is None else float(public.detach())))
+    return plan.last_epoch_mean(losses)
 
 
 def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:

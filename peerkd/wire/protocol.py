@@ -49,6 +49,9 @@ CFG_CODEC = "codec"  # fp32 | fp16 | int8 | topk: how a client packs what it sen
 CFG_CODEC_K = "codec-k"  # columns a topk encoding keeps per row
 CFG_DP_CLIP = "dp-clip"  # L2 bound of each released row (centred logits); differential privacy
 CFG_DP_NOISE = "dp-noise"  # noise multiplier z (0: no noise): std = z x the release's L2 sensitivity
+CFG_DPSGD_EPSILON = "dpsgd-epsilon"  # example-level DP: the run's epsilon for DP-SGD on private data (0: off)
+CFG_DP_DELTA = "dp-delta"  # ... its delta
+CFG_DP_ROUNDS = "dp-rounds"  # ... and the rounds its steps are planned over (peerkd.student.dpsgd)
 CFG_KEEP_SENT = "keep-sent"  # remember the logits sent, to subtract them from a peers' sum (peer_sum)
 CFG_WARM_UP = "warm-up"  # evaluate before round 1: also pay the training path's start-up (student.training.warm_up)
 CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
@@ -61,6 +64,9 @@ METRIC_TEST_ACC = "test-acc"
 METRIC_TEST_LOSS = "test-loss"
 METRIC_TRAIN_LOSS = "train-loss"
 METRIC_TRAIN_S = "train-s"
+METRIC_DP_STEPS = "dp-steps"  # DP-SGD steps taken in this message's training (example-level DP)
+METRIC_DP_NOISE = "dp-sgd-noise"  # ... their noise multiplier
+METRIC_DP_RATE = "dp-rate"  # ... and sampling rate
 
 # Node config keys (simulation sets the first two; deployments set them per SuperNode).
 NODE_PARTITION_ID = "partition-id"
@@ -97,6 +103,9 @@ class RoundParams:
     codec_k: int = 3
     dp_clip: float = 1.0
     dp_noise: float = 0.0
+    dpsgd_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_rounds: int = 0
     keep_sent: bool = False
     checkpoint_dir: str = ""  # "" : the student lives in context.state alone
     resume_round: int = 0  # a fresh context loads its student of this round from checkpoint_dir (0: none)
@@ -122,6 +131,9 @@ class RoundParams:
             codec_k=int(get(CFG_CODEC_K, d.codec_k)),
             dp_clip=float(get(CFG_DP_CLIP, d.dp_clip)),
             dp_noise=float(get(CFG_DP_NOISE, d.dp_noise)),
+            dpsgd_epsilon=float(get(CFG_DPSGD_EPSILON, d.dpsgd_epsilon)),
+            dp_delta=float(get(CFG_DP_DELTA, d.dp_delta)),
+            dp_rounds=int(get(CFG_DP_ROUNDS, d.dp_rounds)),
             keep_sent=bool(get(CFG_KEEP_SENT, False)),
             checkpoint_dir=str(get(CFG_CHECKPOINT_DIR, d.checkpoint_dir)),
             resume_round=int(get(CFG_RESUME_ROUND, d.resume_round)),

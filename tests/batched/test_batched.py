@@ -2,6 +2,7 @@
 own, cohorts against ``train_model``/``distill_only``, and whole runs against Flower's
 engine for every rule (tiny digits world: 3 clients, 2 rounds)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,6 +23,7 @@ from peerkd.batched.stacked import (
     stacked_forward,
 )
 from peerkd.env import QUIET_ENV
+from peerkd.hooks.privacy import PrivacySpec
 from peerkd.hooks.standard import standard_hooks
 from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter, read_jsonl
@@ -284,6 +286,8 @@ CASES = {
     for rule in RULES
 }
 CASES["peer-mlp32"] = (("mlp32",), {})
+CASES["peer-dp"] = (("mlp32", "cnn"), {})  # example-level DP: DP-SGD's per-example gradients and noise
+CASES["fedavg-dp"] = (("mlp64",), {})
 
 
 def case(name):
@@ -292,7 +296,10 @@ def case(name):
     strategy = build_strategy(
         rule, **{k: v for k, v in dict(teacher_epochs=3, teacher_members=2).items() if k in rule_settings(rule)}
     )
-    return tiny_spec(students, **world), strategy
+    spec = tiny_spec(students, **world)
+    if name.endswith("-dp"):
+        spec = dataclasses.replace(spec, privacy=PrivacySpec(epsilon=4.0, unit="example"))
+    return spec, strategy
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +382,5 @@ def test_batched_engine_gives_flower_engine_numbers(name, flower_runs, tmp_path)
     for r in (r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["type"] == "round"):
         assert all(r[f"time_{s}_s"] >= 0 for s in clock.SECTIONS) and r["time_compute_s"] > 0
     assert batched["peak_rss_mb"] > 0 and batched["peak_gpu_mb"] is None
+    if name.endswith("-dp"):  # the same steps accounted on both engines, within the budget
+        assert 0 < batched["dp_epsilon_spent"] == flower["dp_epsilon_spent"] <= 4.0

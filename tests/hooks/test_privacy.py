@@ -140,3 +140,36 @@ def test_distributed_noise_reports_epsilon_for_the_sum_and_in_the_clear(tmp_path
     assert 0.99 * 4.0 <= summary["dp_epsilon_spent"] <= 4.0
     assert summary["dp_epsilon_spent_clear"] == pytest.approx(epsilon_spent(summary["dp_noise_share"], 3, 1e-5))
     assert summary["dp_epsilon_spent_clear"] > 5.0  # z / √2 costs about 1.5x the ε
+
+
+def test_example_level_settings_are_validated():
+    with pytest.raises(ConfigError, match=r"privacy.unit: 'row' is not one of|privacy.unit"):
+        PrivacySpec(epsilon=1.0, unit="row")
+    with pytest.raises(ConfigError, match="privacy.noise: example-level DP adds its noise to each client's gradients"):
+        PrivacySpec(epsilon=1.0, unit="example", noise="distributed")
+
+
+@pytest.mark.parametrize("rule", ["fd", "oracle"])
+def test_example_level_dp_refuses_rules_that_release_raw_statistics(rule):
+    with pytest.raises(ConfigError, match=f"privacy.unit: rule '{rule}' releases statistics of the private data"):
+        preflight(tiny(epsilon=8.0, unit="example"), build_strategy(rule))
+
+
+def test_example_level_dp_covers_weights_and_refuses_a_budget_no_noise_meets():
+    preflight(tiny(epsilon=8.0, unit="example"), build_strategy("fedavg"))  # weights: functions of a DP model
+    with pytest.raises(ConfigError, match="privacy.epsilon: 1e-06 cannot be met over .* DP-SGD steps"):
+        preflight(tiny(epsilon=1e-6, unit="example"), build_strategy("peer"))
+
+
+def test_an_example_level_run_reports_the_epsilon_its_clients_spent(tmp_path, flower_identity):
+    # Execute: peer with (4, 1e-5) over 3 rounds of DP-SGD; round 1 distills nothing (no targets yet),
+    # so the clients take fewer steps than their budget was planned for.
+    summary = run_batched(
+        tiny(rounds=3, epsilon=4.0, unit="example"), build_strategy("peer"), tmp_path, {}, device="cpu"
+    )
+    # Assert
+    assert summary["dp_unit"] == "example" and summary["rejected_replies"] == 0
+    assert 0 < summary["dp_epsilon_spent_mean"] <= summary["dp_epsilon_spent"] < 4.0
+    assert summary["dp_sgd_noise_max"] >= summary["dp_sgd_noise_min"] > 0
+    # a 64-example shard, 1 epoch of 32-batches: round 1 alone 64/32 = 2 steps, then paired with 96 transfer inputs 3
+    assert summary["dp_sgd_steps_max"] == 2 + 3 + 3

@@ -1,5 +1,7 @@
 """Reply screening: a malformed or forged reply is a logged rejection, never a crash."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,10 @@ def npy_bytes(values):
     "metrics, records, reason",
     [
         ({**GOOD, "secret": 1.0}, {}, "unknown metric 'secret'"),
+        ({**GOOD, "dp-steps": 5}, {}, "DP-SGD metrics come together: dp-steps, dp-sgd-noise, dp-rate; got only"),
+        ({**GOOD, "dp-steps": -1, "dp-sgd-noise": 1.0, "dp-rate": 0.5}, {}, "dp-steps -1 is not an integer >= 0"),
+        ({**GOOD, "dp-steps": 5, "dp-sgd-noise": math.nan, "dp-rate": 0.5}, {}, "dp-sgd-noise nan is not a finite"),
+        ({**GOOD, "dp-steps": 5, "dp-sgd-noise": 1.0, "dp-rate": 0.0}, {}, "dp-rate 0.0 outside (0, 1]"),
         ({k: v for k, v in GOOD.items() if k != "partition-id"}, {}, "partition-id None outside 0..2"),
         ({k: v for k, v in GOOD.items() if k != "test-acc"}, {}, "test-acc None outside [0, 1]"),
         ({**GOOD, "partition-id": 3}, {}, "partition-id 3 outside 0..2"),
