@@ -147,6 +147,7 @@ class PrivacyConf:
     delta: float = 1e-5
     clip: float = 1.0  # L2 bound of each released row of centred logits
     noise: str = "client"  # client: each adds all the noise; distributed: summed clients share it (peer_sum)
+    release: str = "logits"  # unit=client: logits (clipped rows) or votes (noisy one-hot top-1 votes; peer, peer_sum)
     unit: str = "client"  # client: noise the released rows (a whole shard protected); example: DP-SGD (one example)
 
 
@@ -306,9 +307,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
         measure_agreement=cfg.measure_agreement,
         clients_per_round=clients_per_round(cfg.participation, cfg.clients_per_round, cfg.num_clients),
         codec=Codec(cfg.codec.name, cfg.codec.k),
-        privacy=PrivacySpec(
-            cfg.privacy.epsilon, cfg.privacy.delta, cfg.privacy.clip, cfg.privacy.noise, cfg.privacy.unit
-        ),
+        privacy=PrivacySpec(**_as_dict(cfg.privacy)),
         faults=FaultSpec(**_as_dict(cfg.faults)),
         attack=AttackSpec(**_as_dict(cfg.attack)),
     )

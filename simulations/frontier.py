@@ -25,13 +25,17 @@ BASE = ("peer", "fp32")  # the codec frontier's baseline: float32 peer
 TARGET_RATIO, TARGET_DROP = 20.0, 0.005  # the issue's target: >= 20x fewer bytes than fedavg, <= 0.5 points below
 
 
-def point(run: dict[str, Any]) -> tuple[str, str, float]:
-    """A run's (rule, codec with its k for top-k, ε; inf when off)."""
+def point(run: dict[str, Any]) -> tuple[str, str, float, str]:
+    """A run's (rule, codec with its k for top-k, ε (inf when off), privacy unit and release: ``client``,
+    ``client votes``, ``example``; "–" when off)."""
     c, s = run["config"], run["summary"]
     codec = str(c.get("codec.name", "fp32"))
     codec = f"topk{c.get('codec.k')}" if codec == "topk" else codec
     eps = c.get("privacy.epsilon")
-    return s["strategy"], codec, math.inf if eps is None else float(eps)
+    if eps is None:
+        return s["strategy"], codec, math.inf, "–"
+    release = " votes" if c.get("privacy.release", "logits") == "votes" else ""
+    return s["strategy"], codec, float(eps), f"{c.get('privacy.unit', 'client')}{release}"
 
 
 def frontier_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,7 +49,7 @@ def frontier_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         groups.setdefault(point(run), []).append(run["summary"])
     rows = []
-    for (rule, codec, eps), group in sorted(groups.items()):
+    for (rule, codec, eps, unit), group in sorted(groups.items()):
         accs = np.array([s["acc_mean"] for s in group], dtype=float)
         per = [(s["bytes_up"] + s["bytes_down"]) / (s["rounds"] * s["num_clients"]) for s in group]
         spent = [s.get("dp_epsilon_spent") for s in group if s.get("dp_epsilon_spent") is not None]
@@ -54,6 +58,7 @@ def frontier_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rule": rule,
                 "codec": codec,
                 "epsilon": eps,
+                "unit": unit,
                 "acc": float(accs.mean()),
                 "acc_std": float(accs.std(ddof=1)) if len(accs) > 1 else None,
                 "bytes_round": float(np.mean(per)),
@@ -101,20 +106,33 @@ def codec_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def epsilon_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Accuracy by rule and ε (target and spent), with local-only's accuracy as the floor."""
+    """Accuracy by rule, privacy unit and ε (target and spent), against local-only without privacy
+    (it releases nothing) and, where local-only also ran under the unit (DP-SGD), at the same ε."""
     local = _find(rows, "local")
+    same = {(r["unit"], r["epsilon"]): r for r in rows if r["rule"] == "local" and r["epsilon"] != math.inf}
     lines = [
         [
             r["rule"],
+            r["unit"],
             "∞" if r["epsilon"] == math.inf else f"{r['epsilon']:g}",
             "–" if r["epsilon_spent"] is None else f"{r['epsilon_spent']:.3f}",
             fmt_mean_std(r["acc"], r["acc_std"], no_spread=""),
             "–" if local is None else f"{(r['acc'] - local['acc']) * 100:+.1f}",
+            "–" if (at := same.get((r["unit"], r["epsilon"]))) is None else f"{(r['acc'] - at['acc']) * 100:+.1f}",
         ]
         for r in rows
-        if r["rule"] not in ("local", "fedavg") and (r["epsilon"] != math.inf or r["codec"] == "fp32")
+        if _shown(r, same)
     ]
-    return md_table(["rule", "ε target", "ε spent", "accuracy", "points vs local"], lines)
+    header = ["rule", "unit", "ε target", "ε spent", "accuracy", "points vs local (no DP)", "vs local at this ε"]
+    return md_table(header, lines)
+
+
+def _shown(r: dict[str, Any], same: dict) -> bool:
+    """Rows of the ε table: fp32 rows of the rules that release something, and under a unit
+    local-only also ran with (DP-SGD) every rule at every ε."""
+    if r["epsilon"] != math.inf and (r["unit"], r["epsilon"]) in same:
+        return True
+    return r["rule"] not in ("local", "fedavg") and (r["epsilon"] != math.inf or r["codec"] == "fp32")
 
 
 def frontier_figure(rows: Sequence[dict[str, Any]]):
@@ -144,24 +162,29 @@ def frontier_figure(rows: Sequence[dict[str, Any]]):
 
 
 def epsilon_figure(rows: Sequence[dict[str, Any]]):
-    """Accuracy against ε (∞ drawn at the right end), one line per rule, local-only as a floor."""
+    """Accuracy against ε (∞ drawn at the right end), one line per rule and privacy unit (each with
+    the rule's run without privacy), local-only without privacy as a floor."""
     import matplotlib.pyplot as plt
 
     finite = sorted({r["epsilon"] for r in rows if r["epsilon"] != math.inf})
     where = {**{e: i for i, e in enumerate(finite)}, math.inf: len(finite)}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for rule in dict.fromkeys(r["rule"] for r in rows if r["rule"] not in ("local", "fedavg")):
-        pts = sorted((r for r in rows if r["rule"] == rule and r["codec"] == "fp32"), key=lambda r: where[r["epsilon"]])
+    fp32 = [r for r in rows if r["codec"] == "fp32"]
+    lines = dict.fromkeys((r["rule"], r["unit"]) for r in fp32 if r["epsilon"] != math.inf)
+    units = {u for _, u in lines}
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for rule, unit in lines:
+        pts = [r for r in fp32 if r["rule"] == rule and r["unit"] in (unit, "–")]
+        pts.sort(key=lambda r: where[r["epsilon"]])
         ax.errorbar(
             [where[p["epsilon"]] for p in pts],
             [p["acc"] for p in pts],
             yerr=[p["acc_std"] or 0 for p in pts],
             fmt="o-",
-            label=rule,
+            label=rule if len(units) == 1 else f"{rule} ({unit})",
             capsize=3,
         )
     if (local := _find(rows, "local")) is not None:
-        ax.axhline(local["acc"], color="grey", ls="--", label="local only")
+        ax.axhline(local["acc"], color="grey", ls="--", label="local only, no DP")
     ax.set_xticks(range(len(where)), [*(f"{e:g}" for e in finite), "∞"])
     ax.set(xlabel="ε (δ = 1e-5, whole run)", ylabel="test accuracy (mean over clients)")
     ax.set_title("Accuracy against the privacy budget")

@@ -44,6 +44,7 @@ class DistillationStrategy(ABC):
     min_clients: ClassVar[int] = 1  # peers teaching peers need at least 2
     dp_supported: ClassVar[bool] = False  # True: clients send only outputs on shared inputs, which privacy.* noises
     example_dp: ClassVar[bool] = True  # False: clients release raw-shard statistics (privacy.unit=example refused)
+    reads_votes: ClassVar[bool] = False  # True: targets are means or sums of releases (privacy.release=votes)
     sums_releases: ClassVar[bool] = False  # True: receivers learn only the sum of releases (privacy.noise=distributed)
     # Attributes a resumed rule gets from its settings and ``resume``, not from a checkpoint: objects, not data.
     not_saved: ClassVar[frozenset[str]] = frozenset({"ctx", "aggregator"})

@@ -24,6 +24,7 @@ class PeerMutualLearning(RobustLogitDistillation):
 
     name = "peer"
     wants_logits = True
+    reads_votes = True  # the mean of the others' votes is a (scaled) vote histogram
     min_clients = 2
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:

@@ -46,6 +46,7 @@ class PeerSumLearning(LogitDistillation):
     name = "peer_sum"
     wants_logits = True
     min_clients = 2
+    reads_votes = True  # the others' votes summed: a vote histogram
     sums_releases = True  # receivers read only the sum: privacy.noise=distributed may split the noise
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:

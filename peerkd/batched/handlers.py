@@ -66,7 +66,7 @@ def decode_request(msg: Message, client: int, sent=None) -> Request:
     world = build_world(spec)
     inputs = None
     if kind in (P.MSG_DISTILL, P.MSG_DIGEST):
-        inputs = transfer_targets(msg.content, world, sent if params.keep_sent else None)
+        inputs = transfer_targets(msg.content, world, sent if params.keep_sent else None, params)
     elif kind == P.MSG_CLASS_DISTILL:
         inputs = class_targets(msg.content, world.num_classes)
     elif kind == P.MSG_TRAIN and P.KEY_ARRAYS in msg.content:

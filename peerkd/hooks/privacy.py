@@ -39,6 +39,8 @@ log = logging.getLogger("peerkd")
 
 NOISES = ("client", "distributed")
 UNITS = ("client", "example")  # what one unit of privacy is: a client's whole shard, or one example of it
+RELEASES = ("logits", "votes")  # what a client releases under client-level DP: clipped logits, or top-1 votes
+VOTE_CONFIDENCE = 0.9  # a voted row's target: this much on the noisy argmax, the rest spread (label smoothing)
 MAX_NOISE = 1e4  # a budget that needs more noise than this (x the sensitivity) is refused as unreachable
 _NOISE_STREAM = 0x5EED_D9  # keeps the noise generator apart from batch order and model init
 
@@ -48,18 +50,23 @@ class PrivacySpec:
     """The run's privacy target: ``epsilon`` (None: off), ``delta``, the clip bound, who adds the
     noise (``noise`` in ``NOISES``: each client all of it, or shared by summed clients), and the
     ``unit`` protected (``UNITS``). With ``unit="client"`` the released rows are clipped and noised
-    (this module). With ``"example"`` the students train with DP-SGD (``peerkd.student.dpsgd``),
-    clipping each example's gradient to ``clip``, and release without further noise."""
+    (this module), or with ``release="votes"`` replaced by noisy one-hot votes of the top class.
+    With ``"example"`` the students train with DP-SGD (``peerkd.student.dpsgd``), clipping each
+    example's gradient to ``clip``, and release without further noise."""
 
     epsilon: float | None = None
     delta: float = 1e-5
     clip: float = 1.0
     noise: str = "client"
     unit: str = "client"
+    release: str = "logits"
 
     def __post_init__(self) -> None:
         check_choice("privacy.noise", self.noise, NOISES)
         check_choice("privacy.unit", self.unit, UNITS)
+        check_choice("privacy.release", self.release, RELEASES)
+        if self.unit == "example" and self.release != "logits":
+            raise ConfigError("privacy.release", "example-level DP releases the DP-trained model's outputs", "logits")
         if self.unit == "example" and self.noise != "client":
             raise ConfigError("privacy.noise", "example-level DP adds its noise to each client's gradients", "client")
         if self.epsilon is not None:
@@ -175,6 +182,33 @@ def privatize(
     }
 
 
+def vote_sensitivity(rows: int) -> float:
+    """L2 sensitivity of ``rows`` one-hot votes: each may move to another class, ``√2`` a row."""
+    return math.sqrt(2.0 * rows)
+
+
+def privatize_votes(logits: np.ndarray, noise: float, key: tuple[int, ...]) -> np.ndarray:
+    """The Gaussian mechanism on a vote release: each row of ``logits`` becomes the one-hot of its
+    top class, then every entry gets noise of std ``noise · vote_sensitivity(rows)`` (Scalable PATE's
+    GNMax, with the histogram summed by the receiver). ``key`` seeds the noise, as ``privatize``'s."""
+    logits = np.asarray(logits)
+    votes = np.eye(logits.shape[1])[logits.argmax(axis=1)]
+    rng = np.random.default_rng((*key, _NOISE_STREAM))
+    return (votes + rng.normal(0.0, noise * vote_sensitivity(len(votes)), votes.shape)).astype(np.float32)
+
+
+def vote_targets(histogram: np.ndarray, temperature: float) -> np.ndarray:
+    """Target logits from noisy vote counts: ``VOTE_CONFIDENCE`` on each row's noisy argmax (PATE's
+    label), the rest spread evenly, as logits whose softmax at ``temperature`` is that distribution.
+
+    ``vote_targets([[0.2, 1.4, -0.3]], 1.0)`` is ``log([0.05, 0.9, 0.05])``."""
+    h = np.asarray(histogram, dtype=np.float64)
+    c = h.shape[1]
+    q = np.full(h.shape, (1.0 - VOTE_CONFIDENCE) / max(c - 1, 1))
+    q[np.arange(len(h)), h.argmax(axis=1)] = VOTE_CONFIDENCE
+    return (temperature * np.log(q)).astype(np.float32)
+
+
 def privacy_setup(privacy: PrivacySpec, rounds: int, rule: Any, senders: int = 2) -> dict[str, Any]:
     """The run's noise multiplier for ``privacy`` over one release per round (run metrics), and under
     distributed noise each of ``senders`` clients' share; ConfigError for a budget no noise meets,
@@ -185,6 +219,10 @@ def privacy_setup(privacy: PrivacySpec, rounds: int, rule: Any, senders: int = 2
     if not getattr(rule, "dp_supported", False):
         raise ConfigError(
             "privacy.epsilon", f"rule {rule.name!r} sends more than outputs on shared inputs", "null for this rule"
+        )
+    if privacy.release == "votes" and not getattr(rule, "reads_votes", False):
+        raise ConfigError(
+            "privacy.release", f"rule {rule.name!r} reads logits, not votes", "logits, or strategy=peer|peer_sum"
         )
     if privacy.noise == "distributed" and not getattr(rule, "sums_releases", False):
         raise ConfigError(
@@ -232,7 +270,10 @@ class PrivacyHook(RoundHook):
 
     def message_config(self, run_metrics: dict[str, Any]) -> dict[str, Any]:
         noise = run_metrics.get("dp_noise_share", run_metrics.get("dp_noise", 0.0))
-        return {P.CFG_DP_CLIP: self.privacy.clip, P.CFG_DP_NOISE: noise} if noise > 0 else {}
+        if noise <= 0:
+            return {}
+        votes = {P.CFG_DP_RELEASE: self.privacy.release} if self.privacy.release != "logits" else {}
+        return {P.CFG_DP_CLIP: self.privacy.clip, P.CFG_DP_NOISE: noise, **votes}
 
     def after_round(self, result: RoundResult) -> dict[str, Any]:
         n = releases(result.messages)

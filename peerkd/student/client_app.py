@@ -264,7 +264,7 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     """CE + α·T²·KL toward the message's targets; reply with fresh transfer-set logits."""
     s = _load_student(msg, context)
-    loss, reported = _train(s, targets=transfer_targets(msg.content, s.world, _sent(s, context)), pairs=True)
+    loss, reported = _train(s, targets=transfer_targets(msg.content, s.world, _sent(s, context), s.params), pairs=True)
     return _finish(msg, s, context, loss, reported)
 
 
@@ -272,7 +272,7 @@ def distill(msg: Message, context: Context) -> Message:
 def digest(msg: Message, context: Context) -> Message:
     """Digest (fit the targets on the transfer set, KD alone), then revisit (CE epochs)."""
     s = _load_student(msg, context)
-    targets = transfer_targets(msg.content, s.world)
+    targets = transfer_targets(msg.content, s.world, params=s.params)
     p = s.params
     t0 = time.perf_counter()
     if targets is not None and p.digest_epochs > 0:

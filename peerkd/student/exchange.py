@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from peerkd.hooks.privacy import privatize
+from peerkd.hooks.privacy import privatize, privatize_votes, vote_targets
 from peerkd.student.placement import placement
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import Codec, CodecError, decode_logits, encode_arrays, encode_logits, to_array
@@ -29,12 +29,23 @@ def student_arch(params: RoundParams, client: int, node_config: Mapping[str, Any
     return str((node_config or {}).get(P.NODE_STUDENT, default))
 
 
-def transfer_targets(content: RecordDict, world: World, sent: np.ndarray | None = None) -> np.ndarray | None:
+def transfer_targets(
+    content: RecordDict, world: World, sent: np.ndarray | None = None, params: RoundParams | None = None
+) -> np.ndarray | None:
     """The ``(P, C)`` targets on the transfer set a request carries, or None; CodecError if malformed.
 
     A peers' sum (``peer_sum``: the record also holds ``ARRAY_PEERS``) becomes this node's
     leave-one-out mean, ``sent`` being the logits this node sent last (as the server decoded them).
+    Under a vote release (``params.dp_release``) the targets are vote counts: they become the
+    labels of their noisy argmax (``vote_targets``).
     """
+    targets = _transfer_targets(content, world, sent)
+    if targets is None or params is None or params.dp_release != "votes":
+        return targets
+    return vote_targets(targets, params.temperature)
+
+
+def _transfer_targets(content: RecordDict, world: World, sent: np.ndarray | None) -> np.ndarray | None:
     if P.KEY_TARGETS not in content:
         return None
     shape = (world.transfer_rows, world.num_classes)
@@ -124,7 +135,11 @@ def reply_records(
         released[P.KEY_PROBE] = probe_logits()
     if released and params.dp_noise > 0:
         key = (world_seed, params.round, int(metrics[P.METRIC_PARTITION]))
-        released = privatize(released, params.dp_clip, params.dp_noise, key)
+        released = (
+            {n: privatize_votes(v, params.dp_noise, key) for n, v in released.items()}
+            if params.dp_release == "votes"
+            else privatize(released, params.dp_clip, params.dp_noise, key)
+        )
     codec = Codec(params.codec, params.codec_k)
     for name, values in released.items():
         probs = params.reply_probs and name == P.KEY_LOGITS

@@ -49,6 +49,7 @@ CFG_CODEC = "codec"  # fp32 | fp16 | int8 | topk: how a client packs what it sen
 CFG_CODEC_K = "codec-k"  # columns a topk encoding keeps per row
 CFG_DP_CLIP = "dp-clip"  # L2 bound of each released row (centred logits); differential privacy
 CFG_DP_NOISE = "dp-noise"  # noise multiplier z (0: no noise): std = z x the release's L2 sensitivity
+CFG_DP_RELEASE = "dp-release"  # votes: release noisy one-hot votes of the top class instead of logits
 CFG_DPSGD_EPSILON = "dpsgd-epsilon"  # example-level DP: the run's epsilon for DP-SGD on private data (0: off)
 CFG_DP_DELTA = "dp-delta"  # ... its delta
 CFG_DP_ROUNDS = "dp-rounds"  # ... and the rounds its steps are planned over (peerkd.student.dpsgd)
@@ -103,6 +104,7 @@ class RoundParams:
     codec_k: int = 3
     dp_clip: float = 1.0
     dp_noise: float = 0.0
+    dp_release: str = "logits"
     dpsgd_epsilon: float = 0.0
     dp_delta: float = 1e-5
     dp_rounds: int = 0
@@ -131,6 +133,7 @@ class RoundParams:
             codec_k=int(get(CFG_CODEC_K, d.codec_k)),
             dp_clip=float(get(CFG_DP_CLIP, d.dp_clip)),
             dp_noise=float(get(CFG_DP_NOISE, d.dp_noise)),
+            dp_release=str(get(CFG_DP_RELEASE, d.dp_release)),
             dpsgd_epsilon=float(get(CFG_DPSGD_EPSILON, d.dpsgd_epsilon)),
             dp_delta=float(get(CFG_DP_DELTA, d.dp_delta)),
             dp_rounds=int(get(CFG_DP_ROUNDS, d.dp_rounds)),

@@ -288,6 +288,7 @@ CASES = {
 CASES["peer-mlp32"] = (("mlp32",), {})
 CASES["peer-dp"] = (("mlp32", "cnn"), {})  # example-level DP: DP-SGD's per-example gradients and noise
 CASES["fedavg-dp"] = (("mlp64",), {})
+CASES["peer_sum-votes"] = (("mlp32", "cnn"), {})  # client-level DP, noisy votes with the noise shared out
 
 
 def case(name):
@@ -299,6 +300,8 @@ def case(name):
     spec = tiny_spec(students, **world)
     if name.endswith("-dp"):
         spec = dataclasses.replace(spec, privacy=PrivacySpec(epsilon=4.0, unit="example"))
+    if name.endswith("-votes"):
+        spec = dataclasses.replace(spec, privacy=PrivacySpec(epsilon=8.0, release="votes", noise="distributed"))
     return spec, strategy
 
 
@@ -382,5 +385,5 @@ def test_batched_engine_gives_flower_engine_numbers(name, flower_runs, tmp_path)
     for r in (r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["type"] == "round"):
         assert all(r[f"time_{s}_s"] >= 0 for s in clock.SECTIONS) and r["time_compute_s"] > 0
     assert batched["peak_rss_mb"] > 0 and batched["peak_gpu_mb"] is None
-    if name.endswith("-dp"):  # the same steps accounted on both engines, within the budget
-        assert 0 < batched["dp_epsilon_spent"] == flower["dp_epsilon_spent"] <= 4.0
+    if name.endswith(("-dp", "-votes")):  # the same steps or releases accounted on both engines, within the budget
+        assert 0 < batched["dp_epsilon_spent"] == flower["dp_epsilon_spent"] <= (4.0 if name.endswith("-dp") else 8.0)

@@ -15,9 +15,12 @@ from peerkd.hooks.privacy import (
     epsilon_spent,
     noise_multiplier,
     privatize,
+    privatize_votes,
     sensitivity,
     share_of_noise,
     summed_noise,
+    vote_sensitivity,
+    vote_targets,
 )
 from peerkd.round.spec import RunSpec
 from peerkd.world.build import WorldSpec
@@ -173,3 +176,39 @@ def test_an_example_level_run_reports_the_epsilon_its_clients_spent(tmp_path, fl
     assert summary["dp_sgd_noise_max"] >= summary["dp_sgd_noise_min"] > 0
     # a 64-example shard, 1 epoch of 32-batches: round 1 alone 64/32 = 2 steps, then paired with 96 transfer inputs 3
     assert summary["dp_sgd_steps_max"] == 2 + 3 + 3
+
+
+def test_a_vote_release_is_one_hot_top_classes_plus_noise_of_the_vote_sensitivity():
+    # Prepare: 2,000 rows whose top class is row % 3; z = 0.5 -> std = 0.5 x √(2 x 2000) ≈ 31.6.
+    logits = np.eye(3)[np.arange(2000) % 3] * 5.0 - 1.0
+    # Execute
+    votes = privatize_votes(logits, 0.5, (0, 1, 2))
+    exact = privatize_votes(logits, 0.0, (0, 1, 2))
+    # Assert: without noise the one-hot votes; the noise has the calibrated scale and is seeded.
+    np.testing.assert_array_equal(exact, np.eye(3)[np.arange(2000) % 3])
+    assert vote_sensitivity(2000) == pytest.approx(math.sqrt(4000))
+    assert np.std(votes - exact) == pytest.approx(0.5 * math.sqrt(4000), rel=0.03)
+    np.testing.assert_array_equal(votes, privatize_votes(logits, 0.5, (0, 1, 2)))
+
+
+def test_vote_counts_become_smoothed_labels_of_their_noisy_argmax():
+    # [0.2, 1.4, -0.3]: class 1 -> [0.05, 0.9, 0.05]; as logits at T = 4: 4 x log of that (softmax at T gives it back).
+    out = vote_targets(np.array([[0.2, 1.4, -0.3], [3.0, 0.0, 0.0]]), 4.0)
+    np.testing.assert_allclose(out, 4.0 * np.log([[0.05, 0.9, 0.05], [0.9, 0.05, 0.05]]), rtol=1e-6)
+    np.testing.assert_allclose(np.exp(out / 4.0).sum(axis=1), [1.0, 1.0], rtol=1e-6)
+
+
+def test_votes_need_a_rule_that_reads_vote_counts_and_client_level_dp():
+    with pytest.raises(ConfigError, match="privacy.release: rule 'wml' reads logits, not votes"):
+        preflight(tiny(epsilon=8.0, release="votes"), build_strategy("wml"))
+    with pytest.raises(ConfigError, match="privacy.release: example-level DP releases the DP-trained model's outputs"):
+        PrivacySpec(epsilon=8.0, unit="example", release="votes")
+    preflight(tiny(epsilon=8.0, release="votes", noise="distributed"), build_strategy("peer_sum"))
+
+
+def test_a_vote_release_run_spends_its_budget_and_sends_votes(tmp_path, flower_identity):
+    summary = run_batched(
+        tiny(rounds=3, epsilon=8.0, release="votes"), build_strategy("peer"), tmp_path, {}, device="cpu"
+    )
+    assert summary["dp_releases"] == 3 and summary["rejected_replies"] == 0
+    assert 0.99 * 8.0 <= summary["dp_epsilon_spent"] <= 8.0

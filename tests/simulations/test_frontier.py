@@ -7,8 +7,8 @@ import pytest
 from simulations.frontier import codec_table, epsilon_table, frontier_rows, main
 
 
-def run(rule, acc, up, down, codec="fp32", k=3, epsilon=None, spent=None, seed=0):
-    config = {"codec.name": codec, "codec.k": k, "privacy.epsilon": epsilon}
+def run(rule, acc, up, down, codec="fp32", k=3, epsilon=None, spent=None, seed=0, unit="client"):
+    config = {"codec.name": codec, "codec.k": k, "privacy.epsilon": epsilon, "privacy.unit": unit}
     summary = {"strategy": rule, "acc_mean": acc, "bytes_up": up, "bytes_down": down, "rounds": 2, "num_clients": 2}
     return {"config": config, "summary": {**summary, "seed": seed, "dp_epsilon_spent": spent}}
 
@@ -53,7 +53,20 @@ def test_the_codec_tables_baseline_is_the_non_private_run():
 
 def test_the_epsilon_table_reports_spent_budget_against_local():
     rows = frontier_rows([run("local", 0.5, 0, 0), run("peer", 0.6, 10, 10, epsilon=4.0, spent=3.99)])
-    assert "| peer | 4 | 3.990 | 0.600 | +10.0 |" in epsilon_table(rows)
+    assert "| peer | client | 4 | 3.990 | 0.600 | +10.0 | – |" in epsilon_table(rows)
+
+
+def test_under_dp_sgd_every_rule_also_meets_local_only_at_the_same_epsilon():
+    # Prepare: local 0.5 without privacy; under DP-SGD at ε 8 local 0.2, fedavg 0.45, peer 0.55.
+    runs = [run("local", 0.5, 0, 0)] + [
+        run(rule, acc, 10, 10, epsilon=8.0, spent=7.99, unit="example")
+        for rule, acc in (("local", 0.2), ("fedavg", 0.45), ("peer", 0.55))
+    ]
+    table = epsilon_table(frontier_rows(runs))
+    # Assert: peer +5 over local without privacy, +35 over local with DP-SGD; local and fedavg shown too.
+    assert "| peer | example | 8 | 7.990 | 0.550 | +5.0 | +35.0 |" in table
+    assert "| local | example | 8 | 7.990 | 0.200 | -30.0 | +0.0 |" in table
+    assert "| fedavg | example | 8 | 7.990 | 0.450 | -5.0 | +25.0 |" in table
 
 
 def test_a_runs_csv_adds_the_rules_the_directories_lack(tmp_path):
