@@ -59,6 +59,20 @@ def train_model(
         pt, tt = torch.as_tensor(transfer_x, device=device), per_input(targets, len(transfer_x), device)
     st = torch.as_tensor(sample_targets, device=device) if sample_targets is not None and alpha > 0 else None
     plan = plan_batches(len(x), len(transfer_x) if distill else 0, batch_size, epochs, seed, transfer_seed)
+    transfer = (pt, tt) if distill else None
+    if dp is None:
+        return _fit(model, plan, lr, _step_loss(model, plan, (xt, yt), transfer, st, alpha, temperature))
+    if st is not None:
+        raise ValueError("DP-SGD takes no per-sample targets: FD releases its shard's class means")
+    transfer_term = lambda k: alpha * kd_loss(model(pt[bj := plan.transfer[k].to(device)]), tt[bj], temperature)  # noqa: E731
+    return _fit_private(model, plan, lr, dp, (xt, yt), transfer_term if distill else None)
+
+
+def _step_loss(model: nn.Module, plan: BatchPlan, private, transfer, sample_targets, alpha: float, temperature: float):
+    """``loss_at(k)``: ``train_model``'s loss at step k: CE on the private batch, plus α·KD on the
+    transfer batch toward ``transfer``'s targets, or on the private batch toward ``sample_targets``."""
+    xt, yt = private
+    device = xt.device
 
     def loss_at(k: int) -> torch.Tensor:
         bi = plan.private[k].to(device)
@@ -66,25 +80,14 @@ def train_model(
         out_pub = tgt = None
         if plan.transfer is not None:
             bj = plan.transfer[k].to(device)
-            out_pub, tgt = model(pt[bj]), tt[bj]
-        elif st is not None:
-            tgt = st[bi]
+            out_pub, tgt = model(transfer[0][bj]), transfer[1][bj]
+        elif sample_targets is not None:
+            tgt = sample_targets[bi]
             has = torch.isfinite(tgt).all(dim=1)
             out_pub, tgt = out_priv[has], tgt[has]
         return distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)
 
-    if dp is None:
-        return _fit(model, plan, lr, loss_at)
-    if st is not None:
-        raise ValueError("DP-SGD takes no per-sample targets: FD releases its shard's class means")
-
-    def public_at(k: int) -> torch.Tensor | None:
-        if plan.transfer is None:
-            return None
-        bj = plan.transfer[k].to(device)
-        return alpha * kd_loss(model(pt[bj]), tt[bj], temperature)
-
-    return _fit_private(model, plan, lr, dp, (xt, yt), public_at)
+    return loss_at
 
 
 def distill_only(
@@ -143,8 +146,8 @@ def _fit(model: nn.Module, plan: BatchPlan, lr: float, loss_at) -> float:
 
 def _fit_private(model: nn.Module, plan: BatchPlan, lr: float, dp: DPSGD, private, public_at) -> float:
     """``_fit`` with DP-SGD's private gradient: per-example gradients (``torch.func``), clipped,
-    summed, noised and divided by the batch size, plus the gradient of ``public_at(k)`` (the
-    transfer-set term, or None). Returns the mean loss of the last epoch."""
+    summed, noised and divided by the batch size, plus the gradient of ``public_at(k)``, the
+    transfer-set term (``public_at`` None: none). Returns the mean loss of the last epoch."""
     x, y = private
     params = dict(model.named_parameters())
     shapes = {n: tuple(p.shape) for n, p in params.items()}
@@ -163,7 +166,7 @@ def _fit_private(model: nn.Module, plan: BatchPlan, lr: float, dp: DPSGD, privat
         private = clip_sum(grads, row_bounds(bi, dp.clip))
         noise = gaussian(key, k, shapes)
         opt.zero_grad(set_to_none=True)
-        public = public_at(k)
+        public = public_at(k) if public_at is not None else None
         if public is not None:
             public.backward()
         for n, p in params.items():
