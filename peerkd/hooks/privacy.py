@@ -187,14 +187,19 @@ def vote_sensitivity(rows: int) -> float:
     return math.sqrt(2.0 * rows)
 
 
-def privatize_votes(logits: np.ndarray, noise: float, key: tuple[int, ...]) -> np.ndarray:
-    """The Gaussian mechanism on a vote release: each row of ``logits`` becomes the one-hot of its
-    top class, then every entry gets noise of std ``noise · vote_sensitivity(rows)`` (Scalable PATE's
-    GNMax, with the histogram summed by the receiver). ``key`` seeds the noise, as ``privatize``'s."""
-    logits = np.asarray(logits)
-    votes = np.eye(logits.shape[1])[logits.argmax(axis=1)]
+def privatize_votes(released: dict[str, np.ndarray], noise: float, key: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The Gaussian mechanism on a vote release, ``privatize``'s twin: each row of every matrix becomes
+    the one-hot of its top class, then every entry gets noise of std ``noise · vote_sensitivity(all
+    rows)`` (Scalable PATE's GNMax, with the histogram summed by the receiver). The matrices are one
+    accounted release; ``key`` seeds the noise, as ``privatize``'s."""
+    std = noise * vote_sensitivity(sum(len(v) for v in released.values()))
     rng = np.random.default_rng((*key, _NOISE_STREAM))
-    return (votes + rng.normal(0.0, noise * vote_sensitivity(len(votes)), votes.shape)).astype(np.float32)
+    out = {}
+    for name in sorted(released):
+        logits = np.asarray(released[name])
+        votes = np.eye(logits.shape[1])[logits.argmax(axis=1)]
+        out[name] = (votes + rng.normal(0.0, std, votes.shape)).astype(np.float32)
+    return out
 
 
 def vote_targets(histogram: np.ndarray, temperature: float) -> np.ndarray:

@@ -136,7 +136,7 @@ def reply_records(
     if released and params.dp_noise > 0:
         key = (world_seed, params.round, int(metrics[P.METRIC_PARTITION]))
         released = (
-            {n: privatize_votes(v, params.dp_noise, key) for n, v in released.items()}
+            privatize_votes(released, params.dp_noise, key)
             if params.dp_release == "votes"
             else privatize(released, params.dp_clip, params.dp_noise, key)
         )

@@ -182,13 +182,13 @@ def test_a_vote_release_is_one_hot_top_classes_plus_noise_of_the_vote_sensitivit
     # Prepare: 2,000 rows whose top class is row % 3; z = 0.5 -> std = 0.5 x √(2 x 2000) ≈ 31.6.
     logits = np.eye(3)[np.arange(2000) % 3] * 5.0 - 1.0
     # Execute
-    votes = privatize_votes(logits, 0.5, (0, 1, 2))
-    exact = privatize_votes(logits, 0.0, (0, 1, 2))
+    votes = privatize_votes({"logits": logits}, 0.5, (0, 1, 2))["logits"]
+    exact = privatize_votes({"logits": logits}, 0.0, (0, 1, 2))["logits"]
     # Assert: without noise the one-hot votes; the noise has the calibrated scale and is seeded.
     np.testing.assert_array_equal(exact, np.eye(3)[np.arange(2000) % 3])
     assert vote_sensitivity(2000) == pytest.approx(math.sqrt(4000))
     assert np.std(votes - exact) == pytest.approx(0.5 * math.sqrt(4000), rel=0.03)
-    np.testing.assert_array_equal(votes, privatize_votes(logits, 0.5, (0, 1, 2)))
+    np.testing.assert_array_equal(votes, privatize_votes({"logits": logits}, 0.5, (0, 1, 2))["logits"])
 
 
 def test_vote_counts_become_smoothed_labels_of_their_noisy_argmax():
