@@ -17,12 +17,12 @@ from functools import cached_property
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import vmap
 
 from peerkd.batched.stacked import Params, SoftTargets, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
 from peerkd.clock import section
 from peerkd.student.batches import CohortPlan, plan_cohort
-from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, row_bounds
+from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, per_example_grads, row_bounds
 from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import World
@@ -133,17 +133,12 @@ class Cohort:
         ``_fit_private``, stacked): per-example gradients of the private batch by a nested vmap,
         clipped (``row_bounds``), summed, noised from each student's key, divided by the batch
         size; plus the autograd gradient of the transfer-set term."""
-        x, y, base, temperature = self.data.x, self.data.y, self.base, self.params.temperature
+        x, y, temperature = self.data.x, self.data.y, self.params.temperature
         to_global = self._global_index(batches)
         clip = dp[0].clip
         std = torch.tensor([d.noise * d.clip for d in dp], device=self.device)
         keys = torch.tensor([d.key for d in dp], dtype=torch.int64)
-
-        def row_loss(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            out = functional_call(base, p, (xi[None],))  # one example: its rows (text: its positions)
-            return cross_entropy(out.reshape(-1, out.shape[-1]), yi.reshape(-1))
-
-        per_row = vmap(vmap(grad_and_value(row_loss), in_dims=(None, 0, 0)))
+        per_row = vmap(per_example_grads(self.base))  # students, then their examples
 
         def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
             g, rows = per_row({n: t.detach() for n, t in live.items()}, x[to_global[k]], y[to_global[k]])
@@ -166,9 +161,10 @@ class Cohort:
     def dpsgd(self, pairs: bool) -> list[DPSGD] | None:
         """Each student's DP-SGD settings for this request (``client_dpsgd``), or None without an
         example-level budget; ``pairs``: the rule's training pairs with the transfer set."""
+        if self.params.dpsgd_epsilon <= 0:
+            return None
         n_t = len(self.world.transfer_x) if pairs else 0
-        out = [client_dpsgd(self.params, len(ix), n_t, int(k)) for ix, k in zip(self.private, self.seeds.tolist())]
-        return None if any(d is None for d in out) else out
+        return [client_dpsgd(self.params, len(ix), n_t, int(k)) for ix, k in zip(self.private, self.seeds.tolist())]
 
     def _private_inputs(self, batches: torch.Tensor):
         """``f(k)``: every student's private inputs at step k, their labels (as rows) and row

@@ -21,7 +21,7 @@ from torch import nn
 
 from peerkd.batched.cohort import Cohort
 from peerkd.batched.stacked import Params
-from peerkd.student.dpsgd import dp_metrics, steps_planned
+from peerkd.student.dpsgd import dp_metrics
 from peerkd.student.exchange import (
     class_means_record,
     class_targets,
@@ -170,10 +170,7 @@ def _dp_reported(c: Cohort, dp: list | None, targets: list | None = None) -> lis
         return None
     p, n_t = c.params, len(c.world.transfer_x)
     distilled = [t is not None and p.alpha > 0 for t in (targets or [None] * len(dp))]
-    return [
-        dp_metrics(d, steps_planned(len(ix), n_t if on else 0, p.batch_size, p.epochs, 1))
-        for d, ix, on in zip(dp, c.private, distilled)
-    ]
+    return [dp_metrics(d, p, len(ix), n_t if on else 0) for d, ix, on in zip(dp, c.private, distilled)]
 
 
 def _finish(

@@ -44,7 +44,7 @@ from peerkd.clock import process_started_at
 from peerkd.env import TASK_T0_ENV, TIMING_ENV
 from peerkd.round.checkpoint import load_client, save_client
 from peerkd.round.results import append_jsonl
-from peerkd.student.dpsgd import client_dpsgd, dp_metrics, steps_planned
+from peerkd.student.dpsgd import client_dpsgd, dp_metrics
 from peerkd.student.exchange import (
     class_means_record,
     class_targets,
@@ -207,9 +207,8 @@ def _train(s: Student, targets=None, sample_targets=None, pairs: bool = False) -
         sample_targets=sample_targets,
         dp=dp,
     )
-    distilled = targets is not None and p.alpha > 0
-    steps = steps_planned(len(y), n_transfer if distilled else 0, p.batch_size, p.epochs, 1)
-    return loss, {P.METRIC_TRAIN_S: time.perf_counter() - t0, **dp_metrics(dp, steps)}
+    paired = n_transfer if targets is not None and p.alpha > 0 else 0  # the transfer inputs it distilled on
+    return loss, {P.METRIC_TRAIN_S: time.perf_counter() - t0, **dp_metrics(dp, p, len(y), paired)}
 
 
 def _metrics(s: Student, **extra: float):

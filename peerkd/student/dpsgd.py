@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, vmap
 
 from peerkd.errors import ConfigError
 from peerkd.student.batches import MASK32, item_keys, mul32, pass_keys
@@ -100,6 +102,18 @@ def dpsgd_noise(epsilon: float, delta: float, rate: float, steps: int) -> float:
     return math.exp(hi)
 
 
+def per_example_grads(module: torch.nn.Module):
+    """``g(params, x, y)``: each example's gradient and loss for ``module`` run with ``params``: ``x``
+    ``(B, ...)`` and ``y`` ``(B, ...)`` in, ``({name: (B, *shape)}, (B,))`` out. An example's loss is its
+    cross-entropy (text: the mean over its positions). ``vmap`` it again for stacked students."""
+
+    def example_loss(params: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, params, (xi[None],))
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), yi.reshape(-1))
+
+    return vmap(grad_and_value(example_loss), in_dims=(None, 0, 0))
+
+
 def row_bounds(batch: torch.Tensor, clip: float) -> torch.Tensor:
     """Each row's clip bound, ``clip / m`` for an example the batch holds m times: ``(..., B)`` indices
     in, ``(..., B)`` bounds out. ``row_bounds([4, 7, 4], 1.0)`` is ``[0.5, 1.0, 0.5]``."""
@@ -148,8 +162,11 @@ def client_dpsgd(params: RoundParams, n_private: int, n_transfer: int, key: int)
     return DPSGD(params.dp_clip, noise, key, rate, steps)
 
 
-def dp_metrics(dp: DPSGD | None, steps: int) -> dict[str, float]:
-    """What a reply reports of its DP-SGD training (``steps`` taken), for the server's accounting."""
+def dp_metrics(dp: DPSGD | None, params: RoundParams, n_private: int, n_transfer: int) -> dict[str, float]:
+    """What a reply reports of its DP-SGD training, for the server's accounting: the steps it took
+    (one round of ``steps_planned``; ``n_transfer`` 0 unless it distilled on the transfer set), their
+    noise multiplier and sampling rate. Empty without DP-SGD."""
     if dp is None:
         return {}
+    steps = steps_planned(n_private, n_transfer, params.batch_size, params.epochs, 1)
     return {P.METRIC_DP_STEPS: steps, P.METRIC_DP_NOISE: dp.noise, P.METRIC_DP_RATE: dp.rate}

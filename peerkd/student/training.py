@@ -8,10 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
 
 from peerkd.student.batches import plan_cohort
-from peerkd.student.dpsgd import DPSGD, clip_sum, gaussian, row_bounds
+from peerkd.student.dpsgd import DPSGD, clip_sum, gaussian, per_example_grads, row_bounds
 from peerkd.student.losses import as_rows, distillation_loss, kd_loss
 
 
@@ -152,12 +151,7 @@ def _fit_private(model: nn.Module, plan: BatchPlan, lr: float, dp: DPSGD, privat
     params = dict(model.named_parameters())
     shapes = {n: tuple(p.shape) for n, p in params.items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
-
-    def row_loss(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, p, (xi[None],))
-        return F.cross_entropy(as_rows(out), yi.reshape(-1))
-
-    per_row = vmap(grad_and_value(row_loss), in_dims=(None, 0, 0))
+    per_row = per_example_grads(model)
     key = torch.tensor([dp.key], dtype=torch.int64)
     losses = []
     for k in range(len(plan.private)):
