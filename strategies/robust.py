@@ -185,6 +185,11 @@ def closeness_weights(ratios: np.ndarray) -> np.ndarray:
     return np.exp(-SHARPNESS * np.maximum(0.0, r - 1.0) ** 2)
 
 
+def _times(w: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """A defence's per-peer weights ``w`` times the rule's own ``weights`` (e.g. WML's ω), if any."""
+    return w if weights is None else w * np.asarray(weights, dtype=np.float64)
+
+
 def _weighted_mean(stack: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     if weights is None:
         return stack.mean(axis=0)
@@ -237,23 +242,18 @@ class Aggregator:
         elif self.method == "mean":
             out = _weighted_mean(stack, weights)
         elif self.method == "foolsgold":
-            w = consensus_weights(stack) * similarity_weights(stack)
-            out = _weighted_mean(stack, w if weights is None else w * np.asarray(weights, dtype=np.float64))
+            out = _weighted_mean(stack, _times(consensus_weights(stack) * similarity_weights(stack), weights))
         elif self.method == "class_aware":
-            w = closeness_weights(class_ratios(stack))
-            out = _weighted_mean(stack, w if weights is None else w * np.asarray(weights, dtype=np.float64))
+            out = _weighted_mean(stack, _times(closeness_weights(class_ratios(stack)), weights))
         elif self.method == "reputation":
             stack = clip_norms(stack, self.clip_norm or NORM_BOUND * float(np.median(peer_norms(stack))))
-            w = consensus_weights(stack)
-            out = _weighted_mean(stack, w if weights is None else w * weights)
+            out = _weighted_mean(stack, _times(consensus_weights(stack), weights))
         else:
             clip = self.method == "clip" or self.clip_norm > 0
             stack = clip_norms(stack, self.clip_norm) if clip else stack
-            w = None if weights is None else np.asarray(weights, dtype=np.float64)
-            if self.method == "consensus":
-                c = consensus_weights(stack)
-                w = c if w is None else c * w
-            out = _weighted_mean(stack, w)
+            out = _weighted_mean(
+                stack, _times(consensus_weights(stack), weights) if self.method == "consensus" else weights
+            )
         return out.astype(np.float32)
 
     def leave_one_out(self, stack: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
