@@ -18,7 +18,7 @@ from peerkd.errors import ConfigError, check_choice, check_range
 from peerkd.hooks.faults import AttackSpec, FaultSpec
 from peerkd.hooks.privacy import PrivacySpec
 from peerkd.round.spec import RunSpec
-from peerkd.student.models import AUTO, MODELS, default_student
+from peerkd.student.models import AUTO, MODELS, default_student, expand_students
 from peerkd.wire.codec import CODECS, Codec
 from peerkd.world.build import MAX_SEED, WorldSpec
 from peerkd.world.data import BUILTIN_DATASETS, check_fractions, file_fractions, is_text, load_bytes, load_dataset
@@ -266,7 +266,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     check_range("round_timeout", cfg.round_timeout, 0.0, low_open=True)
     if (rules := getattr(cfg, "rules", None)) is not None:  # compare, sweep: one settings node for several rules
         check_shared_settings(cfg.strategy, list(rules))
-    students = tuple(check_choice("students", s, (AUTO, *MODELS)) for s in cfg.students)
+    students = expand_students(list(cfg.students))
     if not students:
         raise ConfigError("students", "needs at least one model", (AUTO, *MODELS))
     students = tuple(default_student(is_text(d.name, d.path)) if s == AUTO else s for s in students)

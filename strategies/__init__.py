@@ -13,6 +13,8 @@ from strategies.fd import FederatedDistillation
 from strategies.fedavg import FederatedAveraging
 from strategies.feddf import FedDF
 from strategies.fedmd import FedMD
+from strategies.fedproto import FedProto
+from strategies.fedtgp import FedTGP
 from strategies.local import LocalOnly
 from strategies.oracle import OracleTeacher
 from strategies.peer import PeerMutualLearning
@@ -34,6 +36,8 @@ RULES: dict[str, type[DistillationStrategy]] = {
         DSFL,
         FedMD,
         FedDF,
+        FedProto,
+        FedTGP,
         OracleTeacher,
         EnsembleTeacher,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from peerkd.errors import ConfigError
 from peerkd.world.build import World
 from strategies.teacher import TeacherDistillation
 
@@ -18,5 +19,7 @@ class OracleTeacher(TeacherDistillation):
     private = False
 
     def teacher_data(self, world: World) -> tuple[np.ndarray, np.ndarray]:
+        if self.data_source != "server":
+            raise ConfigError("strategy.teacher_data", "oracle's teacher trains on the clients' shards", ["server"])
         idx = world.splits.pool[np.concatenate(world.partitions)]
         return world.data.x[idx], world.data.y[idx]

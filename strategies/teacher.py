@@ -1,9 +1,13 @@
 """Central teacher-guided distillation (Hinton et al. 2015, "Distilling the Knowledge in a
 Neural Network"), federated.
 
-A larger teacher trains at the server on the labelled ``server`` split only (never on
-client data). Each round every client receives the teacher's logits on the transfer set
-and trains on CE + α·T²·KL(teacher ‖ student). Clients send back only metrics.
+A larger teacher trains at the server on labelled data no client holds: the ``server`` split
+(``teacher_data=server``, the default), or with ``teacher_data=pool`` the labelled non-test rows
+but the clients' shards (the server split and every private row that no client was given, e.g.
+the rows ``partition.samples_per_client`` leaves over; the transfer set's labels stay unused): a
+teacher pretrained on far more text than any student sees, as in Iyer 2024. It never trains on
+client data (``oracle`` does). Each round every client receives the teacher's logits on the
+transfer set and trains on CE + α·T²·KL(teacher ‖ student). Clients send back only metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from peerkd.student.training import predict_logits, score_logits, train_model
 from peerkd.world.build import World
 from strategies.base import LogitDistillation
 
+TEACHER_DATA = ("server", "pool")  # strategy.teacher_data
+
 
 def default_teacher(input_shape: tuple[int, ...], text: bool = False) -> str:
     """``cnn_large`` for images and sequences, ``mlp256x2`` for flat features, ``tlm_large`` for text."""
@@ -33,14 +39,28 @@ class TeacherDistillation(LogitDistillation):
     name = "teacher"
     wants_logits = False
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 4.0, teacher: str = "auto", teacher_epochs: int = 30):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        teacher: str = "auto",
+        teacher_epochs: int = 30,
+        teacher_data: str = "server",
+    ):
         super().__init__(alpha, temperature)
         self.model_name = check_choice("strategy.teacher", teacher, ("auto", *MODELS))
         self.epochs = int(check_range("strategy.teacher_epochs", teacher_epochs, 1))
+        self.data_source = check_choice("strategy.teacher_data", teacher_data, TEACHER_DATA)
 
     def teacher_data(self, world: World) -> tuple[np.ndarray, np.ndarray]:
-        """What the teacher trains on: the labelled ``server`` split, never client data."""
-        return world.split("server")
+        """What the teacher trains on: the labelled ``server`` split, or ``pool`` (it and the
+        private rows no client holds); never client data, never the transfer set's labels."""
+        if self.data_source == "server":
+            return world.split("server")
+        held = world.splits.pool[np.concatenate(world.partitions)]
+        spare = np.setdiff1d(world.splits.pool, held)
+        idx = np.concatenate([world.splits.server, spare])
+        return world.data.x[idx], world.data.y[idx]
 
     def members(self) -> int:
         """How many teachers are trained (seeds seed, seed+1, ...); their logits are averaged."""
@@ -87,6 +107,7 @@ class TeacherDistillation(LogitDistillation):
             "teacher_model": name,
             "teacher_members": self.members(),
             "teacher_train_size": len(x),
+            "teacher_data": self.data_source,
         }
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:

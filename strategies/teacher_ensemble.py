@@ -20,8 +20,9 @@ class EnsembleTeacher(TeacherDistillation):
         teacher: str = "auto",
         teacher_epochs: int = 30,
         teacher_members: int = 3,
+        teacher_data: str = "server",
     ):
-        super().__init__(alpha, temperature, teacher, teacher_epochs)
+        super().__init__(alpha, temperature, teacher, teacher_epochs, teacher_data)
         self.n_members = int(check_range("strategy.teacher_members", teacher_members, 1))
 
     def members(self) -> int:

@@ -17,12 +17,13 @@ from functools import cached_property
 import numpy as np
 import torch
 from torch import nn
-from torch.func import vmap
+from torch.func import functional_call, vmap
 
 from peerkd.batched.stacked import Params, SoftTargets, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
 from peerkd.clock import section
 from peerkd.student.batches import CohortPlan, plan_cohort
 from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, per_example_grads, row_bounds
+from peerkd.student.prototypes import prototype_loss, with_features
 from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import World
@@ -90,10 +91,16 @@ class Cohort:
         return self.data.x.device
 
     def train(
-        self, w: Params, targets: list | None = None, classes: list | None = None, dp: list[DPSGD] | None = None
+        self,
+        w: Params,
+        targets: list | None = None,
+        classes: list | None = None,
+        dp: list[DPSGD] | None = None,
+        proj: torch.Tensor | None = None,
     ) -> tuple[Params, list[float]]:
         """``train_model`` for every student: CE, plus KD toward ``targets[i]`` (transfer set)
-        or toward ``classes[i]`` (FD's (table, valid) per-class targets); with ``dp`` (one per
+        or toward ``classes[i]`` (FD's (table, valid) per-class targets; with ``proj``, the
+        prototype rules' embeddings table instead: ``train_prototypes``); with ``dp`` (one per
         student) the private term is DP-SGD's. Returns the new weights and each student's
         mean loss over its last epoch."""
         p, n_transfer = self.params, len(self.world.transfer_x)
@@ -112,10 +119,15 @@ class Cohort:
         with section("plan"):
             private = self._private_inputs(plan.private)
         with_classes = transfer is None and classes is not None and p.alpha > 0 and any(c is not None for c in classes)
-        class_kd = self._class_kd(classes) if with_classes else None
+        class_kd = self._class_kd(classes) if with_classes and proj is None else None
+        protos = self._proto_term(classes, proj) if with_classes and proj is not None else None
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             x, labels, weight = private(k)
+            if protos is not None:
+                feats, out = self.features(live, x)
+                loss = cross_entropy(student_rows(out), labels, weight)
+                return loss + protos(student_rows(feats), labels, weight)
             if transfer is None:
                 out = student_rows(self.forward(live, x))
                 loss = cross_entropy(out, labels, weight)
@@ -255,6 +267,33 @@ class Cohort:
 
         return term
 
+    def _proto_term(self, classes: list, proj: torch.Tensor):
+        """α·``prototype_loss`` of each private row's projected embedding toward its class's
+        prototype, over the rows whose class has one (FedProto, FedTGP); 0 for students without."""
+        c, d, rows = self.world.num_classes, proj.shape[1], self._rows
+        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, d) for t in classes])
+        valid = torch.stack(
+            [torch.as_tensor(t[1]) if t is not None else torch.zeros(c, dtype=torch.bool) for t in classes]
+        )
+        tables, valid, proj = tables.to(self.device), valid.to(self.device), proj.to(self.device)
+        weight = torch.tensor([self.params.alpha if t is not None else 0.0 for t in classes], device=self.device)
+
+        def term(feats: torch.Tensor, labels: torch.Tensor, rows_w: torch.Tensor | None) -> torch.Tensor:
+            has = valid[rows, labels].float() if rows_w is None else valid[rows, labels] * rows_w
+            return weight * prototype_loss(feats @ proj, tables[rows, labels], has)
+
+        return term
+
+    @cached_property
+    def features(self):
+        """``f(params, x)``: every student's (embeddings, logits) on its batch (``with_features``, stacked)."""
+        base = self.base
+
+        def one(params: Params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return with_features(base, lambda: functional_call(base, params, (x,)))
+
+        return vmap(one)
+
     def _targets(self, targets: list) -> torch.Tensor:
         """``(S, N, P/N, C)`` transfer-set targets grouped by input (text: a window's positions); zeros
         for students without."""
@@ -288,19 +327,25 @@ class Cohort:
         return list(zip(acc.tolist(), loss.tolist()))
 
     @torch.no_grad()
-    def class_means(self, w: Params) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each student's per-class mean logits and label counts on its private shard (FD)."""
+    def class_means(self, w: Params, proj: torch.Tensor | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each student's per-class mean logits (FD; with ``proj``: projected embeddings, the
+        prototype rules) and label counts on its private shard (text: per next token)."""
         n = [len(ix) for ix in self.private]
-        padded = self._padded_shards(max(n))
+        padded, per_input = self._padded_shards(max(n)), self.world.data.positions
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            if proj is None:
+                return student_rows(self.forward(w, x))
+            return student_rows(self.features(w, x)[0]) @ proj.to(self.device)
+
         z = torch.cat(
-            [
-                self.forward(w, self.data.x[padded[:, i : i + EVAL_ROWS]]).float().cpu()
-                for i in range(0, max(n), EVAL_ROWS)
-            ],
-            dim=1,
+            [rows(self.data.x[padded[:, i : i + EVAL_ROWS]]).float().cpu() for i in range(0, max(n), EVAL_ROWS)], dim=1
         ).numpy()
         y = self.world.data.y
-        return [class_mean_logits(z[s, : n[s]], y[ix], self.world.num_classes) for s, ix in enumerate(self.private)]
+        return [
+            class_mean_logits(z[s, : n[s] * per_input], y[ix].reshape(-1), self.world.num_classes)
+            for s, ix in enumerate(self.private)
+        ]
 
 
 def last_epoch_means(plan: CohortPlan, hist: torch.Tensor) -> list[float]:

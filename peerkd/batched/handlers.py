@@ -32,6 +32,7 @@ from peerkd.student.exchange import (
     transfer_targets,
 )
 from peerkd.student.models import build_model
+from peerkd.student.prototypes import embedding_width, projection
 from peerkd.wire import protocol as P
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
@@ -69,6 +70,8 @@ def decode_request(msg: Message, client: int, sent=None) -> Request:
         inputs = transfer_targets(msg.content, world, sent if params.keep_sent else None, params)
     elif kind == P.MSG_CLASS_DISTILL:
         inputs = class_targets(msg.content, world.num_classes)
+    elif kind == P.MSG_PROTO:
+        inputs = class_targets(msg.content, world.num_classes, params.proto_dim)
     elif kind == P.MSG_TRAIN and P.KEY_ARRAYS in msg.content:
         inputs = msg.content[P.KEY_ARRAYS].to_torch_state_dict()
         _check_state(inputs, _shapes(student_arch(params, client), world.data.input_shape, world.num_classes))
@@ -142,6 +145,16 @@ def _class_distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, l
     return w, _finish(c, w, losses, secs, extra)
 
 
+def _proto(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
+    """``train.proto``: CE + α·distance to class prototypes; reply with class-mean embeddings and counts."""
+    t0 = time.perf_counter()
+    proj = projection(embedding_width(c.base), c.params.proto_dim)
+    w, losses = c.train(w, classes=[r.inputs for r in reqs], proj=proj)
+    secs = time.perf_counter() - t0
+    extra = [{P.KEY_LOGITS: class_means_record(*mc, c.params)} for mc in c.class_means(w, proj)]
+    return w, _finish(c, w, losses, secs, extra)
+
+
 def _query(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dict]]:
     """``query.logits``: transfer-set logits only; the students are not changed."""
     logits = c.logits(w, c.data.transfer)
@@ -159,6 +172,7 @@ HANDLERS: dict[str, Handler] = {
     P.MSG_DISTILL: _distill,
     P.MSG_DIGEST: _digest,
     P.MSG_CLASS_DISTILL: _class_distill,
+    P.MSG_PROTO: _proto,
     P.MSG_QUERY_LOGITS: _query,
     P.MSG_EVALUATE: _evaluate,
 }

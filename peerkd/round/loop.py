@@ -33,6 +33,7 @@ from peerkd.round.hook import RoundHook, RoundResult, RunRecord, hook_states, re
 from peerkd.round.results import RunWriter
 from peerkd.round.screening import screen_reply
 from peerkd.round.spec import RunSpec
+from peerkd.student.models import model_size
 from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import array_bytes
@@ -237,13 +238,15 @@ def _record(state: RunState, rnd: int, client_of: dict[int, int], client_rows: l
 
 def _summary(spec: RunSpec, state: RunState, hooks: Sequence[RoundHook]) -> dict[str, Any]:
     """The summary: the run's own fields, then each hook's."""
+    data = build_world(spec.world).data
     run = {
         "strategy": state.strategy.name,
-        "dataset": build_world(spec.world).data.name,
+        "dataset": data.name,
         "num_clients": spec.world.num_clients,
         "rounds": spec.rounds,
         "seed": spec.world.seed,
         "students": list(spec.students),
+        "student_params": {s: model_size(s, data.input_shape, data.num_classes) for s in sorted(set(spec.students))},
         "private": state.strategy.private,
         "clients_per_round": spec.clients_per_round or spec.world.num_clients,
     }

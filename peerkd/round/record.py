@@ -70,7 +70,7 @@ def per_client(latest: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run_summary(run: dict[str, Any], clients: list[dict[str, Any]], totals: dict[str, int], metrics: dict) -> dict:
     """The summary's fields: ``run`` names the run (strategy, dataset, num_clients, rounds,
-    seed, students, private, clients_per_round), ``clients`` its per-client list, ``totals``
+    seed, students, student_params, private, clients_per_round), ``clients`` its per-client list, ``totals``
     the summed traffic and replies, ``metrics`` the run metrics (``teacher_acc`` among them)."""
     return {
         **{k: run[k] for k in ("strategy", "dataset", "num_clients", "rounds", "seed")},
@@ -84,14 +84,26 @@ def run_summary(run: dict[str, Any], clients: list[dict[str, Any]], totals: dict
         "accepted_replies": totals["replies"],
         "no_reply_accepted": totals["replies"] == 0,  # then every accuracy above is null
         "bytes_measure": totals["bytes_measure"],
-        **{k: run[k] for k in ("students", "private", "clients_per_round")},
+        **{k: run[k] for k in ("students", "student_params", "private", "clients_per_round")},
         **{k: v for k, v in metrics.items() if k != "teacher_acc"},
     }
 
 
 def by_arch(clients: Iterable[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Accuracy stats of each student architecture's clients."""
-    groups: dict[str, list[float]] = {}
+    """Accuracy stats and mean test loss (text: nats per token) of each student architecture's clients."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in clients:
-        groups.setdefault(str(r["arch"]), []).append(r["acc"])
-    return {arch: {**accuracy_stats(accs), "clients": len(accs)} for arch, accs in sorted(groups.items())}
+        groups.setdefault(str(r["arch"]), []).append(r)
+    return {
+        arch: {
+            **accuracy_stats([r["acc"] for r in rows]),
+            "loss_mean": _mean([r["loss"] for r in rows]),
+            "clients": len(rows),
+        }
+        for arch, rows in sorted(groups.items())
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None

@@ -57,15 +57,18 @@ from peerkd.student.exchange import (
     transfer_targets,
 )
 from peerkd.student.models import build_model
+from peerkd.student.prototypes import embedding_width, projection
 from peerkd.student.training import (
     class_mean_logits,
     distill_only,
     evaluate,
     pick_device,
+    predict_embeddings,
     predict_logits,
     round_seed,
     shared_transfer_seed,
     train_model,
+    train_prototypes,
     warm_up,
 )
 from peerkd.wire import protocol as P
@@ -305,6 +308,36 @@ def class_distill(msg: Message, context: Context) -> Message:
         sample_targets = table[y]
     loss, reported = _train(s, sample_targets=sample_targets)
     means, counts = class_mean_logits(predict_logits(s.model, x, s.device), y, c)
+    return _finish(msg, s, context, loss, reported, {P.KEY_LOGITS: class_means_record(means, counts, s.params)})
+
+
+@app.train("proto")
+def prototype_distill(msg: Message, context: Context) -> Message:
+    """FedProto / FedTGP: CE + α·distance of each private row's embedding to its class prototype;
+    reply with this student's per-class mean embeddings and label counts (C×D + C)."""
+    s = _load_student(msg, context)
+    c, p = s.world.num_classes, s.params
+    x, y = s.private
+    proj = projection(embedding_width(s.model), p.proto_dim)
+    targets = class_targets(msg.content, c, p.proto_dim)
+    t0 = time.perf_counter()
+    if targets is None or p.alpha == 0:
+        loss, reported = _train(s)
+    else:
+        loss = train_prototypes(
+            s.model,
+            x,
+            y,
+            (*targets, proj),
+            epochs=p.epochs,
+            lr=p.lr,
+            batch_size=p.batch_size,
+            seed=s.seed,
+            alpha=p.alpha,
+            device=s.device,
+        )
+        reported = {P.METRIC_TRAIN_S: time.perf_counter() - t0}
+    means, counts = class_mean_logits(predict_embeddings(s.model, x, proj, s.device), y.reshape(-1), c)
     return _finish(msg, s, context, loss, reported, {P.KEY_LOGITS: class_means_record(means, counts, s.params)})
 
 

@@ -76,13 +76,14 @@ def sent_logits(records: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarra
     return decode_logits(records[P.KEY_LOGITS], shape) if P.KEY_LOGITS in records else None
 
 
-def class_targets(content: RecordDict, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """FD's per-class targets: the ``(C, C)`` table and a ``(C,)`` bool mask of its valid rows
-    (all valid when the request sends no mask), or None without targets."""
+def class_targets(content: RecordDict, num_classes: int, width: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-class targets: the ``(C, width)`` table (FD: ``(C, C)`` logits; prototypes: embeddings)
+    and a ``(C,)`` bool mask of its valid rows (all valid when the request sends no mask), or None
+    without targets."""
     if P.KEY_TARGETS not in content:
         return None
     record = content[P.KEY_TARGETS]
-    table = decode_logits(record, (num_classes, num_classes))
+    table = decode_logits(record, (num_classes, width or num_classes))
     if P.ARRAY_MASK not in record:
         return table, np.ones(num_classes, dtype=bool)
     mask = decode_logits(ArrayRecord({P.ARRAY_LOGITS: record[P.ARRAY_MASK]}), (num_classes,))
@@ -155,7 +156,8 @@ def query_records(client: int, logits: np.ndarray) -> dict[str, Any]:
 
 
 def class_means_record(means: np.ndarray, counts: np.ndarray, params: RoundParams | None = None) -> ArrayRecord:
-    """FD's reply: per-class mean logits ``(C, C)`` in ``params``'s codec and label counts ``(C,)``."""
+    """FD's reply: per-class mean logits ``(C, C)`` (prototype rules: mean embeddings ``(C, D)``) in
+    ``params``'s codec and label counts ``(C,)``."""
     codec = Codec(params.codec, params.codec_k) if params is not None else Codec()
     return ArrayRecord({**encode_arrays(P.ARRAY_LOGITS, means, codec), P.ARRAY_COUNTS: to_array(counts)})
 

@@ -67,28 +67,31 @@ class CharGRU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: causal self-attention, then a 4× GELU MLP (as nanoGPT)."""
+    """Pre-norm transformer block: self-attention (causal unless told), then a 4× GELU MLP (as nanoGPT)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, causal: bool = True):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.fc, self.out = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
-        self.heads = heads
+        self.heads, self.causal = heads, causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.proj(causal_attention(self.qkv(self.ln1(x)), self.heads))
+        x = x + self.proj(attention(self.qkv(self.ln1(x)), self.heads, self.causal))
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
 
-def causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head causal self-attention of packed ``(B, L, 3D)`` queries/keys/values -> ``(B, L, D)``."""
+def attention(qkv: torch.Tensor, heads: int, causal: bool = True) -> torch.Tensor:
+    """Multi-head self-attention of packed ``(B, L, 3D)`` queries/keys/values -> ``(B, L, D)``;
+    ``causal``: a position attends to itself and earlier ones only."""
     b, n, d3 = qkv.shape
     d = d3 // 3
     q, k, v = (t.reshape(b, n, heads, d // heads).transpose(1, 2) for t in qkv.split(d, dim=-1))
     scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # (B, heads, L, L)
-    future = torch.ones(n, n, dtype=torch.bool, device=qkv.device).triu(1)
-    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    if causal:
+        future = torch.ones(n, n, dtype=torch.bool, device=qkv.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
     return (weights @ v).transpose(1, 2).reshape(b, n, d)
 
 

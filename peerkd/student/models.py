@@ -12,12 +12,16 @@ import torch
 from torch import nn
 
 from peerkd.errors import ConfigError
+from peerkd.student import families
 from peerkd.student.lm import LM_MODELS, build_lm
 
 # name -> hidden widths (MLP) or conv channels + hidden width (CNN)
 MLP_WIDTHS = {"mlp32": (32,), "mlp64": (64,), "mlp128": (128,), "mlp256x2": (256, 256)}
 CNN_SIZES = {"cnn": ((8, 16), 32), "cnn_large": ((32, 64), 128)}
-MODELS = (*MLP_WIDTHS, *CNN_SIZES, *LM_MODELS)
+# name -> (family kind, width, depth): ResNet-8/20 (base width 16, 1 or 3 blocks a stage), a 4-layer ViT
+VISION_SIZES = {"resnet8": ("resnet", 16, 1), "resnet20": ("resnet", 16, 3), "vit": ("vit", 64, 4)}
+IMAGE_ONLY = (*VISION_SIZES, "resnet", "vit")  # models (and family kinds) that need (C, H, W) images
+MODELS = (*MLP_WIDTHS, *CNN_SIZES, *VISION_SIZES, *LM_MODELS)
 AUTO = "auto"  # ``students=[auto]``: the default student of the world's kind (``default_student``)
 
 
@@ -29,8 +33,9 @@ def build_model(
     Parameters
     ----------
     name : str
-        A key of the zoo (``mlp32``, ``mlp64``, ``mlp128``, ``mlp256x2``, ``cnn``, ``cnn_large``; for text,
-        the causal LMs ``gru``, ``gru2``, ``tlm``, ``tlm_large`` of ``peerkd.student.lm``).
+        A key of the zoo (``mlp32``, ``mlp64``, ``mlp128``, ``mlp256x2``, ``cnn``, ``cnn_large``, ``resnet8``,
+        ``resnet20``, ``vit``; for text, the causal LMs ``gru``, ``gru2``, ``tlm``, ``tlm_large`` of
+        ``peerkd.student.lm``), or a size-family member ``<kind>@<ref>:<d>`` (``peerkd.student.families``).
     input_shape : tuple[int, ...]
         Shape of one input, without the batch axis.
     num_classes : int
@@ -45,6 +50,8 @@ def build_model(
     gen_state = torch.default_generator.get_state()
     torch.default_generator.manual_seed(seed)
     try:
+        if (member := families.parse_member(name)) or name in VISION_SIZES:
+            return _sized(name, member, input_shape, num_classes, field)
         if name in MLP_WIDTHS:
             return _mlp(math.prod(input_shape), MLP_WIDTHS[name], num_classes)
         if name in CNN_SIZES:
@@ -64,6 +71,54 @@ def build_model(
         torch.default_generator.set_state(gen_state)
 
 
+def _sized(
+    name: str, member: tuple[str, str, int] | None, input_shape: tuple[int, ...], num_classes: int, field: str
+) -> nn.Module:
+    """A zoo vision model, or a family member: the shape whose count is nearest N(reference)/d here."""
+    if member:
+        kind, ref, d = member
+        if ref not in MODELS:
+            raise ConfigError(field, f"{name!r}: unknown reference model {ref!r}", MODELS)
+        check_modality(ref, kind == "tlm", field)
+        target = families.divisor_target(model_size(ref, input_shape, num_classes, field), d)
+        width, depth = families.member_shape(kind, target, input_shape, num_classes, field)
+    else:
+        kind, width, depth = VISION_SIZES[name]
+    if kind != "tlm" and len(input_shape) != 3:
+        raise ConfigError(field, f"{name} needs image (C,H,W) inputs, data has shape {input_shape}", MLP_WIDTHS)
+    if kind == "tlm" and len(input_shape) != 1:
+        raise ConfigError(field, f"{name} needs token windows (L,), data has shape {input_shape}")
+    return families.build_kind(kind, width, depth, input_shape, num_classes)
+
+
+def model_size(name: str, input_shape: tuple[int, ...], num_classes: int, field: str = "students") -> int:
+    """Parameter count of zoo model ``name`` on this data (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return num_parameters(build_model(name, input_shape, num_classes, 0, field))
+
+
+def expand_students(names: list[str] | tuple[str, ...], field: str = "students") -> tuple[str, ...]:
+    """``students`` with every ``family:<kind>:<k>[:<ref>]`` replaced by its k members; other names
+    are checked against the zoo (``auto`` is left for the caller)."""
+    out: list[str] = []
+    for name in names:
+        if families.is_family(name):
+            out += families.expand(name, MODELS, field)
+        elif families.parse_member(name):
+            families.check_member(name, MODELS, field)
+            out.append(name)
+        elif name != AUTO and name not in MODELS:
+            raise ConfigError(field, f"unknown model {name!r}", (AUTO, *MODELS, "family:<kind>:<k>[:<ref>]"))
+        else:
+            out.append(name)
+    return tuple(out)
+
+
+def is_language_model(name: str) -> bool:
+    member = families.parse_member(name)
+    return name in LM_MODELS or (member is not None and member[0] == "tlm")
+
+
 def default_student(text: bool) -> str:
     """The student a world gets unless one is named: ``tlm`` for text, else ``mlp64`` (the model
     every image and tabular table in the docs was measured with)."""
@@ -72,10 +127,14 @@ def default_student(text: bool) -> str:
 
 def check_modality(name: str, text: bool, field: str = "students") -> None:
     """ConfigError unless ``name`` fits the data: a causal LM for text, any other model otherwise."""
-    if text and name not in LM_MODELS:
-        raise ConfigError(field, f"{name} is not a language model; text worlds need one", LM_MODELS)
-    if not text and name in LM_MODELS:
-        raise ConfigError(field, f"{name} is a language model; this world is not text", [*MLP_WIDTHS, *CNN_SIZES])
+    if text and not is_language_model(name):
+        raise ConfigError(
+            field, f"{name} is not a language model; text worlds need one", [*LM_MODELS, "family:tlm:<k>"]
+        )
+    if not text and is_language_model(name):
+        raise ConfigError(
+            field, f"{name} is a language model; this world is not text", [*MLP_WIDTHS, *CNN_SIZES, *VISION_SIZES]
+        )
 
 
 def _mlp(d_in: int, widths: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -12,6 +12,7 @@ from torch import nn
 from peerkd.student.batches import plan_cohort
 from peerkd.student.dpsgd import DPSGD, clip_sum, gaussian, per_example_grads, row_bounds
 from peerkd.student.losses import as_rows, distillation_loss, kd_loss
+from peerkd.student.prototypes import prototype_loss, with_features
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -87,6 +88,54 @@ def _step_loss(model: nn.Module, plan: BatchPlan, private, transfer, sample_targ
         return distillation_loss(out_priv, yt[bi], out_pub, tgt, alpha, temperature)
 
     return loss_at
+
+
+def train_prototypes(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    prototypes: tuple[np.ndarray, np.ndarray, torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    alpha: float,
+    device: torch.device | None = None,
+) -> float:
+    """Train with Adam on CE + α·``prototype_loss`` (FedProto's client objective): each private
+    row's embedding, projected into the shared space, pulled toward its class prototype.
+    ``prototypes`` is the ``(C, D)`` table, its ``(C,)`` valid mask and the ``(width, D)``
+    projection. Batches as ``train_model``'s without a transfer set; returns the last epoch's mean loss."""
+    device = device or torch.device("cpu")
+    model.to(device).train()
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    table, valid, proj = (torch.as_tensor(a, device=device) for a in prototypes)
+    plan = plan_batches(len(x), 0, batch_size, epochs, seed)
+
+    def loss_at(k: int) -> torch.Tensor:
+        bi = plan.private[k].to(device)
+        feats, out = with_features(model, lambda: model(xt[bi]))
+        labels = yt[bi].reshape(-1)
+        loss = F.cross_entropy(as_rows(out), labels)
+        return loss + alpha * prototype_loss(as_rows(feats) @ proj, table[labels], valid[labels].float())
+
+    return _fit(model, plan, lr, loss_at)
+
+
+@torch.no_grad()
+def predict_embeddings(
+    model: nn.Module, x: np.ndarray, proj: torch.Tensor, device: torch.device | None = None, batch_size: int = 2048
+) -> np.ndarray:
+    """Projected embeddings of ``model`` on ``x``, float32 ``(N, D)`` (text: ``(N·L, D)``)."""
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    xt, proj = torch.as_tensor(x), proj.to(device)
+    outs = []
+    for i in range(0, len(x), batch_size):
+        batch = xt[i : i + batch_size].to(device)
+        outs.append((as_rows(with_features(model, lambda: model(batch))[0]) @ proj).float().cpu())
+    return torch.cat(outs).numpy()
 
 
 def distill_only(

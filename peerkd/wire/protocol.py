@@ -16,6 +16,7 @@ MSG_TRAIN = "train"  # local CE epochs; weights in/out for fedavg
 MSG_DISTILL = "train.distill"  # CE + KD toward targets; reply with logits on the transfer set
 MSG_DIGEST = "train.digest"  # KD-only epochs on the transfer set, then CE epochs (DS-FL, FedMD)
 MSG_CLASS_DISTILL = "train.fd"  # CE + KD toward per-class targets on private data (FD)
+MSG_PROTO = "train.proto"  # CE + λ·distance to class prototypes; reply with class-mean embeddings (FedProto, FedTGP)
 MSG_QUERY_LOGITS = "query.logits"  # logits on the transfer set only
 MSG_EVALUATE = "evaluate"  # accuracy/loss of the student on the test split
 
@@ -53,6 +54,7 @@ CFG_DP_RELEASE = "dp-release"  # votes: release noisy one-hot votes of the top c
 CFG_DPSGD_EPSILON = "dpsgd-epsilon"  # example-level DP: the run's epsilon for DP-SGD on private data (0: off)
 CFG_DP_DELTA = "dp-delta"  # ... its delta
 CFG_DP_ROUNDS = "dp-rounds"  # ... and the rounds its steps are planned over (peerkd.student.dpsgd)
+CFG_PROTO_DIM = "proto-dim"  # width of the shared prototype space (peerkd.student.prototypes)
 CFG_KEEP_SENT = "keep-sent"  # remember the logits sent, to subtract them from a peers' sum (peer_sum)
 CFG_WARM_UP = "warm-up"  # evaluate before round 1: also pay the training path's start-up (student.training.warm_up)
 CFG_CHECKPOINT_DIR = "checkpoint-dir"  # simulation: where each client writes its student after training
@@ -109,6 +111,7 @@ class RoundParams:
     dp_delta: float = 1e-5
     dp_rounds: int = 0
     keep_sent: bool = False
+    proto_dim: int = 0
     checkpoint_dir: str = ""  # "" : the student lives in context.state alone
     resume_round: int = 0  # a fresh context loads its student of this round from checkpoint_dir (0: none)
 
@@ -138,6 +141,7 @@ class RoundParams:
             dp_delta=float(get(CFG_DP_DELTA, d.dp_delta)),
             dp_rounds=int(get(CFG_DP_ROUNDS, d.dp_rounds)),
             keep_sent=bool(get(CFG_KEEP_SENT, False)),
+            proto_dim=int(get(CFG_PROTO_DIM, d.proto_dim)),
             checkpoint_dir=str(get(CFG_CHECKPOINT_DIR, d.checkpoint_dir)),
             resume_round=int(get(CFG_RESUME_ROUND, d.resume_round)),
         )
