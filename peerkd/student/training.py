@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,7 +135,7 @@ def predict_embeddings(
     outs = []
     for i in range(0, len(x), batch_size):
         batch = xt[i : i + batch_size].to(device)
-        outs.append((as_rows(with_features(model, lambda: model(batch))[0]) @ proj).float().cpu())
+        outs.append((as_rows(with_features(model, functools.partial(model, batch))[0]) @ proj).float().cpu())
     return torch.cat(outs).numpy()
 
 
