@@ -109,12 +109,15 @@ def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, An
     from peerkd.batched.memory import peak_rss_mb
     from peerkd.round.results import METRICS_FILE, read_jsonl
     from simulations.floor import gemm_rate
+    from peerkd.world.build import build_world
     from simulations.runner import preflight, run_engine
+    from strategies.base import default_temperature
 
     t0 = time.perf_counter()
     if variant == "loop":
         preflight(spec, strategy)  # builds the world, as each engine's run does
-        res = plain_loop(spec, strategy.alpha, strategy.temperature)
+        text = build_world(spec.world).data.text
+        res = plain_loop(spec, strategy.alpha, strategy.temperature or default_temperature(text))
         wall = time.perf_counter() - t0
         return {**res, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": None, "device": "cpu",
                 "sections": {}, "gemm_gflops": gemm_rate("cpu")}  # fmt: skip

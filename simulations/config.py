@@ -46,7 +46,7 @@ class DataConf:
     public_frac: Optional[float] = 0.1  # transfer set: inputs shared, labels never used
     server_frac: Optional[float] = 0.1  # labelled, for the central teacher only
     transfer: str = "public"  # transfer set: public | imbalanced | noise | digits | mnist5k | mnist1d
-    transfer_size: int = 0  # inputs in the transfer set (0: the public split's size)
+    transfer_size: int = 0  # inputs in the transfer set (0: the public split's size; text: at most 256 windows of it)
     standardize: bool = True  # data=file with flat features: z-score them with the public + server rows' mean/std
 
 
@@ -193,6 +193,7 @@ class SweepConf(CompareConf):
     grid: list[str] = field(default_factory=list)  # Hydra sweep overrides: "num_clients=2,4,8,16"
     parallel: int = 0  # runs at once (1: in this process; 0: one per CPU core, at most 4)
     report: bool = True  # write report.md and plots when the sweep ends
+    skip_unfit: bool = False  # leave out (and list) the runs whose rule refuses a point (e.g. peer at 1 client)
 
 
 @dataclass
@@ -266,7 +267,7 @@ def to_run_spec(cfg: Any, seed: int | None = None) -> RunSpec:
     check_range("round_timeout", cfg.round_timeout, 0.0, low_open=True)
     if (rules := getattr(cfg, "rules", None)) is not None:  # compare, sweep: one settings node for several rules
         check_shared_settings(cfg.strategy, list(rules))
-    students = expand_students(list(cfg.students))
+    students = expand_students(list(cfg.students), cfg.num_clients)
     if not students:
         raise ConfigError("students", "needs at least one model", (AUTO, *MODELS))
     students = tuple(default_student(is_text(d.name, d.path)) if s == AUTO else s for s in students)

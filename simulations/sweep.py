@@ -45,7 +45,7 @@ from simulations.resume import config_change
 
 log = logging.getLogger("peerkd.sweep")  # progress stays at INFO while runs log warnings only
 AUTO_MAX = 4  # runs at once with parallel=0: each run holds ~2 GB (Ray, driver, client actors)
-SWEEP_ONLY = ("rules", "seeds", "grid", "parallel", "report")  # left out of each run's config.yaml
+SWEEP_ONLY = ("rules", "seeds", "grid", "parallel", "report", "skip_unfit")  # left out of each run's config.yaml
 # runs.csv columns: the summary's scalar fields, rule and seed first
 RUN_FIELDS = ("strategy", "seed", *(k for k in SUMMARY_KEYS if k not in ("strategy", "seed", "per_client")))
 
@@ -206,11 +206,14 @@ def plan(
         _check_lists(rules, seeds, cfg.pair)
         container = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SWEEP_ONLY}
         where = out / point_dir(point) if point else out
-        runs += [
-            _sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}")
-            for seed in seeds
-            for rule in rules
-        ]
+        for seed in seeds:
+            for rule in rules:
+                try:
+                    runs.append(_sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}"))
+                except ConfigError as exc:
+                    if not getattr(cfg, "skip_unfit", False):
+                        raise
+                    log.warning("skip_unfit: left out %s seed %d at %s: %s", rule, seed, point_dir(point), exc)
     return runs
 
 

@@ -21,6 +21,7 @@ from strategies.peer import PeerMutualLearning
 from strategies.peer_sum import PeerSumLearning
 from strategies.teacher import TeacherDistillation
 from strategies.teacher_ensemble import EnsembleTeacher
+from strategies.teacher_pool import PoolTeacher
 from strategies.wml import WeightedMutualLearning
 
 RULES: dict[str, type[DistillationStrategy]] = {
@@ -40,6 +41,7 @@ RULES: dict[str, type[DistillationStrategy]] = {
         FedTGP,
         OracleTeacher,
         EnsembleTeacher,
+        PoolTeacher,
     )
 }
 

@@ -18,6 +18,7 @@ from peerkd.errors import check_range
 from peerkd.student.models import build_model
 from peerkd.student.training import distill_only, evaluate, predict_logits
 from peerkd.wire.protocol import KEY_ARRAYS
+from strategies.base import default_temperature
 from strategies.fedavg import FederatedAveraging
 from strategies.robust import Aggregator
 
@@ -28,10 +29,10 @@ class FedDF(FederatedAveraging):
     name = "feddf"
     needs_transfer = True
 
-    # T = 4 is what every measured FedDF run used (README); Lin et al. tune T per task.
+    # T = 4 (images; 0 picks it) is what every measured FedDF run used (README); Lin et al. tune T per task.
     def __init__(
         self,
-        temperature: float = 4.0,
+        temperature: float = 0.0,
         server_epochs: int = 2,
         aggregator: str = "mean",
         trim: float = 0.2,
@@ -39,7 +40,7 @@ class FedDF(FederatedAveraging):
     ):
         super().__init__()
         self.aggregator = Aggregator(aggregator, trim, clip_norm)  # strategies.robust: mean or a robust rule
-        self.temperature = check_range("strategy.temperature", temperature, 0.0, 100.0, low_open=True)
+        self.temperature = check_range("strategy.temperature", temperature, 0.0, 100.0)  # 0: default_temperature
         self.server_epochs = int(check_range("strategy.server_epochs", server_epochs, 0))
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
@@ -61,7 +62,7 @@ class FedDF(FederatedAveraging):
             lr=ctx.lr,
             batch_size=ctx.batch_size,
             seed=ctx.seed + server_round,
-            temperature=self.temperature,
+            temperature=self.temperature or default_temperature(world.data.text),
             device=ctx.device,
         )
         self.arrays = type(self.arrays)(self.model.state_dict())

@@ -30,7 +30,7 @@ class FedMD(LogitDistillation):
 
     def __init__(
         self,
-        temperature: float = 4.0,
+        temperature: float = 0.0,
         digest_epochs: int = 2,
         aggregator: str = "mean",
         trim: float = 0.2,

@@ -16,7 +16,7 @@ class EnsembleTeacher(TeacherDistillation):
     def __init__(
         self,
         alpha: float = 1.0,
-        temperature: float = 4.0,
+        temperature: float = 0.0,
         teacher: str = "auto",
         teacher_epochs: int = 30,
         teacher_members: int = 3,

@@ -33,7 +33,7 @@ class WeightedMutualLearning(RobustLogitDistillation):
     def __init__(
         self,
         alpha: float = 1.0,
-        temperature: float = 4.0,
+        temperature: float = 0.0,
         weight_lr: float = 1.0,
         weight_steps: int = 5,
         aggregator: str = "mean",

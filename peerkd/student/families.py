@@ -3,7 +3,7 @@
 The setting of Iyer 2024 ("When Babies Teach Babies", arXiv 2411.16487): k peers of decreasing
 size, each a fraction of the teacher's N parameters, their shapes found by search over depth and
 width. ``students=[family:tlm:4]`` expands (``expand``) to four *members*
-``tlm@tlm_large:2`` … ``tlm@tlm_large:5``: a ``tlm``-kind model sized N(``tlm_large``)/2 … /5
+``tlm@tlm_large:2`` … ``tlm@tlm_large:5`` (``family:tlm:n``: one member per client): a ``tlm``-kind model sized N(``tlm_large``)/2 … /5
 on this world (the count depends on the vocabulary and input shape, so a member's shape is found
 when the model is built, by ``member_shape``). ``family:<kind>:<k>:<ref>`` sizes against another
 zoo model; a member name can also be given by hand. Pure functions, no I/O.
@@ -47,11 +47,13 @@ def parse_member(name: str) -> tuple[str, str, int] | None:
     return (m[1], m[2], int(m[3])) if m else None
 
 
-def expand(spec: str, zoo: tuple[str, ...], field: str = "students") -> list[str]:
-    """The k member names of ``family:<kind>:<k>[:<ref>]`` (divisors 2 … k+1); ConfigError naming
-    ``field`` for a malformed one."""
+def expand(spec: str, zoo: tuple[str, ...], field: str = "students", clients: int = 0) -> list[str]:
+    """The k member names of ``family:<kind>:<k>[:<ref>]`` (divisors 2 … k+1; k ``n``: ``clients``,
+    one member per client); ConfigError naming ``field`` for a malformed one."""
     parts = spec[len(FAMILY_PREFIX) :].split(":")
-    allowed = f"family:<kind>:<k>[:<reference model>], kind one of {', '.join(KINDS)}, 1 <= k <= {MAX_K}"
+    allowed = f"family:<kind>:<k or n>[:<reference model>], kind one of {', '.join(KINDS)}, 1 <= k <= {MAX_K}"
+    if len(parts) >= 2 and parts[1] == "n" and clients:
+        parts[1] = str(clients)
     if len(parts) not in (2, 3) or parts[0] not in KINDS or not parts[1].isdigit():
         raise ConfigError(field, f"{spec!r} is not a size family", allowed)
     kind, k = parts[0], int(parts[1])

@@ -97,13 +97,13 @@ def model_size(name: str, input_shape: tuple[int, ...], num_classes: int, field:
         return num_parameters(build_model(name, input_shape, num_classes, 0, field))
 
 
-def expand_students(names: list[str] | tuple[str, ...], field: str = "students") -> tuple[str, ...]:
-    """``students`` with every ``family:<kind>:<k>[:<ref>]`` replaced by its k members; other names
-    are checked against the zoo (``auto`` is left for the caller)."""
+def expand_students(names: list[str] | tuple[str, ...], clients: int = 0, field: str = "students") -> tuple[str, ...]:
+    """``students`` with every ``family:<kind>:<k>[:<ref>]`` replaced by its k members (k ``n``:
+    ``clients``); other names are checked against the zoo (``auto`` is left for the caller)."""
     out: list[str] = []
     for name in names:
         if families.is_family(name):
-            out += families.expand(name, MODELS, field)
+            out += families.expand(name, MODELS, field, clients)
         elif families.parse_member(name):
             families.check_member(name, MODELS, field)
             out.append(name)

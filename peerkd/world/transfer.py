@@ -16,6 +16,11 @@ from peerkd.world.data import BUILTIN_DATASETS, Dataset, Splits, load_dataset
 
 TRANSFER_KINDS = ("public", "imbalanced", "noise", *BUILTIN_DATASETS)
 IMBALANCE_RATIO = 0.1  # the rarest class keeps 10% of its samples, the commonest all
+# Text worlds distill on at most this many public windows unless data.transfer_size says otherwise: on real
+# English text (128-window shards) 256 gave peers perplexity 13.2 where the whole 720-window split gave 16.0,
+# worse than local-only (14.8): an epoch spans the larger set, so a big transfer set cycles a small shard
+# many times a round (docs/text-defaults.md).
+TEXT_TRANSFER = 256
 
 
 def make_transfer_set(kind: str, data: Dataset, splits: Splits, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -28,7 +33,8 @@ def make_transfer_set(kind: str, data: Dataset, splits: Splits, size: int, rng: 
     data, splits : Dataset, Splits
         The world's data and splits (the pool gives the noise statistics).
     size : int
-        Number of inputs; 0 takes the public split's size (all of it for ``public``).
+        Number of inputs; 0 takes the public split's size (all of it for ``public``; text: at most
+        ``TEXT_TRANSFER`` windows of it).
     rng : np.random.Generator
         Source of every random choice.
     """
@@ -38,6 +44,8 @@ def make_transfer_set(kind: str, data: Dataset, splits: Splits, size: int, rng: 
         raise ConfigError("data.transfer", f"text worlds distill on public text only, not {kind!r}", "public")
     if kind in ("public", "imbalanced"):
         idx = splits.public if kind == "public" else long_tail(data.y[splits.public], splits.public, rng)
+        if data.text and size == 0:
+            size = min(TEXT_TRANSFER, len(idx))
         return _take(data.x[idx], size, rng, kind)
     n = size or len(splits.public)
     if n <= 0:
