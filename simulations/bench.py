@@ -108,8 +108,8 @@ def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, An
     (with the thread setting the variant ran with)."""
     from peerkd.batched.memory import peak_rss_mb
     from peerkd.round.results import METRICS_FILE, read_jsonl
-    from simulations.floor import gemm_rate
     from peerkd.world.build import build_world
+    from simulations.floor import gemm_rate
     from simulations.runner import preflight, run_engine
     from strategies.base import default_temperature
 

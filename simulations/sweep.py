@@ -208,12 +208,8 @@ def plan(
         where = out / point_dir(point) if point else out
         for seed in seeds:
             for rule in rules:
-                try:
-                    runs.append(_sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}"))
-                except ConfigError as exc:
-                    if not getattr(cfg, "skip_unfit", False):
-                        raise
-                    log.warning("skip_unfit: left out %s seed %d at %s: %s", rule, seed, point_dir(point), exc)
+                if run := _sweep_run(cfg, container, rule, seed, point, where / f"{rule}-seed{seed}"):
+                    runs.append(run)
     return runs
 
 
@@ -238,11 +234,19 @@ def _ints(key: str, values: list[str]) -> list[int]:
         raise ConfigError(key, f"{','.join(values)!r} are not all integers", "integers, e.g. seed=0,1,2") from None
 
 
-def _sweep_run(cfg, container: dict[str, Any], rule: str, seed: int, point, out: Path) -> SweepRun:
+def _sweep_run(cfg, container: dict[str, Any], rule: str, seed: int, point, out: Path) -> SweepRun | None:
+    """The run of ``rule`` and ``seed`` at ``point``; None when the rule refuses the point's
+    students or clients and ``skip_unfit`` is set (logged), else that refusal raised."""
     from simulations.config import check_engine, to_run_spec, to_strategy
 
     spec, strategy = to_run_spec(cfg, seed), to_strategy(cfg.strategy, rule)
-    strategy.check(spec.students, spec.world.num_clients)
+    try:
+        strategy.check(spec.students, spec.world.num_clients)
+    except ConfigError as exc:
+        if not getattr(cfg, "skip_unfit", False):
+            raise
+        log.warning("skip_unfit: left out %s seed %d at %s: %s", rule, seed, point_dir(point) or "the point", exc)
+        return None
     config = {**container, "strategy": {**container["strategy"], "name": rule}, "seed": seed, "out": str(out)}
     return SweepRun(rule, seed, point, spec, strategy, out, config, check_engine(cfg.engine))
 

@@ -2,9 +2,9 @@
 
 The setting of Iyer 2024 ("When Babies Teach Babies", arXiv 2411.16487): k peers of decreasing
 size, each a fraction of the teacher's N parameters, their shapes found by search over depth and
-width. ``students=[family:tlm:4]`` expands (``expand``) to four *members*
-``tlm@tlm_large:2`` … ``tlm@tlm_large:5`` (``family:tlm:n``: one member per client): a ``tlm``-kind model sized N(``tlm_large``)/2 … /5
-on this world (the count depends on the vocabulary and input shape, so a member's shape is found
+width. ``students=[family:tlm:4]`` expands (``expand``) to four *members* ``tlm@tlm_large:2`` …
+``tlm@tlm_large:5`` (``family:tlm:n``: one member per client): a ``tlm``-kind model sized
+N(``tlm_large``)/2 … /5 on this world (the count depends on the vocabulary and input shape, so a member's shape is found
 when the model is built, by ``member_shape``). ``family:<kind>:<k>:<ref>`` sizes against another
 zoo model; a member name can also be given by hand. Pure functions, no I/O.
 
