@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simulations.report_defence import DEFENCE_NOTE, defence_tables, is_defence_sweep
+from simulations.report_sizes import SIZES_NOTE, has_sizes, size_rows
 from simulations.report_text import PPL_NOTE, is_text, perplexity_rows
 from simulations.stats import (
     DEFAULT_PAIR,
@@ -406,6 +407,9 @@ def report_markdown(
             parts += [f"### {a} − {b}\n", md_table(*pivot_rows(groups, a, b))]
     if is_text(runs := list(runs)):  # perplexity where the data is text (simulations.report_text)
         parts += ["## Perplexity by grid point\n", md_table(*perplexity_rows(groups, rules, (a, b))), PPL_NOTE + "\n"]
+    if has_sizes(runs):  # students of several sizes (simulations.report_sizes)
+        sizes = _folded(md_table(*size_rows(groups, rules)), len(groups) > 4)
+        parts += ["## Per student size\n", sizes, SIZES_NOTE + "\n"]
     if is_defence_sweep(keys) and (tables := defence_tables(runs, rules)):  # simulations.report_defence
         parts += ["## Defences\n"] + [f"### {title}\n\n{md_table(h, rows)}" for title, h, rows in tables]
         parts += [DEFENCE_NOTE + "\n"]

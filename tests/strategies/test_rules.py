@@ -43,6 +43,9 @@ def test_every_rule_is_registered_and_documented():
         "feddf",
         "oracle",
         "teacher_ensemble",
+        "teacher_pool",
+        "fedproto",
+        "fedtgp",
     }
     for cls in RULES.values():
         assert cls.__module__.split(".")[-1] in (cls.name, "local")  # one rule per file
