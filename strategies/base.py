@@ -162,10 +162,11 @@ class LogitDistillation(DistillationStrategy):
         self.alpha = check_range("strategy.alpha", alpha, 0.0, 100.0)
         self.temperature = check_range("strategy.temperature", temperature, 0.0, 100.0)  # 0: default_temperature
 
-    def setup(self, ctx: ServerContext) -> dict[str, float]:
-        out = super().setup(ctx)
-        self.temperature = self.temperature or default_temperature(ctx.world.data.text)
-        return out
+    @property
+    def kd_temperature(self) -> float:
+        """The T clients distill at: ``strategy.temperature``, or for 0 the world's default
+        (``default_temperature``; the setting itself stays 0, as a checkpoint records it)."""
+        return self.temperature or default_temperature(self.ctx.world.data.text)
 
     @abstractmethod
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
@@ -179,7 +180,7 @@ class LogitDistillation(DistillationStrategy):
         """Rule-specific entries merged into each message's config."""
         return {
             CFG_ALPHA: float(self.alpha),
-            CFG_TEMPERATURE: float(self.temperature),
+            CFG_TEMPERATURE: float(self.kd_temperature),
             CFG_REPLY_LOGITS: self.asks_logits,
         }
 

@@ -41,13 +41,14 @@ class FedProto(FederatedDistillation):
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)
-        data = ctx.world.data
-        widths = {
-            s: embedding_width(build_model(s, data.input_shape, data.num_classes, 0).to("meta"))
-            for s in sorted(set(ctx.students))
-        }
-        self.dim = self.requested_dim or max(widths.values())  # 0: the widest student's own width
+        self.dim = self.prototype_width(ctx)
         return {**out, "proto_dim": self.dim}
+
+    def prototype_width(self, ctx: ServerContext) -> int:
+        """``proto_dim``, or for 0 the widest student's embedding width."""
+        data = ctx.world.data
+        widths = [embedding_width(build_model(s, data.input_shape, data.num_classes, 0)) for s in set(ctx.students)]
+        return self.requested_dim or max(widths)
 
     def round_config(self) -> dict[str, Any]:
         return {**super().round_config(), CFG_PROTO_DIM: self.dim}

@@ -71,13 +71,21 @@ class FedTGP(FedProto):
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)
-        gen = torch.Generator().manual_seed(ctx.seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            self.generator = PrototypeGenerator(ctx.world.num_classes, self.dim)
+        self.generator = self._generator(ctx, self.dim)
         self.trained = False
         self.margin = 0.0
         return out
+
+    def resume(self, ctx: ServerContext) -> None:
+        """The generator module built again (its weights come from the checkpoint)."""
+        super().resume(ctx)
+        self.generator = self._generator(ctx, self.prototype_width(ctx))
+
+    @staticmethod
+    def _generator(ctx: ServerContext, dim: int) -> PrototypeGenerator:
+        with torch.random.fork_rng():
+            torch.manual_seed(ctx.seed)
+            return PrototypeGenerator(ctx.world.num_classes, dim)
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         super().aggregate_round(server_round, replies)

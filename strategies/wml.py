@@ -57,7 +57,7 @@ class WeightedMutualLearning(RobustLogitDistillation):
 
     def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         by_node = {n: self.weights.get(c, 0.0) for n, c in self.node_client.items()}
-        return weighted_peer_targets(self.logits, by_node, node_ids, self.temperature, self.aggregator)
+        return weighted_peer_targets(self.logits, by_node, node_ids, self.kd_temperature, self.aggregator)
 
     def check_reply(self, content: RecordDict) -> None:
         super().check_reply(content)

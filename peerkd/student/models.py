@@ -108,7 +108,7 @@ def expand_students(names: list[str] | tuple[str, ...], clients: int = 0, field:
             families.check_member(name, MODELS, field)
             out.append(name)
         elif name != AUTO and name not in MODELS:
-            raise ConfigError(field, f"unknown model {name!r}", (AUTO, *MODELS, "family:<kind>:<k>[:<ref>]"))
+            raise ConfigError(field, f"unknown value {name!r}", (AUTO, *MODELS, "family:<kind>:<k>[:<ref>]"))
         else:
             out.append(name)
     return tuple(out)

@@ -11,13 +11,13 @@ from simulations.cli import main
         (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth, synthtext)"),
         (
             ["run", "strategy=bogus"],
-            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, local, oracle, peer, peer_sum, "
-            "teacher, teacher_ensemble, wml)",
+            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, fedproto, fedtgp, local, oracle, "
+            "peer, peer_sum, teacher, teacher_ensemble, teacher_pool, wml)",
         ),
         (["run", "partition=zipf"], "partition: unknown value 'zipf' (allowed: dirichlet, iid, shard)"),
         (["run", "students=[mlp32,resnet]"], "students: unknown value 'resnet'"),
         (["run", "strategy.alpha=-1"], "strategy.alpha: -1.0 is out of range (allowed: [0, 100])"),
-        (["run", "strategy.temperature=0"], "strategy.temperature: 0.0 is out of range (allowed: (0, 100])"),
+        (["run", "strategy.temperature=-1"], "strategy.temperature: -1.0 is out of range (allowed: [0, 100])"),
         (["run", "rounds=abc"], "rounds: Value 'abc'"),
         (["run", "frobnicate=1"], "frobnicate: unknown setting"),
         (
@@ -66,7 +66,7 @@ def test_help_and_config_listing(capsys):
     assert "peerkd compare" in capsys.readouterr().out
     assert main(["run", "--cfg", "job", "rounds=3"]) == 0
     out = capsys.readouterr().out
-    assert "rounds: 3" in out and "temperature: 4.0" in out
+    assert "rounds: 3" in out and "temperature: 0.0" in out
 
 
 def test_an_experiments_axis_may_still_be_fixed_on_the_command_line(capsys):

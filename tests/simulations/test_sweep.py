@@ -146,3 +146,22 @@ def test_seed_means_seeds_in_compare_and_sweep(capsys):
         assert main([command, *TINY, "seed=1", "seeds=[2]"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("peerkd: error: seed: given with seeds=") and len(err.strip().splitlines()) == 1
+
+
+def test_babylm_study_plans_families_of_decreasing_size(tmp_path, caplog):
+    # Execute: plan the named study (nothing runs).
+    runs = plan(
+        lambda o: _compose("sweep", o),
+        ["experiment=babylm"],
+        grid_axes(list(_compose("sweep", ["experiment=babylm"]).grid), {}, set()),
+        tmp_path,
+    )
+    # Assert: k = 1, 2, 4, 8 clients, one family member each; peers left out at k = 1, and said so.
+    assert len(runs) == 3 * (3 + 5 + 5 + 5)
+    eight = next(r for r in runs if r.spec.world.num_clients == 8)
+    assert eight.spec.students == tuple(f"tlm@tlm:{d}" for d in range(2, 10))
+    assert not [r for r in runs if r.spec.world.num_clients == 1 and r.rule in ("peer", "wml")]
+    assert "skip_unfit: left out peer seed 0 at num_clients=1" in caplog.text
+    # Without skip_unfit a rule that refuses a point stops the sweep before any run, naming the field.
+    with pytest.raises(ConfigError, match="num_clients: peer needs at least 2 clients"):
+        plan(lambda o: _compose("sweep", o), ["experiment=babylm", "skip_unfit=false"], {"num_clients": ["1"]}, tmp_path)

@@ -30,7 +30,7 @@ def test_cfg_job_lists_only_the_rules_own_settings(capsys):
         "alpha:",
         "1.0",
         "temperature:",
-        "4.0",
+        "0.0",
         "aggregator:",
         "mean",
         "trim:",

@@ -57,7 +57,7 @@ def test_the_family_syntax_and_its_errors():
         with pytest.raises(ConfigError, match=says) as err:
             expand_students([bad]) if bad != "family:tlm:n" else expand(bad, MODELS)
         assert err.value.field == "students"
-    with pytest.raises(ConfigError, match="unknown model 'mlp7'"):
+    with pytest.raises(ConfigError, match="unknown value 'mlp7'"):
         expand_students(["mlp7"])
     with pytest.raises(ConfigError, match=r"no resnet of about 1,829 parameters on this data \(nearest 26% off\)"):
         build_model("resnet@cnn:2", (1, 8, 8), 10, seed=0)  # 3,658 / 2: between two ResNet widths
