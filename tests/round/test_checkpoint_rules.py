@@ -104,4 +104,5 @@ def test_a_rule_resumed_from_its_checkpoint_ends_as_the_uninterrupted_run(name, 
     assert scores[0] == scores[1]
     assert (resumed["bytes_up"], resumed["bytes_down"]) == (whole["bytes_up"], whole["bytes_down"])
     assert same(resumed_rule.state_dict(), whole_rule.state_dict())
-    assert any(isinstance(v, ModuleWeights) for v in whole_rule.state_dict().values()) == (name in ("fedavg", "feddf", "fedtgp"))
+    modules = any(isinstance(v, ModuleWeights) for v in whole_rule.state_dict().values())
+    assert modules == (name in ("fedavg", "feddf", "fedtgp"))

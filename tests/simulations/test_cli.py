@@ -11,8 +11,8 @@ from simulations.cli import main
         (["run", "data=foo"], "data: unknown value 'foo' (allowed: digits, file, mnist1d, mnist5k, synth, synthtext)"),
         (
             ["run", "strategy=bogus"],
-            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, fedproto, fedtgp, local, oracle, "
-            "peer, peer_sum, teacher, teacher_ensemble, teacher_pool, wml)",
+            "strategy: unknown value 'bogus' (allowed: dsfl, fd, fedavg, feddf, fedmd, fedproto, fedtgp, local, "
+            "oracle, peer, peer_sum, teacher, teacher_ensemble, teacher_pool, wml)",
         ),
         (["run", "partition=zipf"], "partition: unknown value 'zipf' (allowed: dirichlet, iid, shard)"),
         (["run", "students=[mlp32,resnet]"], "students: unknown value 'resnet'"),

@@ -164,4 +164,5 @@ def test_babylm_study_plans_families_of_decreasing_size(tmp_path, caplog):
     assert "skip_unfit: left out peer seed 0 at num_clients=1" in caplog.text
     # Without skip_unfit a rule that refuses a point stops the sweep before any run, naming the field.
     with pytest.raises(ConfigError, match="num_clients: peer needs at least 2 clients"):
-        plan(lambda o: _compose("sweep", o), ["experiment=babylm", "skip_unfit=false"], {"num_clients": ["1"]}, tmp_path)
+        overrides = ["experiment=babylm", "skip_unfit=false"]
+        plan(lambda o: _compose("sweep", o), overrides, {"num_clients": ["1"]}, tmp_path)
