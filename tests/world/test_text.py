@@ -290,3 +290,20 @@ def test_students_follow_the_world_unless_named(data, students):
     OmegaConf.update(cfg, "students", ["nope"], merge=False)
     with pytest.raises(ConfigError, match=r"students: unknown value 'nope' \(allowed: auto, cnn, "):
         to_run_spec(cfg)
+
+
+def test_the_offline_corpus_is_python_s_help_one_source_per_topic(tmp_path):
+    # Execute: write the corpus as the docs do (python -m simulations.corpus pydoc.txt), then read it as data=file.
+    from pathlib import Path
+
+    from peerkd.world.text import read_text_file
+    from simulations.corpus import main as corpus_main
+
+    corpus_main([str(tmp_path / "pydoc.txt")])
+    windows, sources, alphabet, names = read_text_file(Path(tmp_path / "pydoc.txt"))
+    # Assert: every help topic is a source; real English text, far larger than any test needs.
+    from pydoc_data.topics import topics
+
+    assert set(names) == set(topics) and len(windows) > 10_000
+    assert "\t" not in alphabet and {"e", "t", " ", "\n"} <= set(alphabet)
+    assert sources.max() == len(names) - 1
