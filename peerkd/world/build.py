@@ -217,17 +217,18 @@ def split_warnings(world: World) -> list[str]:
             f"the test split has {len(sp.test)} rows (< {MIN_TEST_ROWS}): one accuracy on it has a 95% interval "
             f"of about ±{1 / np.sqrt(len(sp.test)):.2f}; compare rules over several seeds"
         )
-    if 0 < len(world.transfer_x) < MIN_ROWS_PER_CLASS * c:
+    per_input = world.data.positions  # text: a window predicts one token per position
+    if 0 < len(world.transfer_x) * per_input < MIN_ROWS_PER_CLASS * c:
         out.append(
             f"the transfer set has {len(world.transfer_x)} inputs (< {MIN_ROWS_PER_CLASS} per class = "
             f"{MIN_ROWS_PER_CLASS * c}): distillation rules have little to agree on"
         )
-    if 0 < len(sp.server) < MIN_ROWS_PER_CLASS * c:
+    if 0 < len(sp.server) * per_input < MIN_ROWS_PER_CLASS * c:
         out.append(
             f"the server split has {len(sp.server)} rows (< {MIN_ROWS_PER_CLASS} per class = "
             f"{MIN_ROWS_PER_CLASS * c}): the teacher model learns from very few labels"
         )
-    small = [i for i, p in enumerate(world.partitions) if len(p) < MIN_ROWS_PER_CLASS * c]
+    small = [i for i, p in enumerate(world.partitions) if len(p) * per_input < MIN_ROWS_PER_CLASS * c]
     if small:
         out.append(
             f"{len(small)} of {len(world.partitions)} clients hold fewer than {MIN_ROWS_PER_CLASS * c} "

@@ -338,6 +338,7 @@ def flower_runs(tmp_path_factory):
     clients.train("distill")(fresh_in_round_one(real.distill))
     clients.train("digest")(fresh_in_round_one(real.digest))
     clients.train("fd")(fresh_in_round_one(real.class_distill))
+    clients.train("proto")(fresh_in_round_one(real.prototype_distill))
     clients.query("logits")(fresh_in_round_one(real.query_logits))
     clients.evaluate()(fresh_in_round_one(real.evaluate_student))
     run_simulation(

@@ -307,3 +307,11 @@ def test_the_offline_corpus_is_python_s_help_one_source_per_topic(tmp_path):
     assert set(names) == set(topics) and len(windows) > 10_000
     assert "\t" not in alphabet and {"e", "t", " ", "\n"} <= set(alphabet)
     assert sources.max() == len(names) - 1
+
+
+def test_text_worlds_count_predictions_not_windows_in_their_warnings():
+    # 128-window shards predict 4,096 next tokens each: no "fewer than 5 per class" warning over 28 tokens.
+    from peerkd.world.build import WorldSpec, build_world, split_warnings
+
+    world = build_world(WorldSpec(dataset="synthtext", data_size=2000, num_clients=4, seed=0, samples_per_client=16))
+    assert not [w for w in split_warnings(world) if "per class" in w]
