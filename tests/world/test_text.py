@@ -249,7 +249,10 @@ def test_report_shows_perplexity_and_paired_differences_for_text_runs():
     assert floor_level([*runs, run("peer", 2, 9.0)]) == 5.0
 
 
-@pytest.mark.parametrize("rule", ["wml", "dsfl", "fedmd", "feddf", "fedavg", "oracle", "teacher_pool", "fedproto", "fedtgp"])
+OTHER_RULES = ["wml", "dsfl", "fedmd", "feddf", "fedavg", "oracle", "teacher_pool", "fedproto", "fedtgp"]
+
+
+@pytest.mark.parametrize("rule", OTHER_RULES)
 def test_every_other_rule_runs_on_text_in_the_batched_engine(rule, tmp_path):
     # Prepare: one architecture (fedavg and feddf average weights), 2 rounds.
     import dataclasses
