@@ -25,7 +25,8 @@ def test_client_row_and_summary_from_the_last_rows():
     row1 = client_row(2, 7, values, info, (0.8, 0.4), (100, 50, 0))
     row0 = {"client": 0, "arch": "mlp", "acc": 0.6, "loss": 0.9, "round": 1}
     run = {"strategy": "peer", "dataset": "digits", "num_clients": 2, "rounds": 2, "seed": 0,
-           "students": ["mlp", "cnn"], "private": True, "clients_per_round": 2}  # fmt: skip
+           "students": ["mlp", "cnn"], "student_params": {"cnn": 200, "mlp": 100}, "private": True,
+           "clients_per_round": 2}  # fmt: skip
     totals = Counter(bytes_up=300, bytes_down=200, bytes_measure=0, rejected=1, replies=3)
     # Execute
     clients = per_client({1: row1, 0: row0})
@@ -44,6 +45,7 @@ def test_client_row_and_summary_from_the_last_rows():
     assert summary["acc_worst"] == 0.6 and abs(summary["acc_mean"] - 0.7) < 1e-12
     assert summary["accepted_replies"] == 3 and summary["rejected_replies"] == 1 and summary["dp_noise"] == 1.5
     assert by_arch(clients) == {
-        "cnn": {"acc_mean": 0.8, "acc_worst": 0.8, "acc_std": 0.0, "clients": 1},
-        "mlp": {"acc_mean": 0.6, "acc_worst": 0.6, "acc_std": 0.0, "clients": 1},
+        "cnn": {"acc_mean": 0.8, "acc_worst": 0.8, "acc_std": 0.0, "loss_mean": 0.4, "clients": 1},
+        "mlp": {"acc_mean": 0.6, "acc_worst": 0.6, "acc_std": 0.0, "loss_mean": 0.9, "clients": 1},
     }
+    assert summary["student_params"] == {"cnn": 200, "mlp": 100}
