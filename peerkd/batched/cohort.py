@@ -252,14 +252,8 @@ class Cohort:
     def _class_kd(self, classes: list):
         """α·KD toward the per-class target of each private sample's label, over the samples
         whose class has a valid target (FD); students without targets get 0."""
-        c, p, rows = self.world.num_classes, self.params, self._rows
-        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, c) for t in classes]).to(
-            self.device
-        )
-        valid = torch.stack(
-            [torch.as_tensor(t[1]) if t is not None else torch.ones(c, dtype=torch.bool) for t in classes]
-        ).to(self.device)
-        weight = torch.tensor([p.alpha if t is not None else 0.0 for t in classes], device=self.device)
+        p, rows = self.params, self._rows
+        tables, valid, weight = self._class_tables(classes, self.world.num_classes)
 
         def term(out: torch.Tensor, labels: torch.Tensor, rows_w: torch.Tensor | None) -> torch.Tensor:
             ok = valid[rows, labels] if rows_w is None else valid[rows, labels] * rows_w
@@ -270,19 +264,24 @@ class Cohort:
     def _proto_term(self, classes: list, proj: torch.Tensor):
         """α·``prototype_loss`` of each private row's projected embedding toward its class's
         prototype, over the rows whose class has one (FedProto, FedTGP); 0 for students without."""
-        c, d, rows = self.world.num_classes, proj.shape[1], self._rows
-        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, d) for t in classes])
-        valid = torch.stack(
-            [torch.as_tensor(t[1]) if t is not None else torch.zeros(c, dtype=torch.bool) for t in classes]
-        )
-        tables, valid, proj = tables.to(self.device), valid.to(self.device), proj.to(self.device)
-        weight = torch.tensor([self.params.alpha if t is not None else 0.0 for t in classes], device=self.device)
+        rows, proj = self._rows, proj.to(self.device)
+        tables, valid, weight = self._class_tables(classes, proj.shape[1])
 
         def term(feats: torch.Tensor, labels: torch.Tensor, rows_w: torch.Tensor | None) -> torch.Tensor:
             has = valid[rows, labels].float() if rows_w is None else valid[rows, labels] * rows_w
             return weight * prototype_loss(feats @ proj, tables[rows, labels], has)
 
         return term
+
+    def _class_tables(self, classes: list, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each student's ``(C, width)`` per-class targets and ``(C,)`` valid mask (FD, prototypes),
+        stacked on the device, and its α; zeros, all valid and α = 0 for a student without targets."""
+        c = self.world.num_classes
+        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, width) for t in classes])
+        none = torch.ones(c, dtype=torch.bool)
+        valid = torch.stack([torch.as_tensor(t[1]) if t is not None else none for t in classes])
+        weight = torch.tensor([self.params.alpha if t is not None else 0.0 for t in classes], device=self.device)
+        return tables.to(self.device), valid.to(self.device), weight
 
     @cached_property
     def features(self):
