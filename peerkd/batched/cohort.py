@@ -67,6 +67,11 @@ class Cohort:
         return stacked_forward(self.base)
 
     @cached_property
+    def _shared(self):
+        """``f(params, x)``: every student's logits on one batch ``x`` seen by all."""
+        return stacked_forward(self.base, shared_input=True)
+
+    @cached_property
     def private(self) -> list[np.ndarray]:
         """Each student's private shard as global indices into the world's data."""
         return [self.world.private_index(c) for c in self.clients]
@@ -114,7 +119,7 @@ class Cohort:
         if dp is not None:
             if classes is not None:
                 raise ValueError("DP-SGD takes no per-class targets: FD releases its shard's class means")
-            w, hist, _ = fit(w, None, plan.steps, p.lr, grads_at=self._private_grads(plan.private, transfer, alpha, dp))
+            w, hist, _ = fit(w, None, plan.steps, p.lr, grads_at=self._private_grads(plan, transfer, alpha, dp))
             return w, last_epoch_means(plan, hist)
         with section("plan"):
             private = self._private_inputs(plan.private)
@@ -133,6 +138,7 @@ class Cohort:
                 loss = cross_entropy(out, labels, weight)
                 return loss if class_kd is None else loss + class_kd(out, labels, weight)
             xt, target = transfer(k)
+            xt = xt.expand(x.shape[0], *xt.shape) if plan.shared else xt
             both = self.forward(live, torch.cat([x, xt], dim=1))  # one pass: one weight gradient, none to add
             loss = cross_entropy(student_rows(both[:, : x.shape[1]]), labels, weight)
             return loss + alpha * kd_divergence(student_rows(both[:, x.shape[1] :]), target, p.temperature)
@@ -140,12 +146,13 @@ class Cohort:
         w, hist, _ = fit(w, loss_at, plan.steps, p.lr)
         return w, last_epoch_means(plan, hist)
 
-    def _private_grads(self, batches: torch.Tensor, transfer, alpha: torch.Tensor, dp: list[DPSGD]):
+    def _private_grads(self, plan: CohortPlan, transfer, alpha: torch.Tensor, dp: list[DPSGD]):
         """``g(live, k)``: every student's loss at step k and DP-SGD's gradient (``train_model``'s
         ``_fit_private``, stacked): per-example gradients of the private batch by a nested vmap,
         clipped (``row_bounds``), summed, noised from each student's key, divided by the batch
         size; plus the autograd gradient of the transfer-set term."""
         x, y, temperature = self.data.x, self.data.y, self.params.temperature
+        batches, shared = plan.private, plan.shared
         to_global = self._global_index(batches)
         clip = dp[0].clip
         std = torch.tensor([d.noise * d.clip for d in dp], device=self.device)
@@ -162,7 +169,8 @@ class Cohort:
             loss = rows.mean(dim=-1)
             if transfer is not None:
                 xt, target = transfer(k)
-                public = alpha * kd_divergence(student_rows(self.forward(live, xt)), target, temperature)
+                out_t = self._shared(live, xt) if shared else self.forward(live, xt)
+                public = alpha * kd_divergence(student_rows(out_t), target, temperature)
                 for n, extra in zip(live, torch.autograd.grad(public.sum(), list(live.values()))):
                     grads[n] = grads[n] + extra
                 loss = loss + public.detach()
@@ -199,19 +207,15 @@ class Cohort:
         return lambda k: (xs, ys, weights[k])
 
     def _transfer_inputs(self, targets: list, batches: torch.Tensor):
-        """``f(k)``: every student's transfer inputs at step k and its soft targets on them (as
-        rows); one batch of inputs shared by all when the plan shares its transfer order."""
+        """``f(k)``: the transfer inputs at step k, ``(B, ...)`` when every student takes the same
+        batch (the plan shares its order; expand it, never copy it per student) else ``(S, B, ...)``,
+        and every student's soft targets on them (as rows)."""
         soft = SoftTargets.of(self._targets(targets), self.params.temperature)
-        rows, s = self._rows, len(self.clients)
-
-        def inputs(k: int):
-            bj = batches[k]
-            if bj.dim() == 1:  # (B,): every student's batch
-                x = self.data.transfer[bj]
-                return x.expand(s, *x.shape), soft[:, bj].rows()
-            return self.data.transfer[bj], soft[rows, bj].rows()
-
-        return inputs
+        if batches.dim() == 2:  # (K, B): one batch for all; targets kept input-major, so a step's are one block
+            by_input = soft.swapped(copy=True)
+            return lambda k: (self.data.transfer[batches[k]], by_input[batches[k]].swapped().rows())
+        rows = self._rows
+        return lambda k: (self.data.transfer[batches[k]], soft[rows, batches[k]].rows())
 
     def _global_index(self, batches: torch.Tensor) -> torch.Tensor:
         """``(K, S, B)`` indices into each student's shard as indices into the world's arrays."""
@@ -239,13 +243,12 @@ class Cohort:
         seed = torch.tensor([self.transfer_seed], device=self.device)
         order = plan_cohort(one, 0, p.batch_size, p.digest_epochs, seed, self.transfer_seed).private[:, 0]  # (K, B)
         n_steps = torch.tensor([len(order) if d else 0 for d in on], device=self.device)
-        soft = SoftTargets.of(self._targets(targets), p.temperature)
-        shared = stacked_forward(self.base, shared_input=True)
+        by_input = SoftTargets.of(self._targets(targets), p.temperature).swapped(copy=True)
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             bj = order[k]
-            out = student_rows(shared(live, self.data.transfer[bj]))
-            return kd_divergence(out, soft[:, bj].rows(), p.temperature)
+            out = student_rows(self._shared(live, self.data.transfer[bj]))
+            return kd_divergence(out, by_input[bj].swapped().rows(), p.temperature)
 
         return fit(w, loss_at, n_steps, p.lr)[0]
 
@@ -313,9 +316,8 @@ class Cohort:
 
     @torch.no_grad()
     def _predict(self, w: Params, x: torch.Tensor) -> torch.Tensor:
-        shared = stacked_forward(self.base, shared_input=True)
         step = max(1, min(EVAL_ROWS, EVAL_CELLS // max(len(self.clients), 1)))
-        z = torch.cat([shared(w, x[i : i + step]).float() for i in range(0, len(x), step)], dim=1)
+        z = torch.cat([self._shared(w, x[i : i + step]).float() for i in range(0, len(x), step)], dim=1)
         return student_rows(z)
 
     def evaluate(self, w: Params) -> list[tuple[float, float]]:

@@ -87,6 +87,12 @@ class SoftTargets:
     def __getitem__(self, index) -> SoftTargets:
         return SoftTargets(self.probs[index], self.neg_entropy[index])
 
+    def swapped(self, copy: bool = False) -> SoftTargets:
+        """The first two axes swapped (students and inputs); with ``copy``, as contiguous tensors:
+        indexing a few inputs of every student is then one block per input, not one per pair."""
+        probs, neg = self.probs.transpose(0, 1), self.neg_entropy.transpose(0, 1)
+        return SoftTargets(probs.contiguous(), neg.contiguous()) if copy else SoftTargets(probs, neg)
+
     def rows(self) -> SoftTargets:
         """As rows of one prediction each (``student_rows``)."""
         return SoftTargets(student_rows(self.probs), self.neg_entropy.flatten(1))
