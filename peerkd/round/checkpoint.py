@@ -39,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -154,6 +155,8 @@ class Checkpoint:
     ):
         self.dir = Path(out_dir) / CHECKPOINT_DIR
         self.engine, self.snapshot, self.restore = engine, snapshot, restore
+        self._writer: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     @property
     def client_dir(self) -> str | None:
@@ -162,17 +165,24 @@ class Checkpoint:
 
     def exists(self) -> bool:
         """Whether a finished round was checkpointed (an old pickled checkpoint counts: it is refused)."""
+        self.wait()
         return (self.dir / SERVER_FILE).is_file() or (self.dir / _LEGACY_FILE).is_file()
 
-    def save(self, state: RunState) -> None:
+    def save(self, state: RunState, background: bool = False) -> None:
         """Write ``state`` (with the engine's students): the tensor file, then ``server.json``
         naming it; then drop the files it no longer needs.
 
+        The state is taken as data here, its arrays copied or stacked anew; with ``background``
+        the files are then written by a thread while the next round runs (the disk's time, and
+        the stacking, off the round loop). One write at a time: a save first waits for the last,
+        and raises its error. A kill mid-write leaves the previous round's checkpoint.
+
         Raises TypeError naming the attribute (``rule.<name>``) whose value is not data.
         """
+        self.wait()
         self.dir.mkdir(parents=True, exist_ok=True)
         state.students = self.snapshot() if self.snapshot else None
-        tensors: dict[str, torch.Tensor] = {}
+        tensors: dict[str, torch.Tensor | Callable[[], torch.Tensor]] = {}
         data = {
             "run_metrics": state.run_metrics,
             "latest": state.latest,
@@ -187,15 +197,46 @@ class Checkpoint:
         doc = {"format": FORMAT, "version": VERSION, "round": state.round, "engine": state.engine}
         doc |= {"wall_s": state.wall_s, "world": state.world, "rule_name": state.strategy.name}
         doc |= {key: encode(value, key, tensors) for key, value in data.items()}
-        name = f"server-r{state.round}.pt"
-        _write_atomic(self.dir / name, lambda f: torch.save(tensors, f))
-        doc["tensors"] = {"file": name, "sha256": _sha256(self.dir / name)}
+        if not background:
+            return self._write(doc, tensors)
+        self._writer = threading.Thread(target=self._write_caught, args=(doc, tensors), name="checkpoint", daemon=True)
+        self._writer.start()
+
+    def wait(self) -> None:
+        """Wait for a background write to finish; raise the error it met, if any (once)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+
+    def close(self) -> None:
+        """Wait for a background write, logging (not raising) its error: for a run ending on another error."""
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001
+            log.error("checkpoint: the last round's files were not written (%s)", _one_line(exc))
+
+    def _write_caught(self, doc: dict[str, Any], tensors: dict[str, Any]) -> None:
+        try:
+            self._write(doc, tensors)
+        except BaseException as exc:  # noqa: BLE001  (raised in the round loop by the next ``wait``)
+            self._failed = exc
+
+    def _write(self, doc: dict[str, Any], tensors: dict[str, Any]) -> None:
+        """The tensor file (hashed as it is written), then ``server.json``; older files removed."""
+        name = f"server-r{doc['round']}.pt"
+        tensors = materialize(tensors)
+        digest = hashlib.sha256()
+        _write_atomic(self.dir / name, lambda f: torch.save(tensors, _Hashing(f, digest)))
+        doc["tensors"] = {"file": name, "sha256": digest.hexdigest()}
         _write_atomic(self.dir / SERVER_FILE, lambda f: f.write(json.dumps(doc).encode()))
         for old in os.listdir(self.dir):
             if (_TENSOR_FILE.fullmatch(old) and old != name) or old == _LEGACY_FILE:
                 (self.dir / old).unlink(missing_ok=True)
         if self.client_dir:
-            prune_client_files(self.client_dir, state.round)
+            prune_client_files(self.client_dir, doc["round"])
 
     def read(self) -> Saved:
         """The checkpoint as data, parsed and verified; nothing is applied.
@@ -205,6 +246,7 @@ class Checkpoint:
         CheckpointError
             The files are missing, damaged, of another format, or hold what no checkpoint holds.
         """
+        self.wait()
         path = self.dir / SERVER_FILE
         if not path.is_file() and (self.dir / _LEGACY_FILE).is_file():
             raise self._refused(
@@ -263,7 +305,8 @@ class Checkpoint:
         return state
 
     def clear(self) -> None:
-        """Remove the checkpoint (a run started afresh, or finished)."""
+        """Remove the checkpoint (a run started afresh, or finished), after any write in flight."""
+        self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _refused(self, path: Path, problem: str) -> CheckpointError:
@@ -288,6 +331,9 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     its keys and one stacked array (``{"stacked": [keys], "ndarray": name, "dtype": ...}``).
     ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
 
+    Arrays and tensors are copied, so that ``tensors`` holds what ``value`` is now; a stack is made
+    when the file is written (``materialize``): its entry is a function giving it, over the arrays.
+
     Raises TypeError naming ``path`` for anything else.
     """
     if value is None or type(value) in _SCALARS:
@@ -297,27 +343,50 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if type(value) in (tuple, set):
         return {type(value).__name__: [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
     if type(value) is dict and _stackable(value):  # e.g. a rule's logits by node: one tensor, not thousands
-        keys = [_key(k, path) for k in value]
-        return {"stacked": keys, **encode(np.stack(list(value.values())), f"{path}.stacked", tensors)}
+        keys, arrays = [_key(k, path) for k in value], list(value.values())
+        name = _put(tensors, f"{path}.stacked", lambda: _tensor_of(np.stack(arrays)))  # stacked by the writer
+        return {"stacked": keys, "ndarray": name, "dtype": arrays[0].dtype.name}
     if type(value) in (dict, ModuleWeights):
         pairs = [[_key(k, path), encode(v, f"{path}.{k}", tensors)] for k, v in value.items()]
         return {"module" if type(value) is ModuleWeights else "dict": pairs}
     if isinstance(value, torch.Tensor) and value.layout == torch.strided:
-        t = value.detach().cpu()
-        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone(memory_format=torch.contiguous_format)  # a view: save its elements, not its base
+        # a copy of its elements (not a view's base), so that training the module on does not change what is written
+        t = value.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
         return {"tensor": _put(tensors, path, t)}
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype.name in _NUMPY_DTYPES:
-        dtype = value.dtype.name
-        arr = np.asarray(value, dtype=value.dtype.newbyteorder("="))
-        if not (arr.flags.c_contiguous and arr.flags.writeable):
-            arr = arr.copy(order="C")
-        t = torch.from_numpy(arr.view(_SIGNED_TWIN[dtype]) if dtype in _SIGNED_TWIN else arr)
-        return {"ndarray" if isinstance(value, np.ndarray) else "scalar": _put(tensors, path, t), "dtype": dtype}
+        kind = "ndarray" if isinstance(value, np.ndarray) else "scalar"
+        return {kind: _put(tensors, path, _tensor_of(np.array(value, order="C"))), "dtype": value.dtype.name}
     raise TypeError(
         f"{path}: a {type(value).__name__} is not checkpoint data (None, bool, int, float, str, list, tuple, "
         "set, dict, torch tensors, numeric NumPy arrays, module weights)"
     )
+
+
+def materialize(tensors: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``encode``'s tensors, the stacks among them made: what the tensor file holds."""
+    return {k: v() if callable(v) else v for k, v in tensors.items()}
+
+
+def _tensor_of(arr: np.ndarray) -> torch.Tensor:
+    """A numeric array (owned by the caller) as a tensor of its bytes: native byte order, unsigned
+    types of 16 bits or more as their signed twins (``decode`` reads them back by ``dtype``)."""
+    dtype = arr.dtype.name
+    arr = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=False)
+    return torch.from_numpy(arr.view(_SIGNED_TWIN[dtype]) if dtype in _SIGNED_TWIN else arr)
+
+
+class _Hashing:
+    """A file that feeds everything written to it into ``digest`` too (a file's hash without reading it back)."""
+
+    def __init__(self, f: BinaryIO, digest: Any):
+        self.f, self.digest = f, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _stackable(d: dict) -> bool:
@@ -385,7 +454,7 @@ def _key(key: Any, path: str) -> int | str:
     raise TypeError(f"{path}: a dict key {key!r} ({type(key).__name__}) is not checkpoint data (int or str)")
 
 
-def _put(tensors: dict[str, torch.Tensor], path: str, t: torch.Tensor) -> str:
+def _put(tensors: dict[str, Any], path: str, t: torch.Tensor | Callable[[], torch.Tensor]) -> str:
     name = path if path not in tensors else f"{path}#{len(tensors)}"
     tensors[name] = t
     return name

@@ -63,18 +63,24 @@ def run_federation(
     client_of = _warm_up(grid, spec, state, {**base, P.CFG_ROUND: state.round}, stop)
     for hook in hooks:  # after the warm-up: injected faults start with round 1
         grid = hook.wrap_grid(grid)
-    for rnd in range(state.round + 1, spec.rounds + 1):
-        nodes = _select(hooks, rnd, sorted(grid.get_node_ids()), client_of)
-        row, client_rows = run_round(grid, spec, state.strategy, hooks, rnd, {**base, P.CFG_ROUND: rnd}, nodes, stop)
-        _record(state, rnd, client_of, client_rows, row)
-        row["wall_s"] = state.wall_s + time.perf_counter() - t_start
-        with section("io"):
-            writer.log(*client_rows, row)
-        log.info("[%s] round %d/%d  %s", state.strategy.name, rnd, spec.rounds, record.round_line(row))
-        if checkpoint:
-            saved = dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state())
+    try:
+        for rnd in range(state.round + 1, spec.rounds + 1):
+            nodes = _select(hooks, rnd, sorted(grid.get_node_ids()), client_of)
+            config = {**base, P.CFG_ROUND: rnd}
+            row, client_rows = run_round(grid, spec, state.strategy, hooks, rnd, config, nodes, stop)
+            _record(state, rnd, client_of, client_rows, row)
+            row["wall_s"] = state.wall_s + time.perf_counter() - t_start
             with section("io"):
-                checkpoint.save(saved)
+                writer.log(*client_rows, row)
+            log.info("[%s] round %d/%d  %s", state.strategy.name, rnd, spec.rounds, record.round_line(row))
+            if checkpoint:
+                saved = dataclasses.replace(state, hooks=hook_states(hooks), wall_s=row["wall_s"], rng=rng_state())
+                with section("io"):
+                    checkpoint.save(saved, background=True)  # written while the next round runs
+    except BaseException:
+        if checkpoint:
+            checkpoint.close()  # a stop or an error: the round written last stays resumable
+        raise
     for hook in hooks:  # e.g. every client evaluated once more after partial participation
         final = hook.finish(grid, {**base, P.CFG_ROUND: spec.rounds}, stop)
         writer.log(*final)

@@ -17,6 +17,7 @@ from peerkd.round.checkpoint import (
     decode,
     encode,
     load_client,
+    materialize,
     prune_client_files,
     rekey_nodes,
     rng_state,
@@ -31,7 +32,7 @@ def through_files(value, tmp_path):
     """``value`` encoded, written as JSON and a weights-only tensor file, read back and decoded."""
     tensors = {}
     doc = json.dumps(encode(value, "v", tensors))
-    torch.save(tensors, tmp_path / "t.pt")
+    torch.save(materialize(tensors), tmp_path / "t.pt")
     return decode(json.loads(doc), "v", torch.load(tmp_path / "t.pt", weights_only=True))
 
 
@@ -60,7 +61,7 @@ def test_arrays_of_one_shape_by_key_are_stored_as_one_stack(tmp_path):
     back = through_files({"logits": logits, "mixed": mixed}, tmp_path)
     # Assert: one (4, 3, 2) tensor and the keys; back as a dict of equal arrays
     assert out == {"stacked": [1000, 1001, 1002, 1003], "ndarray": "rule.logits.stacked", "dtype": "float32"}
-    assert tensors["rule.logits.stacked"].shape == (4, 3, 2)
+    assert materialize(tensors)["rule.logits.stacked"].shape == (4, 3, 2)
     assert list(back["logits"]) == list(logits) and all(np.array_equal(back["logits"][k], v) for k, v in logits.items())
     assert set(back["mixed"]) == {"a", "b"} and back["mixed"]["b"].shape == (3,)
 
@@ -227,3 +228,58 @@ def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         checkpoint._write_atomic(target, lambda f: torch.save({"w": torch.zeros(100)}, _InterruptedFile(f)))
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+class _SavedRule:
+    """What a checkpoint reads of a rule: its name and state."""
+
+    name = "peer"
+
+    def __init__(self):
+        self.logits = {1000 + i: np.full((3, 2), i, dtype=np.float32) for i in range(3)}
+        self.weights = torch.zeros(2, 2)
+
+    def state_dict(self):
+        return {"logits": self.logits, "weights": self.weights}
+
+
+def _state(rule, rnd=1):
+    return checkpoint.RunState(rnd, rule, {}, {0: {"acc": 0.5}}, Counter(), Counter({0: 1}), {1000: 0}, 1.0, "batched")
+
+
+def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
+    # Prepare: a rule whose arrays and module weights change in place right after the save returns
+    rule, ck = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched")
+    # Execute
+    ck.save(_state(rule), background=True)
+    rule.logits[1000] += 7.0
+    rule.weights += 1.0
+    saved = ck.read()  # waits for the write
+    # Assert: the values of the moment of saving, a verified file, one round
+    assert saved.state.round == 1 and saved.rule == "peer"
+    assert [a.tolist() for a in saved.rule_state["logits"].values()] == [[[i] * 2] * 3 for i in range(3)]
+    assert saved.rule_state["weights"].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_a_failed_background_write_is_raised_by_the_next_save_and_only_logged_by_close(tmp_path, caplog, monkeypatch):
+    # Prepare: round 2's and round 4's tensor files meet a full disk
+    rule, ck, write = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched"), checkpoint._write_atomic
+
+    def full_disk(path, what):
+        if path.name in ("server-r2.pt", "server-r4.pt"):
+            raise OSError(28, "No space left on device")
+        write(path, what)
+
+    monkeypatch.setattr(checkpoint, "_write_atomic", full_disk)
+    ck.save(_state(rule), background=True)
+    # Execute / Assert: round 2's error comes out of the next save, once; round 1 stays the checkpoint
+    ck.save(_state(rule, 2), background=True)
+    with pytest.raises(OSError, match="No space"):
+        ck.save(_state(rule, 3), background=True)
+    assert ck.read().state.round == 1
+    ck.save(_state(rule, 3), background=True)
+    assert ck.read().state.round == 3
+    # a run ending on another error: close logs round 4's failure instead of raising over it
+    ck.save(_state(rule, 4), background=True)
+    ck.close()
+    assert "were not written" in caplog.text and ck.read().state.round == 3
