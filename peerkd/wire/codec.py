@@ -132,19 +132,69 @@ def fill_top_k(index: np.ndarray, kept: np.ndarray, fill: np.ndarray, columns: i
 
 
 def to_array(values: np.ndarray) -> Array:
-    """A Flower Array holding exactly the bytes ``Array(values)`` holds (``numpy.save``'s), built
-    from a cached header: ``numpy.save`` re-renders its header for every array (~0.1 ms, 10,000
-    students send thousands per round)."""
-    values = np.ascontiguousarray(values)
-    header = _npy_header(values.dtype.str, values.shape)
-    return Array(
-        dtype=str(values.dtype), shape=tuple(values.shape), stype="numpy.ndarray", data=header + values.tobytes()
-    )
+    """A Flower Array of ``values``: it holds them and makes the bytes ``Array(values)`` holds
+    (``numpy.save``'s) only when something reads ``data``: Flower's serialisation in its
+    simulation and deployments. In-process (the batched engine) no bytes are made at all;
+    ``serialized_size`` counts them exactly and ``to_numpy`` reads the values. ``values`` must not
+    change afterwards (the codecs' outputs and the engines' logits are new arrays)."""
+    return HeldArray(np.ascontiguousarray(values))
+
+
+class HeldArray(Array):
+    """A Flower Array that keeps its values and serialises them on first read of ``data``
+    (with a cached ``numpy.save`` header); pickled, it is a plain Array of those bytes."""
+
+    def __init__(self, values: np.ndarray):  # noqa: D107  (Array's own __init__ would serialise at once)
+        self.__dict__.update(dtype=str(values.dtype), shape=tuple(values.shape), stype="numpy.ndarray")
+        self.__dict__["_values"] = values
+
+    @property
+    def data(self) -> bytes:  # type: ignore[override]
+        if "_data" not in self.__dict__:
+            values = self.__dict__["_values"]
+            self.__dict__["_data"] = _npy_header(values.dtype.str, values.shape) + values.tobytes()
+        return self.__dict__["_data"]
+
+    @data.setter
+    def data(self, value: bytes) -> None:  # new bytes: the values no longer describe them
+        self.__dict__["_data"] = value
+        self.__dict__.pop("_values", None)
+
+    @property
+    def values(self) -> np.ndarray | None:
+        """The values, read-only, while the bytes are theirs (None once ``data`` was set)."""
+        values = self.__dict__.get("_values")
+        if values is None:
+            return None
+        view = values.view()
+        view.flags.writeable = False
+        return view
+
+    def plain(self) -> Array:
+        """The Array Flower would have built: the same fields and bytes."""
+        return Array(dtype=self.dtype, shape=tuple(self.shape), stype=self.stype, data=self.data)
+
+    def deflate(self) -> bytes:  # Flower's wire form names the class: an Array's, so that any peer inflates it
+        return self.plain().deflate()
+
+    def __reduce__(self):
+        return Array, (self.dtype, tuple(self.shape), self.stype, self.data)
+
+
+def serialized_size(arr: Array) -> int:
+    """Bytes of ``arr.data``, without making them for a ``HeldArray``."""
+    values = arr.values if isinstance(arr, HeldArray) else None
+    if values is None:
+        return len(arr.data)
+    return len(_npy_header(values.dtype.str, values.shape)) + values.nbytes
 
 
 def to_numpy(arr: Array) -> np.ndarray:
-    """The array in a Flower Array; bytes with the header ``numpy.save`` writes for its declared
-    dtype and shape are read directly, anything else goes through ``numpy.load`` (no pickle)."""
+    """The array in a Flower Array: a ``HeldArray``'s values (read-only, not copied); bytes with the
+    header ``numpy.save`` writes for its declared dtype and shape are read directly, anything else
+    goes through ``numpy.load`` (no pickle)."""
+    if isinstance(arr, HeldArray) and (values := arr.values) is not None:
+        return values
     data = arr.data
     try:
         header = _npy_header(np.dtype(arr.dtype).str, tuple(arr.shape))
@@ -282,4 +332,4 @@ def _decoded(arr: Array, shape: tuple[int, ...], what: str, dtype: np.dtype | No
 @timed("messages")
 def array_bytes(content: RecordDict) -> int:
     """Bytes of every serialised array in a message's content (what crosses the wire for arrays)."""
-    return sum(len(arr.data) for record in content.array_records.values() for arr in record.values())
+    return sum(serialized_size(arr) for record in content.array_records.values() for arr in record.values())

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from peerkd.errors import RunInterrupted
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import array_bytes
+from peerkd.wire.codec import array_bytes, serialized_size
 
 log = logging.getLogger("peerkd")
 
@@ -114,7 +114,7 @@ def reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:
         return 0, 0
     total = array_bytes(reply.content)
     measure = sum(
-        len(a.data) for k, rec in reply.content.array_records.items() if k in measure_keys for a in rec.values()
+        serialized_size(a) for k, rec in reply.content.array_records.items() if k in measure_keys for a in rec.values()
     )
     return total - measure, measure
 

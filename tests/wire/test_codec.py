@@ -1,8 +1,22 @@
+import pickle
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from peerkd.wire.codec import CodecError, array_bytes, check_weights, decode_logits, encode_logits
+from peerkd.wire.codec import (
+    Codec,
+    CodecError,
+    HeldArray,
+    array_bytes,
+    check_weights,
+    decode_logits,
+    encode_arrays,
+    encode_logits,
+    serialized_size,
+    to_array,
+    to_numpy,
+)
 
 
 def test_logits_round_trip_and_wire_size():
@@ -49,3 +63,32 @@ def test_check_weights_against_reference():
         check_weights(
             ArrayRecord({"w": Array(np.full((2, 2), np.nan, np.float32)), "b": Array(np.ones(2, np.float32))}), ref
         )
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "topk"])
+def test_held_arrays_weigh_and_serialise_as_flowers_own(codec):
+    # Prepare: every array each codec sends, held (no bytes made) and as Flower builds it
+    values = np.random.default_rng(0).standard_normal((70, 10)).astype(np.float32)
+    held = encode_arrays("logits", values, Codec(codec))
+    # Execute / Assert: the size counted without bytes is the size of Flower's bytes; the bytes,
+    # Flower's deflated form (what its simulation and deployments send), a pickle, all equal
+    for name, arr in held.items():
+        assert isinstance(arr, HeldArray) and "_data" not in arr.__dict__
+        own = Array(arr.values.copy())
+        assert serialized_size(arr) == len(own.data) and "_data" not in arr.__dict__
+        assert arr.data == own.data and arr.deflate() == own.deflate() and arr.object_id == own.object_id, name
+        back = pickle.loads(pickle.dumps(arr))
+        assert type(back) is Array and back == own
+    flowers = sum(len(Array(a.values.copy()).data) for a in held.values())
+    assert array_bytes(RecordDict({"r": ArrayRecord(held)})) == flowers
+
+
+def test_a_held_array_reads_back_without_a_copy_and_cannot_be_changed_through_it():
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    arr = to_array(values)
+    out = to_numpy(arr)
+    assert np.shares_memory(out, values) and not out.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        out[0, 0] = 1.0
+    arr.data = Array(np.zeros((2, 3), np.float32)).data  # new bytes replace the values
+    assert arr.values is None and to_numpy(arr).tolist() == [[0.0] * 3] * 2
