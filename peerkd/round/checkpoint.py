@@ -157,6 +157,7 @@ class Checkpoint:
         self.engine, self.snapshot, self.restore = engine, snapshot, restore
         self._writer: threading.Thread | None = None
         self._failed: BaseException | None = None
+        self._buffers: dict[str, np.ndarray] = {}  # the stacks' arrays, reused round after round (``materialize``)
 
     @property
     def client_dir(self) -> str | None:
@@ -182,7 +183,7 @@ class Checkpoint:
         self.wait()
         self.dir.mkdir(parents=True, exist_ok=True)
         state.students = self.snapshot() if self.snapshot else None
-        tensors: dict[str, torch.Tensor | Callable[[], torch.Tensor]] = {}
+        tensors: dict[str, Any] = {}
         data = {
             "run_metrics": state.run_metrics,
             "latest": state.latest,
@@ -227,7 +228,7 @@ class Checkpoint:
     def _write(self, doc: dict[str, Any], tensors: dict[str, Any]) -> None:
         """The tensor file (hashed as it is written), then ``server.json``; older files removed."""
         name = f"server-r{doc['round']}.pt"
-        tensors = materialize(tensors)
+        tensors = materialize(tensors, self._buffers)
         digest = hashlib.sha256()
         _write_atomic(self.dir / name, lambda f: torch.save(tensors, _Hashing(f, digest)))
         doc["tensors"] = {"file": name, "sha256": digest.hexdigest()}
@@ -332,7 +333,7 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
 
     Arrays and tensors are copied, so that ``tensors`` holds what ``value`` is now; a stack is made
-    when the file is written (``materialize``): its entry is a function giving it, over the arrays.
+    when the file is written (``materialize``): its entry holds the arrays until then.
 
     Raises TypeError naming ``path`` for anything else.
     """
@@ -344,7 +345,7 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {type(value).__name__: [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
     if type(value) is dict and _stackable(value):  # e.g. a rule's logits by node: one tensor, not thousands
         keys, arrays = [_key(k, path) for k in value], list(value.values())
-        name = _put(tensors, f"{path}.stacked", lambda: _tensor_of(np.stack(arrays)))  # stacked by the writer
+        name = _put(tensors, f"{path}.stacked", _Stack(arrays))  # stacked by the writer
         return {"stacked": keys, "ndarray": name, "dtype": arrays[0].dtype.name}
     if type(value) in (dict, ModuleWeights):
         pairs = [[_key(k, path), encode(v, f"{path}.{k}", tensors)] for k, v in value.items()]
@@ -362,9 +363,34 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     )
 
 
-def materialize(tensors: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """``encode``'s tensors, the stacks among them made: what the tensor file holds."""
-    return {k: v() if callable(v) else v for k, v in tensors.items()}
+@dataclass(frozen=True)
+class _Stack:
+    """Arrays of one shape and dtype, to be stacked when the file is written."""
+
+    arrays: list[np.ndarray]
+
+    def into(self, buffer: np.ndarray | None) -> np.ndarray:
+        """The stack, in ``buffer`` when it has the stack's shape and dtype, else in a new array."""
+        shape, dtype = (len(self.arrays), *self.arrays[0].shape), self.arrays[0].dtype
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = np.empty(shape, dtype)
+        return np.stack(self.arrays, out=buffer)
+
+
+def materialize(tensors: dict[str, Any], buffers: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """``encode``'s tensors, the stacks among them made: what the tensor file holds. With
+    ``buffers`` (by name, kept by the caller), a stack is made in last time's array: a run's logits
+    by node have one shape every round, and memory written before is far cheaper to write again
+    than fresh memory (on a VM: 0.05 s against 2-4 s for 400 MB)."""
+    out = {}
+    for name, value in tensors.items():
+        if isinstance(value, _Stack):
+            stacked = value.into(None if buffers is None else buffers.get(name))
+            if buffers is not None:
+                buffers[name] = stacked
+            value = _tensor_of(stacked)
+        out[name] = value
+    return out
 
 
 def _tensor_of(arr: np.ndarray) -> torch.Tensor:
@@ -454,7 +480,7 @@ def _key(key: Any, path: str) -> int | str:
     raise TypeError(f"{path}: a dict key {key!r} ({type(key).__name__}) is not checkpoint data (int or str)")
 
 
-def _put(tensors: dict[str, Any], path: str, t: torch.Tensor | Callable[[], torch.Tensor]) -> str:
+def _put(tensors: dict[str, Any], path: str, t: torch.Tensor | _Stack) -> str:
     name = path if path not in tensors else f"{path}#{len(tensors)}"
     tensors[name] = t
     return name

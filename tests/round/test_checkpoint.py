@@ -66,6 +66,23 @@ def test_arrays_of_one_shape_by_key_are_stored_as_one_stack(tmp_path):
     assert set(back["mixed"]) == {"a", "b"} and back["mixed"]["b"].shape == (3,)
 
 
+def test_a_stack_is_made_in_last_rounds_array_when_it_fits():
+    # Prepare: two rounds of logits by node of one shape, then of another
+    rounds = [{n: np.full((3, 2), r * 10 + n, np.float32) for n in range(4)} for r in range(2)]
+    other = {n: np.zeros((5, 2), np.float32) for n in range(4)}
+    buffers = {}
+    # Execute
+    made = []
+    for value in (*rounds, other):
+        tensors = {}
+        encode(value, "rule.logits", tensors)
+        stacked = materialize(tensors, buffers)["rule.logits.stacked"]
+        made.append((stacked[:, 0, 0].tolist(), tuple(stacked.shape), buffers["rule.logits.stacked"]))
+    # Assert: each round's values (read before the next write); round 2 in round 1's array, the new shape anew
+    assert [m[0] for m in made[:2]] == [[0, 1, 2, 3], [10, 11, 12, 13]]
+    assert made[1][2] is made[0][2] and made[2][2] is not made[0][2] and made[2][1] == (4, 5, 2)
+
+
 def test_a_stack_with_keys_of_another_number_is_damaged():
     tensors = {"s": torch.zeros(2, 3)}
     with pytest.raises(ValueError, match="2 stacked arrays"):
