@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.errors import ConfigError
 from peerkd.round.contract import ServerContext
-from peerkd.wire.codec import CodecError, decode_logits, encode_arrays, to_array
+from peerkd.wire.codec import CodecError, array_record, decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from strategies.aggregation import class_consensus
 from strategies.base import RobustLogitDistillation
@@ -59,7 +59,7 @@ class FederatedDistillation(RobustLogitDistillation):
 
     def encode_target(self, target: np.ndarray) -> ArrayRecord:
         valid = np.isfinite(target).all(axis=1)
-        return ArrayRecord(
+        return array_record(
             {
                 **encode_arrays(ARRAY_LOGITS, np.where(valid[:, None], target, 0), self.ctx.codec),
                 ARRAY_MASK: to_array(valid.astype(np.float32)),
@@ -71,7 +71,7 @@ class FederatedDistillation(RobustLogitDistillation):
         record = content[KEY_LOGITS]
         if ARRAY_COUNTS not in record:
             raise CodecError("no class counts in the reply")
-        counts = decode_logits(ArrayRecord({ARRAY_LOGITS: record[ARRAY_COUNTS]}), (self.reply_shape()[0],))
+        counts = decode_logits(array_record({ARRAY_LOGITS: record[ARRAY_COUNTS]}), (self.reply_shape()[0],))
         if (counts < 0).any():
             raise CodecError("negative class counts")
 

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from peerkd.round.contract import ServerContext
-from peerkd.wire.codec import decode_logits, encode_arrays, to_array
+from peerkd.wire.codec import array_record, decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
 from strategies.base import LogitDistillation
 
@@ -64,7 +64,7 @@ class PeerSumLearning(LogitDistillation):
 
     def encode_target(self, target: PeersSum) -> ArrayRecord:
         peers = np.array([target.count, float(target.included)], dtype=np.float32)
-        return ArrayRecord({**encode_arrays(ARRAY_LOGITS, target.total, self.ctx.codec), ARRAY_PEERS: to_array(peers)})
+        return array_record({**encode_arrays(ARRAY_LOGITS, target.total, self.ctx.codec), ARRAY_PEERS: to_array(peers)})
 
     def sum_logits(self, replies: list[Message]) -> np.ndarray | None:
         """The sum of the replies' logits (None without replies): the one place that reads them."""

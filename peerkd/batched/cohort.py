@@ -280,9 +280,8 @@ class Cohort:
         """Each student's ``(C, width)`` per-class targets and ``(C,)`` valid mask (FD, prototypes),
         stacked on the device, and its α; zeros, all valid and α = 0 for a student without targets."""
         c = self.world.num_classes
-        tables = torch.stack([torch.as_tensor(t[0]) if t is not None else torch.zeros(c, width) for t in classes])
-        none = torch.ones(c, dtype=torch.bool)
-        valid = torch.stack([torch.as_tensor(t[1]) if t is not None else none for t in classes])
+        tables = stacked([None if t is None else t[0] for t in classes], np.zeros((c, width), np.float32))
+        valid = stacked([None if t is None else t[1] for t in classes], np.ones(c, bool))
         weight = torch.tensor([self.params.alpha if t is not None else 0.0 for t in classes], device=self.device)
         return tables.to(self.device), valid.to(self.device), weight
 
@@ -300,8 +299,8 @@ class Cohort:
         """``(S, N, P/N, C)`` transfer-set targets grouped by input (text: a window's positions); zeros
         for students without."""
         shape = (self.world.transfer_rows, self.world.num_classes)
-        stacked = torch.stack([torch.as_tensor(t) if t is not None else torch.zeros(shape) for t in targets])
-        return stacked.reshape(len(targets), len(self.world.transfer_x), -1, shape[1]).to(self.device)
+        rows = stacked(targets, np.zeros(shape, np.float32))
+        return rows.reshape(len(targets), len(self.world.transfer_x), -1, shape[1]).to(self.device)
 
     @cached_property
     def _rows(self) -> torch.Tensor:
@@ -347,6 +346,12 @@ class Cohort:
             class_mean_logits(z[s, : n[s] * per_input], y[ix].reshape(-1), self.world.num_classes)
             for s, ix in enumerate(self.private)
         ]
+
+
+def stacked(arrays: list[np.ndarray | None], missing: np.ndarray) -> torch.Tensor:
+    """``arrays`` stacked into one new tensor, ``missing`` where an entry is None (received arrays
+    are read-only views of a message's values: stacked by NumPy, never wrapped by torch)."""
+    return torch.from_numpy(np.stack([missing if a is None else a for a in arrays]))
 
 
 def last_epoch_means(plan: CohortPlan, hist: torch.Tensor) -> list[float]:

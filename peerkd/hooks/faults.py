@@ -48,7 +48,7 @@ from peerkd.hooks.forgery import FORGERIES, forge, inside
 from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.round.results import accuracy_stats
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import Codec, CodecError, decode_logits, encode_arrays
+from peerkd.wire.codec import Codec, CodecError, array_record, decode_logits, encode_arrays
 from peerkd.wire.grid_io import send_and_receive
 
 log = logging.getLogger("peerkd")
@@ -397,7 +397,7 @@ class FaultyGrid(Grid):
             center = _sent_target(sent.message, honest.shape, probs) if key == P.KEY_LOGITS else None
             forged = attack_array(honest, self.plan.attack.kind, rng, push, probs, center)
             rest = {k: v for k, v in record.items() if k != P.ARRAY_LOGITS and not k.startswith(f"{P.ARRAY_LOGITS}.")}
-            reply.content[key] = ArrayRecord({**rest, **encode_arrays(P.ARRAY_LOGITS, forged, sent.codec, probs)})
+            reply.content[key] = array_record({**rest, **encode_arrays(P.ARRAY_LOGITS, forged, sent.codec, probs)})
         self.events["forged"] += 1
 
     def _discover(self, messages: list[Message]) -> None:

@@ -59,10 +59,19 @@ class Codec:
 FP32 = Codec()
 
 
+def array_record(arrays: dict[str, Array]) -> ArrayRecord:
+    """An ArrayRecord holding ``arrays`` themselves: Flower's ``ArrayRecord(dict)`` rebuilds each
+    from its bytes, which would make a ``HeldArray``'s bytes at once."""
+    record = ArrayRecord()
+    for name, arr in arrays.items():
+        record[name] = arr
+    return record
+
+
 @timed("messages")
 def encode_logits(logits: np.ndarray, codec: Codec = FP32, probs: bool = False) -> ArrayRecord:
     """Pack a ``(P, C)`` logits (or, with ``probs``, probabilities) matrix into an ArrayRecord."""
-    return ArrayRecord(encode_arrays(ARRAY_LOGITS, logits, codec, probs))
+    return array_record(encode_arrays(ARRAY_LOGITS, logits, codec, probs))
 
 
 def encode_arrays(name: str, values: np.ndarray, codec: Codec = FP32, probs: bool = False) -> dict[str, Array]:

@@ -32,6 +32,7 @@ from peerkd.student.losses import distillation_loss
 from peerkd.student.models import build_model
 from peerkd.student.training import distill_only, shared_transfer_seed
 from peerkd.wire import protocol as P
+from peerkd.wire.codec import HeldArray
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
 from strategies import RULES, build_strategy, rule_settings
@@ -240,6 +241,22 @@ def test_chunks_of_one_student_give_what_one_chunk_gives(tmp_path):
         one, all_ = (grids[k].store.load(arch, build_world(spec.world), clients) for k in (1, 0))
         for name in one:
             np.testing.assert_allclose(one[name].numpy(), all_[name].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_in_process_rounds_make_no_message_bytes_yet_count_them(tmp_path, monkeypatch):
+    # Prepare: count every HeldArray whose numpy.save bytes are made
+    made, held = [], HeldArray.data
+    monkeypatch.setattr(HeldArray, "data", property(lambda a: made.append(a.shape) or held.fget(a), held.fset))
+    spec = tiny_spec(("mlp32",), samples_per_client=64, transfer_size=96)
+    # Execute: peer on the batched engine, targets down and logits up every round
+    summary = run_federation(
+        BatchedGrid(3, device="cpu"), spec, build_strategy("peer"), RunWriter(tmp_path, {}), standard_hooks(spec)
+    )
+    # Assert: no bytes made, yet the bytes a serialised reply would weigh are counted (3 rounds of
+    # 3 students' 96 x C float32 logits and their .npy header, and as many targets down after round 1)
+    assert made == []
+    logits = 96 * build_world(spec.world).num_classes * 4
+    assert summary["bytes_up"] >= spec.rounds * 3 * logits and summary["bytes_down"] >= (spec.rounds - 1) * 3 * logits
 
 
 def test_a_bad_message_fails_alone():
