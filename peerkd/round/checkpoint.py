@@ -321,7 +321,7 @@ class Checkpoint:
 _FIELDS = ("run_metrics", "latest", "totals", "replies", "nodes", "rng", "hooks", "students", "rule")
 
 
-def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
     """``value`` as JSON data; its tensors and arrays go into ``tensors``, named by their ``path``.
 
     Data is None, bool, int, float, str; a list; a tuple (``{"tuple": [...]}``); a set
