@@ -173,10 +173,11 @@ class Checkpoint:
         """Write ``state`` (with the engine's students): the tensor file, then ``server.json``
         naming it; then drop the files it no longer needs.
 
-        The state is taken as data here, its arrays copied or stacked anew; with ``background``
-        the files are then written by a thread while the next round runs (the disk's time, and
-        the stacking, off the round loop). One write at a time: a save first waits for the last,
-        and raises its error. A kill mid-write leaves the previous round's checkpoint.
+        The state is taken as data here: arrays and tensors copied, a rule's arrays by node
+        stacked into last round's stack (``materialize``; the last write is done by then). With
+        ``background`` the files are then written by a thread while the next round runs. One
+        write at a time: a save first waits for the last, and raises its error. A kill mid-write
+        leaves the previous round's checkpoint.
 
         Raises TypeError naming the attribute (``rule.<name>``) whose value is not data.
         """
@@ -198,6 +199,7 @@ class Checkpoint:
         doc = {"format": FORMAT, "version": VERSION, "round": state.round, "engine": state.engine}
         doc |= {"wall_s": state.wall_s, "world": state.world, "rule_name": state.strategy.name}
         doc |= {key: encode(value, key, tensors) for key, value in data.items()}
+        tensors = materialize(tensors, self._buffers)  # here, not in the thread: the rule may change its arrays next
         if not background:
             return self._write(doc, tensors)
         self._writer = threading.Thread(target=self._write_caught, args=(doc, tensors), name="checkpoint", daemon=True)
@@ -219,16 +221,15 @@ class Checkpoint:
         except Exception as exc:  # noqa: BLE001
             log.error("checkpoint: the last round's files were not written (%s)", _one_line(exc))
 
-    def _write_caught(self, doc: dict[str, Any], tensors: dict[str, Any]) -> None:
+    def _write_caught(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         try:
             self._write(doc, tensors)
         except BaseException as exc:  # noqa: BLE001  (raised in the round loop by the next ``wait``)
             self._failed = exc
 
-    def _write(self, doc: dict[str, Any], tensors: dict[str, Any]) -> None:
+    def _write(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """The tensor file (hashed as it is written), then ``server.json``; older files removed."""
         name = f"server-r{doc['round']}.pt"
-        tensors = materialize(tensors, self._buffers)
         digest = hashlib.sha256()
         _write_atomic(self.dir / name, lambda f: torch.save(tensors, _Hashing(f, digest)))
         doc["tensors"] = {"file": name, "sha256": digest.hexdigest()}
@@ -333,7 +334,7 @@ def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
     ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
 
     Arrays and tensors are copied, so that ``tensors`` holds what ``value`` is now; a stack is made
-    when the file is written (``materialize``): its entry holds the arrays until then.
+    by ``materialize`` (in last time's array): until then its entry holds the arrays.
 
     Raises TypeError naming ``path`` for anything else.
     """
@@ -345,7 +346,7 @@ def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
         return {type(value).__name__: [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
     if type(value) is dict and _stackable(value):  # e.g. a rule's logits by node: one tensor, not thousands
         keys, arrays = [_key(k, path) for k in value], list(value.values())
-        name = _put(tensors, f"{path}.stacked", _Stack(arrays))  # stacked by the writer
+        name = _put(tensors, f"{path}.stacked", _Stack(arrays))  # stacked by ``materialize``
         return {"stacked": keys, "ndarray": name, "dtype": arrays[0].dtype.name}
     if type(value) in (dict, ModuleWeights):
         pairs = [[_key(k, path), encode(v, f"{path}.{k}", tensors)] for k, v in value.items()]
@@ -365,7 +366,7 @@ def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class _Stack:
-    """Arrays of one shape and dtype, to be stacked when the file is written."""
+    """Arrays of one shape and dtype, to be stacked by ``materialize``."""
 
     arrays: list[np.ndarray]
 
