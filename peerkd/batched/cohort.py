@@ -26,6 +26,7 @@ from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, per_ex
 from peerkd.student.prototypes import prototype_loss, with_features
 from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
+from peerkd.wire.rows import read_tensor, stack_rows
 from peerkd.world.build import World
 
 EVAL_ROWS = 2048  # inputs per forward when predicting (predict_logits' batch size)
@@ -61,6 +62,9 @@ class Cohort:
     params: RoundParams
     base: nn.Module  # weightless (meta) copy of the architecture
     clients: list[int]
+    # Where the students' transfer-set logits go: their rows of one array for the whole group of
+    # requests, so that a rule stacks the round's replies without a copy (``stack_rows``).
+    transfer_out: np.ndarray | None = None
 
     @cached_property
     def forward(self):
@@ -306,18 +310,31 @@ class Cohort:
     def _rows(self) -> torch.Tensor:
         return torch.arange(len(self.clients), device=self.device)[:, None]
 
-    def logits(self, w: Params, x: torch.Tensor) -> np.ndarray:
+    def logits(self, w: Params, x: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
         """Every student's float32 logits on the shared inputs ``x``: ``(S, N, C)``, text ``(S, N·L, V)``
-        (``predict_logits``)."""
+        (``predict_logits``); written into ``out`` (that shape) and returned as it, when given."""
         if len(x) == 0:
             return np.zeros((len(self.clients), 0, 0), dtype=np.float32)  # as predict_logits on no inputs
-        return self._predict(w, x).cpu().numpy()
+        if out is None:
+            return self._predict(w, x).cpu().numpy()
+        if self.device.type == "cpu":
+            self._predict(w, x, into=torch.from_numpy(out))
+        else:
+            torch.from_numpy(out).copy_(self._predict(w, x))
+        return out
+
+    def transfer_logits(self, w: Params) -> np.ndarray:
+        """``logits`` on the transfer set, into ``transfer_out`` when the grid gave one."""
+        return self.logits(w, self.data.transfer, self.transfer_out)
 
     @torch.no_grad()
-    def _predict(self, w: Params, x: torch.Tensor) -> torch.Tensor:
+    def _predict(self, w: Params, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
         step = max(1, min(EVAL_ROWS, EVAL_CELLS // max(len(self.clients), 1)))
-        z = torch.cat([self._shared(w, x[i : i + step]).float() for i in range(0, len(x), step)], dim=1)
-        return student_rows(z)
+        parts = [self._shared(w, x[i : i + step]).float() for i in range(0, len(x), step)]
+        if into is None:
+            return student_rows(torch.cat(parts, dim=1))
+        torch.cat(parts, dim=1, out=into.view(len(self.clients), len(x), *parts[0].shape[2:]))
+        return into
 
     def evaluate(self, w: Params) -> list[tuple[float, float]]:
         """Each student's accuracy and mean CE on the test split (``evaluate``'s maths, on the device)."""
@@ -349,9 +366,10 @@ class Cohort:
 
 
 def stacked(arrays: list[np.ndarray | None], missing: np.ndarray) -> torch.Tensor:
-    """``arrays`` stacked into one new tensor, ``missing`` where an entry is None (received arrays
-    are read-only views of a message's values: stacked by NumPy, never wrapped by torch)."""
-    return torch.from_numpy(np.stack([missing if a is None else a for a in arrays]))
+    """``arrays`` stacked into one tensor, ``missing`` where an entry is None, for reading only:
+    received rows of one array (a rule's stacked targets, in the cohort's order) are viewed, not
+    copied (``peerkd.wire.rows.stack_rows``)."""
+    return read_tensor(stack_rows([missing if a is None else a for a in arrays]))
 
 
 def last_epoch_means(plan: CohortPlan, hist: torch.Tensor) -> list[float]:

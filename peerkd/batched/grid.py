@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from uuid import uuid4
 
+import numpy as np
 import torch
 from flwr.app import Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -30,6 +31,7 @@ from peerkd.errors import ConfigError, check_choice
 from peerkd.student.exchange import reply, sent_logits
 from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
+from peerkd.wire import protocol as P
 from peerkd.world.build import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
@@ -133,13 +135,15 @@ class BatchedGrid(Grid):
                 continue
             groups.setdefault(req.group, []).append(req)
         for reqs in groups.values():
-            size = self._chunk_size(reqs)
+            size, out = self._chunk_size(reqs), _transfer_out(reqs)
             for start in range(0, len(reqs), size):
-                replies += self._answer_chunk(reqs[start : start + size])
+                rows = None if out is None else out[start : start + size]
+                replies += self._answer_chunk(reqs[start : start + size], rows)
         return replies
 
-    def _answer_chunk(self, reqs: list[Request]) -> list[Message]:
-        """One cohort's replies (all error replies if its computation raises)."""
+    def _answer_chunk(self, reqs: list[Request], transfer_out: np.ndarray | None = None) -> list[Message]:
+        """One cohort's replies (all error replies if its computation raises); its students'
+        transfer-set logits go into ``transfer_out`` when given."""
         first = reqs[0]
         try:
             world = build_world(first.spec)
@@ -149,6 +153,7 @@ class BatchedGrid(Grid):
                 first.params,
                 self.store.base(first.arch, world),
                 [r.client for r in reqs],
+                transfer_out,
             )
             self._place_store(first.arch, world)
             with section("plan"):
@@ -199,6 +204,20 @@ class BatchedGrid(Grid):
         if world.spec not in self._data:
             self._data[world.spec] = DeviceData.of(world, self.device)
         return self._data[world.spec]
+
+
+def _transfer_out(reqs: list[Request]) -> np.ndarray | None:
+    """One new array for the transfer-set logits of a group's students, if they reply with them:
+    each chunk writes its rows, so a round's replies hold rows of one array, which the rules
+    stack without a copy (``peerkd.wire.rows.stack_rows``). New each round: a rule may keep what it
+    received, and a received array never changes."""
+    first = reqs[0]
+    if not (first.params.reply_logits or first.msg.metadata.message_type == P.MSG_QUERY_LOGITS):
+        return None
+    world = build_world(first.spec)
+    if world.transfer_rows == 0:
+        return None
+    return np.empty((len(reqs), world.transfer_rows, world.num_classes), dtype=np.float32)
 
 
 def _raised(msg: Message, exc: Exception) -> Message:

@@ -157,7 +157,7 @@ def _proto(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict
 
 def _query(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dict]]:
     """``query.logits``: transfer-set logits only; the students are not changed."""
-    logits = c.logits(w, c.data.transfer)
+    logits = c.transfer_logits(w)
     return None, [query_records(r.client, logits[i]) for i, r in enumerate(reqs)]
 
 
@@ -199,7 +199,7 @@ def _finish(
     ``train-s`` is the cohort's training time shared out evenly; ``reported``: metrics per student."""
     p, n = c.params, len(c.clients)
     scores = c.evaluate(w)
-    logits = c.logits(w, c.data.transfer) if p.reply_logits else None
+    logits = c.transfer_logits(w) if p.reply_logits else None
     probe = c.logits(w, c.data.server_x) if p.reply_probe else None
     out = []
     for i, (client, ix) in enumerate(zip(c.clients, c.private)):

@@ -32,8 +32,9 @@ from peerkd.student.losses import distillation_loss
 from peerkd.student.models import build_model
 from peerkd.student.training import distill_only, shared_transfer_seed
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import HeldArray
+from peerkd.wire.codec import HeldArray, decode_logits
 from peerkd.wire.protocol import RoundParams
+from peerkd.wire.rows import stack_rows
 from peerkd.world.build import WorldSpec, build_world
 from strategies import RULES, build_strategy, rule_settings
 
@@ -285,6 +286,29 @@ def test_a_bad_message_fails_alone():
     errors = [r for r in replies.values() if r.has_error()]
     assert len(replies) == 3 and len(errors) == 1 and "shape" in errors[0].error.reason
     assert all(P.KEY_LOGITS in r.content for r in replies.values() if not r.has_error())
+
+
+def test_a_rounds_replies_hold_rows_of_one_array_across_chunks():
+    # Prepare: 5 nodes answered 2 at a time (3 chunks), and the same nodes in one chunk.
+    spec = WorldSpec(dataset="digits", num_clients=5)
+    config = ConfigRecord(
+        {**spec.to_config(), P.CFG_STUDENTS: "mlp32", P.CFG_EPOCHS: 1, P.CFG_LR: 1e-3, P.CFG_BATCH_SIZE: 32}
+    )
+    shape, stacks = (len(build_world(spec).transfer_x), build_world(spec).num_classes), {}
+    for chunk in (2, 0):
+        grid = BatchedGrid(5, device="cpu", chunk=chunk)
+        messages = [
+            Message(RecordDict({P.KEY_CONFIG: config}), dst_node_id=n, message_type=P.MSG_QUERY_LOGITS)
+            for n in sorted(grid.get_node_ids())
+        ]
+        # Execute: the server decodes each reply's logits and stacks them in node order.
+        replies = sorted(grid.send_and_receive(messages), key=lambda r: r.metadata.src_node_id)
+        received = [decode_logits(r.content[P.KEY_LOGITS], shape) for r in replies]
+        stacks[chunk] = (stack_rows(received), received)
+    # Assert: one view over the five rows (no copy), with the values one chunk gives.
+    stack, received = stacks[2]
+    assert all(np.shares_memory(stack, r) for r in received)
+    np.testing.assert_allclose(stack, stacks[0][0], rtol=1e-6, atol=1e-6)
 
 
 def test_cpu_clients_do_not_see_the_gpu():
