@@ -8,6 +8,8 @@ import torch
 from peerkd.wire.rows import read_tensor, stack_rows
 from strategies.robust import Aggregator
 
+BLOCK = 1 << 20  # values per block of float64 work on a stack
+
 
 def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
     """Row i of the result is the mean of all rows but i: the sum of all rows, less row i, over n − 1.
@@ -130,6 +132,61 @@ def mirror_descent_step(weights: np.ndarray, grad: np.ndarray, lr: float) -> np.
     return w / w.sum()
 
 
+def weighted_leave_one_out(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Row i: the others' weighted mean, ``Σ_{j≠i} w_j x_j / Σ_{j≠i} w_j``; their plain mean where
+    their weights sum to 0. ``weighted_leave_one_out([[0], [2], [4]], [1, 1, 2])`` is
+    ``[[10/3], [8/3], [1]]``.
+
+    O(n): the weighted sum S is taken once and each row is ``(S − w_i x_i)/(W − w_i)``, in float64
+    a block of rows at a time. That subtraction loses digits only when ``w_i`` is most of ``W``; at
+    most one peer can hold more than half of it, and its row is summed without it instead.
+
+    Parameters
+    ----------
+    stack : np.ndarray
+        ``(n, ...)``, n ≥ 2.
+    weights : np.ndarray
+        ``(n,)``, ≥ 0 (peer weights on the simplex, or any scale).
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float64)
+    n, total = len(stack), float(w.sum())
+    if n < 2:
+        raise ValueError(f"leave-one-out needs at least 2 peers, got {n}")
+    if total <= 0:
+        return leave_one_out_mean(stack)
+    flat = stack.reshape(n, -1)
+    s, safe = _weighted_sum(flat, w), w <= total / 2
+    rest = np.where(safe, total - w, 1.0)
+    out = np.empty(flat.shape, dtype=np.float32)
+    block = max(1, BLOCK // max(flat.shape[1], 1))
+    for i in range(0, n, block):  # float64 temporaries of a few MB, not of the whole stack
+        out[i : i + block] = (s - w[i : i + block, None] * flat[i : i + block]) / rest[i : i + block, None]
+    for i in np.flatnonzero(~safe):  # the one peer with most of the weight: the others summed without it
+        others = w.copy()
+        others[i] = 0.0
+        if others.sum() > 0:
+            out[i] = _weighted_sum(flat, others) / others.sum()
+        else:
+            out[i] = (flat.sum(axis=0, dtype=np.float64) - flat[i]) / (n - 1)
+    return out.reshape(stack.shape)
+
+
+def _weighted_sum(flat: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Σ_j w_j flat_j`` in float64, a block of rows at a time."""
+    out = np.zeros(flat.shape[1], dtype=np.float64)
+    block = max(1, BLOCK // max(flat.shape[1], 1))
+    for i in range(0, len(flat), block):
+        out += w[i : i + block] @ flat[i : i + block].astype(np.float64)
+    return out
+
+
+def softened(stack: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(stack / T)`` over the last axis, float32 (``(n, P, C)`` logits to probabilities)."""
+    z = read_tensor(np.asarray(stack, dtype=np.float32)) / temperature
+    return torch.softmax(z, dim=-1).numpy()
+
+
 def weighted_peer_targets(
     logits: dict[int, np.ndarray],
     weights: dict[int, float],
@@ -138,15 +195,42 @@ def weighted_peer_targets(
     aggregator: Aggregator | None = None,
 ) -> dict[int, np.ndarray | None]:
     """WML targets: for each recipient, T·log of the ω-weighted mix of the *other* peers'
-    softmax(z/T), weights renormalised over those peers.
+    softmax(z/T), weights renormalised over those peers (uniform if theirs sum to 0).
 
     Sent as logits, ``softmax(target / T)`` is exactly the mixture p̄_i, and KL(p̄_i ‖ p_i) has
     the same gradient in the student as Σ_j ω̃_j KL(p_j ‖ p_i): one matrix per recipient
-    carries the whole weighted loss. With a robust ``aggregator`` the mix is its aggregate of the
-    others' probabilities (ω scaling the mean-like methods), renormalised per row.
+    carries the whole weighted loss. The mixes are one stacked computation
+    (``weighted_leave_one_out``: O(n), not n mixes of n − 1 peers); a recipient that sent nothing
+    mixes every sender. With a robust ``aggregator`` the mix is its aggregate of the others'
+    probabilities (ω scaling the mean-like methods), renormalised per row, one recipient at a time.
     """
+    senders = sorted(logits)
+    if not senders:
+        return {r: None for r in recipients}
+    probs = softened(stack_rows([logits[k] for k in senders]), temperature)
+    w = np.array([weights.get(k, 0.0) for k in senders], dtype=np.float64)
+    if aggregator is not None and not aggregator.plain:
+        return _robust_weighted_targets(dict(zip(senders, probs)), weights, recipients, temperature, aggregator)
+    loo = mix_logits(weighted_leave_one_out(probs, w), temperature) if len(senders) >= 2 else None
+    everyone = None
+    if any(r not in logits for r in recipients):  # newcomers: every sender's mix
+        flat = probs.reshape(len(w), -1)
+        mean = _weighted_sum(flat, w) / w.sum() if w.sum() > 0 else flat.mean(axis=0, dtype=np.float64)
+        everyone = mix_logits(mean.reshape(probs.shape[1:]), temperature)
+    position = {k: i for i, k in enumerate(senders)}
+    return {r: everyone if r not in position else None if loo is None else loo[position[r]] for r in recipients}
+
+
+def mix_logits(mix: np.ndarray, temperature: float) -> np.ndarray:
+    """Logits whose softmax at ``temperature`` is the mixture ``mix``: ``T·log(mix)``, float32 (mix ≥ 1e-12)."""
+    return (temperature * np.log(np.clip(mix, 1e-12, None))).astype(np.float32)
+
+
+def _robust_weighted_targets(
+    probs: dict[int, np.ndarray], weights: dict[int, float], recipients: list[int], temperature: float, aggregator
+) -> dict[int, np.ndarray | None]:
+    """``weighted_peer_targets`` with a robust aggregate: per recipient, over the others."""
     out: dict[int, np.ndarray | None] = {}
-    probs = {k: _softmax(np.asarray(v, dtype=np.float64) / temperature) for k, v in logits.items()}
     for r in recipients:
         others = [k for k in sorted(probs) if k != r]
         if not others:
@@ -154,13 +238,8 @@ def weighted_peer_targets(
             continue
         w = np.array([weights.get(k, 0.0) for k in others])
         w = w / w.sum() if w.sum() > 0 else np.full(len(others), 1.0 / len(others))
-        others_p = np.stack([probs[k] for k in others])
-        if aggregator is None or aggregator.plain:
-            mix = np.tensordot(w, others_p, axes=1)
-        else:
-            mix = np.clip(aggregator(others_p, w).astype(np.float64), 1e-12, None)
-            mix = mix / mix.sum(axis=-1, keepdims=True)
-        out[r] = (temperature * np.log(np.clip(mix, 1e-12, None))).astype(np.float32)
+        mix = np.clip(aggregator(np.stack([probs[k] for k in others]), w).astype(np.float64), 1e-12, None)
+        out[r] = mix_logits(mix / mix.sum(axis=-1, keepdims=True), temperature)
     return out
 
 
@@ -173,6 +252,9 @@ def class_consensus(
     """FD targets: for each recipient, per class, the mean of the *other* peers' per-class mean
     logits over the peers that hold that class; rows no other peer holds are NaN.
 
+    One stacked computation: the holders' sum and count per class, less the recipient's own
+    (O(n), not n sums over n − 1 peers); a recipient that sent nothing gets every sender's.
+
     Parameters
     ----------
     means : dict[int, np.ndarray]
@@ -180,23 +262,41 @@ def class_consensus(
     counts : dict[int, np.ndarray]
         ``(C,)`` label counts by peer (0: the peer lacks the class).
     aggregator : Aggregator | None
-        Per class, a robust aggregate of the holders' rows instead of their mean.
+        Per class, a robust aggregate of the holders' rows instead of their mean (per recipient).
     """
+    senders = sorted(means)
+    if aggregator is not None and not aggregator.plain:
+        return _robust_class_consensus(means, counts, recipients, aggregator)
+    if not senders:
+        return {r: None for r in recipients}
+    stack = stack_rows([means[k] for k in senders]).astype(np.float64)  # (n, C, C)
+    has = np.stack([counts[k] > 0 for k in senders]).astype(np.float64)  # (n, C)
+    rows = has[:, :, None] * stack
+    total, held = rows.sum(axis=0), has.sum(axis=0)
+    position = {k: i for i, k in enumerate(senders)}
     out: dict[int, np.ndarray | None] = {}
     for r in recipients:
-        others = [k for k in sorted(means) if k != r]
-        if not others:
+        if r in position and len(senders) == 1:
             out[r] = None
             continue
-        if aggregator is not None and not aggregator.plain:
-            out[r] = _robust_class_rows(
+        i = position.get(r)
+        t, n = (total, held) if i is None else (total - rows[i], held - has[i])
+        out[r] = np.where(n[:, None] > 0, t / np.maximum(n, 1)[:, None], np.nan).astype(np.float32)
+    return out
+
+
+def _robust_class_consensus(means, counts, recipients, aggregator) -> dict:
+    """``class_consensus`` with a robust aggregate: per recipient, over the others."""
+    out: dict = {}
+    for r in recipients:
+        others = [k for k in sorted(means) if k != r]
+        out[r] = (
+            _robust_class_rows(
                 np.stack([means[k] for k in others]), np.stack([counts[k] > 0 for k in others]), aggregator
             )
-            continue
-        has = np.stack([counts[k] > 0 for k in others]).astype(np.float64)  # (n, C)
-        total = np.einsum("nc,ncd->cd", has, np.stack([means[k] for k in others]).astype(np.float64))
-        n = has.sum(axis=0)[:, None]
-        out[r] = np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+            if others
+            else None
+        )
     return out
 
 

@@ -32,6 +32,7 @@ from peerkd.wire.protocol import (
     METRIC_PARTITION,
     MSG_DISTILL,
 )
+from peerkd.wire.rows import stack_rows
 from strategies.robust import Aggregator
 
 
@@ -215,7 +216,7 @@ class LogitDistillation(DistillationStrategy):
             for m in replies
             if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape
         ]
-        return np.stack(mats) if len(mats) >= 2 else None
+        return stack_rows(mats) if len(mats) >= 2 else None
 
 
 class RobustLogitDistillation(LogitDistillation):

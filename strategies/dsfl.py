@@ -18,6 +18,7 @@ from peerkd.errors import check_range
 from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_DIGEST
+from peerkd.wire.rows import stack_rows
 from strategies.aggregation import entropy_reduction_average
 from strategies.base import LogitDistillation
 from strategies.robust import Aggregator
@@ -59,7 +60,7 @@ class DSFL(LogitDistillation):
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         probs = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape, probs=True) for m in replies]
         if probs:
-            self.global_probs = entropy_reduction_average(np.stack(probs), self.era_temperature, self.aggregator)
+            self.global_probs = entropy_reduction_average(stack_rows(probs), self.era_temperature, self.aggregator)
             entropy = -(self.global_probs * np.log(np.clip(self.global_probs, 1e-12, None))).sum(axis=1).mean()
             return {"global_entropy": float(entropy)}
         return {}

@@ -18,6 +18,7 @@ from peerkd.errors import check_range
 from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_DIGEST_EPOCHS, KEY_LOGITS, MSG_DIGEST
+from peerkd.wire.rows import stack_rows
 from strategies.base import LogitDistillation
 from strategies.robust import Aggregator
 
@@ -53,7 +54,7 @@ class FedMD(LogitDistillation):
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
         if logits:
-            stack = np.stack(logits)
+            stack = stack_rows(logits)
             self.consensus = (
                 np.mean(stack, axis=0).astype(np.float32) if self.aggregator.plain else self.aggregator(stack)
             )

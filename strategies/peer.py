@@ -14,6 +14,7 @@ from flwr.app import Message
 from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import KEY_LOGITS
+from peerkd.wire.rows import stack_rows
 from strategies.aggregation import peer_targets
 from strategies.base import RobustLogitDistillation
 from strategies.robust import closeness_weights, distance_ratios, remember
@@ -47,6 +48,6 @@ class PeerMutualLearning(RobustLogitDistillation):
         }
         if self.aggregator.method == "reputation" and len(self.logits) >= 2:
             senders = sorted(self.logits)
-            now = distance_ratios(np.stack([self.logits[n] for n in senders]))
+            now = distance_ratios(stack_rows([self.logits[n] for n in senders]))
             self.distance = remember(self.distance, dict(zip(senders, now.tolist())))
         return {"peers": float(len(self.logits))}

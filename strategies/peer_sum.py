@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Message
 from peerkd.round.contract import ServerContext
 from peerkd.wire.codec import array_record, decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
+from peerkd.wire.rows import stack_rows
 from strategies.base import LogitDistillation
 
 
@@ -37,7 +38,7 @@ def sum_logits(matrices: list[np.ndarray]) -> np.ndarray:
 
     ``sum_logits([[[1, 3]], [[3, 1]], [[2, 2]]]) == [[6, 6]]``.
     """
-    return np.sum(np.asarray(matrices, dtype=np.float64), axis=0)
+    return stack_rows(matrices).sum(axis=0, dtype=np.float64)  # received rows: viewed, not copied
 
 
 class PeerSumLearning(LogitDistillation):
