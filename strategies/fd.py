@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.errors import ConfigError
 from peerkd.round.contract import ServerContext
-from peerkd.wire.codec import CodecError, array_record, decode_logits, encode_arrays, to_array
+from peerkd.wire.codec import CodecError, array_record, decode_array, decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from strategies.aggregation import class_consensus
 from strategies.base import RobustLogitDistillation
@@ -71,7 +71,7 @@ class FederatedDistillation(RobustLogitDistillation):
         record = content[KEY_LOGITS]
         if ARRAY_COUNTS not in record:
             raise CodecError("no class counts in the reply")
-        counts = decode_logits(array_record({ARRAY_LOGITS: record[ARRAY_COUNTS]}), (self.reply_shape()[0],))
+        counts = decode_array(record[ARRAY_COUNTS], (self.reply_shape()[0],))
         if (counts < 0).any():
             raise CodecError("negative class counts")
 

@@ -17,7 +17,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from peerkd.hooks.privacy import privatize, privatize_votes, vote_targets
 from peerkd.student.placement import placement
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import Codec, CodecError, array_record, decode_logits, encode_arrays, encode_logits, to_array
+from peerkd.wire.codec import (
+    Codec,
+    CodecError,
+    array_record,
+    decode_array,
+    decode_logits,
+    encode_arrays,
+    encode_logits,
+    to_array,
+)
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import World
 
@@ -52,7 +61,7 @@ def _transfer_targets(content: RecordDict, world: World, sent: np.ndarray | None
     record = content[P.KEY_TARGETS]
     if P.ARRAY_PEERS not in record:
         return decode_logits(record, shape)
-    count, included = decode_logits(array_record({P.ARRAY_LOGITS: record[P.ARRAY_PEERS]}), (2,))
+    count, included = decode_array(record[P.ARRAY_PEERS], (2,))
     if count != int(count) or count < 0 or included not in (0, 1) or (included and count < 1):
         raise CodecError(f"peers' sum record [{count:g}, {included:g}] is not [senders >= 0, 0|1]")
     return leave_one_out_from_sum(decode_logits(record, shape), int(count), sent if included else None)
@@ -86,7 +95,7 @@ def class_targets(content: RecordDict, num_classes: int, width: int = 0) -> tupl
     table = decode_logits(record, (num_classes, width or num_classes))
     if P.ARRAY_MASK not in record:
         return table, np.ones(num_classes, dtype=bool)
-    mask = decode_logits(array_record({P.ARRAY_LOGITS: record[P.ARRAY_MASK]}), (num_classes,))
+    mask = decode_array(record[P.ARRAY_MASK], (num_classes,))
     return table, mask > 0
 
 

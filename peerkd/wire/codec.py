@@ -179,15 +179,19 @@ class HeldArray(Array):
         view.flags.writeable = False
         return view
 
+    def _fields(self) -> tuple:
+        """An Array's four fields, in its constructor's order."""
+        return self.dtype, tuple(self.shape), self.stype, self.data
+
     def plain(self) -> Array:
         """The Array Flower would have built: the same fields and bytes."""
-        return Array(dtype=self.dtype, shape=tuple(self.shape), stype=self.stype, data=self.data)
+        return Array(*self._fields())
 
     def deflate(self) -> bytes:  # Flower's wire form names the class: an Array's, so that any peer inflates it
         return self.plain().deflate()
 
     def __reduce__(self):
-        return Array, (self.dtype, tuple(self.shape), self.stype, self.data)
+        return Array, self._fields()
 
 
 def serialized_size(arr: Array) -> int:
@@ -245,6 +249,12 @@ def decode_logits(record: ArrayRecord, shape: tuple[int, ...], probs: bool = Fal
     if f"{ARRAY_LOGITS}.scale" in record and len(shape) == 2:
         return _decode_int8(record, shape)
     return _decode_float(record[ARRAY_LOGITS], shape)
+
+
+def decode_array(arr: Array, shape: tuple[int, ...]) -> np.ndarray:
+    """One float array of a record (a count, a mask, a vector), validated as ``decode_logits``
+    validates a float32 matrix: ``shape``, a float type, finite; CodecError otherwise."""
+    return _decode_float(arr, shape)
 
 
 def _decode_float(arr: Array, shape: tuple[int, ...]) -> np.ndarray:

@@ -10,6 +10,7 @@ from peerkd.wire.codec import (
     HeldArray,
     array_bytes,
     check_weights,
+    decode_array,
     decode_logits,
     encode_arrays,
     encode_logits,
@@ -50,6 +51,21 @@ def test_decode_rejects_missing_array_and_forged_bytes():
     forged = Array(dtype="float32", shape=(4, 3), stype="numpy.ndarray", data=b"\x00" * 7)
     with pytest.raises(CodecError):
         decode_logits(ArrayRecord({"logits": forged}), (4, 3))
+
+
+@pytest.mark.parametrize(
+    "arr, match",
+    [
+        (np.array([1.0, 2.0, 3.0], np.float32), "shape"),
+        (np.array([1, 0], np.int32), "float"),
+        (np.array([1.0, np.nan], np.float32), "NaN"),
+    ],
+)
+def test_one_array_of_a_record_is_validated_like_logits(arr, match):
+    # A count, a mask, a vector: decoded alone, with the same checks as a logits matrix.
+    np.testing.assert_array_equal(decode_array(to_array(np.array([3.0, 1.0], np.float32)), (2,)), [3.0, 1.0])
+    with pytest.raises(CodecError, match=match):
+        decode_array(Array(arr), (2,))
 
 
 def test_check_weights_against_reference():
