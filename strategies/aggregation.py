@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peerkd.wire.rows import POOL, read_tensor, stack_rows
+from peerkd.wire.rows import read_tensor, stack_rows
 from strategies.robust import Aggregator
 
 BLOCK = 1 << 20  # values per block of float64 work on a stack
@@ -34,9 +34,9 @@ def leave_one_out_mean(stack: np.ndarray) -> np.ndarray:
     if n < 2:
         raise ValueError(f"leave-one-out needs at least 2 peers, got {n}")
     share = (stack.sum(axis=0, dtype=np.float64) / (n - 1)).astype(np.float32)
-    out = POOL.empty(stack.shape, np.float32)  # last round's targets' memory, once they are gone
-    torch.sub(torch.from_numpy(share), read_tensor(stack), alpha=1.0 / (n - 1), out=torch.from_numpy(out))
-    return out
+    out = torch.empty(stack.shape, dtype=torch.float32)
+    torch.sub(torch.from_numpy(share), read_tensor(stack), alpha=1.0 / (n - 1), out=out)
+    return out.numpy()
 
 
 def peer_targets(
@@ -158,7 +158,7 @@ def weighted_leave_one_out(stack: np.ndarray, weights: np.ndarray) -> np.ndarray
     flat = stack.reshape(n, -1)
     s, safe = _weighted_sum(flat, w), w <= total / 2
     rest = np.where(safe, total - w, 1.0)
-    out = POOL.empty(flat.shape, np.float32)
+    out = np.empty(flat.shape, dtype=np.float32)
     block = max(1, BLOCK // max(flat.shape[1], 1))
     for i in range(0, n, block):  # float64 temporaries of a few MB, not of the whole stack
         out[i : i + block] = (s - w[i : i + block, None] * flat[i : i + block]) / rest[i : i + block, None]

@@ -32,7 +32,6 @@ from peerkd.student.exchange import reply, sent_logits
 from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
-from peerkd.wire.rows import POOL
 from peerkd.world.build import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
@@ -210,16 +209,15 @@ class BatchedGrid(Grid):
 def _transfer_out(reqs: list[Request]) -> np.ndarray | None:
     """One new array for the transfer-set logits of a group's students, if they reply with them:
     each chunk writes its rows, so a round's replies hold rows of one array, which the rules
-    stack without a copy (``peerkd.wire.rows.stack_rows``). A new array each round, in the memory of
-    an earlier round's once nothing refers to it (``POOL``): a rule may keep what it received, and a
-    received array never changes."""
+    stack without a copy (``peerkd.wire.rows.stack_rows``). New each round: a rule may keep what it
+    received, and a received array never changes."""
     first, kind = reqs[0], reqs[0].msg.metadata.message_type
     if kind == P.MSG_EVALUATE or not (first.params.reply_logits or kind == P.MSG_QUERY_LOGITS):
         return None
     world = build_world(first.spec)
     if world.transfer_rows == 0:
         return None
-    return POOL.empty((len(reqs), world.transfer_rows, world.num_classes), np.float32)
+    return np.empty((len(reqs), world.transfer_rows, world.num_classes), dtype=np.float32)
 
 
 def _raised(msg: Message, exc: Exception) -> Message:
