@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+CMDLINE_SETTLE_S = 0.5  # how long an empty /proc/<pid>/cmdline is read again before it is believed
 FOLLOW_S = 1.0  # how long a job's other processes get to follow their exited roots before they are asked
 
 
@@ -27,13 +28,22 @@ class Started:
     cmdline: str  # /proc/<pid>/cmdline when started, arguments joined by spaces: must still match
 
 
-def cmdline(pid: int) -> str | None:
-    """The command line of process ``pid`` as ``/proc`` shows it (arguments joined by spaces); None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return " ".join(raw.decode(errors="replace").removesuffix("\0").split("\0"))
+def cmdline(pid: int, settle_s: float = CMDLINE_SETTLE_S) -> str | None:
+    """The command line of process ``pid`` as ``/proc`` shows it (arguments joined by spaces); None if gone.
+
+    A live process can read as empty for a moment (measured: 5 of 200 reads right after a
+    ``Popen`` of Flower's SuperLink), so an empty read is retried for up to ``settle_s``; a process
+    still empty after that (a zombie) reads as ``""``.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if raw or time.monotonic() >= deadline:
+            return " ".join(raw.decode(errors="replace").removesuffix("\0").split("\0"))
+        time.sleep(0.005)
 
 
 def proc_table() -> dict[int, tuple[int, int, str, int]]:

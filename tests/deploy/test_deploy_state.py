@@ -25,7 +25,7 @@ from filelock import FileLock
 from peerkd import deploy as D
 from peerkd.deploy import cluster as cluster_module
 from peerkd.deploy import launch as launch_module
-from peerkd.deploy.processes import alive
+from peerkd.deploy.processes import alive, cmdline
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_TIMEOUT = 200.0  # seconds from `flwr run` to summary.json on a loaded 2-core machine
@@ -98,6 +98,36 @@ def test_keys_never_overwrite_a_private_key_without_force(tmp_path, capsys):
 
 
 # --- stop -------------------------------------------------------------------------------
+
+
+def test_a_started_script_is_recorded_with_its_interpreter_every_time(tmp_path):
+    # Prepare: a script run through its shebang, as Flower's flower-superlink is. Right after Popen
+    # /proc/<pid>/cmdline can read as empty for a moment (9 of 300 direct reads, measured); the
+    # record then held the bare arguments, the live check later read the interpreter in front of
+    # them and took the SuperLink for dead ("superlink exited before listening", a CI failure on a
+    # loaded machine). Unloaded, `start` rarely hits that moment: the next test pins the retry.
+    script = tmp_path / "node.py"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    script.chmod(0o755)
+    cluster = D.Cluster(tmp_path / "state")
+    try:
+        for _ in range(20):
+            # Execute
+            started = cluster.start("node-0", [str(script)])
+            # Assert: the interpreter is in the record, and the process counts as alive and ours.
+            assert started.cmdline == f"{sys.executable} {script}", started
+            assert cluster.alive("node-0")
+            cluster.kill("node-0")
+    finally:
+        D.main(["stop", "--state", str(tmp_path / "state")])
+
+
+def test_an_empty_command_line_is_read_again_before_it_is_believed(monkeypatch):
+    reads = iter([b"", b"", b"python3\0flower-superlink\0--insecure\0"])
+    monkeypatch.setattr(Path, "read_bytes", lambda self: next(reads))
+    assert cmdline(1234) == "python3 flower-superlink --insecure"
+    monkeypatch.setattr(Path, "read_bytes", lambda self: b"")
+    assert cmdline(1234, settle_s=0.02) == ""  # a zombie stays empty
 
 
 def test_stop_spares_a_process_whose_command_line_differs_from_the_record(tmp_path, capsys):
