@@ -208,9 +208,9 @@ def weighted_peer_targets(
     if not senders:
         return {r: None for r in recipients}
     probs = softened(stack_rows([logits[k] for k in senders]), temperature)
-    w = np.array([weights.get(k, 0.0) for k in senders], dtype=np.float64)
     if aggregator is not None and not aggregator.plain:
         return _robust_weighted_targets(dict(zip(senders, probs)), weights, recipients, temperature, aggregator)
+    w = np.array([weights.get(k, 0.0) for k in senders], dtype=np.float64)
     loo = mix_logits(weighted_leave_one_out(probs, w), temperature) if len(senders) >= 2 else None
     everyone = None
     if any(r not in logits for r in recipients):  # newcomers: every sender's mix
@@ -268,9 +268,9 @@ def class_consensus(
     aggregator : Aggregator | None
         Per class, a robust aggregate of the holders' rows instead of their mean (per recipient).
     """
-    senders = sorted(means)
     if aggregator is not None and not aggregator.plain:
         return _robust_class_consensus(means, counts, recipients, aggregator)
+    senders = sorted(means)
     if not senders:
         return {r: None for r in recipients}
     stack = stack_rows([means[k] for k in senders]).astype(np.float64)  # (n, C, C)

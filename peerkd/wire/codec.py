@@ -248,17 +248,12 @@ def decode_logits(record: ArrayRecord, shape: tuple[int, ...], probs: bool = Fal
         return _decode_top_k(record, shape, probs)
     if f"{ARRAY_LOGITS}.scale" in record and len(shape) == 2:
         return _decode_int8(record, shape)
-    return _decode_float(record[ARRAY_LOGITS], shape)
+    return decode_array(record[ARRAY_LOGITS], shape)
 
 
 def decode_array(arr: Array, shape: tuple[int, ...]) -> np.ndarray:
-    """One float array of a record (a count, a mask, a vector), validated as ``decode_logits``
-    validates a float32 matrix: ``shape``, a float type, finite; CodecError otherwise."""
-    return _decode_float(arr, shape)
-
-
-def _decode_float(arr: Array, shape: tuple[int, ...]) -> np.ndarray:
-    """A float array of ``shape``, finite, as float32."""
+    """One float array of a record (a matrix, a count, a mask, a vector) of ``shape``, finite, as
+    float32; CodecError otherwise."""
     if tuple(arr.shape) != tuple(shape):
         raise CodecError(f"logits shape {tuple(arr.shape)}, expected {tuple(shape)}")
     if arr.dtype not in ("float32", "float16", "float64"):
@@ -289,8 +284,8 @@ def _decode_int8(record: ArrayRecord, shape: tuple[int, int]) -> np.ndarray:
     if f"{ARRAY_LOGITS}.zero" not in record:
         raise CodecError("int8 encoding without zero points")
     blocks = (-(-shape[0] // INT8_BLOCK),)
-    scale = _decode_float(record[f"{ARRAY_LOGITS}.scale"], blocks)
-    zero = _decode_float(record[f"{ARRAY_LOGITS}.zero"], blocks)
+    scale = decode_array(record[f"{ARRAY_LOGITS}.scale"], blocks)
+    zero = decode_array(record[f"{ARRAY_LOGITS}.zero"], blocks)
     if (scale <= 0).any():
         raise CodecError("int8 scales must be > 0")
     out = dequantize_int8(q, scale, zero)
@@ -305,7 +300,7 @@ def _decode_top_k(record: ArrayRecord, shape: tuple[int, int], probs: bool) -> n
     k = tuple(kept_arr.shape)[1] if len(kept_arr.shape) == 2 else 0
     if not 1 <= k < shape[1]:
         raise CodecError(f"top-k values of shape {tuple(kept_arr.shape)}, expected ({shape[0]}, k < {shape[1]})")
-    kept = _decode_float(kept_arr, (shape[0], k))
+    kept = decode_array(kept_arr, (shape[0], k))
     index = _decode_typed(record[f"{ARRAY_LOGITS}.index"], (shape[0], k), _INDEX_DTYPES, "top-k indices")
     if (index >= shape[1]).any():
         raise CodecError(f"top-k indices outside 0..{shape[1] - 1}")
@@ -314,7 +309,7 @@ def _decode_top_k(record: ArrayRecord, shape: tuple[int, int], probs: bool) -> n
         raise CodecError("top-k indices repeat within a row")
     if f"{ARRAY_LOGITS}.fill" not in record:
         raise CodecError("top-k encoding without fill values")
-    fill = _decode_float(record[f"{ARRAY_LOGITS}.fill"], (shape[0],))
+    fill = decode_array(record[f"{ARRAY_LOGITS}.fill"], (shape[0],))
     if probs and ((kept < 0).any() or (fill < 0).any() or (kept.sum(axis=1) + fill * (shape[1] - k) > 1.001).any()):
         raise CodecError("top-k probabilities must be >= 0 and sum to at most 1 per row")
     return fill_top_k(index, kept, fill, shape[1])
