@@ -3,7 +3,8 @@
 # Carry the wheels built per ../shared/gpu/README.md (.whl) and run from the repo root:
 #     bash benchmarks/gpu_check.sh            # writes its figures to $OUT (or /tmp/gpu_check)
 # It stops itself within 8 minutes: every step has its own timeout, and a failed step is
-# reported and skipped. Figures: gpu.txt, parity.txt, run10k.txt, run100k.txt, bench.md/.csv, log.txt.
+# reported and skipped. Figures: gpu.txt, parity.txt, run10k.txt, run100k.txt, bench.md/.csv,
+# profile10k.txt (cProfile of 3 rounds at 10,000 students: where the GPU run's time goes), log.txt.
 # Issue 19's targets: 10,000 x 20 rounds < 20 s all-in; 100,000 x 20 < 3 minutes.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
@@ -13,7 +14,9 @@ T0=$(date +%s)
 left() { echo $((470 - ($(date +%s) - T0))); }  # seconds left of the 8-minute budget (less 10 s to write up)
 step() { local secs=$1; shift; local cap; cap=$(left); [ "$cap" -lt "$secs" ] && secs=$cap
          [ "$secs" -le 5 ] && { echo "SKIPPED (no time left): $*"; return 1; }
-         echo "== $* (timeout ${secs}s)"; timeout "$secs" "$@" || echo "FAILED or timed out ($?): $*"; }
+         echo "== $* (timeout ${secs}s)"; local t=$(date +%s.%N)
+         timeout "$secs" "$@" || echo "FAILED or timed out ($?): $*"
+         echo "-- all-in (process start to exit): $(python3 -c "import time; print(round(time.time() - $t, 1))") s"; }
 
 source benchmarks/gpu_setup.sh || exit 1
 export PYTHONUNBUFFERED=1
@@ -48,17 +51,23 @@ for line in open(sys.argv[1] + '/metrics.jsonl'):
         print(r['round'], round(r['round_s'], 2), {k[5:-2]: v for k, v in r.items() if k.startswith('time_')})
 " "$1"
 }
-step 150 $PK run $W10K measure_agreement=false engine.device=cuda out=/tmp/run10k > /tmp/run10k.log 2>&1
-grep -E "round (1|2|10|20)/|FAILED|Error" /tmp/run10k.log | tee "$OUT/run10k.txt"
+step 180 $PK run $W10K measure_agreement=false engine.device=cuda out=/tmp/run10k > /tmp/run10k.log 2>&1
+grep -E "round (1|2|10|20)/|FAILED|Error|all-in|===" /tmp/run10k.log | tee "$OUT/run10k.txt"
 summarize /tmp/run10k | tee -a "$OUT/run10k.txt"
 
-# 3. 100,000 students x 20 rounds: weights beyond what the GPU holds stay in host memory (store=host in the summary).
+# 3. Where the time goes: 3 rounds of the same world under cProfile (own and cumulative time).
+step 90 python3 benchmarks/profile_run.py /tmp/profile10k.txt run ${W10K/rounds=20/rounds=3} measure_agreement=false \
+    engine.device=cuda out=/tmp/prof10k quiet=true > /tmp/prof10k.log 2>&1
+cp /tmp/profile10k.txt "$OUT/profile10k.txt" 2>/dev/null
+summarize /tmp/prof10k >> "$OUT/profile10k.txt" 2>&1
+
+# 4. 100,000 students x 20 rounds: weights beyond what the GPU holds stay in host memory (store=host in the summary).
 W100K="strategy=peer data=synth data.size=4200000 partition=iid num_clients=100000 rounds=20 data.test_frac=0.0005 data.transfer_size=1000"
 step 240 $PK run $W100K measure_agreement=false engine.device=cuda out=/tmp/run100k > /tmp/run100k.log 2>&1
-grep -E "round (1|2|10|20)/|FAILED|Error" /tmp/run100k.log | tee "$OUT/run100k.txt"
+grep -E "round (1|2|10|20)/|FAILED|Error|all-in|===" /tmp/run100k.log | tee "$OUT/run100k.txt"
 summarize /tmp/run100k | tee -a "$OUT/run100k.txt"
 
-# 4. Bench with the floor columns (FLOPs, achieved GFLOP/s, the GPU's GEMM rate, time by section).
+# 5. Bench with the floor columns (FLOPs, achieved GFLOP/s, the GPU's GEMM rate, time by section).
 step 60 $PK bench "sizes=[1000]" "variants=[batched]" data=mnist5k partition=iid partition.min_size=2 \
     data.transfer_size=0 data.test_frac=0.2 rounds=5 engine.device=cuda out=/tmp/bench-a
 step 60 $PK bench "sizes=[10000]" "variants=[batched]" rounds=5 engine.device=cuda out=/tmp/bench-b
