@@ -32,6 +32,7 @@ from peerkd.wire.protocol import (
     METRIC_PARTITION,
     MSG_DISTILL,
 )
+from peerkd.wire.records import record_dict
 from peerkd.wire.rows import stack_rows
 from strategies.robust import Aggregator
 
@@ -197,10 +198,10 @@ class LogitDistillation(DistillationStrategy):
         config = ConfigRecord({**config, **self.round_config()})
         messages = []
         for node_id, target in self.targets_for(node_ids).items():
-            content = RecordDict({KEY_CONFIG: config})
+            records = {KEY_CONFIG: config}
             if target is not None:
-                content[KEY_TARGETS] = self.encode_target(target)
-            messages.append(Message(content, dst_node_id=node_id, message_type=self.message_type))
+                records[KEY_TARGETS] = self.encode_target(target)
+            messages.append(Message(record_dict(records), dst_node_id=node_id, message_type=self.message_type))
         return messages
 
     def check_reply(self, content: RecordDict) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from peerkd.batched.stacked import Params, stack_students
-from peerkd.student.models import build_model
+from peerkd.student.models import MLP_WIDTHS, build_model, stacked_mlp
 from peerkd.world.build import World
 
 
@@ -58,8 +58,12 @@ class StudentStore:
 
     def _add(self, arch: str, world: World, clients: list[int]) -> None:
         seed = world.spec.seed
-        models = [build_model(arch, world.data.input_shape, world.num_classes, seed=seed * 1000 + c) for c in clients]
-        params = {k: v.to(self.home) for k, v in stack_students(models)[1].items()}
+        shape, classes, seeds = world.data.input_shape, world.num_classes, [seed * 1000 + c for c in clients]
+        if arch in MLP_WIDTHS:  # drawn into their rows: the same weights, no module per student
+            params = {k: v.to(self.home) for k, v in stacked_mlp(arch, shape, classes, seeds).items()}
+        else:
+            models = [build_model(arch, shape, classes, seed=s) for s in seeds]
+            params = {k: v.to(self.home) for k, v in stack_students(models)[1].items()}
         rows = self._rows.setdefault(arch, {})
         old = self._weights.get(arch)
         start = 0 if old is None else len(next(iter(old.values())))

@@ -349,7 +349,10 @@ def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
         name = _put(tensors, f"{path}.stacked", _Stack(arrays))  # stacked by ``materialize``
         return {"stacked": keys, "ndarray": name, "dtype": arrays[0].dtype.name}
     if type(value) in (dict, ModuleWeights):
-        pairs = [[_key(k, path), encode(v, f"{path}.{k}", tensors)] for k, v in value.items()]
+        pairs = [  # scalars are their own data: no call, no path (10,000 client rows a round)
+            [_key(k, path), v if v is None or type(v) in _SCALARS else encode(v, f"{path}.{k}", tensors)]
+            for k, v in value.items()
+        ]
         return {"module" if type(value) is ModuleWeights else "dict": pairs}
     if isinstance(value, torch.Tensor) and value.layout == torch.strided:
         # a copy of its elements (not a view's base), so that training the module on does not change what is written

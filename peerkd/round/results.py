@@ -301,10 +301,13 @@ def provenance() -> dict[str, Any]:
     }
 
 
+_PLAIN = (int, str, bool, type(None))  # what ``_clean`` returns as it is (a finite float too)
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, dict):  # plain values are kept without a call: 10,000 client rows a round
+        return {str(k): v if type(v) in _PLAIN else _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     if isinstance(obj, np.generic):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from peerkd.hooks.privacy import privatize, privatize_votes, vote_targets
 from peerkd.student.placement import placement
@@ -28,6 +28,7 @@ from peerkd.wire.codec import (
     to_array,
 )
 from peerkd.wire.protocol import RoundParams
+from peerkd.wire.records import config_record, metric_record, reply_message
 from peerkd.world.build import World
 
 
@@ -101,7 +102,7 @@ def class_targets(content: RecordDict, num_classes: int, width: int = 0) -> tupl
 
 def metrics_record(client: int, num_examples: int, acc: float, loss: float, **extra: float) -> MetricRecord:
     """A reply's metrics: partition id, shard size, test accuracy and loss, then ``extra``."""
-    return MetricRecord(
+    return metric_record(
         {
             P.METRIC_PARTITION: client,
             P.METRIC_NUM_EXAMPLES: num_examples,
@@ -161,7 +162,7 @@ def reply_records(
 
 def query_records(client: int, logits: np.ndarray) -> dict[str, Any]:
     """A ``query.logits`` reply's records: the transfer-set logits and the partition id."""
-    return {P.KEY_LOGITS: encode_logits(logits), P.KEY_METRICS: MetricRecord({P.METRIC_PARTITION: client})}
+    return {P.KEY_LOGITS: encode_logits(logits), P.KEY_METRICS: metric_record({P.METRIC_PARTITION: client})}
 
 
 def class_means_record(means: np.ndarray, counts: np.ndarray, params: RoundParams | None = None) -> ArrayRecord:
@@ -174,5 +175,4 @@ def class_means_record(means: np.ndarray, counts: np.ndarray, params: RoundParam
 def reply(msg: Message, arch: str, records: dict) -> Message:
     """The reply to ``msg`` carrying ``records``, the student's architecture and, inside Ray,
     the node it ran on (``peerkd.student.placement``)."""
-    info = ConfigRecord({"arch": arch, **placement()})
-    return Message(RecordDict({**records, P.KEY_INFO: info}), reply_to=msg)
+    return reply_message(msg, {**records, P.KEY_INFO: config_record({"arch": arch, **placement()})})

@@ -345,5 +345,7 @@ def _decoded(arr: Array, shape: tuple[int, ...], what: str, dtype: np.dtype | No
 
 @timed("messages")
 def array_bytes(content: RecordDict) -> int:
-    """Bytes of every serialised array in a message's content (what crosses the wire for arrays)."""
-    return sum(serialized_size(arr) for record in content.array_records.values() for arr in record.values())
+    """Bytes of every serialised array in a message's content (what crosses the wire for arrays).
+    Reads the records themselves: ``content.array_records`` builds a checked copy on every call."""
+    records = [r for r in content.values() if isinstance(r, ArrayRecord)]
+    return sum(serialized_size(arr) for record in records for arr in record.values())

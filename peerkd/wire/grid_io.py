@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from peerkd.errors import RunInterrupted
@@ -113,9 +113,9 @@ def reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:
     if reply.has_error():
         return 0, 0
     total = array_bytes(reply.content)
-    measure = sum(
-        serialized_size(a) for k, rec in reply.content.array_records.items() if k in measure_keys for a in rec.values()
-    )
+    content = reply.content
+    records = [content[k] for k in measure_keys if k in content and isinstance(content[k], ArrayRecord)]
+    measure = sum(serialized_size(a) for rec in records for a in rec.values())
     return total - measure, measure
 
 

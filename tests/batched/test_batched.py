@@ -22,6 +22,7 @@ from peerkd.batched.stacked import (
     stack_students,
     stacked_forward,
 )
+from peerkd.batched.store import StudentStore
 from peerkd.env import QUIET_ENV
 from peerkd.hooks.privacy import PrivacySpec
 from peerkd.hooks.standard import standard_hooks
@@ -29,7 +30,7 @@ from peerkd.round.loop import run_federation
 from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.round.spec import RunSpec
 from peerkd.student.losses import distillation_loss
-from peerkd.student.models import build_model
+from peerkd.student.models import MLP_WIDTHS, build_model, stacked_mlp
 from peerkd.student.training import distill_only, shared_transfer_seed
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import HeldArray, decode_logits
@@ -116,6 +117,29 @@ def test_one_stacked_step_equals_a_per_client_step(arch, world):
                 state.exp_avg_sq[name][i].numpy(), opt.state[p]["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-10
             )
     assert state.step.tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("name", sorted(MLP_WIDTHS))
+def test_stacked_mlp_draws_the_students_build_model_builds(name):
+    shape, seeds = (1, 6, 5), [0, 1, 7, 1000 + 3, 2**31 - 1]
+    state = torch.default_generator.get_state()
+    stacked = stacked_mlp(name, shape, 4, seeds)
+    assert torch.equal(torch.default_generator.get_state(), state)  # the global generator is left as it was
+    for i, seed in enumerate(seeds):
+        built = build_model(name, shape, 4, seed=seed).state_dict()
+        assert list(built) == list(stacked)
+        for k, v in built.items():
+            assert torch.equal(stacked[k][i], v), (name, seed, k)
+
+
+def test_store_creates_mlp_and_cnn_students_as_the_clientapp_does(world):
+    store = StudentStore(torch.device("cpu"))
+    for arch in ("mlp64", "cnn"):  # digits: (1, 8, 8) images
+        weights = store.load(arch, world, [2, 0])
+        for row, client in enumerate([2, 0]):
+            built = build_model(arch, world.data.input_shape, world.num_classes, seed=world.spec.seed * 1000 + client)
+            for k, v in built.state_dict().items():
+                assert torch.equal(weights[k][row], v), (arch, client, k)
 
 
 @pytest.mark.parametrize("arch", ["mlp32", "cnn"])
