@@ -31,7 +31,7 @@ from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.round.spec import RunSpec
 from peerkd.student.losses import distillation_loss
 from peerkd.student.models import MLP_WIDTHS, build_model, stacked_mlp
-from peerkd.student.training import distill_only, shared_transfer_seed
+from peerkd.student.training import distill_only, evaluate, shared_transfer_seed
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import HeldArray, decode_logits
 from peerkd.wire.protocol import RoundParams
@@ -220,6 +220,19 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, any_world, train_al
     # Assert
     np.testing.assert_allclose(losses, ref, **TOL)
     assert_rows_equal(w, models, **world_tol(world))
+
+
+@pytest.mark.parametrize("cells", [3 * 7, 1 << 16])  # blocks of 7 test inputs (the last one short), or one block
+@pytest.mark.parametrize("arch", ["mlp64", "cnn"])
+def test_cohort_evaluates_block_by_block_as_evaluate(arch, cells, world, monkeypatch):
+    monkeypatch.setattr("peerkd.batched.cohort.EVAL_CELLS", cells)
+    models, c = students(world, arch), cohort(world, arch)
+    test_x, test_y = world.split("test")
+    scores = c.evaluate(stack_students(models)[1])
+    for (acc, loss), m in zip(scores, models):
+        ref_acc, ref_loss = evaluate(m, test_x, test_y)
+        assert acc == ref_acc  # the same count over the same rows, in float32
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
 
 
 def test_fd_class_targets_match_the_per_client_nan_rows(any_world, train_alone):

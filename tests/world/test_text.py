@@ -13,7 +13,7 @@ from peerkd.batched.cohort import Cohort, DeviceData
 from peerkd.batched.stacked import stack_students
 from peerkd.errors import ConfigError
 from peerkd.student.models import build_model, check_modality
-from peerkd.student.training import predict_logits, score_logits, train_model
+from peerkd.student.training import evaluate, predict_logits, score_logits, train_model
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
 from peerkd.world.data import load_dataset
@@ -180,6 +180,11 @@ def test_cohort_trains_lms_as_train_model(arch, text_world, train_alone):
     assert stacked.shape == (3, 32 * 32, len(ALPHABET))
     for i, m in enumerate(models):
         np.testing.assert_allclose(stacked[i], predict_logits(m, w.transfer_x), rtol=1e-3, atol=1e-3)
+    # next-token accuracy and nats per token on the test windows (of the per-client students), block by block
+    test_x, test_y = w.split("test")
+    for (acc, loss), m in zip(cohort.evaluate(stack_students(models)[1]), models):
+        ref_acc, ref_loss = evaluate(m, test_x, test_y)
+        assert acc == ref_acc and loss == pytest.approx(ref_loss, rel=1e-5)
 
 
 def tiny_text_spec():
