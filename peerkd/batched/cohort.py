@@ -30,7 +30,7 @@ from peerkd.wire.rows import read_tensor, stack_rows
 from peerkd.world.build import World
 
 EVAL_ROWS = 2048  # inputs per forward when predicting (predict_logits' batch size)
-EVAL_CELLS = 65536  # students × inputs per forward when predicting: activations that stay in cache
+EVAL_CELLS = 65536  # students × inputs per forward when predicting on a CPU: activations that stay in cache
 SHARD_ROWS = 1.5  # run whole shards (no per-step gather) up to this many batches' rows
 
 
@@ -329,7 +329,12 @@ class Cohort:
 
     @property
     def _eval_step(self) -> int:
-        """Inputs per forward when predicting: ``EVAL_CELLS`` students × inputs, at most ``EVAL_ROWS``."""
+        """Inputs per forward when predicting: on a CPU ``EVAL_CELLS`` students × inputs (cache-sized),
+        at most ``EVAL_ROWS``; on a GPU ``EVAL_ROWS``, which the chunk's size was planned for
+        (``memory.auto_chunk``): a CPU's cell count would cut 10,000 students' 2,100 test inputs
+        into 350 forwards of 6 inputs, each a vmapped call of a few tiny kernels."""
+        if self.device.type != "cpu":
+            return EVAL_ROWS
         return max(1, min(EVAL_ROWS, EVAL_CELLS // max(len(self.clients), 1)))
 
     @torch.no_grad()

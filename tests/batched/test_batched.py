@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from peerkd import clock
 from peerkd.batched import BatchedGrid, run_batched
-from peerkd.batched.cohort import Cohort, DeviceData
+from peerkd.batched.cohort import EVAL_CELLS, EVAL_ROWS, Cohort, DeviceData
 from peerkd.batched.stacked import (
     adam_init,
     adam_step,
@@ -233,6 +233,13 @@ def test_cohort_evaluates_block_by_block_as_evaluate(arch, cells, world, monkeyp
         ref_acc, ref_loss = evaluate(m, test_x, test_y)
         assert acc == ref_acc  # the same count over the same rows, in float32
         assert loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_predictions_are_cache_sized_on_a_cpu_and_whole_on_a_gpu(world):
+    c = cohort(world, "mlp64")
+    assert c._eval_step == min(EVAL_ROWS, EVAL_CELLS // 3)
+    on_gpu = dataclasses.replace(c, data=DeviceData(*(t.to("meta") for t in dataclasses.astuple(c.data))))
+    assert on_gpu.device.type == "meta" and on_gpu._eval_step == EVAL_ROWS  # planned for by auto_chunk
 
 
 def test_fd_class_targets_match_the_per_client_nan_rows(any_world, train_alone):
