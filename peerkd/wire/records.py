@@ -5,10 +5,10 @@ through ``isinstance`` against ``typing`` unions). That is right for anything, b
 round builds per node from peerkd's own numbers (a reply's metrics and info, its record dict, a
 message's content) are checked thousands of times a round: a profile of 3 rounds at 10,000 nodes
 on one H200 spent 7.5 of its 56 s in 640,000 such checks. Each builder here accepts its input at
-once when every key is a ``str`` and every value has an exact type the record takes (``type(v) in
-...``: no subclasses, so no ``bool`` among metrics and no NumPy scalars), and hands anything else to Flower's own
-constructor, which checks it item by item and raises as it always does. The record returned is
-the same either way (``tests/wire/test_records.py`` compares them, serialised).
+once when every key is a ``str`` and every value has an exact type the record takes (``type(v)
+in ...``: no subclasses, so no ``bool`` among metrics and no NumPy scalars), and hands anything
+else to Flower's own constructor, which checks it item by item and raises as it always does. The
+record returned is the same either way (``tests/wire/test_records.py`` compares them, serialised).
 
 This reaches into ``TypedDict``'s storage (``__dict__["_data"]``), which flwr 1.39 defines; the
 tests fail if a Flower release moves it.
