@@ -118,7 +118,9 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
     cluster = D.Cluster(state)
     try:
         D.start_local(state, 3, secure=True)
-        _run(state, out, "round-timeout=10")  # bounds round 2's wait for the dead node (warm live nodes answer in ~1 s)
+        # round-timeout bounds round 2's wait for the dead node. Warm live nodes answer in ~1 s alone, but a clean-clone
+        # CI on 2 workers once saw neither live node answer round 2 within 10 s (0 replies): 30 s leaves room for load.
+        _run(state, out, "round-timeout=30")
 
         # Act: once round 1 is recorded, node 2 dies without a goodbye (SIGKILL, whole tree).
         deadline = time.monotonic() + SUMMARY_TIMEOUT
@@ -134,7 +136,7 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
         # Assert: round 2 went on with the other two; the results say who took part.
         rounds = [r for r in _rows(out) if r["type"] == "round"]
         assert [r["round"] for r in rounds] == [1, 2]
-        assert rounds[0]["replies"] == 3 and rounds[1]["replies"] == 2
+        assert rounds[0]["replies"] == 3 and rounds[1]["replies"] == 2, f"{rounds}\n{_logs(state)}"
         absent = set(rounds[1]["missing"]) | {r["node_id"] for r in rounds[1]["rejections"]}
         clients2 = {r["client"]: r["node_id"] for r in _rows(out) if r["type"] == "client" and r["round"] == 2}
         assert sorted(clients2) == [0, 1] and killed_id not in clients2.values()
