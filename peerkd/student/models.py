@@ -82,15 +82,18 @@ def stacked_mlp(name: str, input_shape: tuple[int, ...], num_classes: int, seeds
     """
     template = build_model(name, input_shape, num_classes, seed=0)
     out = {k: torch.empty((len(seeds), *v.shape), dtype=v.dtype) for k, v in template.state_dict().items()}
-    linears = [f"{n}." for n, m in template.named_modules() if isinstance(m, nn.Linear)]
+    layers = [  # (weights, biases, the bias bound 1/√fan_in) of each linear layer, in construction order
+        (out[f"{n}.weight"], out[f"{n}.bias"], 1 / math.sqrt(m.in_features))
+        for n, m in template.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
     gen_state = torch.default_generator.get_state()
     try:
         for i, seed in enumerate(seeds):
             torch.default_generator.manual_seed(seed)
-            for layer in linears:
-                weight, bound = out[layer + "weight"][i], 1 / math.sqrt(out[layer + "weight"].shape[2])
-                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-                nn.init.uniform_(out[layer + "bias"][i], -bound, bound)
+            for weight, bias, bound in layers:
+                nn.init.kaiming_uniform_(weight[i], a=math.sqrt(5))
+                nn.init.uniform_(bias[i], -bound, bound)
     finally:
         torch.default_generator.set_state(gen_state)
     return out
