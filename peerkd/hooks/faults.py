@@ -39,7 +39,7 @@ from typing import Any
 from uuid import uuid4
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -49,7 +49,7 @@ from peerkd.round.hook import RoundHook, RoundResult, RunRecord
 from peerkd.round.results import accuracy_stats
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import Codec, CodecError, array_record, decode_logits, encode_arrays
-from peerkd.wire.grid_io import send_and_receive
+from peerkd.wire.grid_io import evaluate_messages, send_and_receive
 
 log = logging.getLogger("peerkd")
 
@@ -407,10 +407,7 @@ class FaultyGrid(Grid):
             return
         self._asked.update(nodes)
         config = ConfigRecord({**messages[0].content[P.KEY_CONFIG], P.CFG_ROUND: 0})
-        probes = [
-            Message(RecordDict({P.KEY_CONFIG: config}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in nodes
-        ]
-        replies, sent = send_and_receive(self.inner, probes, self.round_timeout)
+        replies, sent = send_and_receive(self.inner, evaluate_messages(nodes, config), self.round_timeout)
         for reply in replies:
             if (client := _client_of(reply)) is not None:
                 self.client[sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)] = client

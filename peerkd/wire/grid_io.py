@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from peerkd.errors import RunInterrupted
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import array_bytes, serialized_size
+from peerkd.wire.records import record_dict
 
 log = logging.getLogger("peerkd")
 
@@ -119,16 +120,17 @@ def reply_bytes(reply: Message, measure_keys: set[str]) -> tuple[int, int]:
     return total - measure, measure
 
 
+def evaluate_messages(node_ids: list[int], config: ConfigRecord) -> list[Message]:
+    """One ``evaluate`` message to each of ``node_ids``, every one carrying ``config`` (no arrays)."""
+    return [Message(record_dict({P.KEY_CONFIG: config}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in node_ids]
+
+
 def evaluate_nodes(
     grid: Grid, node_ids: list[int], config: dict[str, Any], timeout: float, stop: threading.Event | None = None
 ) -> dict[int, dict[str, Any]]:
     """One ``evaluate`` round trip (no arrays either way): each answering node's metrics and
     info (``reply_info``), by node."""
-    record = ConfigRecord(config)
-    messages = [
-        Message(RecordDict({P.KEY_CONFIG: record}), dst_node_id=n, message_type=P.MSG_EVALUATE) for n in node_ids
-    ]
-    replies, sent = send_and_receive(grid, messages, timeout, stop=stop)
+    replies, sent = send_and_receive(grid, evaluate_messages(node_ids, ConfigRecord(config)), timeout, stop=stop)
     out = {}
     for reply in replies:
         metrics = None if reply.has_error() else reply.content.get(P.KEY_METRICS)
