@@ -1,0 +1,122 @@
+"""Written-out MLP passes (peerkd.batched.mlp): hand-computed values, and autograd's numbers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from peerkd.batched.mlp import cross_entropy_grad, kd_grad, mlp_backward, mlp_forward, mlp_linears, relu_backward_
+from peerkd.batched.stacked import SoftTargets, cross_entropy, kd_divergence, stack_students, stacked_forward
+from peerkd.student.models import CNN_SIZES, MLP_WIDTHS, build_model
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, **tol) -> None:
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), **(tol or TOL))
+
+
+def autograd_of(loss_fn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loss_fn(z)`` ``(S,)`` and the gradient of its sum with respect to ``z``, by autograd."""
+    live = z.detach().clone().requires_grad_(True)
+    loss = loss_fn(live)
+    return loss.detach(), torch.autograd.grad(loss.sum(), live)[0]
+
+
+def test_cross_entropy_and_its_gradient_by_hand():
+    # Prepare: one student, two rows of two classes; logits (0, ln 3): softmax (1/4, 3/4).
+    z = torch.tensor([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])
+    labels = torch.tensor([[0, 1]])
+    # Execute: a mean, and weights (1/4, 3/4) as a step's counts over a shard give them.
+    loss, grad = cross_entropy_grad(z, labels)
+    wloss, wgrad = cross_entropy_grad(z, labels, torch.tensor([[0.25, 0.75]]))
+    # Assert: -ln p of the label per row; w·(softmax - onehot).
+    close(loss, torch.tensor([(math.log(4.0) + math.log(4.0 / 3.0)) / 2]))
+    close(grad, torch.tensor([[[(0.25 - 1) / 2, 0.75 / 2], [0.25 / 2, (0.75 - 1) / 2]]]))
+    close(wloss, torch.tensor([0.25 * math.log(4.0) + 0.75 * math.log(4.0 / 3.0)]))
+    close(wgrad, torch.tensor([[[0.25 * -0.75, 0.25 * 0.75], [0.75 * 0.25, 0.75 * -0.25]]]))
+
+
+def test_kd_and_its_gradient_by_hand():
+    # Prepare: one row; at T = 2 the student's logits (0, 2 ln 3) give softmax (1/4, 3/4); the target is (1/2, 1/2).
+    t = 2.0
+    z = torch.tensor([[[0.0, 2 * math.log(3.0)]]])
+    soft = SoftTargets.of(torch.zeros(1, 1, 2), t)
+    # Execute
+    loss, grad = kd_grad(z, soft, t, torch.tensor([0.5]))
+    # Assert: α·T²·KL(q ‖ p) = 0.5·4·(½ ln 2 + ½ ln(2/3)); gradient α·T/R·(p − q) = 0.5·2·(−¼, ¼).
+    kl = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    close(loss, torch.tensor([0.5 * 4 * kl]))
+    close(grad, torch.tensor([[[-0.25, 0.25]]]))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_gradient_is_autograds(weighted):
+    g = torch.Generator().manual_seed(0)
+    z, labels = torch.randn(4, 9, 10, generator=g) * 3, torch.randint(0, 10, (4, 9), generator=g)
+    weight = torch.rand(4, 9, generator=g) / 9 if weighted else None
+    loss, grad = cross_entropy_grad(z.clone(), labels, weight)
+    ref_loss, ref_grad = autograd_of(lambda live: cross_entropy(live, labels, weight), z)
+    close(loss, ref_loss)
+    close(grad, ref_grad)
+
+
+def test_kd_gradient_is_autograds():
+    g = torch.Generator().manual_seed(1)
+    z, target, alpha = (
+        torch.randn(4, 9, 10, generator=g) * 3,
+        torch.randn(4, 9, 10, generator=g),
+        torch.rand(4, generator=g),
+    )
+    soft = SoftTargets.of(target, 4.0)
+    loss, grad = kd_grad(z.clone(), soft, 4.0, alpha)
+    ref_loss, ref_grad = autograd_of(lambda live: alpha * kd_divergence(live, soft, 4.0), z)
+    close(loss, ref_loss)
+    close(grad, ref_grad)
+
+
+def test_relu_backward_zeroes_where_the_output_was_not_positive():
+    grad = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = relu_backward_(grad, torch.tensor([0.0, 0.5, 0.0, 2.0]))
+    assert out.data_ptr() == grad.data_ptr()  # in place
+    assert grad.tolist() == [0.0, 2.0, 0.0, 4.0]
+
+
+@pytest.mark.parametrize("name", sorted(MLP_WIDTHS))
+def test_zoo_mlps_are_recognised_and_others_not(name):
+    assert mlp_linears(build_model(name, (1, 8, 8), 10, seed=0)) == [
+        str(1 + 2 * i) for i in range(len(MLP_WIDTHS[name]) + 1)
+    ]
+    assert mlp_linears(build_model(next(iter(CNN_SIZES)), (1, 8, 8), 10, seed=0)) is None
+    assert mlp_linears(nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))) is None
+    assert mlp_linears(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))) is None
+    assert mlp_linears(nn.Sequential(nn.Flatten(2), nn.Linear(4, 2))) is None
+
+
+@pytest.mark.parametrize("name", ["mlp64", "mlp256x2"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_forward_and_backward_are_vmap_and_autograds(name, shared):
+    # Prepare: 3 students on image inputs (flattened by the model), their own rows or one batch seen by all.
+    models = [build_model(name, (1, 8, 8), 10, seed=s) for s in range(3)]
+    base, params = stack_students(models)
+    g = torch.Generator().manual_seed(2)
+    x = (
+        torch.randn(5, 1, 8, 8, generator=g).expand(3, 5, 1, 8, 8)
+        if shared
+        else torch.randn(3, 5, 1, 8, 8, generator=g)
+    )
+    labels = torch.randint(0, 10, (3, 5), generator=g)
+    live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    ref_z = stacked_forward(base)(live, x)
+    ref_grads = torch.autograd.grad(cross_entropy(ref_z, labels).sum(), list(live.values()))
+    # Execute
+    z, acts = mlp_forward(params, mlp_linears(base), x)
+    grads = mlp_backward(params, mlp_linears(base), acts, cross_entropy_grad(z, labels)[1])
+    # Assert: the logits, and every gradient in its parameter's own (contiguous) layout.
+    close(z, ref_z)
+    assert list(grads) == list(params)
+    for (k, ref), got in zip(zip(live, ref_grads), grads.values()):
+        assert got.shape == params[k].shape and got.is_contiguous(), k
+        close(got, ref, rtol=1e-5, atol=1e-7)
