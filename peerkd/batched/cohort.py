@@ -20,7 +20,16 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from peerkd.batched.mlp import cross_entropy_grad, kd_grad, mlp_backward, mlp_forward, mlp_linears
-from peerkd.batched.stacked import Params, SoftTargets, cross_entropy, fit, kd_divergence, stacked_forward, student_rows
+from peerkd.batched.stacked import (
+    Params,
+    SoftTargets,
+    cross_entropy,
+    fit,
+    hits_and_nll,
+    kd_divergence,
+    stacked_forward,
+    student_rows,
+)
 from peerkd.clock import section
 from peerkd.student.batches import CohortPlan, plan_cohort
 from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, per_example_grads, row_bounds
@@ -418,9 +427,9 @@ class Cohort:
         loss = torch.zeros(len(self.clients), dtype=torch.float64, device=self.device)
         for i in range(0, len(x), step):
             z = student_rows(self._on_shared(w, x[i : i + step]).float())
-            labels = y[i : i + step].reshape(-1).expand(len(z), -1)
-            correct += (z.argmax(dim=-1) == labels).sum(dim=-1)
-            loss += cross_entropy(z, labels).double() * labels.shape[1]  # the block's mean times its rows
+            hits, nll = hits_and_nll(z, y[i : i + step].reshape(-1).expand(len(z), -1))
+            correct += hits.sum(dim=-1)
+            loss += nll.sum(dim=-1).double()
         rows = y.numel()
         acc = correct.to(torch.float32) / rows
         return list(zip(acc.tolist(), (loss / rows).float().tolist()))

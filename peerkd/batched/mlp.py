@@ -39,13 +39,20 @@ def mlp_linears(base: nn.Module) -> list[str] | None:
 
 def mlp_forward(params: Params, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Every student's logits ``(S, R, C)`` on its rows ``x`` (``(S, R, ...)``), and each linear
-    layer's input (kept for ``mlp_backward``). ``x`` may be a broadcast view (stride 0 along S)."""
+    layer's input (kept for ``mlp_backward``). ``x`` may be one batch broadcast to every student
+    (stride 0 along S): the first layer is then one product of that batch with every student's
+    weights side by side, ``(R, F) @ (F, S·H)``, a tenth faster than S products of ``(R, F) @ (F, H)``
+    (640 students, 40 features), and the next layers read its ``(R, S, H)`` result as ``(S, R, H)``."""
     h = x.flatten(2)
     inputs = []
     for i, name in enumerate(names):
         inputs.append(h)
         w, b = params[f"{name}.weight"], params[f"{name}.bias"]
-        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if i == 0 and h.stride(0) == 0 and len(h) > 1:
+            wide = torch.addmm(b.reshape(-1), h[0], w.reshape(-1, w.shape[-1]).t())
+            h = wide.view(h.shape[1], len(w), -1).transpose(0, 1)
+        else:
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         if i < len(names) - 1:
             h.relu_()
     return h, inputs

@@ -70,6 +70,16 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
     return nll.mean(dim=-1) if weight is None else (nll * weight).sum(dim=-1)
 
 
+def hits_and_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's hit (``argmax == label``: ``max``'s index is argmax's, the first maximum) and its
+    cross-entropy ``logsumexp − z[label]``: ``(..., B, C)``, ``(..., B)`` -> two ``(..., B)``. One
+    maximum serves both (at 10 classes a reduction along the class axis costs as much as a
+    product; ``argmax`` and ``log_softmax`` took one each, and a pass over the logits more)."""
+    top, at = logits.max(dim=-1, keepdim=True)
+    lse = (logits - top).exp().sum(dim=-1).log() + top.squeeze(-1)
+    return at.squeeze(-1) == labels, lse - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
 @dataclass(frozen=True)
 class SoftTargets:
     """Targets at a temperature, as KD uses them: probabilities ``softmax(t/T)`` and each row's

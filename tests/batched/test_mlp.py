@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from peerkd.batched.mlp import cross_entropy_grad, kd_grad, mlp_backward, mlp_forward, mlp_linears, relu_backward_
-from peerkd.batched.stacked import SoftTargets, cross_entropy, kd_divergence, stack_students, stacked_forward
+from peerkd.batched.stacked import (
+    SoftTargets,
+    cross_entropy,
+    hits_and_nll,
+    kd_divergence,
+    stack_students,
+    stacked_forward,
+)
 from peerkd.student.models import CNN_SIZES, MLP_WIDTHS, build_model
 
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -120,3 +127,16 @@ def test_forward_and_backward_are_vmap_and_autograds(name, shared):
     for (k, ref), got in zip(zip(live, ref_grads), grads.values()):
         assert got.shape == params[k].shape and got.is_contiguous(), k
         close(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_hits_and_nll_by_hand_ties_go_to_the_first_maximum():
+    # Prepare: one student, two rows with the same logits (1, 3, 3), labels 1 and 2.
+    z = torch.tensor([[[1.0, 3.0, 3.0], [1.0, 3.0, 3.0]]])
+    labels = torch.tensor([[1, 2]])
+    # Execute
+    hits, nll = hits_and_nll(z, labels)
+    # Assert: argmax is the first maximum (index 1); -log softmax at the label is log(e + 2e³) - 3 for both.
+    assert hits.tolist() == [[True, False]]
+    assert torch.equal(hits, z.argmax(dim=-1) == labels)
+    close(nll, torch.full((1, 2), math.log(math.e + 2 * math.e**3) - 3.0))
+    close(nll.mean(dim=-1), cross_entropy(z, labels))
