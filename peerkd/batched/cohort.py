@@ -170,8 +170,8 @@ class Cohort:
 
     def _mlp_grads(self, private, transfer, alpha: torch.Tensor):
         """``g(live, k)``: ``train``'s loss at step k and its gradient, written out for a zoo MLP
-        (``peerkd.batched.mlp``: the same maths as autograd on ``loss_at``, a third fewer passes over
-        the activations). With a transfer set, each step's private and transfer rows run as one
+        (``peerkd.batched.mlp``: the same maths as autograd on ``loss_at``, in fewer passes over the
+        activations). With a transfer set, each step's private and transfer rows run as one
         batch; when the private rows are each student's whole shard (the same inputs every step),
         they are copied into that batch once and only the transfer rows are written per step."""
         names, temperature, joined = self.linears, self.params.temperature, {}

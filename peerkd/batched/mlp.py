@@ -25,7 +25,8 @@ def mlp_linears(base: nn.Module) -> list[str] | None:
     if not isinstance(base, nn.Sequential):
         return None
     children = list(base.named_children())
-    if len(children) < 2 or type(children[0][1]) is not nn.Flatten or children[0][1].start_dim != 1:
+    flatten = children[0][1] if children else None
+    if len(children) < 2 or type(flatten) is not nn.Flatten or (flatten.start_dim, flatten.end_dim) != (1, -1):
         return None
     body = children[1:]
     linear = [m for _, m in body[::2]]

@@ -103,6 +103,7 @@ def test_zoo_mlps_are_recognised_and_others_not(name):
     assert mlp_linears(nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))) is None
     assert mlp_linears(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))) is None
     assert mlp_linears(nn.Sequential(nn.Flatten(2), nn.Linear(4, 2))) is None
+    assert mlp_linears(nn.Sequential(nn.Flatten(1, 2), nn.Linear(4, 2))) is None
 
 
 @pytest.mark.parametrize("name", ["mlp64", "mlp256x2"])
