@@ -141,8 +141,17 @@ class Cohort:
         class_kd = self._class_kd(classes) if with_classes and proj is None else None
         protos = self._proto_term(classes, proj) if with_classes and proj is not None else None
         if self.linears is not None and class_kd is None and protos is None:
-            w, hist, _ = fit(w, None, plan.steps, p.lr, grads_at=self._mlp_grads(private, transfer, alpha))
-            return w, last_epoch_means(plan, hist)
+            loss_at, grads_at = None, self._mlp_grads(private, transfer, alpha)
+        else:
+            loss_at, grads_at = self._loss_at(private, transfer, plan.shared, alpha, class_kd, protos), None
+        w, hist, _ = fit(w, loss_at, plan.steps, p.lr, grads_at=grads_at)
+        return w, last_epoch_means(plan, hist)
+
+    def _loss_at(self, private, transfer, shared: bool, alpha: torch.Tensor, class_kd, protos):
+        """``f(live, k)``: every student's ``train`` loss at step k, for autograd: CE on the private
+        rows, plus α·KD on the transfer rows (``transfer``; ``shared``: one batch for all), or FD's
+        per-class term (``class_kd``), or the prototype rules' (``protos``)."""
+        temperature = self.params.temperature
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             x, labels, weight = private(k)
@@ -155,13 +164,12 @@ class Cohort:
                 loss = cross_entropy(out, labels, weight)
                 return loss if class_kd is None else loss + class_kd(out, labels, weight)
             xt, target = transfer(k)
-            xt = xt.expand(x.shape[0], *xt.shape) if plan.shared else xt
+            xt = xt.expand(x.shape[0], *xt.shape) if shared else xt
             both = self.forward(live, torch.cat([x, xt], dim=1))  # one pass: one weight gradient, none to add
             loss = cross_entropy(student_rows(both[:, : x.shape[1]]), labels, weight)
-            return loss + alpha * kd_divergence(student_rows(both[:, x.shape[1] :]), target, p.temperature)
+            return loss + alpha * kd_divergence(student_rows(both[:, x.shape[1] :]), target, temperature)
 
-        w, hist, _ = fit(w, loss_at, plan.steps, p.lr)
-        return w, last_epoch_means(plan, hist)
+        return loss_at
 
     @cached_property
     def linears(self) -> list[str] | None:
