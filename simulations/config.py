@@ -112,6 +112,7 @@ class EngineConf:
     device: str = "auto"  # batched: auto (CUDA when visible) | cpu | cuda
     chunk: int = 0  # batched: most students per vmapped call (0: automatic)
     store: str = "auto"  # batched: where weights stay between calls: auto | device | host (streamed by chunk)
+    stacked: bool = True  # batched: rounds of peer/local/teacher rules as arrays, no Message per node (false: Messages)
     ray_address: Optional[str] = None  # a running Ray cluster: auto | HOST:PORT (null: a private local Ray)
     workers: int = 0  # batched: Ray actors holding a fixed shard of students each (0: all in this process)
     worker_cpus: float = 1.0  # batched: Ray CPUs per worker (its torch threads)

@@ -65,7 +65,7 @@ def run_engine(
                 "num_gpus": engine.worker_gpus,
             }
         settings = {"device": engine.device, "chunk": engine.chunk, "store": engine.store, "cluster": cluster,
-                    "resume": resume}  # fmt: skip
+                    "resume": resume, "stacked": engine.stacked}  # fmt: skip
         return run_batched(spec, strategy, out_dir, config, **settings, hooks=hooks)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from peerkd.errors import ConfigError, check_range
 from peerkd.round.checkpoint import ModuleWeights
 from peerkd.round.contract import ServerContext
-from peerkd.wire.codec import decode_logits, encode_logits
+from peerkd.wire.codec import array_bytes, decode_logits, encode_logits
 from peerkd.wire.protocol import (
     CFG_ALPHA,
     CFG_REPLY_LOGITS,
@@ -140,6 +140,22 @@ class DistillationStrategy(ABC):
         metrics; None when the replies carry none."""
         return None
 
+    def stacked_round(self, config: ConfigRecord) -> tuple[str, ConfigRecord] | None:
+        """The message type and config of a round sent as one ``StackedRequest`` (the batched
+        engine's stacked round), or None: this rule's rounds are Messages only."""
+        return None
+
+    def stacked_targets(self, node_ids: list[int]) -> tuple[np.ndarray | None, np.ndarray, int]:
+        """Every node's target as rows of one ``(n, P, C)`` array (what each node would decode from
+        its Message), which nodes have one (``(n,)`` bool), and the serialised bytes of one target;
+        a rule with a ``stacked_round`` says how."""
+        raise NotImplementedError(f"{self.name} has no stacked round")
+
+    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, Any]:
+        """``aggregate_round`` for a stacked round's accepted replies: their nodes, in reply order,
+        and their transfer-set logits ``(n, P, C)`` (None when not asked for)."""
+        return {}
+
 
 def client_of(reply: Message) -> int:
     """The client (partition) id a screened reply came from."""
@@ -159,6 +175,8 @@ class LogitDistillation(DistillationStrategy):
     message_type: ClassVar[str] = MSG_DISTILL
     dp_supported: ClassVar[bool] = True
     sends_probs: ClassVar[bool] = False  # clients reply with probabilities, not logits (DS-FL)
+    # True: a round is targets out, logits and metrics back, nothing else read (``stacked_round``)
+    stacks: ClassVar[bool] = False
 
     def __init__(self, alpha: float = 1.0, temperature: float = 0.0):
         self.alpha = check_range("strategy.alpha", alpha, 0.0, 100.0)
@@ -203,6 +221,25 @@ class LogitDistillation(DistillationStrategy):
                 records[KEY_TARGETS] = self.encode_target(target)
             messages.append(Message(record_dict(records), dst_node_id=node_id, message_type=self.message_type))
         return messages
+
+    def stacked_round(self, config: ConfigRecord) -> tuple[str, ConfigRecord] | None:
+        return (self.message_type, ConfigRecord({**config, **self.round_config()})) if self.stacks else None
+
+    def stacked_targets(self, node_ids: list[int]) -> tuple[np.ndarray | None, np.ndarray, int]:
+        """``targets_for``'s targets as float32 rows, as the fp32 codec delivers them: a rule's
+        stacked result stays one array (no copy), one target for every node is viewed n times.
+        The bytes are ``encode_target``'s record's (``array_bytes``), as a Message would carry it."""
+        by_node = self.targets_for(node_ids)
+        targets = [by_node[n] for n in node_ids]
+        has = np.array([t is not None for t in targets], dtype=bool)
+        if not has.any():
+            return None, has, 0
+        given = [np.asarray(t, dtype=np.float32) for t in targets if t is not None]
+        size = array_bytes(record_dict({KEY_TARGETS: self.encode_target(given[0])}))
+        if has.all() and all(t is given[0] for t in given):
+            return np.broadcast_to(given[0], (len(given), *given[0].shape)), has, size
+        zero, each = np.zeros_like(given[0]), iter(given)
+        return stack_rows([next(each) if h else zero for h in has]), has, size
 
     def check_reply(self, content: RecordDict) -> None:
         if self.wants_logits or KEY_LOGITS in content:

@@ -28,6 +28,7 @@ class FedMD(LogitDistillation):
 
     name = "fedmd"
     message_type = MSG_DIGEST
+    stacks = True
 
     def __init__(
         self,
@@ -53,9 +54,11 @@ class FedMD(LogitDistillation):
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
-        if logits:
-            stack = stack_rows(logits)
+        return self.aggregate_stacked(server_round, [], stack_rows(logits) if logits else None)
+
+    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, Any]:
+        if logits is not None and len(logits):
             self.consensus = (
-                np.mean(stack, axis=0).astype(np.float32) if self.aggregator.plain else self.aggregator(stack)
+                np.mean(logits, axis=0).astype(np.float32) if self.aggregator.plain else self.aggregator(logits)
             )
         return {}

@@ -20,6 +20,7 @@ class LocalOnly(LogitDistillation):
     message_type = MSG_TRAIN
     wants_logits = False
     needs_transfer = False
+    stacks = True
 
     def __init__(self) -> None:
         super().__init__()  # no settings: nothing is distilled

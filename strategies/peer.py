@@ -25,6 +25,7 @@ class PeerMutualLearning(RobustLogitDistillation):
 
     name = "peer"
     wants_logits = True
+    stacks = True
     reads_votes = True  # the mean of the others' votes is a (scaled) vote histogram
     min_clients = 2
 
@@ -42,10 +43,16 @@ class PeerMutualLearning(RobustLogitDistillation):
         return peer_targets(self.logits, node_ids, self.aggregator, trust)
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
+        senders = [m.metadata.src_node_id for m in replies]
+        logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
+        return self._remember(dict(zip(senders, logits)))
+
+    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, float]:
+        return self._remember({} if logits is None else dict(zip(senders, logits)))
+
+    def _remember(self, logits: dict[int, np.ndarray]) -> dict[str, float]:
         # Only this round's senders count: a node that dropped out stops teaching.
-        self.logits = {
-            m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
-        }
+        self.logits = logits
         if self.aggregator.method == "reputation" and len(self.logits) >= 2:
             senders = sorted(self.logits)
             now = distance_ratios(stack_rows([self.logits[n] for n in senders]))

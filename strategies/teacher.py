@@ -38,6 +38,7 @@ class TeacherDistillation(LogitDistillation):
 
     name = "teacher"
     wants_logits = False
+    stacks = True
 
     def __init__(
         self,

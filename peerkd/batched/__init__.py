@@ -30,14 +30,19 @@ class BatchedEngine:
     """All students in this process, on ``device`` in chunks of ``chunk``, their weights kept per
     ``store`` (``BatchedGrid``) between calls (``peerkd.round.run.Engine``)."""
 
-    def __init__(self, num_clients: int, device: str = "auto", chunk: int = 0, store: str = "auto"):
+    def __init__(
+        self, num_clients: int, device: str = "auto", chunk: int = 0, store: str = "auto", stacked: bool = True
+    ):
         self.num_clients, self.device, self.chunk, self.store = num_clients, device, chunk, store
+        self.stacked = stacked
 
     def serve(self, main, stop) -> None:
         """Build the grid and run ``main`` on it (no stop handling: Ctrl-C stops the process's loop)."""
         import torch
 
-        grid = BatchedGrid(self.num_clients, device=self.device, chunk=self.chunk, store=self.store)
+        grid = BatchedGrid(
+            self.num_clients, device=self.device, chunk=self.chunk, store=self.store, stacked=self.stacked
+        )
         if grid.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(grid.device)
         main(grid)
@@ -72,6 +77,7 @@ def run_batched(
     device: str = "auto",
     chunk: int = 0,
     store: str = "auto",
+    stacked: bool = True,
     resume: bool = False,
     cluster: dict[str, Any] | None = None,
     hooks: Sequence[RoundHook] = (),
@@ -85,6 +91,8 @@ def run_batched(
     device, chunk, store : str, int, str
         As for ``BatchedGrid``: ``auto|cpu|cuda``; most students per vmapped call (0: sized from free
         memory); where students' weights stay between calls (``auto|device|host``).
+    stacked : bool
+        As for ``BatchedGrid``: rounds as arrays where nothing reads their Messages (False: Messages).
     resume : bool
         Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
         saved after every round) if there is one; else it is removed.
@@ -102,7 +110,7 @@ def run_batched(
     """
     n = spec.world.num_clients
     if cluster is None:
-        engine = BatchedEngine(n, device, chunk, store)
+        engine = BatchedEngine(n, device, chunk, store, stacked)
     else:
         if resume:  # workers keep their shards' students for a restarted actor, but the run keeps no checkpoint
             log.warning("resume: the sharded batched engine (engine.workers > 0) keeps no checkpoint; starting over")

@@ -6,6 +6,10 @@ message gets an error reply, as a failing ClientApp's would), grouped by (messag
 student architecture, settings), and each group is answered in chunks of at most
 ``chunk`` students by one vmapped computation. Replies are real Messages built by the
 same code as the ClientApp's, so they carry the same records and bytes.
+
+A round whose Messages nobody would read can instead come as one ``StackedRequest``
+(``stacks``, ``answer_stacked``): the same cohorts answer it, and the replies come back as
+columns and one logits array (``peerkd.round.stacked``), with no Message per node.
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ from uuid import uuid4
 
 import numpy as np
 import torch
-from flwr.app import Error, Message, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from peerkd.batched.cohort import EVAL_ROWS, Cohort, DeviceData
-from peerkd.batched.handlers import HANDLERS, Request, decode_request
+from peerkd.batched.handlers import HANDLERS, Request, answer_columns, decode_request, settings_of
 from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
-from peerkd.student.exchange import reply, sent_logits
+from peerkd.round.stacked import COLUMNS, TRAINED, StackedReplies, StackedRequest
+from peerkd.student.exchange import reply, sent_logits, student_arch
 from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
+from peerkd.wire.codec import array_bytes, encode_logits
 from peerkd.world.build import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
@@ -39,6 +45,7 @@ log = logging.getLogger("peerkd")
 DEVICES = ("auto", "cpu", "cuda")
 STORES = ("auto", "device", "host")
 NODE_ID_BASE = 1_000  # node id = NODE_ID_BASE + partition id (SUPERLINK_NODE_ID is 1)
+STACKED = (P.MSG_DISTILL, P.MSG_TRAIN, P.MSG_DIGEST)  # what ``answer_stacked`` answers
 
 
 class BatchedGrid(Grid):
@@ -59,17 +66,29 @@ class BatchedGrid(Grid):
         Where students' weights stay between calls: ``device``, ``host`` (streamed to the device
         chunk by chunk), or ``auto``: host memory on a GPU whose free memory could not hold
         ``MEMORY_SHARE`` of the fleet's weights (``memory.fleet_bytes``), else the device.
+    stacked : bool
+        Offer the round loop stacked rounds (``answer_stacked``: no Message per node where none is
+        read); False: every round through Messages.
     """
 
     answers_at_once = True  # replies are ready when push_messages returns (injected delays are simulated)
 
-    def __init__(self, num_nodes: int, *, device: str = "auto", chunk: int = 0, run_id: int = 1, store: str = "auto"):
+    def __init__(
+        self,
+        num_nodes: int,
+        *,
+        device: str = "auto",
+        chunk: int = 0,
+        run_id: int = 1,
+        store: str = "auto",
+        stacked: bool = True,
+    ):
         if chunk < 0:
             raise ConfigError(
                 "engine.chunk", f"{chunk} students per call", "an integer >= 0 (0: sized from free memory)"
             )
         self.device = pick_device(check_choice("engine.device", device, DEVICES))
-        self.chunk = chunk
+        self.chunk, self.stacked = chunk, stacked
         self._store_on = check_choice("engine.store", store, STORES)
         self.store_place = "host" if store == "host" else "device"  # where weights stay (summary field ``store``)
         self.store = StudentStore(self.device, torch.device("cpu") if store == "host" else None)
@@ -135,7 +154,9 @@ class BatchedGrid(Grid):
                 continue
             groups.setdefault(req.group, []).append(req)
         for reqs in groups.values():
-            size, out = self._chunk_size(reqs), _transfer_out(reqs)
+            first = reqs[0]
+            size = self._chunk_size(first.spec, first.arch, first.params, len(reqs))
+            out = _transfer_out(reqs)
             for start in range(0, len(reqs), size):
                 rows = None if out is None else out[start : start + size]
                 replies += self._answer_chunk(reqs[start : start + size], rows)
@@ -145,26 +166,14 @@ class BatchedGrid(Grid):
         """One cohort's replies (all error replies if its computation raises); its students'
         transfer-set logits go into ``transfer_out`` when given."""
         first = reqs[0]
+        handler = HANDLERS[first.msg.metadata.message_type]
+        clients = [r.client for r in reqs]
         try:
-            world = build_world(first.spec)
-            cohort = Cohort(
-                world,
-                self._device_data(world),
-                first.params,
-                self.store.base(first.arch, world),
-                [r.client for r in reqs],
-                transfer_out,
+            cohort, records = self._cohort_call(
+                first.spec, first.params, first.arch, clients, transfer_out, lambda c, w: handler(c, w, reqs)
             )
-            self._place_store(first.arch, world)
-            with section("plan"):
-                weights = self.store.load(first.arch, world, cohort.clients)
-            with section("compute"):
-                weights, records = HANDLERS[first.msg.metadata.message_type](cohort, weights, reqs)
-            if weights is not None:
-                with section("plan"):
-                    self.store.save(first.arch, cohort.clients, weights)
             if first.params.keep_sent:
-                self._keep_sent(world, cohort.clients, records)
+                self._keep_sent(cohort.world, cohort.clients, records)
         except Exception as exc:  # noqa: BLE001
             log.exception(
                 "batched %s for %d %s students failed", first.msg.metadata.message_type, len(reqs), first.arch
@@ -172,6 +181,87 @@ class BatchedGrid(Grid):
             return [_raised(r.msg, exc) for r in reqs]
         with section("messages"):
             return [reply(r.msg, r.arch, rec) for r, rec in zip(reqs, records)]
+
+    def _cohort_call(
+        self, spec: WorldSpec, params: P.RoundParams, arch: str, clients: list[int], transfer_out, handler
+    ):
+        """``handler(cohort, weights)`` for the ``arch`` students ``clients`` under ``params``: their
+        weights loaded from the store and saved back when the handler returns new ones; their
+        transfer-set logits into ``transfer_out`` (when given). Returns the cohort and what else the
+        handler returned."""
+        world = build_world(spec)
+        cohort = Cohort(world, self._device_data(world), params, self.store.base(arch, world), clients, transfer_out)
+        self._place_store(arch, world)
+        with section("plan"):
+            weights = self.store.load(arch, world, cohort.clients)
+        with section("compute"):
+            weights, out = handler(cohort, weights)
+        if weights is not None:
+            with section("plan"):
+                self.store.save(arch, cohort.clients, weights)
+        return cohort, out
+
+    def stacks(self, message_type: str, config: ConfigRecord) -> bool:
+        """Whether ``answer_stacked`` answers a round of these requests: ``train.distill``,
+        ``train.digest`` or ``train`` (no weights sent) in the fp32 codec, without privacy noise,
+        DP-SGD, probes, probabilities or kept sums (those replies are made by the Message path's
+        code, which the rounds then take)."""
+        if not self.stacked or message_type not in STACKED:
+            return False
+        _, p = settings_of(config)
+        return p.codec == "fp32" and not (
+            p.dp_noise > 0 or p.dpsgd_epsilon > 0 or p.reply_probe or p.reply_probs or p.keep_sent
+        )
+
+    def answer_stacked(self, request: StackedRequest) -> StackedReplies:
+        """Every node of ``request`` (``stacks`` said yes) answered as arrays: the Message path's
+        cohorts, chunk by chunk, their metrics as columns and their transfer-set logits rows of one
+        array (no copy with one architecture and no failure); rows in the request's order."""
+        spec, params = settings_of(request.config)
+        world = build_world(spec)
+        shape = (world.transfer_rows, world.num_classes)
+        want = params.reply_logits and world.transfer_rows > 0
+        groups, failed = self._stacked_groups(request, spec, params)
+        digest = request.message_type == P.MSG_DIGEST
+        done: list[tuple[list[int], str, dict, np.ndarray | None]] = []  # (positions, arch, columns, logits rows)
+        out, answered = None, True
+        for arch, positions in groups.items():
+            out = np.empty((len(positions), *shape), np.float32) if want else None
+            size = self._chunk_size(spec, arch, params, len(positions))
+            for start in range(0, len(positions), size):
+                part = positions[start : start + size]
+                rows = None if out is None else out[start : start + size]
+                targets = _targets_of(request, part)
+                clients = [self._nodes[request.nodes[k]] for k in part]
+                try:
+                    _, columns = self._cohort_call(
+                        spec, params, arch, clients, rows, lambda c, w, t=targets: answer_columns(c, w, t, digest)
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("batched %s for %d %s students failed", request.message_type, len(part), arch)
+                    failed.update({request.nodes[k]: raised_reason(exc) for k in part})
+                    answered = False
+                    continue
+                done.append((part, arch, columns, rows))
+        whole = out if len(groups) == 1 and answered else None
+        return _stacked_replies(request, done, whole, failed, _reply_bytes(shape) if want else 0)
+
+    def _stacked_groups(self, request: StackedRequest, spec: WorldSpec, params: P.RoundParams):
+        """The request's positions by student architecture, and the nodes that cannot answer (with
+        the error a ClientApp's reply would carry)."""
+        groups: dict[str, list[int]] = {}
+        failed: dict[int, str] = {}
+        for k, node in enumerate(request.nodes):
+            client = self._nodes.get(node)
+            if client is None:
+                failed[node] = f"no node {node}"
+            elif not 0 <= client < spec.num_clients:
+                failed[node] = raised_reason(
+                    ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
+                )
+            else:
+                groups.setdefault(student_arch(params, client), []).append(k)
+        return groups, failed
 
     def _keep_sent(self, world: World, clients: list[int], records: list[dict]) -> None:
         """Remember each student's sent logits, as the ClientApp keeps them in ``context.state``."""
@@ -191,14 +281,13 @@ class BatchedGrid(Grid):
             log.info("batched: %d students' weights kept in host memory, streamed by chunk", len(self._nodes))
             self.store.home, self.store_place = torch.device("cpu"), "host"
 
-    def _chunk_size(self, reqs: list[Request]) -> int:
+    def _chunk_size(self, spec: WorldSpec, arch: str, params: P.RoundParams, n: int) -> int:
         if self.chunk:
             return self.chunk
-        first = reqs[0]
-        world = build_world(first.spec)
-        model = build_model(first.arch, world.data.input_shape, world.num_classes, seed=0)
+        world = build_world(spec)
+        model = build_model(arch, world.data.input_shape, world.num_classes, seed=0)
         eval_rows = min(EVAL_ROWS, max(len(world.split("test")[1]), len(world.transfer_x), 1))
-        return auto_chunk(model, world.data.input_shape, 2 * first.params.batch_size, eval_rows, len(reqs), self.device)
+        return auto_chunk(model, world.data.input_shape, 2 * params.batch_size, eval_rows, n, self.device)
 
     def _device_data(self, world: World) -> DeviceData:
         if world.spec not in self._data:
@@ -220,9 +309,47 @@ def _transfer_out(reqs: list[Request]) -> np.ndarray | None:
     return np.empty((len(reqs), world.transfer_rows, world.num_classes), dtype=np.float32)
 
 
+def _targets_of(request: StackedRequest, positions: list[int]) -> list[np.ndarray | None] | None:
+    """The targets of the nodes at ``positions``: rows of the request's array (consecutive positions:
+    consecutive rows, which a cohort stacks without a copy), None for a node without."""
+    if request.targets is None:
+        return None
+    return [request.targets[k] if request.has_target[k] else None for k in positions]
+
+
+def _reply_bytes(shape: tuple[int, int]) -> int:
+    """The serialised array bytes of a reply with transfer-set logits of ``shape`` (fp32: fixed by the shape)."""
+    return array_bytes(RecordDict({P.KEY_LOGITS: encode_logits(np.zeros(shape, np.float32))}))
+
+
+def _stacked_replies(
+    request: StackedRequest, done: list, whole: np.ndarray | None, failed: dict[int, str], bytes_up: int
+) -> StackedReplies:
+    """The answered chunks (``(positions, arch, columns, logits rows)``) as one ``StackedReplies`` in
+    the request's order. The logits are ``whole`` (one architecture's array, every chunk answered:
+    no copy), else the chunks' rows gathered."""
+    positions = np.asarray([k for part, *_ in done for k in part], dtype=np.int64)
+    order = np.argsort(positions, kind="stable")
+    columns = {
+        key: np.concatenate([np.asarray(c[key]) for _, _, c, _ in done])[order] if done else np.zeros(0)
+        for key in (*COLUMNS, *TRAINED)
+    }
+    archs = [arch for part, arch, _, _ in done for _ in part]
+    logits = whole
+    if whole is None and done and done[0][3] is not None:
+        logits = np.concatenate([rows for *_, rows in done])[order]
+    nodes = np.asarray(request.nodes, dtype=np.int64)[positions[order]]
+    return StackedReplies(nodes, [archs[i] for i in order], columns, logits, bytes_up, failed)
+
+
+def raised_reason(exc: Exception) -> str:
+    """The reason of the error reply Flower's simulation sends for a ClientApp that raised ``exc``."""
+    return str(type(exc)) + ":<'" + str(exc) + "'>"
+
+
 def _raised(msg: Message, exc: Exception) -> Message:
     """The error reply Flower's simulation sends for a ClientApp that raised ``exc``."""
-    return _error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(type(exc)) + ":<'" + str(exc) + "'>")
+    return _error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, raised_reason(exc))
 
 
 def _error(msg: Message, code: int, reason: str) -> Message:

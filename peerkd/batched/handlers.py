@@ -61,7 +61,7 @@ def decode_request(msg: Message, client: int, sent=None) -> Request:
     kind = msg.metadata.message_type
     if kind not in HANDLERS:
         raise ValueError(f"no handler for message type {kind!r}")
-    spec, params = _settings(msg.content[P.KEY_CONFIG])
+    spec, params = settings_of(msg.content[P.KEY_CONFIG])
     if not 0 <= client < spec.num_clients:
         raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
     world = build_world(spec)
@@ -81,7 +81,7 @@ def decode_request(msg: Message, client: int, sent=None) -> Request:
 _last_settings: list = [None, None]  # [the ConfigRecord last decoded, its (WorldSpec, RoundParams)]
 
 
-def _settings(record: Any) -> tuple[WorldSpec, RoundParams]:
+def settings_of(record: Any) -> tuple[WorldSpec, RoundParams]:
     """The world spec and round settings of a message's ConfigRecord. A rule sends one record
     object to every node of a round, so it is decoded once, not once per student."""
     if _last_settings[0] is not record:  # the reference held here keeps the identity test sound
@@ -165,6 +165,29 @@ def _evaluate(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dic
     """``evaluate``: test accuracy and loss."""
     scores = c.evaluate(w)
     return None, [{P.KEY_METRICS: metrics_record(r.client, len(ix), *s)} for r, ix, s in zip(reqs, c.private, scores)]
+
+
+def answer_columns(c: Cohort, w: Params, targets: list | None, digest: bool = False) -> tuple[Params, dict[str, list]]:
+    """``_distill`` (with ``targets``), ``_train`` (without; no weights sent) or, with ``digest``,
+    ``_digest`` for a stacked round: the same training, evaluation and transfer-set logits (into the
+    cohort's ``transfer_out``), each student's reply metrics as columns
+    (``peerkd.round.stacked.COLUMNS`` and ``TRAINED``), not records."""
+    t0, n = time.perf_counter(), len(c.clients)
+    if digest:
+        w, targets = c.digest(w, targets or [None] * n), None
+    w, losses = c.train(w, targets=targets)
+    secs = time.perf_counter() - t0
+    scores = c.evaluate(w)
+    if c.params.reply_logits:
+        c.transfer_logits(w)
+    return w, {
+        P.METRIC_PARTITION: list(c.clients),
+        P.METRIC_NUM_EXAMPLES: [len(ix) for ix in c.private],
+        P.METRIC_TEST_ACC: [acc for acc, _ in scores],
+        P.METRIC_TEST_LOSS: [loss for _, loss in scores],
+        P.METRIC_TRAIN_LOSS: losses,
+        P.METRIC_TRAIN_S: [secs / n] * n,
+    }
 
 
 HANDLERS: dict[str, Handler] = {

@@ -181,6 +181,8 @@ class ShardedGrid(BatchedGrid):
         Seconds to wait for a worker's replies; then they count as lost.
     """
 
+    stacked = False  # the workers answer Messages: no stacked rounds (``BatchedGrid.stacks``)
+
     def __init__(
         self,
         num_nodes: int,

@@ -70,7 +70,11 @@ class AgreementHook(RoundHook):
         return {}
 
     def after_round(self, result: RoundResult) -> dict[str, Any]:
-        logits = self.rule.agreement_logits(result.replies)
+        if result.stacked is not None:  # a stacked round's logits are the transfer set's (distill, train)
+            stacked = result.stacked.logits
+            logits = stacked if stacked is not None and len(stacked) >= 2 else None
+        else:
+            logits = self.rule.agreement_logits(result.replies)
         if logits is None:
             return {}
         return {"agreement": pairwise_agreement(logits), "kl_to_consensus": kl_to_consensus(logits)}

@@ -47,6 +47,8 @@ def check_example_budget(privacy: PrivacySpec, rounds: int, rule: Any, world: Wo
 class ExampleDPHook(RoundHook):
     """DP-SGD's budget in every message; per client, the steps taken, their noise and rate."""
 
+    reads_messages = True  # counts the releases in the Messages sent and received
+
     def __init__(self, privacy: PrivacySpec, rounds: int):
         self.privacy, self.rounds = privacy, rounds
         self.steps: dict[int, int] = {}

@@ -257,6 +257,8 @@ class PrivacyHook(RoundHook):
     multiplier as the summed releases protect a client is kept (``summed_noise``), and the summary
     adds ``dp_epsilon_spent_clear``: ε if the server read each release alone."""
 
+    reads_messages = True  # counts the releases in the Messages sent and received
+
     def __init__(self, privacy: PrivacySpec, rounds: int, senders: int = 2):
         self.privacy, self.rounds, self.senders = privacy, rounds, senders
         self.releases, self.noises, self.noise = 0, [], 0.0

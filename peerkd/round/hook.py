@@ -16,12 +16,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from peerkd.round.contract import ExchangeRule
+from peerkd.round.stacked import StackedReplies
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class RoundResult:
     messages: list[Message]  # what the rule sent
     replies: list[Message]  # the accepted replies, in the order of ``client_rows``
     client_rows: list[dict[str, Any]]  # one row per accepted client
+    # A stacked round's accepted replies as arrays (``peerkd.round.stacked``); then no Messages above.
+    stacked: StackedReplies | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class RunRecord:
 
 class RoundHook:
     """An extra of the round loop; every method is optional."""
+
+    # True: ``after_round`` reads the round's Messages, so the loop never sends the round stacked.
+    reads_messages: ClassVar[bool] = False
 
     def setup(self, rule: ExchangeRule, fresh: bool) -> dict[str, Any]:
         """Called once the rule is known (``fresh``: a new run, not a resumed one); returns run

@@ -33,6 +33,8 @@ from peerkd.round.hook import RoundHook, RoundResult, RunRecord, hook_states, re
 from peerkd.round.results import RunWriter
 from peerkd.round.screening import screen_reply
 from peerkd.round.spec import RunSpec
+from peerkd.round.stacked import StackedRequest, screen_stacked
+from peerkd.round.stacked import client_rows as stacked_rows
 from peerkd.student.models import model_size
 from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
@@ -102,17 +104,28 @@ def run_round(
     node_ids: list[int],
     stop: threading.Event | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One round on ``node_ids``: messages out, replies screened and aggregated.
+    """One round on ``node_ids``: messages out, replies screened and aggregated; a stacked round
+    (arrays, no Message per node) where the grid, the rule and every hook allow it.
 
     Returns the round's row (accuracy stats, replies, rejections, bytes, rule and hook
     metrics) and one row per accepted client; the caller writes them.
     """
     t0 = time.perf_counter()
+    plan = _stacked_plan(grid, rule, hooks, config)
+    exchange = _message_exchange if plan is None else functools.partial(_stacked_exchange, plan)
+    row, round_metrics, result = exchange(grid, spec, rule, hooks, rnd, config, node_ids, stop)
+    row.update(round_s=time.perf_counter() - t0, **round_metrics)
+    for hook in hooks:
+        row.update(hook.after_round(result))
+    return row, result.client_rows
+
+
+def _message_exchange(grid, spec: RunSpec, rule: ExchangeRule, hooks, rnd: int, config: dict, node_ids, stop):
+    """A round through Messages: the round row, the rule's round metrics and the ``RoundResult``."""
     with section("rule"):
         messages = list(rule.configure_round(rnd, node_ids, ConfigRecord(config), grid))
     down = {m.metadata.dst_node_id: array_bytes(m.content) for m in messages}
-    if stop is not None and stop.is_set():
-        raise RunInterrupted(f"stopped before round {rnd}")
+    _check_stop(stop, rnd)
     heard = functools.partial(_heard, hooks, rnd, expected=len(messages))
     heard(0)
     with section("wait"):
@@ -129,11 +142,51 @@ def run_round(
         accuracy = rule.client_accuracy(values) or (values[P.METRIC_TEST_ACC], values[P.METRIC_TEST_LOSS])
         rows.append(record.client_row(rnd, node, values, reply_info(reply), accuracy, (up, down.get(node, 0), measure)))
     row = record.round_row(rnd, rows, rejected, down, {sender(r, sent) for r in replies})
-    row.update(round_s=time.perf_counter() - t0, **round_metrics)
-    result = RoundResult(rnd, messages, [reply for reply, _ in accepted], rows)
-    for hook in hooks:
-        row.update(hook.after_round(result))
-    return row, rows
+    return row, round_metrics, RoundResult(rnd, messages, [reply for reply, _ in accepted], rows)
+
+
+def _stacked_plan(grid: Grid, rule: ExchangeRule, hooks: Sequence[RoundHook], config: dict) -> tuple | None:
+    """The message type and config of a stacked round, or None for Messages: the grid must offer
+    stacked rounds (``stacks``: the batched engine) for the rule's request, the rule must have one
+    (``stacked_round``), and no hook may read the round's Messages (``reads_messages``)."""
+    if not hasattr(grid, "answer_stacked") or any(hook.reads_messages for hook in hooks):
+        return None
+    plan = rule.stacked_round(ConfigRecord(config))
+    return plan if plan is not None and grid.stacks(*plan) else None
+
+
+def _stacked_exchange(plan: tuple, grid, spec: RunSpec, rule: ExchangeRule, hooks, rnd: int, config, node_ids, stop):
+    """``_message_exchange`` as arrays (``peerkd.round.stacked``): the rule's targets as one stack,
+    the grid's replies as columns, screening by vectorised checks, the same rows and bytes."""
+    with section("rule"):
+        targets, has, size = rule.stacked_targets(node_ids)
+        request = StackedRequest(*plan, node_ids, targets, has, size)
+    down = {node: size if h else 0 for node, h in zip(node_ids, has.tolist())}
+    _check_stop(stop, rnd)
+    _heard(hooks, rnd, 0, len(node_ids))
+    with section("wait"):
+        replies = grid.answer_stacked(request)
+    _heard(hooks, rnd, len(replies.nodes) + len(replies.failed), len(node_ids))
+    with section("screening"):
+        keep, rejections = screen_stacked(replies, rule, spec.world.num_clients)
+        accepted = replies.take(keep)
+    measured = P.KEY_LOGITS in rule.measurement_keys()
+    rejected = []
+    position = {node: k for k, node in enumerate(node_ids)}
+    for node, reason in sorted(rejections, key=lambda nr: position.get(nr[0], len(position))):
+        log.warning("[%s] round %d: rejected reply from node %d: %s", rule.name, rnd, node, reason)
+        up = 0 if node in replies.failed or measured else replies.bytes_up
+        rejected.append({"node_id": node, "reason": reason, "bytes_up": up})
+    with section("rule"):
+        round_metrics = rule.aggregate_stacked(rnd, accepted.nodes.tolist(), accepted.logits)
+    rows = stacked_rows(rnd, accepted, rule, down)
+    row = record.round_row(rnd, rows, rejected, down, set(node_ids))  # every node answered (an error is an answer)
+    return row, round_metrics, RoundResult(rnd, [], [], rows, accepted)
+
+
+def _check_stop(stop: threading.Event | None, rnd: int) -> None:
+    if stop is not None and stop.is_set():
+        raise RunInterrupted(f"stopped before round {rnd}")
 
 
 def _heard(hooks: Sequence[RoundHook], rnd: int, received: int, expected: int) -> None:

@@ -52,16 +52,32 @@ def screen_reply(reply: Message, strategy: ReplyChecker, num_clients: int) -> tu
     """
     try:
         if reply.has_error():
-            return None, f"client error: {_short(str(reply.error.reason), tail=True)}"
-        reason = _records_problem(reply.content) or _metrics_problem(dict(reply.content[P.KEY_METRICS]), num_clients)
+            return None, error_reason(str(reply.error.reason))
+        content = reply.content
+    except Exception as exc:  # noqa: BLE001  (a forged reply can fail anywhere: a rejection, never a crash)
+        return None, f"malformed reply ({type(exc).__name__}: {_short(str(exc))})"
+    return screen_content(content, strategy, num_clients)
+
+
+def screen_content(
+    content: RecordDict, strategy: ReplyChecker, num_clients: int
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``screen_reply`` for a reply's records (a stacked round's flagged rows come here too)."""
+    try:
+        reason = _records_problem(content) or _metrics_problem(dict(content[P.KEY_METRICS]), num_clients)
         if reason:
             return None, reason
-        strategy.check_reply(reply.content)
-        return dict(reply.content[P.KEY_METRICS]), None
+        strategy.check_reply(content)
+        return dict(content[P.KEY_METRICS]), None
     except CodecError as exc:
         return None, _short(str(exc))
     except Exception as exc:  # noqa: BLE001  (a forged reply can fail anywhere: a rejection, never a crash)
         return None, f"malformed reply ({type(exc).__name__}: {_short(str(exc))})"
+
+
+def error_reason(reason: str) -> str:
+    """The rejection of an error reply whose reason is ``reason`` (its end: a traceback ends with its exception)."""
+    return f"client error: {_short(reason, tail=True)}"
 
 
 def _records_problem(content: RecordDict) -> str | None:
