@@ -33,6 +33,7 @@ the loop then raises ``RunInterrupted`` and no ``summary.json`` is written.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -56,11 +57,13 @@ from peerkd.round.results import atomic_file
 log = logging.getLogger("peerkd")
 
 CHECKPOINT_DIR, SERVER_FILE, CLIENTS_DIR = "checkpoint", "server.json", "clients"
-FORMAT, VERSION = "peerkd-checkpoint", 1
+FORMAT, VERSION = "peerkd-checkpoint", 2
+READS = (1, 2)  # version 2 added tables (``{"rows": ...}``); a version-1 file is read as before
 _LEGACY_FILE = "server.pkl"  # peerkd before format 1 pickled its checkpoint: refused, never read
 _TENSOR_FILE = re.compile(r"server-r(\d+)\.pt")
 _CLIENT_FILE = re.compile(r"c(\d+)-r(\d+)\.pt")
 _SCALARS = (bool, int, float, str)
+_PLAIN = frozenset({type(None), *_SCALARS})  # JSON's own values
 _NUMPY_DTYPES = frozenset(
     "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 complex128".split()
 )
@@ -330,7 +333,9 @@ def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
     ``ModuleWeights`` (``{"module": [[name, tensor], ...]}``); a torch tensor
     (``{"tensor": name}``); a numeric NumPy array or scalar (``{"ndarray"|"scalar": name,
     "dtype": "float32"}``); a dict of two or more such arrays of one shape and dtype is stored as
-    its keys and one stacked array (``{"stacked": [keys], "ndarray": name, "dtype": ...}``).
+    its keys and one stacked array (``{"stacked": [keys], "ndarray": name, "dtype": ...}``); a dict
+    of two or more rows of plain values with the same fields as a table (``_table``: ``{"rows":
+    [keys], "fields": [...], "values": [[...], ...]}``).
     ``encode(("a", {1: 2.5}), "x", {}) == {"tuple": ["a", {"dict": [[1, 2.5]]}]}``.
 
     Arrays and tensors are copied, so that ``tensors`` holds what ``value`` is now; a stack is made
@@ -341,9 +346,13 @@ def encode(value: Any, path: str, tensors: dict[str, Any]) -> Any:
     if value is None or type(value) in _SCALARS:
         return value
     if type(value) is list:
+        if set(map(type, value)) <= _PLAIN:  # e.g. a fleet's client ids: no call per item
+            return list(value)
         return [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
     if type(value) in (tuple, set):
         return {type(value).__name__: [encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
+    if type(value) is dict and (table := _table(value, path)) is not None:  # e.g. clients' last rows
+        return table
     if type(value) is dict and _stackable(value):  # e.g. a rule's logits by node: one tensor, not thousands
         keys, arrays = [_key(k, path) for k in value], list(value.values())
         name = _put(tensors, f"{path}.stacked", _Stack(arrays))  # stacked by ``materialize``
@@ -419,6 +428,37 @@ class _Hashing:
         self.f.flush()
 
 
+def _table(d: dict, path: str) -> dict[str, list] | None:
+    """``d`` as a table when it maps int or str keys to two or more rows: dicts of the same str keys
+    in the same order, holding only None, bool, int, float and str (a fleet's client rows: one JSON
+    list a row, not an encoded dict a row); else None. ``{1: {"a": 2}, 3: {"a": 4}}`` is
+    ``{"rows": [1, 3], "fields": ["a"], "values": [[2], [4]]}``."""
+    rows = list(d.values())
+    if len(rows) < 2 or type(rows[0]) is not dict or not all(type(f) is str for f in rows[0]):
+        return None
+    fields = tuple(rows[0])
+    if not all(type(r) is dict and tuple(r) == fields for r in rows):
+        return None
+    values = [list(r.values()) for r in rows]
+    if not set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN:
+        return None
+    return {"rows": [_key(k, path) for k in d], "fields": list(fields), "values": values}
+
+
+def _untable(data: dict, path: str) -> dict:
+    """Inverse of ``_table``; _Damaged for rows and values of other numbers or types, or a key twice."""
+    names, fields, values = (_list(data[k], path) for k in ("rows", "fields", "values"))
+    if not all(type(k) in (int, str) for k in names) or len(set(names)) != len(names) or len(values) != len(names):
+        raise _Damaged(f"{path}: {len(names)} row keys for {len(values)} rows, or a key twice")
+    if not all(type(f) is str for f in fields) or len(set(fields)) != len(fields):
+        raise _Damaged(f"{path}: fields {str(fields)[:60]} are not distinct names")
+    if not all(type(v) is list and len(v) == len(fields) for v in values):
+        raise _Damaged(f"{path}: a row of another length than its {len(fields)} fields")
+    if not set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN:
+        raise _Damaged(f"{path}: a row holds what no row holds (only None, bool, int, float, str)")
+    return {k: dict(zip(fields, v)) for k, v in zip(names, values)}
+
+
 def _stackable(d: dict) -> bool:
     """Two or more numeric NumPy arrays of one dtype and shape, under int or str keys."""
     values = list(d.values())
@@ -448,6 +488,8 @@ def decode(data: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         if len(out) != len(pairs):
             raise _Damaged(f"{path}: a key appears twice")
         return ModuleWeights(out) if kind == "module" else out
+    if keys == {"rows", "fields", "values"}:
+        return _untable(data, path)
     if keys == {"stacked", "ndarray", "dtype"}:
         names = _list(data["stacked"], path)
         stacked = _array(tensors, {"ndarray": data["ndarray"], "dtype": data["dtype"]}, path)
@@ -525,8 +567,10 @@ def _read_tensors(directory: Path, doc: Any) -> dict[str, torch.Tensor]:
     """The tensor file ``doc`` names, once its format, version and SHA-256 check out."""
     if type(doc) is not dict or doc.get("format") != FORMAT:
         raise _Damaged(f"not a {FORMAT} file")
-    if doc.get("version") != VERSION:
-        raise _Damaged(f"format version {doc.get('version')!r}; this peerkd reads version {VERSION}")
+    if doc.get("version") not in READS:
+        raise _Damaged(
+            f"format version {doc.get('version')!r}; this peerkd reads versions {', '.join(map(str, READS))}"
+        )
     ref = doc.get("tensors")
     if type(ref) is not dict or type(ref.get("file")) is not str or not _TENSOR_FILE.fullmatch(ref["file"]):
         raise _Damaged("it names no tensor file server-r<round>.pt beside it")

@@ -89,6 +89,40 @@ def test_a_stack_with_keys_of_another_number_is_damaged():
         decode({"stacked": [1, 2, 3], "ndarray": "s", "dtype": "float32"}, "rule.logits", tensors)
 
 
+def test_client_rows_are_one_table_and_come_back_as_rows(tmp_path):
+    # Prepare: clients' last rows (plain values, one set of fields), and dicts that are no table
+    rows = {c: {"client": c, "acc": 0.5 + c / 10, "arch": "mlp32", "train_s": None, "ok": c > 1} for c in range(3)}
+    other = {1: {"a": 1, "b": 2}, 2: {"b": 2, "a": 1}}  # fields in another order
+    nested = {1: {"a": [1]}, 2: {"a": [2]}}
+    # Execute
+    out = encode(rows, "latest", {})
+    back = through_files({"latest": rows, "other": other, "nested": nested, "ids": [3, 1, 2]}, tmp_path)
+    # Assert: one list a row under the fields; back as equal dicts (field order kept); the others per row
+    assert out == {
+        "rows": [0, 1, 2],
+        "fields": ["client", "acc", "arch", "train_s", "ok"],
+        "values": [[0, 0.5, "mlp32", None, False], [1, 0.6, "mlp32", None, False], [2, 0.7, "mlp32", None, True]],
+    }
+    assert back["latest"] == rows and [list(r) for r in back["latest"].values()] == [list(r) for r in rows.values()]
+    assert "dict" in encode(other, "x", {}) and "dict" in encode(nested, "x", {})
+    assert back["other"] == other and back["nested"] == nested and back["ids"] == [3, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "table, says",
+    [
+        ({"rows": [1, 1], "fields": ["a"], "values": [[1], [2]]}, "a key twice"),
+        ({"rows": [1, 2], "fields": ["a"], "values": [[1]]}, "2 row keys for 1 rows"),
+        ({"rows": [1, 2], "fields": ["a", "a"], "values": [[1, 1], [2, 2]]}, "not distinct"),
+        ({"rows": [1, 2], "fields": ["a"], "values": [[1], [2, 3]]}, "another length"),
+        ({"rows": [1, 2], "fields": ["a"], "values": [[1], [{"tensor": "t"}]]}, "what no row holds"),
+    ],
+)
+def test_a_damaged_table_is_refused(table, says):
+    with pytest.raises(ValueError, match=says):
+        decode(table, "latest", {})
+
+
 def test_decode_gives_back_values_of_the_same_types(tmp_path):
     # Prepare: every kind of data a checkpoint holds.
     value = {

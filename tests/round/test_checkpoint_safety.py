@@ -157,7 +157,7 @@ DAMAGES = {
     "random bytes": lambda out: (out / CHECKPOINT_DIR / SERVER_FILE).write_bytes(random.Random(0).randbytes(4096)),
     "a JSON list": lambda out: (out / CHECKPOINT_DIR / SERVER_FILE).write_text("[]"),
     "another format": lambda out: rewrite(out, lambda d: d.update(format="other")),
-    "a newer version": lambda out: rewrite(out, lambda d: d.update(version=2)),
+    "a newer version": lambda out: rewrite(out, lambda d: d.update(version=3)),
     "a wrong-typed field": lambda out: rewrite(out, lambda d: d.update(latest=[1, 2])),
     "a wrong-typed round": lambda out: rewrite(out, lambda d: d.update(round="1")),
     "an unknown entry": lambda out: rewrite(out, lambda d: d.update(rule={"eval": "print(1)"})),
@@ -179,6 +179,24 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(damage, run_dir):
     # Execute / Assert
     message = refusal(Checkpoint(run_dir, "batched").read)
     assert message.startswith(f"resume: cannot resume from {run_dir / CHECKPOINT_DIR}")
+
+
+def test_a_version_1_checkpoint_is_still_read(run_dir):
+    # Prepare: the checkpoint as version 1 wrote it: clients' rows as one encoded dict each, no table
+    def as_version_1(doc):
+        table = doc["latest"]
+        assert set(table) == {"rows", "fields", "values"}
+        rows = [
+            [k, {"dict": [list(p) for p in zip(table["fields"], v)]}] for k, v in zip(table["rows"], table["values"])
+        ]
+        doc.update(version=1, latest={"dict": rows})
+
+    expected = Checkpoint(run_dir, "batched").read().state.latest
+    rewrite(run_dir, as_version_1)
+    # Execute
+    saved = Checkpoint(run_dir, "batched").read()
+    # Assert
+    assert saved.state.latest == expected and len(expected) == 3
 
 
 def context(spec: RunSpec) -> ServerContext:
