@@ -20,6 +20,7 @@ from torch import nn
 from peerkd.errors import ConfigError, check_range
 from peerkd.round.checkpoint import ModuleWeights
 from peerkd.round.contract import ServerContext
+from peerkd.round.stacked import StackedReplies
 from peerkd.wire.codec import array_bytes, decode_logits, encode_logits
 from peerkd.wire.protocol import (
     CFG_ALPHA,
@@ -151,10 +152,14 @@ class DistillationStrategy(ABC):
         a rule with a ``stacked_round`` says how."""
         raise NotImplementedError(f"{self.name} has no stacked round")
 
-    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, Any]:
-        """``aggregate_round`` for a stacked round's accepted replies: their nodes, in reply order,
-        and their transfer-set logits ``(n, P, C)`` (None when not asked for)."""
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, Any]:
+        """``aggregate_round`` for a stacked round's accepted replies (``peerkd.round.stacked``): their
+        nodes in reply order, metric columns, transfer-set outputs ``(n, P, C)`` and probes."""
         return {}
+
+    def agreement_of(self, outputs: np.ndarray | None) -> np.ndarray | None:
+        """The agreement measure's logits from the replies' stacked transfer-set outputs (None: none)."""
+        return None
 
 
 def client_of(reply: Message) -> int:
@@ -254,7 +259,10 @@ class LogitDistillation(DistillationStrategy):
             for m in replies
             if KEY_LOGITS in m.content and self.reply_shape() == self.transfer_shape
         ]
-        return stack_rows(mats) if len(mats) >= 2 else None
+        return self.agreement_of(stack_rows(mats) if mats else None)
+
+    def agreement_of(self, outputs: np.ndarray | None) -> np.ndarray | None:
+        return outputs if outputs is not None and len(outputs) >= 2 else None
 
 
 class RobustLogitDistillation(LogitDistillation):

@@ -16,6 +16,7 @@ from flwr.app import Message
 
 from peerkd.errors import check_range
 from peerkd.round.contract import ServerContext
+from peerkd.round.stacked import StackedReplies
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_DIGEST_EPOCHS, CFG_REPLY_PROBS, KEY_LOGITS, MSG_DIGEST
 from peerkd.wire.rows import stack_rows
@@ -30,6 +31,7 @@ class DSFL(LogitDistillation):
     name = "dsfl"
     message_type = MSG_DIGEST
     sends_probs = True
+    stacks = True
 
     def __init__(
         self,
@@ -59,12 +61,19 @@ class DSFL(LogitDistillation):
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         probs = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape, probs=True) for m in replies]
-        if probs:
-            self.global_probs = entropy_reduction_average(stack_rows(probs), self.era_temperature, self.aggregator)
-            entropy = -(self.global_probs * np.log(np.clip(self.global_probs, 1e-12, None))).sum(axis=1).mean()
-            return {"global_entropy": float(entropy)}
-        return {}
+        return self._sharpen(stack_rows(probs) if probs else None)
 
-    def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
-        probs = super().agreement_logits(replies)  # probabilities: their logs are logits
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, Any]:
+        return self._sharpen(replies.logits)
+
+    def _sharpen(self, probs: np.ndarray | None) -> dict[str, Any]:
+        """The global soft label from this round's probabilities ``(n, P, C)`` (ERA), and its entropy."""
+        if probs is None or not len(probs):
+            return {}
+        self.global_probs = entropy_reduction_average(probs, self.era_temperature, self.aggregator)
+        entropy = -(self.global_probs * np.log(np.clip(self.global_probs, 1e-12, None))).sum(axis=1).mean()
+        return {"global_entropy": float(entropy)}
+
+    def agreement_of(self, outputs: np.ndarray | None) -> np.ndarray | None:
+        probs = super().agreement_of(outputs)  # probabilities: their logs are logits
         return None if probs is None else np.log(np.clip(probs, 1e-12, None))

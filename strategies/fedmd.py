@@ -16,6 +16,7 @@ from flwr.app import Message
 
 from peerkd.errors import check_range
 from peerkd.round.contract import ServerContext
+from peerkd.round.stacked import StackedReplies
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import CFG_DIGEST_EPOCHS, KEY_LOGITS, MSG_DIGEST
 from peerkd.wire.rows import stack_rows
@@ -54,9 +55,13 @@ class FedMD(LogitDistillation):
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
         logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
-        return self.aggregate_stacked(server_round, [], stack_rows(logits) if logits else None)
+        return self._agree(stack_rows(logits) if logits else None)
 
-    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, Any]:
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, Any]:
+        return self._agree(replies.logits)
+
+    def _agree(self, logits: np.ndarray | None) -> dict[str, Any]:
+        """The consensus of this round's logits ``(n, P, C)``: their mean, or the robust aggregate."""
         if logits is not None and len(logits):
             self.consensus = (
                 np.mean(logits, axis=0).astype(np.float32) if self.aggregator.plain else self.aggregator(logits)

@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import Message
 
 from peerkd.round.contract import ServerContext
+from peerkd.round.stacked import StackedReplies
 from peerkd.wire.codec import decode_logits
 from peerkd.wire.protocol import KEY_LOGITS
 from peerkd.wire.rows import stack_rows
@@ -47,8 +48,9 @@ class PeerMutualLearning(RobustLogitDistillation):
         logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
         return self._remember(dict(zip(senders, logits)))
 
-    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, float]:
-        return self._remember({} if logits is None else dict(zip(senders, logits)))
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, float]:
+        logits = replies.logits
+        return self._remember({} if logits is None else dict(zip(replies.nodes.tolist(), logits)))
 
     def _remember(self, logits: dict[int, np.ndarray]) -> dict[str, float]:
         # Only this round's senders count: a node that dropped out stops teaching.

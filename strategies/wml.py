@@ -18,8 +18,9 @@ from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.errors import check_range
 from peerkd.round.contract import ServerContext
+from peerkd.round.stacked import StackedReplies
 from peerkd.wire.codec import decode_logits
-from peerkd.wire.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE
+from peerkd.wire.protocol import CFG_REPLY_PROBE, KEY_LOGITS, KEY_PROBE, METRIC_PARTITION
 from strategies.aggregation import _softmax, ensemble_nll_grad, mirror_descent_step, weighted_peer_targets
 from strategies.base import RobustLogitDistillation, client_of
 
@@ -29,6 +30,7 @@ class WeightedMutualLearning(RobustLogitDistillation):
 
     name = "wml"
     min_clients = 2
+    stacks = True
 
     def __init__(
         self,
@@ -65,11 +67,24 @@ class WeightedMutualLearning(RobustLogitDistillation):
             decode_logits(content.get(KEY_PROBE, ArrayRecord()), (len(self.y_server), self.transfer_shape[1]))
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
-        self.logits = {
-            m.metadata.src_node_id: decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies
-        }
-        self.node_client = {m.metadata.src_node_id: client_of(m) for m in replies}
-        clients = [client_of(m) for m in replies]
+        senders = [m.metadata.src_node_id for m in replies]
+        logits = [decode_logits(m.content[KEY_LOGITS], self.transfer_shape) for m in replies]
+        probes = None
+        if len(self.y_server):
+            shape = (len(self.y_server), self.transfer_shape[1])
+            probes = [decode_logits(m.content[KEY_PROBE], shape) for m in replies]
+        return self._learn(senders, logits, [client_of(m) for m in replies], probes)
+
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, Any]:
+        senders, clients = replies.nodes.tolist(), replies.metrics[METRIC_PARTITION].tolist()
+        probes = replies.probe if len(self.y_server) else None
+        return self._learn(senders, [] if replies.logits is None else replies.logits, clients, probes)
+
+    def _learn(self, senders: list[int], logits, clients: list[int], probes) -> dict[str, Any]:
+        """Keep each sender's transfer-set logits (``(P, C)`` each) and learn the peers' weights by
+        mirror descent on their server-split probes (``(R, C)`` each), the senders' clients in order."""
+        self.logits = dict(zip(senders, logits))
+        self.node_client = dict(zip(senders, clients))
         if not clients:
             return {}
         # Newcomers start at the mean weight of the peers already known; leavers drop out.
@@ -79,14 +94,7 @@ class WeightedMutualLearning(RobustLogitDistillation):
         loss = None
         if len(self.y_server):
             rows = np.arange(len(self.y_server))
-            true_p = np.stack(
-                [
-                    _softmax(decode_logits(m.content[KEY_PROBE], (len(rows), self.transfer_shape[1])))[
-                        rows, self.y_server
-                    ]
-                    for m in replies
-                ]
-            )
+            true_p = np.stack([_softmax(probe)[rows, self.y_server] for probe in probes])
             for _ in range(self.weight_steps):
                 loss, grad = ensemble_nll_grad(w, true_p)
                 w = mirror_descent_step(w, grad, self.weight_lr)

@@ -204,14 +204,12 @@ class BatchedGrid(Grid):
     def stacks(self, message_type: str, config: ConfigRecord) -> bool:
         """Whether ``answer_stacked`` answers a round of these requests: ``train.distill``,
         ``train.digest`` or ``train`` (no weights sent) in the fp32 codec, without privacy noise,
-        DP-SGD, probes, probabilities or kept sums (those replies are made by the Message path's
-        code, which the rounds then take)."""
+        DP-SGD or kept sums (those replies are made by the Message path's code, which the rounds
+        then take)."""
         if not self.stacked or message_type not in STACKED:
             return False
         _, p = settings_of(config)
-        return p.codec == "fp32" and not (
-            p.dp_noise > 0 or p.dpsgd_epsilon > 0 or p.reply_probe or p.reply_probs or p.keep_sent
-        )
+        return p.codec == "fp32" and not (p.dp_noise > 0 or p.dpsgd_epsilon > 0 or p.keep_sent)
 
     def answer_stacked(self, request: StackedRequest) -> StackedReplies:
         """Every node of ``request`` (``stacks`` said yes) answered as arrays: the Message path's
@@ -223,7 +221,7 @@ class BatchedGrid(Grid):
         want = params.reply_logits and world.transfer_rows > 0
         groups, failed = self._stacked_groups(request, spec, params)
         digest = request.message_type == P.MSG_DIGEST
-        done: list[tuple[list[int], str, dict, np.ndarray | None]] = []  # (positions, arch, columns, logits rows)
+        done: list[tuple] = []  # (positions, arch, (columns, probe), logits rows) of each answered chunk
         out, answered = None, True
         for arch, positions in groups.items():
             out = np.empty((len(positions), *shape), np.float32) if want else None
@@ -234,7 +232,7 @@ class BatchedGrid(Grid):
                 targets = _targets_of(request, part)
                 clients = [self._nodes[request.nodes[k]] for k in part]
                 try:
-                    _, columns = self._cohort_call(
+                    _, answer = self._cohort_call(
                         spec, params, arch, clients, rows, lambda c, w, t=targets: answer_columns(c, w, t, digest)
                     )
                 except Exception as exc:  # noqa: BLE001
@@ -242,7 +240,7 @@ class BatchedGrid(Grid):
                     failed.update({request.nodes[k]: raised_reason(exc) for k in part})
                     answered = False
                     continue
-                done.append((part, arch, columns, rows))
+                done.append((part, arch, answer, rows))
         whole = out if len(groups) == 1 and answered else None
         return _stacked_replies(request, done, whole, failed, _reply_bytes(shape) if want else 0)
 
@@ -317,9 +315,9 @@ def _targets_of(request: StackedRequest, positions: list[int]) -> list[np.ndarra
     return [request.targets[k] if request.has_target[k] else None for k in positions]
 
 
-def _reply_bytes(shape: tuple[int, int]) -> int:
-    """The serialised array bytes of a reply with transfer-set logits of ``shape`` (fp32: fixed by the shape)."""
-    return array_bytes(RecordDict({P.KEY_LOGITS: encode_logits(np.zeros(shape, np.float32))}))
+def _reply_bytes(shape: tuple[int, ...], key: str = P.KEY_LOGITS) -> int:
+    """The serialised array bytes of a reply's record ``key`` of ``shape`` (fp32: fixed by the shape)."""
+    return array_bytes(RecordDict({key: encode_logits(np.zeros(shape, np.float32))}))
 
 
 def _stacked_replies(
@@ -331,15 +329,19 @@ def _stacked_replies(
     positions = np.asarray([k for part, *_ in done for k in part], dtype=np.int64)
     order = np.argsort(positions, kind="stable")
     columns = {
-        key: np.concatenate([np.asarray(c[key]) for _, _, c, _ in done])[order] if done else np.zeros(0)
+        key: np.concatenate([np.asarray(c[key]) for _, _, (c, _), _ in done])[order] if done else np.zeros(0)
         for key in (*COLUMNS, *TRAINED)
     }
     archs = [arch for part, arch, _, _ in done for _ in part]
     logits = whole
     if whole is None and done and done[0][3] is not None:
         logits = np.concatenate([rows for *_, rows in done])[order]
+    probe = None
+    if done and done[0][2][1] is not None:
+        probe = np.concatenate([pr for _, _, (_, pr), _ in done])[order]
     nodes = np.asarray(request.nodes, dtype=np.int64)[positions[order]]
-    return StackedReplies(nodes, [archs[i] for i in order], columns, logits, bytes_up, failed)
+    bytes_probe = 0 if probe is None else _reply_bytes(probe.shape[1:], P.KEY_PROBE)
+    return StackedReplies(nodes, [archs[i] for i in order], columns, logits, bytes_up, failed, probe, bytes_probe)
 
 
 def raised_reason(exc: Exception) -> str:

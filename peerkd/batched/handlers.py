@@ -167,20 +167,30 @@ def _evaluate(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dic
     return None, [{P.KEY_METRICS: metrics_record(r.client, len(ix), *s)} for r, ix, s in zip(reqs, c.private, scores)]
 
 
-def answer_columns(c: Cohort, w: Params, targets: list | None, digest: bool = False) -> tuple[Params, dict[str, list]]:
+def answer_columns(c: Cohort, w: Params, targets: list | None, digest: bool = False):
     """``_distill`` (with ``targets``), ``_train`` (without; no weights sent) or, with ``digest``,
     ``_digest`` for a stacked round: the same training, evaluation and transfer-set logits (into the
-    cohort's ``transfer_out``), each student's reply metrics as columns
-    (``peerkd.round.stacked.COLUMNS`` and ``TRAINED``), not records."""
-    t0, n = time.perf_counter(), len(c.clients)
+    cohort's ``transfer_out``; probabilities where asked, as ``reply_records`` makes them), each
+    student's reply metrics as columns (``peerkd.round.stacked.COLUMNS`` and ``TRAINED``), not
+    records. Returns the weights and (the columns, the server split's logits where asked, else None)."""
+    t0, n, p = time.perf_counter(), len(c.clients), c.params
     if digest:
         w, targets = c.digest(w, targets or [None] * n), None
     w, losses = c.train(w, targets=targets)
     secs = time.perf_counter() - t0
     scores = c.evaluate(w)
-    if c.params.reply_logits:
-        c.transfer_logits(w)
-    return w, {
+    if p.reply_logits:
+        logits = c.transfer_logits(w)
+        if p.reply_probs:
+            logits[...] = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    probe = c.logits(w, c.data.server_x) if p.reply_probe else None
+    return w, (_columns(c, scores, losses, secs), probe)
+
+
+def _columns(c: Cohort, scores: list[tuple[float, float]], losses: list[float], secs: float) -> dict[str, list]:
+    """The reply metrics of a cohort's students as columns: ``metrics_record``'s fields, in its order."""
+    n = len(c.clients)
+    return {
         P.METRIC_PARTITION: list(c.clients),
         P.METRIC_NUM_EXAMPLES: [len(ix) for ix in c.private],
         P.METRIC_TEST_ACC: [acc for acc, _ in scores],

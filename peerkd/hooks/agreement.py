@@ -70,9 +70,8 @@ class AgreementHook(RoundHook):
         return {}
 
     def after_round(self, result: RoundResult) -> dict[str, Any]:
-        if result.stacked is not None:  # a stacked round's logits are the transfer set's (distill, train)
-            stacked = result.stacked.logits
-            logits = stacked if stacked is not None and len(stacked) >= 2 else None
+        if result.stacked is not None:  # a stacked round's outputs on the transfer set, as the rule reads them
+            logits = self.rule.agreement_of(result.stacked.logits)
         else:
             logits = self.rule.agreement_logits(result.replies)
         if logits is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from flwr.serverapp import Grid
 
 from peerkd.wire.codec import FP32, Codec
 from peerkd.world.build import World
+
+if TYPE_CHECKING:
+    from peerkd.round.stacked import StackedReplies
 
 
 @dataclass(frozen=True)
@@ -51,4 +54,5 @@ class ExchangeRule(Protocol):
     def agreement_logits(self, replies: list[Message]) -> np.ndarray | None: ...
     def stacked_round(self, config: ConfigRecord) -> tuple[str, ConfigRecord] | None: ...
     def stacked_targets(self, node_ids: list[int]) -> tuple[np.ndarray | None, np.ndarray, int]: ...
-    def aggregate_stacked(self, server_round: int, senders: list[int], logits: np.ndarray | None) -> dict[str, Any]: ...
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, Any]: ...
+    def agreement_of(self, outputs: np.ndarray | None) -> np.ndarray | None: ...

@@ -175,10 +175,10 @@ def _stacked_exchange(plan: tuple, grid, spec: RunSpec, rule: ExchangeRule, hook
     position = {node: k for k, node in enumerate(node_ids)}
     for node, reason in sorted(rejections, key=lambda nr: position.get(nr[0], len(position))):
         log.warning("[%s] round %d: rejected reply from node %d: %s", rule.name, rnd, node, reason)
-        up = 0 if node in replies.failed or measured else replies.bytes_up
+        up = 0 if node in replies.failed else replies.traffic(measured)[0]
         rejected.append({"node_id": node, "reason": reason, "bytes_up": up})
     with section("rule"):
-        round_metrics = rule.aggregate_stacked(rnd, accepted.nodes.tolist(), accepted.logits)
+        round_metrics = rule.aggregate_stacked(rnd, accepted)
     rows = stacked_rows(rnd, accepted, rule, down)
     row = record.round_row(rnd, rows, rejected, down, set(node_ids))  # every node answered (an error is an answer)
     return row, round_metrics, RoundResult(rnd, [], [], rows, accepted)

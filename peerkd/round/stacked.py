@@ -46,15 +46,25 @@ class StackedReplies:
     """The answers of a stacked round, one row per node that answered, in request order.
 
     ``metrics`` holds ``COLUMNS`` and ``TRAINED`` as ``(n,)`` arrays; ``logits`` the transfer-set
-    logits when the request asked for them; ``failed`` the error each other node's client met
+    logits (or probabilities) when the request asked for them, ``probe`` the server split's
+    logits when it asked for those (WML); ``failed`` the error each other node's client met
     (Flower's reason text, as an error reply carries it)."""
 
     nodes: np.ndarray  # (n,) int64
     archs: list[str]
     metrics: dict[str, np.ndarray]
     logits: np.ndarray | None  # (n, P, C) float32
-    bytes_up: int  # one reply's serialised array bytes
+    bytes_logits: int  # one reply's logits record, serialised
     failed: dict[int, str] = field(default_factory=dict)
+    probe: np.ndarray | None = None  # (n, R, C) float32
+    bytes_probe: int = 0
+
+    def traffic(self, measured: bool) -> tuple[int, int]:
+        """One reply's array bytes as (the rule's traffic, measurement traffic): the logits are
+        measurement traffic when only a measure asked for them (``measured``)."""
+        if measured:
+            return self.bytes_probe, self.bytes_logits
+        return self.bytes_logits + self.bytes_probe, 0
 
     def values(self, i: int) -> dict[str, Any]:
         """Row ``i``'s metrics as a reply's MetricRecord holds them (Python ints and floats)."""
@@ -65,16 +75,18 @@ class StackedReplies:
         records: dict[str, Any] = {P.KEY_METRICS: metric_record(self.values(i))}
         if self.logits is not None:
             records[P.KEY_LOGITS] = encode_logits(self.logits[i])
+        if self.probe is not None:
+            records[P.KEY_PROBE] = encode_logits(self.probe[i])
         return RecordDict(records)
 
     def take(self, keep: np.ndarray) -> StackedReplies:
         """The rows ``keep`` (a bool mask); no copy when it keeps them all."""
         if keep.all():
             return self
-        logits = None if self.logits is None else self.logits[keep]
+        logits, probe = (None if a is None else a[keep] for a in (self.logits, self.probe))
         archs = [a for a, k in zip(self.archs, keep) if k]
         metrics = {k: v[keep] for k, v in self.metrics.items()}
-        return StackedReplies(self.nodes[keep], archs, metrics, logits, self.bytes_up)
+        return StackedReplies(self.nodes[keep], archs, metrics, logits, self.bytes_logits, {}, probe, self.bytes_probe)
 
 
 def screen_stacked(replies: StackedReplies, rule: Any, num_clients: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
@@ -88,8 +100,12 @@ def screen_stacked(replies: StackedReplies, rule: Any, num_clients: int) -> tupl
     for key in (P.METRIC_TEST_LOSS, *TRAINED):
         if key in m:
             ok &= np.isfinite(m[key]) & (m[key] >= 0)
-    if replies.logits is not None:  # NaN and infinity carry into a row's sum (a sum that overflows is only flagged)
-        ok &= np.isfinite(replies.logits.sum(axis=tuple(range(1, replies.logits.ndim))))
+    for rows in (
+        replies.logits,
+        replies.probe,
+    ):  # NaN and infinity carry into a row's sum (an overflow is only flagged)
+        if rows is not None:
+            ok &= np.isfinite(rows.sum(axis=tuple(range(1, rows.ndim))))
     rejected = [(node, error_reason(reason)) for node, reason in replies.failed.items()]
     repeats = _repeats(client)
     seen = set(client[ok & ~repeats].tolist())  # an unflagged row is its partition's first
@@ -118,8 +134,7 @@ def client_rows(rnd: int, replies: StackedReplies, rule: Any, bytes_down: dict[i
     """``record.client_row`` for every (accepted) row: the rows the Message path writes. The
     logits count as the rule's traffic, or as measurement traffic when only the agreement
     measure asked for them (``rule.measurement_keys``)."""
-    measured = P.KEY_LOGITS in rule.measurement_keys()
-    up, measure = (0, replies.bytes_up) if measured else (replies.bytes_up, 0)
+    up, measure = replies.traffic(P.KEY_LOGITS in rule.measurement_keys())
     columns = {k: v.tolist() for k, v in replies.metrics.items()}
     rows = []
     for i, (node, arch) in enumerate(zip(replies.nodes.tolist(), replies.archs)):

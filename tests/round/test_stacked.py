@@ -61,12 +61,19 @@ def run_both(tmp_path, name: str, spec: RunSpec, chunk: int = 0):
         ("local", ("mlp64",)),
         ("teacher", ("mlp32", "mlp64")),
         ("fedmd", ("mlp32", "cnn")),
+        ("dsfl", ("mlp32",)),
+        ("wml", ("mlp32", "mlp64")),
     ],
 )
-def test_a_stacked_run_writes_what_the_message_run_writes(name, students, tmp_path):
+def test_a_stacked_run_writes_what_the_message_run_writes(name, students, tmp_path, monkeypatch):
+    # Prepare: note every stacked round
+    stacked_rounds = []
+    real = loop._stacked_exchange
+    monkeypatch.setattr(loop, "_stacked_exchange", lambda *a: stacked_rounds.append(a[5]) or real(*a))
     # Execute: the rule with the agreement measure on (logits asked of every rule), chunks of 3
     spec = spec_of(students, measure_agreement=True)
     runs = run_both(tmp_path, name, spec, chunk=3)
+    assert stacked_rounds == list(range(1, spec.rounds + 1))  # the stacked run's rounds, all of them
     # Assert: every row equal (accuracy, losses, bytes up and down, agreement, rejections) ...
     messages, stacked = runs[False][0], runs[True][0]
     assert len(stacked) == len(messages) == 1 + spec.rounds * (spec.world.num_clients + 1)
@@ -219,6 +226,12 @@ def test_taking_rows_keeps_them_in_order():
 # --- the rules' stacked targets ----------------------------------------------------------------
 
 
+def sent_by(nodes, logits):
+    """Replies of ``nodes`` carrying ``logits`` (and made-up metrics)."""
+    _, replies_ = replies(n=len(nodes))
+    return dataclasses.replace(replies_, nodes=np.array(nodes), logits=logits)
+
+
 def set_up(name, n=4):
     world = build_world(WorldSpec(dataset="digits", num_clients=n, seed=0, transfer_size=8))
     rule = rule_of(name)
@@ -230,7 +243,7 @@ def test_peer_targets_stay_one_array_and_equal_the_per_node_targets(flower_ident
     # Prepare: four senders' logits, as rows of one array (a stacked round's replies)
     world, rule = set_up("peer")
     logits = np.random.default_rng(0).normal(size=(4, len(world.transfer_x), world.num_classes)).astype(np.float32)
-    rule.aggregate_stacked(1, [11, 12, 13, 14], logits)
+    rule.aggregate_stacked(1, sent_by([11, 12, 13, 14], logits))
     # Execute
     targets, has, size = rule.stacked_targets([11, 12, 13, 14])
     # Assert: each row the mean of the other three; no copy of the rule's own stack; the bytes of one target
@@ -244,7 +257,7 @@ def test_peer_targets_stay_one_array_and_equal_the_per_node_targets(flower_ident
 def test_a_newcomer_gets_everyone_s_mean_and_round_one_sends_nothing(flower_identity):
     world, rule = set_up("peer")
     assert rule.stacked_targets([11, 12]) == (None, pytest.approx(np.array([False, False])), 0)
-    rule.aggregate_stacked(1, [11, 12], np.stack([np.zeros((8, 10)), np.ones((8, 10))]).astype(np.float32))
+    rule.aggregate_stacked(1, sent_by([11, 12], np.stack([np.zeros((8, 10)), np.ones((8, 10))]).astype(np.float32)))
     targets, has, _ = rule.stacked_targets([11, 12, 13])
     assert has.tolist() == [True, True, True]
     assert targets[0].mean() == 1.0 and targets[1].mean() == 0.0 and targets[2].mean() == 0.5
@@ -262,7 +275,7 @@ def test_local_sends_no_targets_and_rules_without_a_stacked_form_say_so(flower_i
     assert targets is None and not has.any() and size == 0
     config = ConfigRecord({"round": 1})
     assert local.stacked_round(config)[0] == P.MSG_TRAIN
-    for name in ("fedavg", "fd", "dsfl", "wml", "peer_sum", "fedproto"):
+    for name in ("fedavg", "feddf", "fd", "peer_sum", "fedproto", "fedtgp"):
         assert rule_of(name).stacked_round(config) is None, name
 
 
@@ -272,8 +285,9 @@ def test_the_grid_offers_stacked_rounds_only_for_what_it_answers_as_arrays():
             P.CFG_LR: 1e-3, P.CFG_BATCH_SIZE: 32}  # fmt: skip
     assert grid.stacks(P.MSG_DISTILL, ConfigRecord(base)) and grid.stacks(P.MSG_TRAIN, ConfigRecord(base))
     assert grid.stacks(P.MSG_DIGEST, ConfigRecord(base)) and not grid.stacks(P.MSG_CLASS_DISTILL, ConfigRecord(base))
-    for change in ({P.CFG_CODEC: "int8"}, {"dp-noise": 1.0}, {"reply-probe": True}):
+    for change in ({P.CFG_CODEC: "int8"}, {P.CFG_DP_NOISE: 1.0}, {P.CFG_KEEP_SENT: True}):
         assert not grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, **change})), change
+    assert grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, P.CFG_REPLY_PROBE: True, P.CFG_REPLY_PROBS: True}))
     assert not BatchedGrid(2, device="cpu", stacked=False).stacks(P.MSG_DISTILL, ConfigRecord(base))
 
 
