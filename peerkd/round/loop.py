@@ -5,6 +5,9 @@ metrics, wrong-shaped or non-finite arrays are rejected and logged, the round go
 aggregates; each client's accuracy, the bytes of every serialised array and the clock go to
 ``metrics.jsonl``. Everything else (privacy, faults and attacks, participation, placement, text
 measures, peer agreement, the engine's own fields) is a ``RoundHook`` (``peerkd.round.hook``).
+Where the grid, the rule and every hook allow it (the batched engine, nothing reading the
+Messages), a round is sent and answered as arrays instead (``peerkd.round.stacked``), with the
+same rows, bytes and rejections.
 
 The checkpoint stays in the loop: it saves and restores the loop's own state (round reached,
 clients' last rows, totals, the rule); a hook for it would have to reach into the loop.
