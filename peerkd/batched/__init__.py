@@ -88,11 +88,9 @@ def run_batched(
     ----------
     spec, strategy, out_dir, config
         As for ``peerkd.round.run.run_on`` (checking the rule against the world is the caller's preflight).
-    device, chunk, store : str, int, str
+    device, chunk, store, stacked : str, int, str, bool
         As for ``BatchedGrid``: ``auto|cpu|cuda``; most students per vmapped call (0: sized from free
-        memory); where students' weights stay between calls (``auto|device|host``).
-    stacked : bool
-        As for ``BatchedGrid``: rounds as arrays where nothing reads their Messages (False: Messages).
+        memory); where students' weights stay between calls (``auto|device|host``); stacked rounds.
     resume : bool
         Go on from the checkpoint in ``out_dir`` (rule state and ``StudentStore.snapshot``,
         saved after every round) if there is one; else it is removed.

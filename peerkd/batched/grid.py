@@ -27,7 +27,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from peerkd.batched.cohort import EVAL_ROWS, Cohort, DeviceData
-from peerkd.batched.handlers import HANDLERS, Request, answer_columns, decode_request, settings_of
+from peerkd.batched.handlers import HANDLERS, Request, answer_columns, check_client, decode_request, settings_of
 from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
@@ -143,7 +143,7 @@ class BatchedGrid(Grid):
         replies, groups = [], {}
         for msg in messages:
             if msg.metadata.dst_node_id not in self._nodes:
-                replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"))
+                replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, no_node(msg.metadata.dst_node_id)))
                 continue
             try:
                 client = self._nodes[msg.metadata.dst_node_id]
@@ -252,13 +252,14 @@ class BatchedGrid(Grid):
         for k, node in enumerate(request.nodes):
             client = self._nodes.get(node)
             if client is None:
-                failed[node] = f"no node {node}"
-            elif not 0 <= client < spec.num_clients:
-                failed[node] = raised_reason(
-                    ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
-                )
-            else:
-                groups.setdefault(student_arch(params, client), []).append(k)
+                failed[node] = no_node(node)
+                continue
+            try:
+                check_client(client, spec)
+            except ValueError as exc:
+                failed[node] = raised_reason(exc)
+                continue
+            groups.setdefault(student_arch(params, client), []).append(k)
         return groups, failed
 
     def _keep_sent(self, world: World, clients: list[int], records: list[dict]) -> None:
@@ -342,6 +343,11 @@ def _stacked_replies(
     nodes = np.asarray(request.nodes, dtype=np.int64)[positions[order]]
     bytes_probe = 0 if probe is None else _reply_bytes(probe.shape[1:], P.KEY_PROBE)
     return StackedReplies(nodes, [archs[i] for i in order], columns, logits, bytes_up, failed, probe, bytes_probe)
+
+
+def no_node(node: int) -> str:
+    """The reason of the error reply to a message for a node this grid does not have."""
+    return f"no node {node}"
 
 
 def raised_reason(exc: Exception) -> str:

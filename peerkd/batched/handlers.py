@@ -62,8 +62,7 @@ def decode_request(msg: Message, client: int, sent=None) -> Request:
     if kind not in HANDLERS:
         raise ValueError(f"no handler for message type {kind!r}")
     spec, params = settings_of(msg.content[P.KEY_CONFIG])
-    if not 0 <= client < spec.num_clients:
-        raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
+    check_client(client, spec)
     world = build_world(spec)
     inputs = None
     if kind in (P.MSG_DISTILL, P.MSG_DIGEST):
@@ -76,6 +75,12 @@ def decode_request(msg: Message, client: int, sent=None) -> Request:
         inputs = msg.content[P.KEY_ARRAYS].to_torch_state_dict()
         _check_state(inputs, _shapes(student_arch(params, client), world.data.input_shape, world.num_classes))
     return Request(msg, client, student_arch(params, client), spec, params, inputs)
+
+
+def check_client(client: int, spec: WorldSpec) -> None:
+    """Raise ValueError, as the ClientApp would, for a partition id outside ``spec``'s clients."""
+    if not 0 <= client < spec.num_clients:
+        raise ValueError(f"node partition-id {client} is outside 0..{spec.num_clients - 1}")
 
 
 _last_settings: list = [None, None]  # [the ConfigRecord last decoded, its (WorldSpec, RoundParams)]
@@ -178,12 +183,9 @@ def answer_columns(c: Cohort, w: Params, targets: list | None, digest: bool = Fa
         w, targets = c.digest(w, targets or [None] * n), None
     w, losses = c.train(w, targets=targets)
     secs = time.perf_counter() - t0
-    scores = c.evaluate(w)
-    if p.reply_logits:
-        logits = c.transfer_logits(w)
-        if p.reply_probs:
-            logits[...] = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-    probe = c.logits(w, c.data.server_x) if p.reply_probe else None
+    scores, logits, probe = _outputs(c, w)
+    if logits is not None and p.reply_probs:
+        logits[...] = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     return w, (_columns(c, scores, losses, secs), probe)
 
 
@@ -231,9 +233,7 @@ def _finish(
     """Each trained student's reply records, as the ClientApp's ``_finish`` builds them.
     ``train-s`` is the cohort's training time shared out evenly; ``reported``: metrics per student."""
     p, n = c.params, len(c.clients)
-    scores = c.evaluate(w)
-    logits = c.transfer_logits(w) if p.reply_logits else None
-    probe = c.logits(w, c.data.server_x) if p.reply_probe else None
+    scores, logits, probe = _outputs(c, w)
     out = []
     for i, (client, ix) in enumerate(zip(c.clients, c.private)):
         metrics = metrics_record(
@@ -253,6 +253,17 @@ def _finish(
             )
         )
     return out
+
+
+def _outputs(c: Cohort, w: Params) -> tuple[list[tuple[float, float]], Any, Any]:
+    """What a trained student reports: each one's test accuracy and loss, and, where the request
+    asks for them, the transfer-set logits (into ``transfer_out`` when the grid gave one) and the
+    server split's logits; None for what it does not ask for."""
+    p = c.params
+    scores = c.evaluate(w)
+    logits = c.transfer_logits(w) if p.reply_logits else None
+    probe = c.logits(w, c.data.server_x) if p.reply_probe else None
+    return scores, logits, probe
 
 
 def _state_dict(w: Params, i: int, base: nn.Module) -> ArrayRecord:

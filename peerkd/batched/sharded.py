@@ -31,7 +31,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
-from peerkd.batched.grid import NODE_ID_BASE, BatchedGrid, _error
+from peerkd.batched.grid import NODE_ID_BASE, BatchedGrid, _error, no_node
 from peerkd.batched.memory import peak_rss_mb
 from peerkd.cluster import ray_init_args
 from peerkd.round.hook import SummaryFields
@@ -238,7 +238,7 @@ class ShardedGrid(BatchedGrid):
         for msg in messages:
             k = self._owner.get(msg.metadata.dst_node_id)
             if k is None:
-                replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"))
+                replies.append(_error(msg, ErrorCode.NODE_UNAVAILABLE, no_node(msg.metadata.dst_node_id)))
             else:
                 by_shard.setdefault(k, []).append(msg)
         t0 = time.perf_counter()
