@@ -120,7 +120,9 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path):
         D.start_local(state, 3, secure=True)
         # round-timeout bounds round 2's wait for the dead node. Warm live nodes answer in ~1 s alone, but a clean-clone
         # CI on 2 workers once saw neither live node answer round 2 within 10 s (0 replies): 30 s leaves room for load.
-        _run(state, out, "round-timeout=30")
+        # epochs=60 makes a round's training take seconds: with the default 2 a warm round took 0.6 s, and under the
+        # full suite's load round 2 twice ended (3 replies) before the kill below, which follows a 0.3 s poll, landed.
+        _run(state, out, "round-timeout=30 epochs=60")
 
         # Act: once round 1 is recorded, node 2 dies without a goodbye (SIGKILL, whole tree).
         deadline = time.monotonic() + SUMMARY_TIMEOUT
