@@ -21,7 +21,6 @@ import torch
 
 MASK32 = 0xFFFFFFFF
 GOLDEN, ITEM_MULT = 0x9E3779B9, 0x85EBCA6B  # odd multipliers: distinct passes and items, distinct keys
-PAD = 1 << 40  # a padded item's sort key: after every real one
 PRIVATE, TRANSFER = 0x51ED270B, 0x2545F491  # key streams: private and transfer orders never share keys
 
 
@@ -38,6 +37,27 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 15)
     x = mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
+
+
+def signed32(c: int) -> int:
+    """The 32-bit constant ``c`` as the int32 with its bits (two's complement)."""
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+def mix32_int32(x: torch.Tensor) -> torch.Tensor:
+    """``mix32`` on int32 tensors holding the hash's 32 bits (two's complement), bit for bit: an
+    int32 product wraps modulo 2**32, as the hash's does, and a right shift is made logical by a
+    mask. A third of ``mix32``'s passes, over half the bytes."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * signed32(0x7FEB352D)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * signed32(0x846CA68B)
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def as_int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 values ``< 2**32`` as int32 with the same 32 bits."""
+    return (x - ((x >> 31) << 32)).to(torch.int32)
 
 
 def seed_key(seeds: torch.Tensor, stream: int) -> torch.Tensor:
@@ -83,8 +103,11 @@ def _dense_passes(n, reps, epochs, seeds, stream, p):
     items = torch.arange(int(n.max()), device=device)
     epoch = torch.arange(epochs, device=device)[None, :, None]
     rep = torch.arange(int(reps.max()), device=device)[None, None, :]
-    keys = item_keys(pass_keys(seeds[:, None, None], stream, epoch, rep)[..., None], items)
-    keys = torch.where(items < n[:, None, None, None], keys, PAD)
+    passes = as_int32(pass_keys(seeds[:, None, None], stream, epoch, rep)[..., None])
+    # item_keys in int32 (mix32_int32), its sign bit flipped so that int32 order is the keys' unsigned
+    # order; padding takes the largest int32, and a stable sort keeps any real item tied with it first
+    keys = mix32_int32(passes ^ as_int32(mul32(items, ITEM_MULT))) ^ signed32(1 << 31)
+    keys = torch.where(items < n[:, None, None, None], keys, torch.iinfo(torch.int32).max)
     order = keys.argsort(dim=-1, stable=True)  # (S, E, R, n_max)
     nn = n[:, None, None]
     rows = torch.arange(len(n), device=device)[:, None, None]

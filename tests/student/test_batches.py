@@ -7,7 +7,17 @@ import math
 import pytest
 import torch
 
-from peerkd.student.batches import PRIVATE, _dense_passes, _flat_passes, cycled_orders, mix32, mul32, plan_cohort
+from peerkd.student.batches import (
+    PRIVATE,
+    _dense_passes,
+    _flat_passes,
+    as_int32,
+    cycled_orders,
+    mix32,
+    mix32_int32,
+    mul32,
+    plan_cohort,
+)
 from peerkd.student.training import plan_batches
 
 
@@ -27,6 +37,16 @@ def test_mul32_and_mix32_equal_plain_integer_arithmetic():
     # Execute / Assert
     assert mul32(t, 0x846CA68B).tolist() == [(x * 0x846CA68B) % 2**32 for x in xs]
     assert mix32(t).tolist() == [lowbias32(x) for x in xs]
+
+
+def test_the_int32_hash_has_the_int64_hashs_bits():
+    # Prepare: the edge values and a million random 32-bit values
+    xs = torch.cat([torch.tensor([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]), torch.randint(0, 2**32, (1 << 20,))])
+    # Execute
+    got = mix32_int32(as_int32(xs)).long() & 0xFFFFFFFF
+    # Assert
+    assert as_int32(xs).dtype == torch.int32 and (as_int32(xs).long() & 0xFFFFFFFF).equal(xs)
+    assert got.equal(mix32(xs))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 1000, 4097])
