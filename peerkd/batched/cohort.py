@@ -11,6 +11,7 @@ steps stop early (masked updates).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -19,7 +20,17 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from peerkd.batched.mlp import cross_entropy_grad, kd_grad, mlp_backward, mlp_forward, mlp_linears
+from peerkd.batched.mlp import (
+    cross_entropy_grad,
+    kd_grad,
+    mlp_backward,
+    mlp_forward,
+    mlp_linears,
+    pack,
+    unpack,
+    wide,
+    with_ones,
+)
 from peerkd.batched.stacked import (
     Params,
     SoftTargets,
@@ -128,7 +139,8 @@ class Cohort:
             distill = torch.tensor(on, device=self.device)
             n_t = n_transfer if any(on) else 0
             plan = plan_cohort(self.sizes, n_t, p.batch_size, p.epochs, self.seeds, self.transfer_seed, distill)
-            transfer = self._transfer_inputs(targets, plan.transfer) if any(on) else None
+            x_t = with_ones(self.data.transfer, 1) if self.linears is not None and dp is None else None  # packed MLP's
+            transfer = self._transfer_inputs(targets, plan.transfer, x_t) if any(on) else None
             alpha = torch.tensor([p.alpha if d else 0.0 for d in on], device=self.device)
         if dp is not None:
             if classes is not None:
@@ -141,10 +153,11 @@ class Cohort:
         class_kd = self._class_kd(classes) if with_classes and proj is None else None
         protos = self._proto_term(classes, proj) if with_classes and proj is not None else None
         if self.linears is not None and class_kd is None and protos is None:
-            loss_at, grads_at = None, self._mlp_grads(private, transfer, alpha)
-        else:
-            loss_at, grads_at = self._loss_at(private, transfer, plan.shared, alpha, class_kd, protos), None
-        w, hist, _ = fit(w, loss_at, plan.steps, p.lr, grads_at=grads_at)
+            grads_at = self._mlp_grads(private, transfer, alpha)
+            packed, hist, _ = fit(pack(w, self.linears), None, plan.steps, p.lr, grads_at)
+            return unpack(packed, self.linears, list(w)), last_epoch_means(plan, hist)
+        loss_at = self._loss_at(private, transfer, plan.shared, alpha, class_kd, protos)
+        w, hist, _ = fit(w, loss_at, plan.steps, p.lr)
         return w, last_epoch_means(plan, hist)
 
     def _loss_at(self, private, transfer, shared: bool, alpha: torch.Tensor, class_kd, protos):
@@ -179,24 +192,28 @@ class Cohort:
     def _mlp_grads(self, private, transfer, alpha: torch.Tensor):
         """``g(live, k)``: ``train``'s loss at step k and its gradient, written out for a zoo MLP
         (``peerkd.batched.mlp``: the same maths as autograd on ``loss_at``, in fewer passes over the
-        activations). With a transfer set, each step's private and transfer rows run as one
-        batch; when the private rows are each student's whole shard (the same inputs every step),
-        they are copied into that batch once and only the transfer rows are written per step."""
-        names, temperature, joined = self.linears, self.params.temperature, {}
+        activations), on packed weights (``pack``). A step's rows are written into one batch with a
+        column of ones (``with_ones``), the private rows first, then the transfer rows; when the
+        private rows are each student's whole shard (the same inputs every step), they are written
+        once and only the transfer rows per step."""
+        names, temperature, batch = self.linears, self.params.temperature, {}
 
-        def inputs(x: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-            if joined.get("private") is not x:
-                joined["private"] = x
-                joined["batch"] = torch.cat([x, xt.expand(x.shape[0], *xt.shape[-x.dim() + 1 :])], dim=1)
-            else:
-                joined["batch"][:, x.shape[1] :] = xt
-            return joined["batch"]
+        def inputs(x: torch.Tensor, xt: torch.Tensor | None) -> torch.Tensor:
+            if "buffer" not in batch:
+                rows = x.shape[1] + (0 if xt is None else xt.shape[-2])
+                batch["buffer"] = x.new_ones((x.shape[0], rows, math.prod(x.shape[2:]) + 1))
+            if batch.get("private") is not x:
+                batch["private"] = x
+                batch["buffer"][:, : x.shape[1], :-1] = x.flatten(2)
+            if xt is not None:
+                batch["buffer"][:, x.shape[1] :] = xt
+            return batch["buffer"]
 
         @torch.no_grad()
         def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
             x, labels, weight = private(k)
             if transfer is None:
-                z, acts = mlp_forward(live, names, x)
+                z, acts = mlp_forward(live, names, inputs(x, None))
                 loss, dz = cross_entropy_grad(z, labels, weight)
                 return loss, mlp_backward(live, names, acts, dz)
             xt, target = transfer(k)
@@ -267,16 +284,18 @@ class Cohort:
         weights = (counts / (batches.shape[2] * per_input)).repeat_interleave(per_input, dim=2)
         return lambda k: (xs, ys, weights[k])
 
-    def _transfer_inputs(self, targets: list, batches: torch.Tensor):
+    def _transfer_inputs(self, targets: list, batches: torch.Tensor, x: torch.Tensor | None = None):
         """``f(k)``: the transfer inputs at step k, ``(B, ...)`` when every student takes the same
         batch (the plan shares its order; expand it, never copy it per student) else ``(S, B, ...)``,
-        and every student's soft targets on them (as rows)."""
+        and every student's soft targets on them (as rows); the inputs are rows of ``x`` (default
+        the transfer set; the packed MLP's ``with_ones`` of it)."""
         soft = SoftTargets.of(self._targets(targets), self.params.temperature)
+        x = self.data.transfer if x is None else x
         if batches.dim() == 2:  # (K, B): one batch for all; targets kept input-major, so a step's are one block
             by_input = soft.swapped(copy=True)
-            return lambda k: (self.data.transfer[batches[k]], by_input[batches[k]].swapped().rows())
+            return lambda k: (x[batches[k]], by_input[batches[k]].swapped().rows())
         rows = self._rows
-        return lambda k: (self.data.transfer[batches[k]], soft[rows, batches[k]].rows())
+        return lambda k: (x[batches[k]], soft[rows, batches[k]].rows())
 
     def _global_index(self, batches: torch.Tensor) -> torch.Tensor:
         """``(K, S, B)`` indices into each student's shard as indices into the world's arrays."""
@@ -306,17 +325,16 @@ class Cohort:
         n_steps = torch.tensor([len(order) if d else 0 for d in on], device=self.device)
         by_input = SoftTargets.of(self._targets(targets), p.temperature).swapped(copy=True)
         if self.linears is not None:
-            ones = torch.ones(len(self.clients), device=self.device)
+            ones, x_t = torch.ones(len(self.clients), device=self.device), with_ones(self.data.transfer, 1)
 
             @torch.no_grad()
             def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
                 bj = order[k]
-                x = self.data.transfer[bj]
-                z, acts = mlp_forward(live, self.linears, x.expand(len(self.clients), *x.shape))
+                z, acts = mlp_forward(live, self.linears, x_t[bj].expand(len(self.clients), -1, -1))
                 loss, dz = kd_grad(z, by_input[bj].swapped().rows(), p.temperature, ones)
                 return loss, mlp_backward(live, self.linears, acts, dz)
 
-            return fit(w, None, n_steps, p.lr, grads_at=grads_at)[0]
+            return unpack(fit(pack(w, self.linears), None, n_steps, p.lr, grads_at)[0], self.linears, list(w))
 
         def loss_at(live: Params, k: int) -> torch.Tensor:
             bj = order[k]
@@ -406,18 +424,20 @@ class Cohort:
             return EVAL_ROWS
         return max(1, min(EVAL_ROWS, EVAL_CELLS // max(len(self.clients), 1)))
 
-    def _on_shared(self, w: Params, x: torch.Tensor) -> torch.Tensor:
-        """Every student's logits on the inputs ``x`` seen by all (``(S, B, C)``): a zoo MLP's by
-        ``mlp_forward`` (its bias in the product, ReLU in place: 0.10 against vmap's 0.17 s for 640
+    def _on_shared(self, w: Params):
+        """``f(x)``: every student's logits on the inputs ``x`` seen by all (``(S, B, C)``): a zoo MLP's
+        by ``mlp_forward`` (the first layer one product of ``x`` with every student's weights side by
+        side, ``wide``, laid out once per call; ReLU in place: 0.10 against vmap's 0.17 s for 640
         students' 3,100 test and transfer inputs at 40 features on 2 cores), any other by vmap."""
         if self.linears is None:
-            return self._shared(w, x)
-        return mlp_forward(w, self.linears, x.expand(len(self.clients), *x.shape))[0]
+            return lambda x: self._shared(w, x)
+        first = wide(w, self.linears)
+        return lambda x: mlp_forward(w, self.linears, with_ones(x, 1), shared=first)[0]
 
     @torch.no_grad()
     def _predict(self, w: Params, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
-        step = self._eval_step
-        parts = [self._on_shared(w, x[i : i + step]).float() for i in range(0, len(x), step)]
+        step, on = self._eval_step, self._on_shared(w)
+        parts = [on(x[i : i + step]).float() for i in range(0, len(x), step)]
         if into is None:
             return student_rows(torch.cat(parts, dim=1))
         torch.cat(parts, dim=1, out=into.view(len(self.clients), len(x), *parts[0].shape[2:]))
@@ -430,11 +450,11 @@ class Cohort:
         the ``(S, N, C)`` logits of the whole split are never held (at 10,000 students and 2,100
         test inputs they were 840 MB a round, written and read again: a fifth of a round on a CPU).
         The accuracy is the float32 count over rows, as ``score_logits``'s mean gives it."""
-        x, y, step = self.data.test_x, self.data.test_y, self._eval_step
+        x, y, step, on = self.data.test_x, self.data.test_y, self._eval_step, self._on_shared(w)
         correct = torch.zeros(len(self.clients), dtype=torch.int64, device=self.device)
         loss = torch.zeros(len(self.clients), dtype=torch.float64, device=self.device)
         for i in range(0, len(x), step):
-            z = student_rows(self._on_shared(w, x[i : i + step]).float())
+            z = student_rows(on(x[i : i + step]).float())
             hits, nll = hits_and_nll(z, y[i : i + step].reshape(-1).expand(len(z), -1))
             correct += hits.sum(dim=-1)
             loss += nll.sum(dim=-1).double()

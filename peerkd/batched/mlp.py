@@ -38,39 +38,81 @@ def mlp_linears(base: nn.Module) -> list[str] | None:
     return [name for name, _ in body[::2]]
 
 
-def mlp_forward(params: Params, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Every student's logits ``(S, R, C)`` on its rows ``x`` (``(S, R, ...)``), and each linear
-    layer's input (kept for ``mlp_backward``). ``x`` may be one batch broadcast to every student
-    (stride 0 along S): the first layer is then one product of that batch with every student's
-    weights side by side, ``(R, F) @ (F, S·H)``, a tenth faster than S products of ``(R, F) @ (F, H)``
-    (640 students, 40 features), and the next layers read its ``(R, S, H)`` result as ``(S, R, H)``."""
-    h = x.flatten(2)
-    inputs = []
-    for i, name in enumerate(names):
+def pack(params: Params, names: list[str]) -> Params:
+    """``params`` in the layout the written-out passes train in: the first layer's weight transposed,
+    with its bias as one more row, ``(S, F + 1, H)`` under the layer's name; the other layers as they
+    are. Inputs then carry a column of ones (``with_ones``), so that the bias rides in the product and
+    its gradient in the weight's, and a product reads the weight as stored: at 640 students, 74 rows
+    and 40 features 0.93 ms against 1.44 for ``baddbmm`` on the transposed weight, and no ``(S, R, H)``
+    sum for the bias's gradient. Adam is elementwise: stepping the packed tensor is stepping both."""
+    first = names[0]
+    w, b = params[f"{first}.weight"], params[f"{first}.bias"]
+    rest = {k: v for k, v in params.items() if k not in (f"{first}.weight", f"{first}.bias")}
+    return {first: torch.cat([w.transpose(1, 2), b.unsqueeze(1)], dim=1)} | rest
+
+
+def unpack(packed: Params, names: list[str], keys: list[str]) -> Params:
+    """``pack``'s inverse, in the order of ``keys`` (the parameters' names)."""
+    first = packed[names[0]]
+    out = {f"{names[0]}.weight": first[:, :-1].transpose(1, 2).contiguous(), f"{names[0]}.bias": first[:, -1].clone()}
+    return {k: out[k] if k in out else packed[k] for k in keys}
+
+
+def with_ones(x: torch.Tensor, lead: int = 2) -> torch.Tensor:
+    """``x`` with its first ``lead`` axes kept, the rest flattened (the MLP's ``nn.Flatten``), and a
+    column of ones appended: the inputs of a packed first layer (``pack``)."""
+    flat = x.flatten(lead)
+    return torch.cat([flat, flat.new_ones((*flat.shape[:-1], 1))], dim=-1)
+
+
+def wide(params: Params, names: list[str]) -> torch.Tensor:
+    """Every student's first layer side by side, ``(F + 1, S·H)``, bias last, from unpacked ``params``:
+    one product with a batch of inputs seen by all (``with_ones(x, 1)``) gives every student's
+    hidden layer (``mlp_forward``'s ``shared``)."""
+    w, b = params[f"{names[0]}.weight"], params[f"{names[0]}.bias"]
+    return torch.cat([w.reshape(-1, w.shape[-1]).t(), b.reshape(1, -1)])
+
+
+def mlp_forward(
+    params: Params, names: list[str], x: torch.Tensor, shared: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Every student's logits ``(S, R, C)`` on its rows ``x`` (``(S, R, F + 1)``, ``with_ones``) and
+    each linear layer's input (kept for ``mlp_backward``); ``params`` packed (``pack``). With
+    ``shared`` (``wide``'s layout, the first layer of unpacked ``params``), ``x`` is ``(R, F + 1)``,
+    one batch seen by every student: the first layer is then one product ``(R, F + 1) @ (F + 1, S·H)``,
+    a tenth faster than S products (640 students, 40 features), and the next layers read its
+    ``(R, S, H)`` result as ``(S, R, H)``. ``x`` may also be one batch broadcast to every student
+    (stride 0 along S): the packed weight is then laid side by side for the product."""
+    students = len(next(iter(params.values())))
+    if shared is None and x.stride(0) == 0 and students > 1:
+        first = params[names[0]]
+        shared, x = first.transpose(0, 1).reshape(first.shape[1], -1), x[0]
+    inputs = [x]
+    if shared is not None:
+        h = torch.mm(x, shared).view(len(x), students, -1).transpose(0, 1)
+    else:
+        h = torch.bmm(x, params[names[0]])
+    for name in names[1:]:
+        h.relu_()
         inputs.append(h)
-        w, b = params[f"{name}.weight"], params[f"{name}.bias"]
-        if i == 0 and h.stride(0) == 0 and len(h) > 1:
-            wide = torch.addmm(b.reshape(-1), h[0], w.reshape(-1, w.shape[-1]).t())
-            h = wide.view(h.shape[1], len(w), -1).transpose(0, 1)
-        else:
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        if i < len(names) - 1:
-            h.relu_()
+        h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
     return h, inputs
 
 
 def mlp_backward(params: Params, names: list[str], inputs: list[torch.Tensor], dz: torch.Tensor) -> Params:
-    """The gradient of every parameter from the logits' gradient ``dz`` (``(S, R, C)``) and the
-    layers' inputs of ``mlp_forward``, each in its parameter's layout; ``dz`` may be overwritten."""
+    """The gradient of every packed parameter (``pack``) from the logits' gradient ``dz``
+    (``(S, R, C)``) and the layers' inputs of ``mlp_forward``, each in its parameter's layout; ``dz``
+    may be overwritten."""
     grads = {}
     g = dz
-    for i in reversed(range(len(names))):
+    for i in reversed(range(1, len(names))):
         name, a = names[i], inputs[i]
         grads[f"{name}.weight"] = torch.bmm(g.transpose(1, 2), a)
         grads[f"{name}.bias"] = g.sum(dim=1)
-        if i:
-            g = torch.bmm(g, params[f"{name}.weight"])
-            relu_backward_(g, a)
+        g = torch.bmm(g, params[f"{name}.weight"])
+        relu_backward_(g, a)
+    x = inputs[0]
+    grads[names[0]] = torch.bmm((x.expand(len(g), *x.shape) if x.dim() == 2 else x).transpose(1, 2), g)
     return {n: grads[n] for n in params}
 
 

@@ -8,7 +8,18 @@ import torch
 from torch import nn
 
 from peerkd.batched.cohort import Cohort, DeviceData
-from peerkd.batched.mlp import cross_entropy_grad, kd_grad, mlp_backward, mlp_forward, mlp_linears, relu_backward_
+from peerkd.batched.mlp import (
+    cross_entropy_grad,
+    kd_grad,
+    mlp_backward,
+    mlp_forward,
+    mlp_linears,
+    pack,
+    relu_backward_,
+    unpack,
+    wide,
+    with_ones,
+)
 from peerkd.batched.stacked import (
     SoftTargets,
     cross_entropy,
@@ -122,15 +133,36 @@ def test_forward_and_backward_are_vmap_and_autograds(name, shared):
     live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     ref_z = stacked_forward(base)(live, x)
     ref_grads = torch.autograd.grad(cross_entropy(ref_z, labels).sum(), list(live.values()))
-    # Execute
-    z, acts = mlp_forward(params, mlp_linears(base), x)
-    grads = mlp_backward(params, mlp_linears(base), acts, cross_entropy_grad(z, labels)[1])
-    # Assert: the logits, and every gradient in its parameter's own (contiguous) layout.
+    names, packed = mlp_linears(base), pack(params, mlp_linears(base))
+    rows = with_ones(x[0], 1).expand(3, -1, -1) if shared else with_ones(x)
+    # Execute: packed weights; and predicting from the unpacked ones side by side (wide).
+    z, acts = mlp_forward(packed, names, rows)
+    packed_grads = mlp_backward(packed, names, acts, cross_entropy_grad(z, labels)[1])
+    grads = unpack(packed_grads, names, list(params))
+    z_wide = mlp_forward(params, names, with_ones(x[0], 1), shared=wide(params, names))[0] if shared else z
+    # Assert: the logits, and every gradient, packed as its parameter is, and back in the parameter's own layout.
     close(z, ref_z)
+    close(z_wide, ref_z)
     assert list(grads) == list(params)
+    assert all(packed_grads[k].shape == packed[k].shape and packed_grads[k].is_contiguous() for k in packed)
     for (k, ref), got in zip(zip(live, ref_grads), grads.values()):
-        assert got.shape == params[k].shape and got.is_contiguous(), k
+        assert got.shape == params[k].shape, k
         close(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_pack_puts_the_first_bias_under_its_weight_and_unpack_undoes_it():
+    # Prepare: 2 students of a 3-feature, 2-unit first layer and a 2-class last layer.
+    w = torch.arange(12.0).reshape(2, 2, 3)
+    params = {"1.weight": w, "1.bias": torch.tensor([[10.0, 20.0], [30.0, 40.0]]), "3.weight": torch.ones(2, 2, 2)}
+    params["3.bias"] = torch.zeros(2, 2)
+    # Execute
+    packed = pack(params, ["1", "3"])
+    back = unpack(packed, ["1", "3"], list(params))
+    # Assert: student 0's first layer is W^T with the bias as the last row; the rest untouched; unpack inverts.
+    assert packed["1"][0].tolist() == [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0], [10.0, 20.0]]
+    assert packed["3.weight"] is params["3.weight"]
+    assert list(back) == list(params) and all(torch.equal(back[k], params[k]) for k in params)
+    assert with_ones(torch.zeros(2, 1, 2, 2)).tolist() == [[[0.0] * 4 + [1.0]]] * 2
 
 
 def test_hits_and_nll_by_hand_ties_go_to_the_first_maximum():
