@@ -218,9 +218,10 @@ class Cohort:
                 return loss, mlp_backward(live, names, acts, dz)
             xt, target = transfer(k)
             z, acts = mlp_forward(live, names, inputs(x, xt))
-            ce, d_private = cross_entropy_grad(z[:, : x.shape[1]], labels, weight)
-            kd, d_transfer = kd_grad(z[:, x.shape[1] :], target, temperature, alpha)
-            return ce + kd, mlp_backward(live, names, acts, torch.cat([d_private, d_transfer], dim=1))
+            dz, n = batch.setdefault("dz", torch.empty_like(z)), x.shape[1]  # both halves' gradients, no cat
+            ce, _ = cross_entropy_grad(z[:, :n], labels, weight, out=dz[:, :n])
+            kd, _ = kd_grad(z[:, n:], target, temperature, alpha, out=dz[:, n:])
+            return ce + kd, mlp_backward(live, names, acts, dz)
 
         return grads_at
 

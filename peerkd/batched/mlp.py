@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peerkd.batched.stacked import Params, SoftTargets, log_softmax
+from peerkd.batched.stacked import Params, SoftTargets, softmax_parts
 
 
 def mlp_linears(base: nn.Module) -> list[str] | None:
@@ -123,26 +123,29 @@ def relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy_grad(
-    z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+    z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``stacked.cross_entropy(z, labels, weight)`` ``(S,)`` and its gradient with respect to
-    ``z`` (``(S, R, C)``): each row's ``w·(softmax − onehot(label))``, ``w = 1/R`` for a mean."""
-    log_p = log_softmax(z)
-    nll = -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    ``z`` (``(S, R, C)``): each row's ``w·(softmax − onehot(label))``, ``w = 1/R`` for a mean;
+    the gradient written into ``out`` (that shape, e.g. rows of a larger batch's) when given."""
+    shifted, e, total = softmax_parts(z)
+    nll = total.log().squeeze(-1) - shifted.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     w = torch.full_like(nll, 1.0 / nll.shape[-1]) if weight is None else weight
     loss = nll.mean(dim=-1) if weight is None else (nll * weight).sum(dim=-1)
-    grad = log_p.exp_()
+    grad = torch.div(e, total, out=e if out is None else out)
     grad.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(nll, -1.0).unsqueeze(-1))
     return loss, grad.mul_(w.unsqueeze(-1))
 
 
 def kd_grad(
-    z: torch.Tensor, soft: SoftTargets, temperature: float, alpha: torch.Tensor
+    z: torch.Tensor, soft: SoftTargets, temperature: float, alpha: torch.Tensor, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``alpha * stacked.kd_divergence(z, soft, temperature)`` ``(S,)`` and its gradient with
-    respect to ``z`` (``(S, R, C)``): ``α·T/R·(softmax(z/T) − q)`` per row, ``alpha`` ``(S,)``."""
-    log_p = log_softmax(z / temperature)
-    kl = soft.neg_entropy - (soft.probs * log_p).sum(dim=-1)
+    respect to ``z`` (``(S, R, C)``): ``α·T/R·(softmax(z/T) − q)`` per row, ``alpha`` ``(S,)``;
+    the gradient written into ``out`` when given. ``Σ q·log p`` is ``Σ q·shifted − log(total)``:
+    a target's probabilities sum to 1."""
+    shifted, e, total = softmax_parts(z / temperature)
+    kl = soft.neg_entropy - ((soft.probs * shifted).sum(dim=-1) - total.log().squeeze(-1))
     loss = alpha * (kl.mean(dim=-1) * temperature**2)
-    grad = log_p.exp_().sub_(soft.probs)
+    grad = torch.div(e, total, out=e if out is None else out).sub_(soft.probs)
     return loss, grad.mul_((alpha * (temperature / z.shape[1])).reshape(-1, 1, 1))

@@ -63,6 +63,15 @@ def log_softmax(z: torch.Tensor) -> torch.Tensor:
     return shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
 
 
+def softmax_parts(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``z`` shifted by each row's (detached) maximum, its ``exp``, and each row's sum of that
+    ``(..., 1)``: ``log_softmax(z) = shifted − log(total)``, ``softmax(z) = e / total``; the
+    softmax is then one division, not a logarithm and an exponential over every entry."""
+    shifted = z - z.detach().amax(dim=-1, keepdim=True)
+    e = shifted.exp()
+    return shifted, e, e.sum(dim=-1, keepdim=True)
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the batch axis: ``(..., B, C)``, ``(..., B)`` -> ``(...)``; with
     ``weight`` (``(..., B)``) the weighted sum instead (weights of a mean: 1/B each)."""
@@ -90,9 +99,9 @@ class SoftTargets:
 
     @classmethod
     def of(cls, target: torch.Tensor, temperature: float) -> SoftTargets:
-        log_t = log_softmax(target.detach() / temperature)
-        probs = log_t.exp()
-        return cls(probs, (probs * log_t).sum(dim=-1))
+        shifted, e, total = softmax_parts(target.detach() / temperature)
+        probs = e.div_(total)
+        return cls(probs, (probs * shifted).sum(dim=-1) - total.log().squeeze(-1))  # Σ p·log p, Σ p = 1
 
     def __getitem__(self, index) -> SoftTargets:
         return SoftTargets(self.probs[index], self.neg_entropy[index])
