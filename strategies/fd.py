@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 
 from peerkd.errors import ConfigError
 from peerkd.round.contract import ServerContext
+from peerkd.round.stacked import StackedReplies
 from peerkd.wire.codec import CodecError, array_record, decode_array, decode_logits, encode_arrays, to_array
 from peerkd.wire.protocol import ARRAY_COUNTS, ARRAY_LOGITS, ARRAY_MASK, CFG_REPLY_LOGITS, KEY_LOGITS, MSG_CLASS_DISTILL
 from strategies.aggregation import class_consensus
@@ -29,6 +30,7 @@ class FederatedDistillation(RobustLogitDistillation):
     min_clients = 2
     message_type = MSG_CLASS_DISTILL
     needs_transfer = False
+    stacks = True
     dp_supported = False  # label counts travel in the clear
     example_dp = False  # ... and the class means are of the private shard, not of a DP model's outputs alone
 
@@ -76,11 +78,22 @@ class FederatedDistillation(RobustLogitDistillation):
             raise CodecError("negative class counts")
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
-        self.means, self.counts = {}, {}
+        means, counts = {}, {}
         for m in replies:
             record, node = m.content[KEY_LOGITS], m.metadata.src_node_id
-            self.means[node] = decode_logits(record, self.reply_shape())
-            self.counts[node] = record[ARRAY_COUNTS].numpy()
+            means[node] = decode_logits(record, self.reply_shape())
+            counts[node] = record[ARRAY_COUNTS].numpy()
+        return self._collect(means, counts)
+
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, Any]:
+        if replies.counts is None:  # no reply accepted
+            return self._collect({}, {})
+        nodes = replies.nodes.tolist()
+        return self._collect(dict(zip(nodes, replies.logits)), dict(zip(nodes, replies.counts)))
+
+    def _collect(self, means: dict[int, np.ndarray], counts: dict[int, np.ndarray]) -> dict[str, Any]:
+        """Keep this round's per-class tables and label counts by node (both paths' replies)."""
+        self.means, self.counts = means, counts
         return {}
 
     def measurement_keys(self) -> set[str]:
@@ -88,3 +101,6 @@ class FederatedDistillation(RobustLogitDistillation):
 
     def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
         return None  # clients send class means, not predictions on shared inputs
+
+    def agreement_of(self, outputs: np.ndarray | None) -> np.ndarray | None:
+        return None  # a stacked round's outputs are class tables too

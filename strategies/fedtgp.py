@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import Message
 from torch import nn
 
 from peerkd.errors import check_range
@@ -87,8 +86,8 @@ class FedTGP(FedProto):
             torch.manual_seed(ctx.seed)
             return PrototypeGenerator(ctx.world.num_classes, dim)
 
-    def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, Any]:
-        super().aggregate_round(server_round, replies)
+    def _collect(self, means: dict[int, np.ndarray], counts: dict[int, np.ndarray]) -> dict[str, Any]:
+        super()._collect(means, counts)
         if not self.means:
             return {}
         nodes = sorted(self.means)

@@ -27,12 +27,20 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from peerkd.batched.cohort import EVAL_ROWS, Cohort, DeviceData
-from peerkd.batched.handlers import HANDLERS, Request, answer_columns, check_client, decode_request, settings_of
+from peerkd.batched.handlers import (
+    HANDLERS,
+    Request,
+    answer_classes,
+    answer_columns,
+    check_client,
+    decode_request,
+    settings_of,
+)
 from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
-from peerkd.round.stacked import COLUMNS, TRAINED, StackedReplies, StackedRequest
+from peerkd.round.stacked import COLUMNS, TRAINED, StackedReplies, StackedRequest, class_record
 from peerkd.student.exchange import reply, sent_logits, student_arch
 from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
@@ -45,7 +53,8 @@ log = logging.getLogger("peerkd")
 DEVICES = ("auto", "cpu", "cuda")
 STORES = ("auto", "device", "host")
 NODE_ID_BASE = 1_000  # node id = NODE_ID_BASE + partition id (SUPERLINK_NODE_ID is 1)
-STACKED = (P.MSG_DISTILL, P.MSG_TRAIN, P.MSG_DIGEST)  # what ``answer_stacked`` answers
+STACKED = (P.MSG_DISTILL, P.MSG_TRAIN, P.MSG_DIGEST)  # what ``answer_stacked`` answers with transfer-set rows
+CLASSES = (P.MSG_CLASS_DISTILL, P.MSG_PROTO)  # ... and with per-class tables (FD, the prototype rules)
 
 
 class BatchedGrid(Grid):
@@ -203,12 +212,15 @@ class BatchedGrid(Grid):
 
     def stacks(self, message_type: str, config: ConfigRecord) -> bool:
         """Whether ``answer_stacked`` answers a round of these requests: ``train.distill``,
-        ``train.digest`` or ``train`` (no weights sent) in the fp32 codec, without privacy noise,
-        DP-SGD or kept sums (those replies are made by the Message path's code, which the rounds
-        then take)."""
-        if not self.stacked or message_type not in STACKED:
+        ``train.digest``, ``train`` (no weights sent), ``train.fd`` or ``train.proto`` in the fp32
+        codec, without privacy noise, DP-SGD or kept sums (those replies are made by the Message
+        path's code, which the rounds then take); a class-table round asks for no transfer-set
+        or server-split logits besides."""
+        if not self.stacked or message_type not in (*STACKED, *CLASSES):
             return False
         _, p = settings_of(config)
+        if message_type in CLASSES and (p.reply_logits or p.reply_probe):
+            return False
         return p.codec == "fp32" and not (p.dp_noise > 0 or p.dpsgd_epsilon > 0 or p.keep_sent)
 
     def answer_stacked(self, request: StackedRequest) -> StackedReplies:
@@ -220,8 +232,8 @@ class BatchedGrid(Grid):
         shape = (world.transfer_rows, world.num_classes)
         want = params.reply_logits and world.transfer_rows > 0
         groups, failed = self._stacked_groups(request, spec, params)
-        digest = request.message_type == P.MSG_DIGEST
-        done: list[tuple] = []  # (positions, arch, (columns, probe), logits rows) of each answered chunk
+        answer_with = _answer_with(request.message_type)
+        done: list[tuple] = []  # (positions, arch, (columns, arrays), logits rows) of each answered chunk
         out, answered = None, True
         for arch, positions in groups.items():
             out = np.empty((len(positions), *shape), np.float32) if want else None
@@ -233,7 +245,7 @@ class BatchedGrid(Grid):
                 clients = [self._nodes[request.nodes[k]] for k in part]
                 try:
                     _, answer = self._cohort_call(
-                        spec, params, arch, clients, rows, lambda c, w, t=targets: answer_columns(c, w, t, digest)
+                        spec, params, arch, clients, rows, lambda c, w, t=targets: answer_with(c, w, t)
                     )
                 except Exception as exc:  # noqa: BLE001
                     log.exception("batched %s for %d %s students failed", request.message_type, len(part), arch)
@@ -242,6 +254,8 @@ class BatchedGrid(Grid):
                     continue
                 done.append((part, arch, answer, rows))
         whole = out if len(groups) == 1 and answered else None
+        if request.message_type in CLASSES:
+            return _stacked_replies(request, done, None, failed, _class_bytes(world, params, request.message_type))
         return _stacked_replies(request, done, whole, failed, _reply_bytes(shape) if want else 0)
 
     def _stacked_groups(self, request: StackedRequest, spec: WorldSpec, params: P.RoundParams):
@@ -308,12 +322,41 @@ def _transfer_out(reqs: list[Request]) -> np.ndarray | None:
     return np.empty((len(reqs), world.transfer_rows, world.num_classes), dtype=np.float32)
 
 
+def _answer_with(message_type: str):
+    """``f(cohort, weights, targets)``: the stacked answer of a request of ``message_type``; for class
+    tables the targets become ``(table, valid)`` pairs as each node decodes its Message's: NaN rows
+    (classes no peer holds) are invalid and zero (``fd.encode_target``, ``exchange.class_targets``)."""
+    if message_type not in CLASSES:
+        return lambda c, w, t: answer_columns(c, w, t, message_type == P.MSG_DIGEST)
+
+    def classes(c, w, targets):
+        pairs = None
+        if targets is not None:
+            pairs = [None if t is None else (np.where(v[:, None], t, 0), v) for t, v in zip(targets, _valid(targets))]
+        return answer_classes(c, w, pairs, message_type == P.MSG_PROTO)
+
+    return classes
+
+
+def _valid(targets: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    return [None if t is None else np.isfinite(t).all(axis=1) for t in targets]
+
+
 def _targets_of(request: StackedRequest, positions: list[int]) -> list[np.ndarray | None] | None:
     """The targets of the nodes at ``positions``: rows of the request's array (consecutive positions:
     consecutive rows, which a cohort stacks without a copy), None for a node without."""
     if request.targets is None:
         return None
     return [request.targets[k] if request.has_target[k] else None for k in positions]
+
+
+def _class_bytes(world: World, params: P.RoundParams, message_type: str) -> int:
+    """The serialised array bytes of a class-table reply (fp32: fixed by the shape): a ``(C, W)``
+    table (``W``: the classes, or the prototypes' width) and ``(C,)`` counts."""
+    c = world.num_classes
+    width = c if message_type == P.MSG_CLASS_DISTILL else params.proto_dim
+    table = class_record(np.zeros((c, width), np.float32), np.zeros(c, np.float32))
+    return array_bytes(RecordDict({P.KEY_LOGITS: table}))
 
 
 def _reply_bytes(shape: tuple[int, ...], key: str = P.KEY_LOGITS) -> int:
@@ -334,15 +377,23 @@ def _stacked_replies(
         for key in (*COLUMNS, *TRAINED)
     }
     archs = [arch for part, arch, _, _ in done for _ in part]
+
+    def joined(name: str) -> np.ndarray | None:  # the chunks' stacked arrays (probes, class tables, counts)
+        if not done or done[0][2][1].get(name) is None:
+            return None
+        return np.concatenate([arrays[name] for _, _, (_, arrays), _ in done])[order]
+
     logits = whole
     if whole is None and done and done[0][3] is not None:
         logits = np.concatenate([rows for *_, rows in done])[order]
-    probe = None
-    if done and done[0][2][1] is not None:
-        probe = np.concatenate([pr for _, _, (_, pr), _ in done])[order]
+    probe, counts = joined("probe"), joined("counts")
+    if counts is not None:
+        logits = joined("logits")
     nodes = np.asarray(request.nodes, dtype=np.int64)[positions[order]]
     bytes_probe = 0 if probe is None else _reply_bytes(probe.shape[1:], P.KEY_PROBE)
-    return StackedReplies(nodes, [archs[i] for i in order], columns, logits, bytes_up, failed, probe, bytes_probe)
+    return StackedReplies(
+        nodes, [archs[i] for i in order], columns, logits, bytes_up, failed, probe, bytes_probe, counts
+    )
 
 
 def no_node(node: int) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message
 from torch import nn
@@ -186,7 +187,21 @@ def answer_columns(c: Cohort, w: Params, targets: list | None, digest: bool = Fa
     scores, logits, probe = _outputs(c, w)
     if logits is not None and p.reply_probs:
         logits[...] = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-    return w, (_columns(c, scores, losses, secs), probe)
+    return w, (_columns(c, scores, losses, secs), {"probe": probe})
+
+
+def answer_classes(c: Cohort, w: Params, classes: list | None, proto: bool):
+    """``_class_distill`` (or, with ``proto``, ``_proto``) for a stacked round: the same training
+    toward each student's ``(table, valid)`` class targets (None: none), and each student's
+    per-class table and label counts as stacked arrays, not records. Returns the weights and (the
+    metric columns, ``{"logits": (S, C, W) tables, "counts": (S, C)}``)."""
+    t0 = time.perf_counter()
+    proj = projection(embedding_width(c.base), c.params.proto_dim) if proto else None
+    w, losses = c.train(w, classes=classes or [None] * len(c.clients), proj=proj)
+    secs = time.perf_counter() - t0
+    tables, counts = zip(*c.class_means(w, proj))
+    scores = c.evaluate(w)
+    return w, (_columns(c, scores, losses, secs), {"logits": np.stack(tables), "counts": np.stack(counts)})
 
 
 def _columns(c: Cohort, scores: list[tuple[float, float]], losses: list[float], secs: float) -> dict[str, list]:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from peerkd.round import record
 from peerkd.round.screening import error_reason, screen_content
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import encode_logits
+from peerkd.wire.codec import array_record, encode_arrays, encode_logits, to_array
 from peerkd.wire.records import metric_record
 
 # The metrics a stacked reply carries, as the Message path's ``metrics_record`` writes them.
@@ -46,9 +46,11 @@ class StackedReplies:
     """The answers of a stacked round, one row per node that answered, in request order.
 
     ``metrics`` holds ``COLUMNS`` and ``TRAINED`` as ``(n,)`` arrays; ``logits`` the transfer-set
-    logits (or probabilities) when the request asked for them, ``probe`` the server split's
-    logits when it asked for those (WML); ``failed`` the error each other node's client met
-    (Flower's reason text, as an error reply carries it)."""
+    logits (or probabilities) when the request asked for them, or, with ``counts``, each
+    student's per-class table and label counts (FD's class means, the prototype rules' class-mean
+    embeddings: ``(n, C, W)``, ``(n, C)``); ``probe`` the server split's logits when it asked for
+    those (WML); ``failed`` the error each other node's client met (Flower's reason text, as an
+    error reply carries it)."""
 
     nodes: np.ndarray  # (n,) int64
     archs: list[str]
@@ -58,6 +60,7 @@ class StackedReplies:
     failed: dict[int, str] = field(default_factory=dict)
     probe: np.ndarray | None = None  # (n, R, C) float32
     bytes_probe: int = 0
+    counts: np.ndarray | None = None  # (n, C) label counts: ``logits`` are then class tables (FD, prototypes)
 
     def traffic(self, measured: bool) -> tuple[int, int]:
         """One reply's array bytes as (the rule's traffic, measurement traffic): the logits are
@@ -73,7 +76,9 @@ class StackedReplies:
     def content(self, i: int) -> RecordDict:
         """Row ``i`` as the reply's records (for the rare row a check flags: the same checks, the same reasons)."""
         records: dict[str, Any] = {P.KEY_METRICS: metric_record(self.values(i))}
-        if self.logits is not None:
+        if self.counts is not None:
+            records[P.KEY_LOGITS] = class_record(self.logits[i], self.counts[i])
+        elif self.logits is not None:
             records[P.KEY_LOGITS] = encode_logits(self.logits[i])
         if self.probe is not None:
             records[P.KEY_PROBE] = encode_logits(self.probe[i])
@@ -83,10 +88,18 @@ class StackedReplies:
         """The rows ``keep`` (a bool mask); no copy when it keeps them all."""
         if keep.all():
             return self
-        logits, probe = (None if a is None else a[keep] for a in (self.logits, self.probe))
+        logits, probe, counts = (None if a is None else a[keep] for a in (self.logits, self.probe, self.counts))
         archs = [a for a, k in zip(self.archs, keep) if k]
         metrics = {k: v[keep] for k, v in self.metrics.items()}
-        return StackedReplies(self.nodes[keep], archs, metrics, logits, self.bytes_logits, {}, probe, self.bytes_probe)
+        return StackedReplies(
+            self.nodes[keep], archs, metrics, logits, self.bytes_logits, {}, probe, self.bytes_probe, counts
+        )
+
+
+def class_record(table: np.ndarray, counts: np.ndarray) -> ArrayRecord:
+    """A class-table reply's record in the fp32 codec (``exchange.class_means_record``'s): the
+    ``(C, W)`` table and the ``(C,)`` label counts."""
+    return array_record({**encode_arrays(P.ARRAY_LOGITS, table), P.ARRAY_COUNTS: to_array(counts)})
 
 
 def screen_stacked(replies: StackedReplies, rule: Any, num_clients: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
@@ -100,12 +113,11 @@ def screen_stacked(replies: StackedReplies, rule: Any, num_clients: int) -> tupl
     for key in (P.METRIC_TEST_LOSS, *TRAINED):
         if key in m:
             ok &= np.isfinite(m[key]) & (m[key] >= 0)
-    for rows in (
-        replies.logits,
-        replies.probe,
-    ):  # NaN and infinity carry into a row's sum (an overflow is only flagged)
-        if rows is not None:
+    for rows in (replies.logits, replies.probe, replies.counts):  # NaN and infinity carry into a row's sum
+        if rows is not None:  # (an overflow is only flagged)
             ok &= np.isfinite(rows.sum(axis=tuple(range(1, rows.ndim))))
+    if replies.counts is not None:  # FD's check_reply: no negative count
+        ok &= (replies.counts >= 0).all(axis=1)
     rejected = [(node, error_reason(reason)) for node, reason in replies.failed.items()]
     repeats = _repeats(client)
     seen = set(client[ok & ~repeats].tolist())  # an unflagged row is its partition's first

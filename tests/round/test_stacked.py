@@ -63,6 +63,9 @@ def run_both(tmp_path, name: str, spec: RunSpec, chunk: int = 0):
         ("fedmd", ("mlp32", "cnn")),
         ("dsfl", ("mlp32",)),
         ("wml", ("mlp32", "mlp64")),
+        ("fd", ("mlp32", "cnn")),
+        ("fedproto", ("mlp32", "mlp64")),
+        ("fedtgp", ("mlp32",)),
     ],
 )
 def test_a_stacked_run_writes_what_the_message_run_writes(name, students, tmp_path, monkeypatch):
@@ -196,6 +199,24 @@ def test_screening_as_arrays_rejects_what_screen_reply_rejects_with_its_reasons(
     ]
 
 
+def test_screening_class_tables_rejects_what_fd_s_check_rejects_with_its_reasons(flower_identity):
+    # Prepare: FD's replies, (C, C) class means and (C,) counts; row 1 a negative count, row 2 a NaN mean
+    world, got = replies(logits=False)
+    c = world.num_classes
+    got = dataclasses.replace(got, logits=np.zeros((4, c, c), np.float32), counts=np.ones((4, c), np.float32))
+    got.counts[1, 3] = -1.0
+    got.logits[2, 0, 0] = np.nan
+    fd = rule_of("fd")
+    fd.setup(ServerContext(world, ("mlp32",), 0, torch.device("cpu"), 1, 1e-3, 32))
+    # Execute
+    keep, rejected = screen_stacked(got, fd, num_clients=4)
+    # Assert: the Message path's reasons (the rows rebuilt as FD's records); the rest kept and aggregated
+    assert keep.tolist() == [True, False, False, True]
+    assert rejected == [(1001, "negative class counts"), (1002, "logits contain NaN or infinity")]
+    fd.aggregate_stacked(2, got.take(keep))
+    assert sorted(fd.means) == [1000, 1003] and fd.counts[1003].tolist() == [1.0] * c
+
+
 def test_screening_as_arrays_passes_good_rows_without_looking_at_each(flower_identity, monkeypatch):
     # Prepare: every row good; a row looked at one by one would build its records
     world, got = replies(n=6)
@@ -275,8 +296,10 @@ def test_local_sends_no_targets_and_rules_without_a_stacked_form_say_so(flower_i
     assert targets is None and not has.any() and size == 0
     config = ConfigRecord({"round": 1})
     assert local.stacked_round(config)[0] == P.MSG_TRAIN
-    for name in ("fedavg", "feddf", "fd", "peer_sum", "fedproto", "fedtgp"):
+    for name in ("fedavg", "feddf", "peer_sum"):
         assert rule_of(name).stacked_round(config) is None, name
+    assert set_up("fd")[1].stacked_round(config)[0] == P.MSG_CLASS_DISTILL
+    assert {set_up(n)[1].stacked_round(config)[0] for n in ("fedproto", "fedtgp")} == {P.MSG_PROTO}
 
 
 def test_the_grid_offers_stacked_rounds_only_for_what_it_answers_as_arrays():
@@ -284,7 +307,10 @@ def test_the_grid_offers_stacked_rounds_only_for_what_it_answers_as_arrays():
     base = {**WorldSpec(dataset="digits", num_clients=2).to_config(), P.CFG_STUDENTS: "mlp32", P.CFG_EPOCHS: 1,
             P.CFG_LR: 1e-3, P.CFG_BATCH_SIZE: 32}  # fmt: skip
     assert grid.stacks(P.MSG_DISTILL, ConfigRecord(base)) and grid.stacks(P.MSG_TRAIN, ConfigRecord(base))
-    assert grid.stacks(P.MSG_DIGEST, ConfigRecord(base)) and not grid.stacks(P.MSG_CLASS_DISTILL, ConfigRecord(base))
+    assert grid.stacks(P.MSG_DIGEST, ConfigRecord(base)) and grid.stacks(P.MSG_CLASS_DISTILL, ConfigRecord(base))
+    assert grid.stacks(P.MSG_PROTO, ConfigRecord(base)) and not grid.stacks(P.MSG_QUERY_LOGITS, ConfigRecord(base))
+    for change in ({P.CFG_REPLY_LOGITS: True}, {P.CFG_REPLY_PROBE: True}):  # class tables and rows besides: Messages
+        assert not grid.stacks(P.MSG_CLASS_DISTILL, ConfigRecord({**base, **change})), change
     for change in ({P.CFG_CODEC: "int8"}, {P.CFG_DP_NOISE: 1.0}, {P.CFG_KEEP_SENT: True}):
         assert not grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, **change})), change
     assert grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, P.CFG_REPLY_PROBE: True, P.CFG_REPLY_PROBS: True}))
