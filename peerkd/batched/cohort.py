@@ -45,7 +45,7 @@ from peerkd.clock import section
 from peerkd.student.batches import CohortPlan, plan_cohort
 from peerkd.student.dpsgd import DPSGD, client_dpsgd, clip_sum, gaussian, per_example_grads, row_bounds
 from peerkd.student.prototypes import prototype_loss, with_features
-from peerkd.student.training import class_mean_logits, round_seed, shared_transfer_seed
+from peerkd.student.training import round_seed, shared_transfer_seed
 from peerkd.wire.protocol import RoundParams
 from peerkd.wire.rows import read_tensor, stack_rows
 from peerkd.world.build import World
@@ -464,25 +464,28 @@ class Cohort:
         return list(zip(acc.tolist(), (loss / rows).float().tolist()))
 
     @torch.no_grad()
-    def class_means(self, w: Params, proj: torch.Tensor | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each student's per-class mean logits (FD; with ``proj``: projected embeddings, the
-        prototype rules) and label counts on its private shard (text: per next token)."""
-        n = [len(ix) for ix in self.private]
-        padded, per_input = self._padded_shards(max(n)), self.world.data.positions
+    def class_means(self, w: Params, proj: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every student's per-class mean logits (FD; with ``proj``: projected embeddings, the
+        prototype rules) and label counts on its private shard (text: per next token), ``(S, C, W)``
+        and ``(S, C)`` float32: ``class_mean_logits`` for all students at once (float64 sums by
+        label, 0 with count 0 for an absent class), not once per student."""
+        n_max, per_input = int(self.sizes.max()), self.world.data.positions
+        padded = self._padded_shards(n_max)
 
         def rows(x: torch.Tensor) -> torch.Tensor:
             if proj is None:
                 return student_rows(self.forward(w, x))
             return student_rows(self.features(w, x)[0]) @ proj.to(self.device)
 
-        z = torch.cat(
-            [rows(self.data.x[padded[:, i : i + EVAL_ROWS]]).float().cpu() for i in range(0, max(n), EVAL_ROWS)], dim=1
-        ).numpy()
-        y = self.world.data.y
-        return [
-            class_mean_logits(z[s, : n[s] * per_input], y[ix].reshape(-1), self.world.num_classes)
-            for s, ix in enumerate(self.private)
-        ]
+        z = torch.cat([rows(self.data.x[padded[:, i : i + EVAL_ROWS]]) for i in range(0, n_max, EVAL_ROWS)], dim=1)
+        labels = student_rows(self.data.y[padded])  # (S, rows), the padding's past each shard's own
+        real = (torch.arange(labels.shape[1], device=self.device)[None, :] < self.sizes[:, None] * per_input).double()
+        c = self.world.num_classes
+        counts = torch.zeros((len(labels), c), dtype=torch.float64, device=self.device).scatter_add_(1, labels, real)
+        sums = torch.zeros((len(labels), c, z.shape[-1]), dtype=torch.float64, device=self.device)
+        sums.scatter_add_(1, labels[..., None].expand(-1, -1, z.shape[-1]), z.double() * real[..., None])
+        means = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], 0.0)
+        return means.float().cpu().numpy(), counts.float().cpu().numpy()
 
 
 def stacked(arrays: list[np.ndarray | None], missing: np.ndarray) -> torch.Tensor:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message
 from torch import nn
@@ -147,7 +146,8 @@ def _class_distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, l
     t0 = time.perf_counter()
     w, losses = c.train(w, classes=[r.inputs for r in reqs])
     secs = time.perf_counter() - t0
-    extra = [{P.KEY_LOGITS: class_means_record(*mc, c.params)} for mc in c.class_means(w)]
+    tables, counts = c.class_means(w)
+    extra = [{P.KEY_LOGITS: class_means_record(t, k, c.params)} for t, k in zip(tables, counts)]
     return w, _finish(c, w, losses, secs, extra)
 
 
@@ -157,7 +157,8 @@ def _proto(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict
     proj = projection(embedding_width(c.base), c.params.proto_dim)
     w, losses = c.train(w, classes=[r.inputs for r in reqs], proj=proj)
     secs = time.perf_counter() - t0
-    extra = [{P.KEY_LOGITS: class_means_record(*mc, c.params)} for mc in c.class_means(w, proj)]
+    tables, counts = c.class_means(w, proj)
+    extra = [{P.KEY_LOGITS: class_means_record(t, k, c.params)} for t, k in zip(tables, counts)]
     return w, _finish(c, w, losses, secs, extra)
 
 
@@ -199,9 +200,9 @@ def answer_classes(c: Cohort, w: Params, classes: list | None, proto: bool):
     proj = projection(embedding_width(c.base), c.params.proto_dim) if proto else None
     w, losses = c.train(w, classes=classes or [None] * len(c.clients), proj=proj)
     secs = time.perf_counter() - t0
-    tables, counts = zip(*c.class_means(w, proj))
+    tables, counts = c.class_means(w, proj)
     scores = c.evaluate(w)
-    return w, (_columns(c, scores, losses, secs), {"logits": np.stack(tables), "counts": np.stack(counts)})
+    return w, (_columns(c, scores, losses, secs), {"logits": tables, "counts": counts})
 
 
 def _columns(c: Cohort, scores: list[tuple[float, float]], losses: list[float], secs: float) -> dict[str, list]:

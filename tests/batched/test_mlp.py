@@ -202,3 +202,30 @@ def test_a_cohort_trains_as_it_does_by_vmap_and_autograd(samples, distill):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     for k in w:
         close(w[k], ref_w[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("proto", [False, True])
+def test_a_cohort_s_class_means_are_each_student_s_class_mean_logits(proto):
+    # Prepare: 3 students of shards of different sizes (3, 7, 40 samples: padding repeats rows)
+    from peerkd.student.training import class_mean_logits
+
+    world = build_world(WorldSpec(dataset="digits", num_clients=3, seed=0, partition="dirichlet", min_size=3))
+    params = RoundParams(round=1, students=("mlp32",), epochs=1, lr=1e-3, batch_size=32)
+    base = build_model("mlp32", world.data.input_shape, world.num_classes, seed=0).to("meta")
+    w = stacked_mlp("mlp32", world.data.input_shape, world.num_classes, [7, 8, 9])
+    cohort = Cohort(world, DeviceData.of(world, torch.device("cpu")), params, base, [0, 1, 2])
+    proj = torch.randn(32, 5, generator=torch.Generator().manual_seed(0)) if proto else None
+    # Execute
+    tables, counts = cohort.class_means(w, proj)
+    # Assert: every student's (table, counts) as class_mean_logits gives it on that student's own outputs
+    assert len({len(ix) for ix in cohort.private}) > 1
+    for s, ix in enumerate(cohort.private):
+        x = torch.as_tensor(world.data.x[ix])
+        one = {k: v[s] for k, v in w.items()}
+        model = build_model("mlp32", world.data.input_shape, world.num_classes, seed=0)
+        out = torch.func.functional_call(model, one, (x,))
+        if proto:
+            out = cohort.features({k: v[s : s + 1] for k, v in w.items()}, x[None])[0][0] @ proj
+        want_t, want_c = class_mean_logits(out.detach().numpy(), world.data.y[ix], world.num_classes)
+        np.testing.assert_allclose(tables[s], want_t, rtol=1e-5, atol=1e-6)
+        assert counts[s].tolist() == want_c.tolist()
