@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.clock import SECTIONS
+from peerkd.wire import protocol as P
 
 log = logging.getLogger("peerkd")
 
@@ -38,7 +39,7 @@ FIELDS = (
     "acc_mean",
     "ratio_to_loop",
     "device",
-    "gflop_round",  # a distillation round's FLOPs (simulations.floor.round_flops): the algorithm's, every variant's
+    "gflop_round",  # a round's FLOPs (simulations.floor.round_flops): the algorithm's, every variant's
     "gflops",  # achieved: gflop_round / round_s_median
     "gemm_gflops",  # the GEMM rate measured in the variant's process
     "pct_of_gemm",
@@ -161,7 +162,7 @@ def run_bench(
 
     for n in sizes:
         sized = world_for(spec, n, auto_size)
-        flops = round_flops(sized)
+        flops = round_flops(sized, strategy.message_type in (P.MSG_DISTILL, P.MSG_DIGEST))
         for variant in variants:
             log.info("bench: %d clients, %s ...", n, variant)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -37,7 +37,9 @@ from peerkd.hooks.dpsgd import check_example_budget
 from peerkd.hooks.privacy import privacy_setup
 from peerkd.round.spec import RunSpec
 from peerkd.student.models import build_model, check_modality, num_parameters
+from peerkd.student.prototypes import embedding_width
 from peerkd.student.training import pick_device
+from peerkd.wire.protocol import MSG_CLASS_DISTILL, MSG_PROTO
 from peerkd.world.build import WorldSpec, build_world
 from peerkd.world.data import BUILTIN_DATASETS, Dataset, load_bytes, load_dataset
 from simulations.config import EngineConf
@@ -69,7 +71,7 @@ def preflight(spec: RunSpec, strategy, engine: EngineConf | None = None, resourc
     check_range("num_clients", w.num_clients, 1, len(data.y))  # at most a sample each (the partition says more)
     for name in sorted(set(spec.students)):
         check_modality(name, data.text)
-    check_fits(run_memory(spec, data, engine, resources or {}))
+    check_fits(run_memory(spec, data, engine, resources or {}, table_width=_table_width(strategy, spec, data)))
     world = build_world(w)
     strategy.check(spec.students, w.num_clients)
     if spec.privacy.enabled and spec.privacy.unit == "example":  # DP-SGD: a rule it covers, a budget shards meet
@@ -80,14 +82,30 @@ def preflight(spec: RunSpec, strategy, engine: EngineConf | None = None, resourc
     strategy.check_data(world.data.text)
 
 
+def _table_width(strategy, spec: RunSpec, data: Dataset) -> int:
+    """The width of the per-class tables ``strategy``'s clients send, or 0 when they send transfer-set
+    logits or weights: FD's rows are the classes; the prototype rules' ``proto_dim``, else the
+    widest student's embedding (``FedProto.prototype_width``)."""
+    if strategy.message_type == MSG_CLASS_DISTILL:
+        return data.num_classes
+    if strategy.message_type != MSG_PROTO:
+        return 0
+    widths = (embedding_width(build_model(a, data.input_shape, data.num_classes, seed=0)) for a in set(spec.students))
+    return getattr(strategy, "requested_dim", 0) or max(widths)
+
+
 def check_load(w: WorldSpec) -> None:
     """Refuse a dataset whose loading alone would not fit in memory, before it is loaded."""
     need = load_bytes(w.dataset, w.data_path or None, w.data_size)
     check_fits([MemoryPart(f"loading data={w.dataset}", DATA_FIELDS.get(w.dataset, "data"), need)])
 
 
-def run_memory(spec: RunSpec, data: Dataset, engine: EngineConf, resources: dict) -> list[MemoryPart]:
-    """The parts of a run's memory estimate on this machine (the module docstring says what it covers)."""
+def run_memory(
+    spec: RunSpec, data: Dataset, engine: EngineConf, resources: dict, table_width: int = 0
+) -> list[MemoryPart]:
+    """The parts of a run's memory estimate on this machine (the module docstring says what it covers);
+    ``table_width`` > 0: the rule's clients send per-class tables of that width (FD, the prototype
+    rules), never transfer-set logits, so the fleet holds a ``(C, width)`` table each."""
     w, field = spec.world, DATA_FIELDS.get(spec.world.dataset, "data")
     transfer_rows = w.transfer_size or round(w.public_frac * len(data.y))
     held = MemoryPart("dataset", field, _held_bytes(data, w))
@@ -96,6 +114,7 @@ def run_memory(spec: RunSpec, data: Dataset, engine: EngineConf, resources: dict
     )
     models = {arch: build_model(arch, data.input_shape, data.num_classes, seed=0) for arch in set(spec.students)}
     logits, slots = transfer_rows * data.positions * data.num_classes, len(spec.students)
+    logits = data.num_classes * table_width if table_width else logits
     fleet = sum(  # students are assigned round-robin: slot k serves clients k, k + slots, ...
         fleet_bytes(num_parameters(models[arch]), (w.num_clients - k + slots - 1) // slots, logits)
         for k, arch in enumerate(spec.students)

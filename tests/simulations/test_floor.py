@@ -19,9 +19,10 @@ def test_model_flops_of_an_mlp_are_its_matrix_products(digits):
     # Prepare: mlp64 on 64 features, 10 classes: a forward row is 2 * (64*64 + 64*10) = 9,472 FLOPs.
     # A step runs 32 private and 32 transfer rows forward (64 * 9,472), the weight gradients of both
     # layers backward (64 * 9,472 again) and the input gradient of the second layer (2 * 64 * 64 * 10).
-    step = 64 * 9_472 * 2 + 2 * 64 * 64 * 10
+    # A CE step alone: the 32 private rows, forward and backward.
+    step, private = 64 * 9_472 * 2 + 2 * 64 * 64 * 10, 32 * 9_472 * 2 + 2 * 32 * 64 * 10
     # Execute / Assert
-    assert model_flops("mlp64", build_world(digits), 32) == (step, 9_472) == (1_294_336, 9_472)
+    assert model_flops("mlp64", build_world(digits), 32) == (step, private, 9_472) == (1_294_336, 647_168, 9_472)
 
 
 def test_round_flops_sum_every_clients_steps_and_forward_passes(digits):
@@ -31,6 +32,14 @@ def test_round_flops_sum_every_clients_steps_and_forward_passes(digits):
     steps = sum(2 * math.ceil(max(len(world.private_index(c)), n_t) / 32) for c in range(3))
     # Execute / Assert
     assert round_flops(spec) == steps * 1_294_336 + 3 * rows * 9_472
+
+
+def test_a_round_without_distillation_counts_private_steps_and_the_test_split(digits):
+    # Prepare: local, FedAvg, FD: steps over the shard alone, no transfer-set logits
+    world, spec = build_world(digits), RunSpec(world=digits, rounds=1, epochs=2, batch_size=32, students=("mlp64",))
+    steps = sum(2 * math.ceil(len(world.private_index(c)) / 32) for c in range(3))
+    # Execute / Assert
+    assert round_flops(spec, distill=False) == steps * 647_168 + 3 * len(world.split("test")[1]) * 9_472
 
 
 def test_gemm_rate_is_measured():

@@ -46,6 +46,22 @@ def test_the_batched_estimate_by_hand():
     }
 
 
+def test_class_table_rules_hold_a_table_per_student_not_transfer_logits():
+    # Prepare: FD sends a (10, 10) table of class means; FedProto (proto_dim 0) mlp64's 64-wide embeddings.
+    spec, data = digits_spec(), load_dataset("digits")
+    fd, proto = build_strategy("fd"), build_strategy("fedproto")
+    # Execute
+    widths = (
+        pf._table_width(fd, spec, data),
+        pf._table_width(proto, spec, data),
+        pf._table_width(build_strategy("peer"), spec, data),
+    )
+    got = {p.what: p.bytes for p in pf.run_memory(spec, data, EngineConf(device="cpu", chunk=4), {}, widths[0])}
+    # Assert: 10 students, each 2 copies of its weights and 3 of a 10 x 10 table
+    assert widths == (10, 64, 0)
+    assert got["students' weights and logits"] == 4 * 10 * (2 * PARAMS + 3 * 10 * 10)
+
+
 def test_the_flower_estimate_counts_its_actor_pool(monkeypatch):
     # Prepare: 4 CPUs, half a CPU per client: Flower starts 8 actors, each a process with the world and a student.
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
