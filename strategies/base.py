@@ -148,7 +148,8 @@ class DistillationStrategy(ABC):
 
     def stacked_targets(self, node_ids: list[int]) -> tuple[np.ndarray | None, np.ndarray, int]:
         """Every node's target as rows of one ``(n, P, C)`` array (what each node would decode from
-        its Message), which nodes have one (``(n,)`` bool), and the serialised bytes of one target;
+        its Message), which nodes have one (``(n,)`` bool), and the serialised bytes of one target
+        (then, for ``peer_sum``, each node's ``[senders, included]``: ``StackedRequest.peers``);
         a rule with a ``stacked_round`` says how."""
         raise NotImplementedError(f"{self.name} has no stacked round")
 

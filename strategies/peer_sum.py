@@ -18,8 +18,10 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from peerkd.round.contract import ServerContext
-from peerkd.wire.codec import array_record, decode_logits, encode_arrays, to_array
-from peerkd.wire.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS
+from peerkd.round.stacked import StackedReplies
+from peerkd.wire.codec import array_bytes, array_record, decode_logits, encode_arrays, to_array
+from peerkd.wire.protocol import ARRAY_LOGITS, ARRAY_PEERS, CFG_KEEP_SENT, KEY_LOGITS, KEY_TARGETS
+from peerkd.wire.records import record_dict
 from peerkd.wire.rows import stack_rows
 from strategies.base import LogitDistillation
 
@@ -46,6 +48,7 @@ class PeerSumLearning(LogitDistillation):
 
     name = "peer_sum"
     wants_logits = True
+    stacks = True
     min_clients = 2
     reads_votes = True  # the others' votes summed: a vote histogram
     sums_releases = True  # receivers read only the sum: privacy.noise=distributed may split the noise
@@ -78,5 +81,26 @@ class PeerSumLearning(LogitDistillation):
         self.senders = {m.metadata.src_node_id for m in replies}
         return {"peers": float(len(self.senders))}
 
+    def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, float]:
+        logits = replies.logits
+        self.total = logits.sum(axis=0, dtype=np.float64) if logits is not None and len(logits) else None  # sum_logits'
+        self.senders = set(replies.nodes.tolist())
+        return {"peers": float(len(self.senders))}
+
+    def stacked_targets(self, node_ids: list[int]) -> tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None]:
+        """The sum every node is sent, as the fp32 codec delivers it, viewed once per node, and each
+        node's ``[senders, included]`` (``PeersSum``), which the grid turns into the node's
+        leave-one-out mean from the logits it sent last, as the ClientApp does."""
+        n = len(node_ids)
+        if self.total is None:
+            return None, np.zeros(n, dtype=bool), 0, None
+        total = self.total.astype(np.float32)
+        peers = np.stack([np.full(n, len(self.senders)), np.isin(node_ids, list(self.senders))], axis=1)
+        size = array_bytes(record_dict({KEY_TARGETS: self.encode_target(PeersSum(self.total, 1, True))}))
+        return np.broadcast_to(total, (n, *total.shape)), np.ones(n, dtype=bool), size, peers.astype(np.float32)
+
     def agreement_logits(self, replies: list[Message]) -> np.ndarray | None:
         return None  # the server does not read individual matrices
+
+    def agreement_of(self, outputs: np.ndarray | None) -> np.ndarray | None:
+        return None  # ... nor, in a stacked round, their stack

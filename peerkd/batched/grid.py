@@ -46,6 +46,7 @@ from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import array_bytes, encode_logits
+from peerkd.wire.rows import stack_rows
 from peerkd.world.build import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
@@ -213,15 +214,16 @@ class BatchedGrid(Grid):
     def stacks(self, message_type: str, config: ConfigRecord) -> bool:
         """Whether ``answer_stacked`` answers a round of these requests: ``train.distill``,
         ``train.digest``, ``train`` (no weights sent), ``train.fd`` or ``train.proto`` in the fp32
-        codec, without privacy noise, DP-SGD or kept sums (those replies are made by the Message
-        path's code, which the rounds then take); a class-table round asks for no transfer-set
-        or server-split logits besides."""
+        codec, without privacy noise or DP-SGD (those replies are made by the Message path's code,
+        which the rounds then take); a class-table round asks for no transfer-set or server-split
+        logits besides. Kept sums (``peer_sum``) are answered: the grid keeps each student's sent
+        logits as the Message path does."""
         if not self.stacked or message_type not in (*STACKED, *CLASSES):
             return False
         _, p = settings_of(config)
         if message_type in CLASSES and (p.reply_logits or p.reply_probe):
             return False
-        return p.codec == "fp32" and not (p.dp_noise > 0 or p.dpsgd_epsilon > 0 or p.keep_sent)
+        return p.codec == "fp32" and not (p.dp_noise > 0 or p.dpsgd_epsilon > 0)
 
     def answer_stacked(self, request: StackedRequest) -> StackedReplies:
         """Every node of ``request`` (``stacks`` said yes) answered as arrays: the Message path's
@@ -241,8 +243,10 @@ class BatchedGrid(Grid):
             for start in range(0, len(positions), size):
                 part = positions[start : start + size]
                 rows = None if out is None else out[start : start + size]
-                targets = _targets_of(request, part)
                 clients = [self._nodes[request.nodes[k]] for k in part]
+                targets = (
+                    _targets_of(request, part) if request.peers is None else self._from_sum(request, part, clients)
+                )
                 try:
                     _, answer = self._cohort_call(
                         spec, params, arch, clients, rows, lambda c, w, t=targets: answer_with(c, w, t)
@@ -253,10 +257,26 @@ class BatchedGrid(Grid):
                     answered = False
                     continue
                 done.append((part, arch, answer, rows))
+                if params.keep_sent and rows is not None:  # as _keep_sent: what each student sent, a copy
+                    self.store.sent.update((client, row.copy()) for client, row in zip(clients, rows))
         whole = out if len(groups) == 1 and answered else None
         if request.message_type in CLASSES:
             return _stacked_replies(request, done, None, failed, _class_bytes(world, params, request.message_type))
         return _stacked_replies(request, done, whole, failed, _reply_bytes(shape) if want else 0)
+
+    def _from_sum(self, request: StackedRequest, positions: list[int], clients: list[int]) -> list:
+        """The targets of ``clients`` (at ``positions``) from the peers' sum the request carries:
+        ``leave_one_out_from_sum`` of each one's kept sent logits, for the chunk at once, in
+        float64 as there (a node not among the senders, or with nothing kept, gets the sum over
+        the senders; one with no other sender, None)."""
+        peers = request.peers[positions]
+        own = [self.store.sent.get(c) if inc else None for c, inc in zip(clients, peers[:, 1] > 0)]
+        others = peers[:, 0] - np.array([o is not None for o in own])
+        total = request.targets[positions[0]].astype(np.float64)
+        zero = np.zeros(total.shape, np.float32)
+        rest = total - stack_rows([zero if o is None else o for o in own]).astype(np.float64)
+        means = (rest / np.maximum(others, 1)[:, None, None]).astype(np.float32)
+        return [means[i] if others[i] >= 1 else None for i in range(len(positions))]
 
     def _stacked_groups(self, request: StackedRequest, spec: WorldSpec, params: P.RoundParams):
         """The request's positions by student architecture, and the nodes that cannot answer (with

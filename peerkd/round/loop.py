@@ -162,9 +162,8 @@ def _stacked_exchange(plan: tuple, grid, spec: RunSpec, rule: ExchangeRule, hook
     """``_message_exchange`` as arrays (``peerkd.round.stacked``): the rule's targets as one stack,
     the grid's replies as columns, screening by vectorised checks, the same rows and bytes."""
     with section("rule"):
-        targets, has, size = rule.stacked_targets(node_ids)
-        request = StackedRequest(*plan, node_ids, targets, has, size)
-    down = {node: size if h else 0 for node, h in zip(node_ids, has.tolist())}
+        request = StackedRequest(*plan, node_ids, *rule.stacked_targets(node_ids))
+    down = {node: request.bytes_down if h else 0 for node, h in zip(node_ids, request.has_target.tolist())}
     _check_stop(stop, rnd)
     _heard(hooks, rnd, 0, len(node_ids))
     with section("wait"):

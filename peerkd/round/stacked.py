@@ -39,6 +39,9 @@ class StackedRequest:
     targets: np.ndarray | None  # (n, P, C) float32 rows, as each node decodes its target; None: no node has one
     has_target: np.ndarray  # (n,) bool
     bytes_down: int  # one target's serialised bytes (a node without a target is sent none)
+    # (n, 2) float32 [senders, included] per node: ``targets`` are then the senders' sum, which the
+    # grid turns into each node's leave-one-out mean from the logits it sent last (peer_sum)
+    peers: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ def run_both(tmp_path, name: str, spec: RunSpec, chunk: int = 0):
         ("fedmd", ("mlp32", "cnn")),
         ("dsfl", ("mlp32",)),
         ("wml", ("mlp32", "mlp64")),
+        ("peer_sum", ("mlp32",)),
+        ("peer_sum", ("mlp32", "cnn")),
         ("fd", ("mlp32", "cnn")),
         ("fedproto", ("mlp32", "mlp64")),
         ("fedtgp", ("mlp32",)),
@@ -296,7 +298,7 @@ def test_local_sends_no_targets_and_rules_without_a_stacked_form_say_so(flower_i
     assert targets is None and not has.any() and size == 0
     config = ConfigRecord({"round": 1})
     assert local.stacked_round(config)[0] == P.MSG_TRAIN
-    for name in ("fedavg", "feddf", "peer_sum"):
+    for name in ("fedavg", "feddf"):
         assert rule_of(name).stacked_round(config) is None, name
     assert set_up("fd")[1].stacked_round(config)[0] == P.MSG_CLASS_DISTILL
     assert {set_up(n)[1].stacked_round(config)[0] for n in ("fedproto", "fedtgp")} == {P.MSG_PROTO}
@@ -311,13 +313,15 @@ def test_the_grid_offers_stacked_rounds_only_for_what_it_answers_as_arrays():
     assert grid.stacks(P.MSG_PROTO, ConfigRecord(base)) and not grid.stacks(P.MSG_QUERY_LOGITS, ConfigRecord(base))
     for change in ({P.CFG_REPLY_LOGITS: True}, {P.CFG_REPLY_PROBE: True}):  # class tables and rows besides: Messages
         assert not grid.stacks(P.MSG_CLASS_DISTILL, ConfigRecord({**base, **change})), change
-    for change in ({P.CFG_CODEC: "int8"}, {P.CFG_DP_NOISE: 1.0}, {P.CFG_KEEP_SENT: True}):
+    assert grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, P.CFG_KEEP_SENT: True}))  # peer_sum: sums
+    for change in ({P.CFG_CODEC: "int8"}, {P.CFG_DP_NOISE: 1.0}):
         assert not grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, **change})), change
     assert grid.stacks(P.MSG_DISTILL, ConfigRecord({**base, P.CFG_REPLY_PROBE: True, P.CFG_REPLY_PROBS: True}))
     assert not BatchedGrid(2, device="cpu", stacked=False).stacks(P.MSG_DISTILL, ConfigRecord(base))
 
 
-def test_a_spec_change_keeps_both_paths_equal_under_partial_participation(tmp_path):
-    spec = dataclasses.replace(spec_of(clients=5, measure_agreement=False), clients_per_round=3)
-    runs = run_both(tmp_path, "peer", spec)
+@pytest.mark.parametrize("name", ["peer", "peer_sum"])  # peer_sum: a node not among last round's senders
+def test_a_spec_change_keeps_both_paths_equal_under_partial_participation(name, tmp_path):
+    spec = dataclasses.replace(spec_of(clients=5, measure_agreement=False), clients_per_round=3, rounds=4)
+    runs = run_both(tmp_path, name, spec)
     assert runs[True][0] == runs[False][0]
