@@ -162,7 +162,7 @@ def run_bench(
 
     for n in sizes:
         sized = world_for(spec, n, auto_size)
-        flops = round_flops(sized, strategy.message_type in (P.MSG_DISTILL, P.MSG_DIGEST))
+        flops = round_flops(sized, getattr(strategy, "message_type", None) in (P.MSG_DISTILL, P.MSG_DIGEST))
         for variant in variants:
             log.info("bench: %d clients, %s ...", n, variant)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

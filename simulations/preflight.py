@@ -86,9 +86,10 @@ def _table_width(strategy, spec: RunSpec, data: Dataset) -> int:
     """The width of the per-class tables ``strategy``'s clients send, or 0 when they send transfer-set
     logits or weights: FD's rows are the classes; the prototype rules' ``proto_dim``, else the
     widest student's embedding (``FedProto.prototype_width``)."""
-    if strategy.message_type == MSG_CLASS_DISTILL:
+    kind = getattr(strategy, "message_type", None)  # FedAvg's is Flower's own strategy: weights
+    if kind == MSG_CLASS_DISTILL:
         return data.num_classes
-    if strategy.message_type != MSG_PROTO:
+    if kind != MSG_PROTO:
         return 0
     widths = (embedding_width(build_model(a, data.input_shape, data.num_classes, seed=0)) for a in set(spec.students))
     return getattr(strategy, "requested_dim", 0) or max(widths)

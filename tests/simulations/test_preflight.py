@@ -58,7 +58,7 @@ def test_class_table_rules_hold_a_table_per_student_not_transfer_logits():
     )
     got = {p.what: p.bytes for p in pf.run_memory(spec, data, EngineConf(device="cpu", chunk=4), {}, widths[0])}
     # Assert: 10 students, each 2 copies of its weights and 3 of a 10 x 10 table
-    assert widths == (10, 64, 0)
+    assert widths == (10, 64, 0) and pf._table_width(build_strategy("fedavg"), spec, data) == 0
     assert got["students' weights and logits"] == 4 * 10 * (2 * PARAMS + 3 * 10 * 10)
 
 
