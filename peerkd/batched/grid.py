@@ -272,10 +272,10 @@ class BatchedGrid(Grid):
         peers = request.peers[positions]
         own = [self.store.sent.get(c) if inc else None for c, inc in zip(clients, peers[:, 1] > 0)]
         others = peers[:, 0] - np.array([o is not None for o in own])
-        total = request.targets[positions[0]].astype(np.float64)
-        zero = np.zeros(total.shape, np.float32)
-        rest = total - stack_rows([zero if o is None else o for o in own]).astype(np.float64)
-        means = (rest / np.maximum(others, 1)[:, None, None]).astype(np.float32)
+        total = torch.from_numpy(np.array(request.targets[positions[0]], dtype=np.float64))
+        zero = np.zeros(tuple(total.shape), np.float32)
+        rest = total - torch.from_numpy(stack_rows([zero if o is None else o for o in own])).double()  # threads
+        means = rest.div_(torch.from_numpy(np.maximum(others, 1).astype(np.float64))[:, None, None]).float().numpy()
         return [means[i] if others[i] >= 1 else None for i in range(len(positions))]
 
     def _stacked_groups(self, request: StackedRequest, spec: WorldSpec, params: P.RoundParams):
