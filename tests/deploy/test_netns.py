@@ -161,9 +161,12 @@ def test_a_cut_link_makes_its_node_missing_for_the_round_and_it_rejoins(tmp_path
     try:
         spaces.create()
         info = N.start_netns_cluster(state, spaces)
+        # epochs=200: a round trains for seconds (1 s at 60), so the cut (after a 0.1 s poll sees the pull) lands inside
+        # it; with the default 2, under the full suite's load node 1 once began its reply before the cut
+        # (rejected as an expired object push, 180 s later, instead of missing).
         config = (
             f"strategy='peer' data='digits' num-clients=2 rounds={ROUNDS} seed=0 out='{out}' "
-            f"round-timeout={ROUND_TIMEOUT:g}"
+            f"round-timeout={ROUND_TIMEOUT:g} epochs=200"
         )
         log.t0 = time.monotonic()
         run_id = N.submit_run_in(info, config, REPO)
