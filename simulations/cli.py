@@ -243,12 +243,26 @@ def _plan_and_run(
     resources = check_resources(cfg.resources)
     _print_splits([r.spec.world for r in runs])
     meta = {"command": f"peerkd {command} " + " ".join(args), "grid": axes, "points": len({r.point for r in runs})}
-    display = Display(wanted(cfg.quiet))
-    with hold_run_dir(out):  # one sweep at a time in out= (each run also holds its own directory)
-        try:
-            return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose, display)
-        finally:
-            display.close()
+    display, created = Display(wanted(cfg.quiet)), not out.exists()
+    try:
+        with hold_run_dir(out):  # one sweep at a time in out= (each run also holds its own directory)
+            try:
+                return out, runs, run_sweep(runs, out, parallel, resources, meta, verbose, display)
+            finally:
+                display.close()
+    except ConfigError:  # refused before any run started: leave no empty results folder behind
+        if created:
+            _remove_if_empty(out)
+        raise
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove ``out`` if it holds nothing but a released lock file."""
+    from peerkd.round.results import LOCK_FILE
+
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+        (out / LOCK_FILE).unlink(missing_ok=True)
+        out.rmdir()
 
 
 def _print_splits(worlds: list) -> None:

@@ -87,13 +87,17 @@ def test_heterogeneity_study_sweeps_alpha():
     assert list(cfg.grid) == ["partition.alpha=0.05,0.3,1,100"] and cfg.partition.name == "dirichlet"
 
 
-def test_bad_sweep_input_is_one_line(capsys):
+def test_bad_sweep_input_is_one_line(capsys, tmp_path):
     assert main(["sweep", "experiment=nope"]) == 2
     assert "experiment: unknown value 'nope'" in capsys.readouterr().err
-    assert main(["sweep", *TINY, "num_clients=2,500"]) == 2
+    assert main(["sweep", *TINY, "num_clients=2,500", f"out={tmp_path / 'a'}"]) == 2
     assert "num_clients: 500 clients" in capsys.readouterr().err
-    assert main(["sweep", *TINY, "parallel=-1"]) == 2
+    assert main(["sweep", *TINY, "parallel=-1", f"out={tmp_path / 'b'}"]) == 2
     assert "parallel: -1 is out of range" in capsys.readouterr().err
+    # A refused sweep leaves no results folder behind (it made one to hold it); one that existed stays.
+    (tmp_path / "c").mkdir()
+    assert main(["sweep", *TINY, "parallel=-1", f"out={tmp_path / 'c'}"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 def test_sweep_resumes_without_redoing_finished_runs(tmp_path, capsys, monkeypatch):
