@@ -83,7 +83,7 @@ class PeerSumLearning(LogitDistillation):
 
     def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, float]:
         logits = replies.logits
-        self.total = logits.sum(axis=0, dtype=np.float64) if logits is not None and len(logits) else None  # sum_logits'
+        self.total = sum_logits(list(logits)) if logits is not None and len(logits) else None  # rows: viewed
         self.senders = set(replies.nodes.tolist())
         return {"peers": float(len(self.senders))}
 
