@@ -40,13 +40,12 @@ from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_by
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
-from peerkd.round.stacked import COLUMNS, TRAINED, StackedReplies, StackedRequest, class_record
-from peerkd.student.exchange import reply, sent_logits, student_arch
+from peerkd.round.stacked import COLUMNS, TRAINED, StackedReplies, StackedRequest
+from peerkd.student.exchange import leave_one_out_from_sums, reply, sent_logits, student_arch
 from peerkd.student.models import build_model, num_parameters
 from peerkd.student.training import pick_device
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import array_bytes, encode_logits
-from peerkd.wire.rows import stack_rows
+from peerkd.wire.codec import array_bytes, encode_class_table, encode_logits
 from peerkd.world.build import World, WorldSpec, build_world
 
 log = logging.getLogger("peerkd")
@@ -265,18 +264,12 @@ class BatchedGrid(Grid):
         return _stacked_replies(request, done, whole, failed, _reply_bytes(shape) if want else 0)
 
     def _from_sum(self, request: StackedRequest, positions: list[int], clients: list[int]) -> list:
-        """The targets of ``clients`` (at ``positions``) from the peers' sum the request carries:
-        ``leave_one_out_from_sum`` of each one's kept sent logits, for the chunk at once, in
-        float64 as there (a node not among the senders, or with nothing kept, gets the sum over
-        the senders; one with no other sender, None)."""
+        """The targets of ``clients`` (at ``positions``) from the peers' sum the request carries: each
+        one's leave-one-out mean from the logits it sent last, kept here (``leave_one_out_from_sums``,
+        the ClientApp's arithmetic, for the chunk at once)."""
         peers = request.peers[positions]
         own = [self.store.sent.get(c) if inc else None for c, inc in zip(clients, peers[:, 1] > 0)]
-        others = peers[:, 0] - np.array([o is not None for o in own])
-        total = torch.from_numpy(np.array(request.targets[positions[0]], dtype=np.float64))
-        zero = np.zeros(tuple(total.shape), np.float32)
-        rest = total - torch.from_numpy(stack_rows([zero if o is None else o for o in own])).double()  # threads
-        means = rest.div_(torch.from_numpy(np.maximum(others, 1).astype(np.float64))[:, None, None]).float().numpy()
-        return [means[i] if others[i] >= 1 else None for i in range(len(positions))]
+        return leave_one_out_from_sums(request.targets[positions[0]], int(peers[0, 0]), own)
 
     def _stacked_groups(self, request: StackedRequest, spec: WorldSpec, params: P.RoundParams):
         """The request's positions by student architecture, and the nodes that cannot answer (with
@@ -375,7 +368,7 @@ def _class_bytes(world: World, params: P.RoundParams, message_type: str) -> int:
     table (``W``: the classes, or the prototypes' width) and ``(C,)`` counts."""
     c = world.num_classes
     width = c if message_type == P.MSG_CLASS_DISTILL else params.proto_dim
-    table = class_record(np.zeros((c, width), np.float32), np.zeros(c, np.float32))
+    table = encode_class_table(np.zeros((c, width), np.float32), np.zeros(c, np.float32))
     return array_bytes(RecordDict({P.KEY_LOGITS: table}))
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from peerkd.round import record
 from peerkd.round.screening import error_reason, screen_content
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import array_record, encode_arrays, encode_logits, to_array
+from peerkd.wire.codec import encode_class_table, encode_logits
 from peerkd.wire.records import metric_record
 
 # The metrics a stacked reply carries, as the Message path's ``metrics_record`` writes them.
@@ -80,7 +80,7 @@ class StackedReplies:
         """Row ``i`` as the reply's records (for the rare row a check flags: the same checks, the same reasons)."""
         records: dict[str, Any] = {P.KEY_METRICS: metric_record(self.values(i))}
         if self.counts is not None:
-            records[P.KEY_LOGITS] = class_record(self.logits[i], self.counts[i])
+            records[P.KEY_LOGITS] = encode_class_table(self.logits[i], self.counts[i])
         elif self.logits is not None:
             records[P.KEY_LOGITS] = encode_logits(self.logits[i])
         if self.probe is not None:
@@ -97,12 +97,6 @@ class StackedReplies:
         return StackedReplies(
             self.nodes[keep], archs, metrics, logits, self.bytes_logits, {}, probe, self.bytes_probe, counts
         )
-
-
-def class_record(table: np.ndarray, counts: np.ndarray) -> ArrayRecord:
-    """A class-table reply's record in the fp32 codec (``exchange.class_means_record``'s): the
-    ``(C, W)`` table and the ``(C,)`` label counts."""
-    return array_record({**encode_arrays(P.ARRAY_LOGITS, table), P.ARRAY_COUNTS: to_array(counts)})
 
 
 def screen_stacked(replies: StackedReplies, rule: Any, num_clients: int) -> tuple[np.ndarray, list[tuple[int, str]]]:

@@ -17,16 +17,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from peerkd.hooks.privacy import privatize, privatize_votes, vote_targets
 from peerkd.student.placement import placement
 from peerkd.wire import protocol as P
-from peerkd.wire.codec import (
-    Codec,
-    CodecError,
-    array_record,
-    decode_array,
-    decode_logits,
-    encode_arrays,
-    encode_logits,
-    to_array,
-)
+from peerkd.wire.codec import Codec, CodecError, decode_array, decode_logits, encode_class_table, encode_logits
 from peerkd.wire.protocol import RoundParams
 from peerkd.wire.records import config_record, metric_record, reply_message
 from peerkd.world.build import World
@@ -74,11 +65,19 @@ def leave_one_out_from_sum(total: np.ndarray, count: int, own: np.ndarray | None
 
     ``leave_one_out_from_sum([[6, 6]], 3, [[1, 3]]) == [[2.5, 1.5]]``.
     """
-    others = count - (own is not None)
-    if others < 1:
-        return None
-    rest = np.asarray(total, dtype=np.float64) - (0.0 if own is None else np.asarray(own, dtype=np.float64))
-    return (rest / others).astype(np.float32)
+    return leave_one_out_from_sums(total, count, [own])[0]
+
+
+def leave_one_out_from_sums(total: np.ndarray, count: int, own: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """``leave_one_out_from_sum`` for many nodes sent the same sum at once (the batched engine's
+    cohort): float64 differences and quotients, float32 out, computed by torch over all the rows
+    (its threads; the same correctly rounded operations as numpy's)."""
+    others = np.array([count - (o is not None) for o in own], dtype=np.float64)
+    zero = np.zeros(np.shape(total), np.float32)
+    mine = torch.from_numpy(np.stack([zero if o is None else o for o in own])).double()  # float32 or 64: exact
+    rest = torch.from_numpy(np.array(total, dtype=np.float64)) - mine
+    means = rest.div_(torch.from_numpy(np.maximum(others, 1))[:, None, None]).float().numpy()
+    return [means[i] if others[i] >= 1 else None for i in range(len(own))]
 
 
 def sent_logits(records: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
@@ -168,8 +167,7 @@ def query_records(client: int, logits: np.ndarray) -> dict[str, Any]:
 def class_means_record(means: np.ndarray, counts: np.ndarray, params: RoundParams | None = None) -> ArrayRecord:
     """FD's reply: per-class mean logits ``(C, C)`` (prototype rules: mean embeddings ``(C, D)``) in
     ``params``'s codec and label counts ``(C,)``."""
-    codec = Codec(params.codec, params.codec_k) if params is not None else Codec()
-    return array_record({**encode_arrays(P.ARRAY_LOGITS, means, codec), P.ARRAY_COUNTS: to_array(counts)})
+    return encode_class_table(means, counts, Codec(params.codec, params.codec_k) if params is not None else Codec())
 
 
 def reply(msg: Message, arch: str, records: dict) -> Message:

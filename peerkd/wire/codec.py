@@ -32,7 +32,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from peerkd.clock import timed
 from peerkd.errors import check_choice, check_range
-from peerkd.wire.protocol import ARRAY_LOGITS
+from peerkd.wire.protocol import ARRAY_COUNTS, ARRAY_LOGITS
 
 CODECS = ("fp32", "fp16", "int8", "topk")
 INT8_BLOCK = 32  # rows sharing one int8 scale and zero point
@@ -72,6 +72,12 @@ def array_record(arrays: dict[str, Array]) -> ArrayRecord:
 def encode_logits(logits: np.ndarray, codec: Codec = FP32, probs: bool = False) -> ArrayRecord:
     """Pack a ``(P, C)`` logits (or, with ``probs``, probabilities) matrix into an ArrayRecord."""
     return array_record(encode_arrays(ARRAY_LOGITS, logits, codec, probs))
+
+
+def encode_class_table(table: np.ndarray, counts: np.ndarray, codec: Codec = FP32) -> ArrayRecord:
+    """A class-table reply's record (FD's per-class mean logits ``(C, C)``, the prototype rules'
+    mean embeddings ``(C, D)``): the table in ``codec`` and the ``(C,)`` label counts."""
+    return array_record({**encode_arrays(ARRAY_LOGITS, table, codec), ARRAY_COUNTS: to_array(counts)})
 
 
 def encode_arrays(name: str, values: np.ndarray, codec: Codec = FP32, probs: bool = False) -> dict[str, Array]:
