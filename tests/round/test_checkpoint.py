@@ -3,6 +3,7 @@ trimming, node renaming, the batched students' snapshot, the participation summa
 
 import json
 import random
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -310,6 +311,23 @@ def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
     assert saved.state.round == 1 and saved.rule == "peer"
     assert [a.tolist() for a in saved.rule_state["logits"].values()] == [[[i] * 2] * 3 for i in range(3)]
     assert saved.rule_state["weights"].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_the_tensor_file_skips_torchs_crc_and_leaves_torchs_switch_as_it_was(tmp_path):
+    # Prepare
+    rule, ck = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched")
+    # Execute
+    ck.save(_state(rule), background=True)
+    saved = ck.read()
+    # Assert: records without a CRC (the SHA-256 in server.json covers them), read back whole;
+    # torch's own saves still get theirs.
+    with zipfile.ZipFile(ck.dir / "server-r1.pt") as z:
+        data = [info for info in z.infolist() if "/data/" in info.filename]
+    assert data and all(info.CRC == 0 for info in data)
+    assert [a.tolist() for a in saved.rule_state["logits"].values()] == [[[i] * 2] * 3 for i in range(3)]
+    torch.save({"w": torch.ones(3)}, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as z:
+        assert all(info.CRC != 0 for info in z.infolist() if "/data/" in info.filename)
 
 
 def test_a_failed_background_write_is_raised_by_the_next_save_and_only_logged_by_close(tmp_path, caplog, monkeypatch):

@@ -151,6 +151,13 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _flip_a_byte(path: Path) -> None:
+    """One bit of the tensor data changed: the zip records carry no CRC, the file's SHA-256 catches it."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
 DAMAGES = {
     "empty server.json": lambda out: (out / CHECKPOINT_DIR / SERVER_FILE).write_bytes(b""),
     "truncated server.json": lambda out: _truncate(out / CHECKPOINT_DIR / SERVER_FILE),
@@ -165,6 +172,7 @@ DAMAGES = {
     "a tensor file outside": lambda out: rewrite(out, lambda d: d["tensors"].update(file="../../x.pt")),
     "a missing tensor file": lambda out: tensor_file(out).unlink(),
     "a truncated tensor file": lambda out: _truncate(tensor_file(out)),
+    "a flipped bit in the tensor file": lambda out: _flip_a_byte(tensor_file(out)),
     "random bytes with their hash": lambda out: plant_tensor_file(
         out, lambda p: p.write_bytes(random.Random(1).randbytes(4096))
     ),
