@@ -31,7 +31,7 @@ from peerkd.round.results import RunWriter, read_jsonl
 from peerkd.round.spec import RunSpec
 from peerkd.student.losses import distillation_loss
 from peerkd.student.models import MLP_WIDTHS, build_model, stacked_mlp
-from peerkd.student.training import distill_only, evaluate, shared_transfer_seed
+from peerkd.student.training import distill_only, evaluate, predict_logits, shared_transfer_seed
 from peerkd.wire import protocol as P
 from peerkd.wire.codec import HeldArray, decode_logits
 from peerkd.wire.protocol import RoundParams
@@ -233,6 +233,23 @@ def test_cohort_evaluates_block_by_block_as_evaluate(arch, cells, world, monkeyp
         ref_acc, ref_loss = evaluate(m, test_x, test_y)
         assert acc == ref_acc  # the same count over the same rows, in float32
         assert loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("into", [False, True])
+@pytest.mark.parametrize("arch", ["mlp64", "cnn"])
+def test_cohort_predicts_block_by_block_as_each_student_does(arch, into, world, monkeypatch):
+    # Prepare: blocks of 7 transfer inputs (96 = 13 blocks and a short one), each written into the
+    # same buffers (a zoo MLP's): a block must be read before the next overwrites it.
+    monkeypatch.setattr("peerkd.batched.cohort.EVAL_CELLS", 3 * 7)
+    models, c = students(world, arch), cohort(world, arch)
+    x = world.transfer_x
+    out = np.full((3, len(x), world.num_classes), np.nan, dtype=np.float32) if into else None
+    # Execute
+    got = c.logits(stack_students(models)[1], c.data.transfer, out)
+    # Assert
+    assert got.shape == (3, len(x), world.num_classes) and (out is None or got is out)
+    for i, m in enumerate(models):
+        np.testing.assert_allclose(got[i], predict_logits(m, x), rtol=1e-5, atol=1e-5, err_msg=f"student {i}")
 
 
 def test_predictions_are_cache_sized_on_a_cpu_and_whole_on_a_gpu(world):

@@ -150,6 +150,35 @@ def test_forward_and_backward_are_vmap_and_autograds(name, shared):
         close(got, ref, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_passes_written_into_buffers_give_the_same_numbers_and_reuse_the_memory(shared):
+    # Prepare: 3 two-hidden-layer students, their own rows or one batch seen by all (wide).
+    models = [build_model("mlp256x2", (1, 8, 8), 10, seed=s) for s in range(3)]
+    base, params = stack_students(models)
+    names, packed = mlp_linears(base), pack(params, mlp_linears(base))
+    g = torch.Generator().manual_seed(3)
+    x, labels = with_ones(torch.randn(3, 5, 1, 8, 8, generator=g)), torch.randint(0, 10, (3, 5), generator=g)
+    wide_x, first = with_ones(torch.randn(5, 1, 8, 8, generator=g), 1), wide(params, names)
+
+    def passes(space):
+        if shared:
+            return mlp_forward(params, names, wide_x, shared=first, space=space)[0].clone(), {}
+        z, acts = mlp_forward(packed, names, x, space=space)
+        grads = mlp_backward(packed, names, acts, cross_entropy_grad(z, labels)[1], space)
+        return z.clone(), {k: v.clone() for k, v in grads.items()}
+
+    # Execute: without buffers, then twice with the same ones.
+    ref_z, ref_grads = passes(None)
+    space = {}
+    passes(space)
+    held = {k: v.data_ptr() for k, v in space.items()}
+    z, grads = passes(space)
+    # Assert: the same numbers, bit for bit, and the second call wrote where the first did.
+    assert torch.equal(z, ref_z) and grads.keys() == ref_grads.keys()
+    assert all(torch.equal(grads[k], ref_grads[k]) for k in grads)
+    assert held and {k: v.data_ptr() for k, v in space.items()} == held
+
+
 def test_pack_puts_the_first_bias_under_its_weight_and_unpack_undoes_it():
     # Prepare: 2 students of a 3-feature, 2-unit first layer and a 2-class last layer.
     w = torch.arange(12.0).reshape(2, 2, 3)
