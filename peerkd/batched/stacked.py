@@ -99,9 +99,17 @@ class SoftTargets:
 
     @classmethod
     def of(cls, target: torch.Tensor, temperature: float) -> SoftTargets:
-        shifted, e, total = softmax_parts(target.detach() / temperature)
-        probs = e.div_(total)
-        return cls(probs, (probs * shifted).sum(dim=-1) - total.log().squeeze(-1))  # Σ p·log p, Σ p = 1
+        """``target``'s rows softened at ``temperature``. Two arrays of the targets' size are made, not
+        four: ``(t − max t)/T`` (the shift before the division; ``softmax_parts`` of ``t/T`` up to
+        rounding, equal for a power-of-two T) and the probabilities, ``Σ p·log p`` taken in place
+        in the first. At 640 students × 1,000 inputs (25 MB arrays) that was 21 against 43–49 ms:
+        on a CPU every fresh array's pages are faulted in by the pass that first writes them."""
+        t = target.detach()
+        shifted = torch.sub(t, t.amax(dim=-1, keepdim=True)).div_(temperature)
+        probs = shifted.exp()
+        total = probs.sum(dim=-1, keepdim=True)
+        probs.div_(total)
+        return cls(probs, shifted.mul_(probs).sum(dim=-1) - total.log().squeeze(-1))  # Σ p·log p, Σ p = 1
 
     def __getitem__(self, index) -> SoftTargets:
         return SoftTargets(self.probs[index], self.neg_entropy[index])

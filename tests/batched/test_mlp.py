@@ -73,6 +73,21 @@ def test_kd_and_its_gradient_by_hand():
     close(grad, torch.tensor([[[-0.25, 0.25]]]))
 
 
+def test_soft_targets_by_hand_and_as_torchs_softmax():
+    # Prepare: at T = 3 the logits (0, 3 ln 3) soften to (1/4, 3/4); a second row far from zero.
+    t = torch.tensor([[[0.0, 3 * math.log(3.0)], [1000.0, 1000.0 + 3 * math.log(3.0)]]])
+    # Execute
+    soft = SoftTargets.of(t, 3.0)
+    # Assert: the probabilities, and Σ p log p = ¼ ln ¼ + ¾ ln ¾, in both rows; random rows as torch's.
+    close(soft.probs, torch.tensor([[[0.25, 0.75], [0.25, 0.75]]]))
+    close(soft.neg_entropy, torch.full((1, 2), 0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    r = torch.randn(4, 9, 10, generator=torch.Generator().manual_seed(5)) * 5
+    soft = SoftTargets.of(r, 3.0)
+    ref = torch.softmax(r / 3.0, dim=-1)
+    close(soft.probs, ref)
+    close(soft.neg_entropy, (ref * torch.log_softmax(r / 3.0, dim=-1)).sum(dim=-1))
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cross_entropy_gradient_is_autograds(weighted):
     g = torch.Generator().manual_seed(0)
