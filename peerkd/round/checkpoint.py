@@ -511,7 +511,8 @@ def _save_unchecked(tensors: dict[str, torch.Tensor], f: Any) -> None:
     """``torch.save`` without the zip records' CRC-32: the SHA-256 in ``server.json`` already covers
     every byte. The CRC was 40 % of a background write's time (0.75 s of CPU a round at 10,000
     students, 530 MB), taken from the training threads on a 2-core box; ``torch.load`` reads the
-    file as before."""
+    file as before. The switch is torch's, for the process: a ``torch.save`` another thread makes
+    meanwhile skips its CRC too (its file loads all the same)."""
     with _SAVING, torch_serialization.patch("save.compute_crc32", False):
         torch.save(tensors, f)
 
