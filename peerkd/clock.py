@@ -2,9 +2,11 @@
 
 ``with section("rule"):`` around a piece of work adds its time to ``rule``, less the time of any
 section nested inside it (codec work inside a rule counts as ``messages``). ``take()`` returns
-the sums since the last call and starts new ones. Single-threaded by design: the round loop and
-the batched engine's grid run in one thread (with Flower's engine the clients' work happens in
-other processes, and the server's waiting shows as ``wait``).
+the sums since the last call and starts new ones. Sections are single-threaded by design: the
+round loop and the batched engine's grid run in one thread (with Flower's engine the clients' work
+happens in other processes, and the server's waiting shows as ``wait``). Work beside the round,
+in another thread, is added with ``record`` under a name of its own: ``checkpoint_cpu``, the CPU
+seconds of the background checkpoint writer, which overlap the round's sections.
 
 Sections: ``plan`` (batch plans and gathering shards), ``compute`` (vmapped training and
 evaluation), ``rule`` (a rule's maths), ``messages`` (building and reading Messages, the codec),
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +28,7 @@ SECTIONS = ("plan", "compute", "rule", "messages", "screening", "io", "wait")
 
 _totals: dict[str, float] = {}
 _open: list[list] = []  # [name, time spent in nested sections]
+_lock = threading.Lock()  # between ``record`` (any thread) and ``take``
 
 
 @contextmanager
@@ -56,11 +60,19 @@ def timed(name: str) -> Callable:
     return wrap
 
 
+def record(name: str, seconds: float) -> None:
+    """Add ``seconds`` under ``name`` (not one of ``SECTIONS``) from any thread: work beside the round."""
+    with _lock:
+        _totals[name] = _totals.get(name, 0.0) + seconds
+
+
 def take() -> dict[str, float]:
-    """Seconds per section since the last ``take`` (every name of ``SECTIONS``, 0 if unused); resets."""
-    out = {name: _totals.pop(name, 0.0) for name in SECTIONS}
-    out.update(_totals)
-    _totals.clear()
+    """Seconds per section since the last ``take`` (every name of ``SECTIONS``, 0 if unused), and any
+    ``record``ed name; resets."""
+    with _lock:
+        out = {name: _totals.pop(name, 0.0) for name in SECTIONS}
+        out.update(_totals)
+        _totals.clear()
     return out
 
 

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from peerkd.clock import SECTIONS
+from peerkd.round.checkpoint import BACKGROUND_CPU
 from peerkd.wire import protocol as P
 
 log = logging.getLogger("peerkd")
 
 VARIANTS = ("loop", "flower", "batched")
 SECTION_FIELDS = tuple(f"time_{name}_s" for name in SECTIONS)
+BACKGROUND_FIELD = f"time_{BACKGROUND_CPU}_s"  # the checkpoint writer's CPU seconds, beside the round
 FIELDS = (
     "clients",
     "variant",
@@ -44,6 +46,7 @@ FIELDS = (
     "gemm_gflops",  # the GEMM rate measured in the variant's process
     "pct_of_gemm",
     *SECTION_FIELDS,  # median seconds per round by section (the engines' runs)
+    BACKGROUND_FIELD,
 )
 
 
@@ -134,7 +137,7 @@ def run_variant(variant: str, spec, strategy, engine, out: Path) -> dict[str, An
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": summary.get("peak_gpu_mb"),
         "device": device,
-        "sections": {k: [r[k] for r in rows if k in r] for k in SECTION_FIELDS},
+        "sections": {k: [r[k] for r in rows if k in r] for k in (*SECTION_FIELDS, BACKGROUND_FIELD)},
         "gemm_gflops": gemm_rate(device),
     }
 
@@ -198,7 +201,10 @@ def _row(n: int, variant: str, res: dict[str, Any], rows: list[dict[str, Any]], 
         "gflops": achieved,
         "gemm_gflops": res["gemm_gflops"],
         "pct_of_gemm": None if achieved is None else 100 * achieved / res["gemm_gflops"],
-        **{k: float(np.median(res["sections"][k])) if res["sections"].get(k) else None for k in SECTION_FIELDS},
+        **{
+            k: float(np.median(res["sections"][k])) if res["sections"].get(k) else None
+            for k in (*SECTION_FIELDS, BACKGROUND_FIELD)
+        },
     }
 
 
@@ -249,13 +255,14 @@ def bench_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
 def sections_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of where a round's time goes: median seconds per section (engines only)."""
     timed = [r for r in rows if r.get("time_compute_s") is not None]
-    header = ["clients", "variant", "median round s", *SECTIONS, "other"]
+    header = ["clients", "variant", "median round s", *SECTIONS, "other", "checkpoint CPU"]
     cells = []
     for r in timed:
         parts = [r[f"time_{name}_s"] or 0.0 for name in SECTIONS]
         other = r["round_s_median"] - sum(parts) + (r["time_io_s"] or 0.0)  # io falls outside round_s
+        background = "–" if r.get(BACKGROUND_FIELD) is None else f"{r[BACKGROUND_FIELD]:.2f}"
         cells.append([str(r["clients"]), r["variant"], f"{r['round_s_median']:.2f}", *(f"{p:.2f}" for p in parts),
-                      f"{max(other, 0.0):.2f}"])  # fmt: skip
+                      f"{max(other, 0.0):.2f}", background])  # fmt: skip
     return header, cells
 
 
@@ -271,7 +278,8 @@ def write_bench(out: Path, rows: list[dict[str, Any]]) -> None:
     text = md_table(*bench_table(rows))
     if any(r.get("time_compute_s") is not None for r in rows):
         text += "\n\nWhere a round's time goes (median seconds; `wait` is the grid's push and pull beyond\n"
-        text += "the sections inside it, with Flower's engine the clients' own work):\n\n"
+        text += "the sections inside it, with Flower's engine the clients' own work; `checkpoint CPU` is the\n"
+        text += "CPU time of the thread that writes the previous round's checkpoint while this one runs, on top):\n\n"
         text += md_table(*sections_table(rows))
     (out / "bench.md").write_text(text)
     (out / "bench.png").write_bytes(png_bytes(_figure(rows)))

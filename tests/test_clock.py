@@ -1,5 +1,7 @@
 """A round's time by section: exclusive nesting on a clock the test drives, and the rows that carry it."""
 
+import threading
+
 import pytest
 
 from peerkd import clock
@@ -39,3 +41,16 @@ def test_timed_functions_count_even_when_they_raise(ticks):
     with pytest.raises(ValueError):
         plan()
     assert clock.take()["plan"] == 4.0
+
+
+def test_work_recorded_from_another_thread_comes_out_of_take_once(ticks):
+    # Execute: a thread records 0.25 s twice under its own name while the round's sections run
+    with clock.section("compute"):
+        ticks[0] = 1.0
+        worker = threading.Thread(target=lambda: [clock.record("checkpoint_cpu", 0.25) for _ in range(2)])
+        worker.start()
+        worker.join()
+    # Assert: beside the sections, not in them; reset by take
+    out = clock.take()
+    assert (out["checkpoint_cpu"], out["compute"]) == (0.5, 1.0)
+    assert "checkpoint_cpu" not in clock.take()

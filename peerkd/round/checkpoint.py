@@ -41,6 +41,7 @@ import random
 import re
 import shutil
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -52,12 +53,14 @@ import numpy as np
 import torch
 from torch.utils.serialization import config as torch_serialization
 
+from peerkd import clock
 from peerkd.errors import ConfigError
 from peerkd.round.results import atomic_file
 
 log = logging.getLogger("peerkd")
 
 CHECKPOINT_DIR, SERVER_FILE, CLIENTS_DIR = "checkpoint", "server.json", "clients"
+BACKGROUND_CPU = "checkpoint_cpu"  # the clock's name for a background write's CPU seconds
 FORMAT, VERSION = "peerkd-checkpoint", 2
 READS = (1, 2)  # version 2 added tables (``{"rows": ...}``); a version-1 file is read as before
 _LEGACY_FILE = "server.pkl"  # peerkd before format 1 pickled its checkpoint: refused, never read
@@ -226,10 +229,15 @@ class Checkpoint:
             log.error("checkpoint: the last round's files were not written (%s)", _one_line(exc))
 
     def _write_caught(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """A background write; its CPU time, taken from the round it overlaps, is recorded as
+        ``checkpoint_cpu`` (``clock.record``)."""
+        cpu = time.thread_time()
         try:
             self._write(doc, tensors)
         except BaseException as exc:  # noqa: BLE001  (raised in the round loop by the next ``wait``)
             self._failed = exc
+        finally:
+            clock.record(BACKGROUND_CPU, time.thread_time() - cpu)
 
     def _write(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """The tensor file (hashed as it is written), then ``server.json``; older files removed."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from peerkd import clock
 from peerkd.batched.store import StudentStore
 from peerkd.hooks.participation import participation
 from peerkd.round import checkpoint
@@ -311,6 +312,19 @@ def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
     assert saved.state.round == 1 and saved.rule == "peer"
     assert [a.tolist() for a in saved.rule_state["logits"].values()] == [[[i] * 2] * 3 for i in range(3)]
     assert saved.rule_state["weights"].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_a_background_write_records_its_cpu_time_on_the_clock(tmp_path):
+    # Prepare
+    rule, ck = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched")
+    clock.take()
+    # Execute
+    ck.save(_state(rule), background=True)
+    ck.wait()
+    # Assert: the writer's CPU seconds, under their own name, once
+    spent = clock.take()
+    assert spent[checkpoint.BACKGROUND_CPU] > 0.0 and spent["io"] == 0.0
+    assert checkpoint.BACKGROUND_CPU not in clock.take()
 
 
 def test_the_tensor_file_skips_torchs_crc_and_leaves_torchs_switch_as_it_was(tmp_path):

@@ -48,7 +48,8 @@ def test_gemm_rate_is_measured():
 
 def test_bench_rows_put_the_round_against_the_floor(tmp_path):
     # Prepare: a variant's results with 2-s rounds of 100 GFLOP on a 250 GFLOP/s machine
-    sections = {f"time_{s}_s": [v, v] for s, v in (("plan", 0.1), ("compute", 1.5), ("io", 0.4))}
+    timed = (("plan", 0.1), ("compute", 1.5), ("io", 0.4), ("checkpoint_cpu", 0.3))
+    sections = {f"time_{s}_s": [v, v] for s, v in timed}
     res = {"round_s": [3.0, 2.0, 2.0], "wall_s": 9.0, "peak_rss_mb": 1.0, "peak_gpu_mb": None, "acc_mean": 0.5,
            "device": "cpu", "gemm_gflops": 250.0, "sections": sections}  # fmt: skip
     # Execute
@@ -59,3 +60,4 @@ def test_bench_rows_put_the_round_against_the_floor(tmp_path):
     text = (tmp_path / "bench.md").read_text()
     assert "| 10 | batched | 9.0 | 3.00 | 2.00 |" in text and "| 100.0 | 50.0 | 250 | 20 |" in text
     assert "| 10 | batched | 2.00 | 0.10 | 1.50 |" in text
+    assert "| 0.40 | 0.00 | 0.40 | 0.30 |" in text  # io, wait, other, then the checkpoint writer's CPU beside the round
