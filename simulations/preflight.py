@@ -37,7 +37,6 @@ from peerkd.hooks.dpsgd import check_example_budget
 from peerkd.hooks.privacy import privacy_setup
 from peerkd.round.spec import RunSpec
 from peerkd.student.models import build_model, check_modality, num_parameters
-from peerkd.student.prototypes import embedding_width
 from peerkd.student.training import pick_device
 from peerkd.wire.protocol import MSG_CLASS_DISTILL, MSG_PROTO
 from peerkd.world.build import WorldSpec, build_world
@@ -84,15 +83,12 @@ def preflight(spec: RunSpec, strategy, engine: EngineConf | None = None, resourc
 
 def _table_width(strategy, spec: RunSpec, data: Dataset) -> int:
     """The width of the per-class tables ``strategy``'s clients send, or 0 when they send transfer-set
-    logits or weights: FD's rows are the classes; the prototype rules' ``proto_dim``, else the
-    widest student's embedding (``FedProto.prototype_width``)."""
+    logits or weights: FD's rows are the classes; the prototype rules' their own
+    (``FedProto.prototype_width``)."""
     kind = getattr(strategy, "message_type", None)  # FedAvg's is Flower's own strategy: weights
     if kind == MSG_CLASS_DISTILL:
         return data.num_classes
-    if kind != MSG_PROTO:
-        return 0
-    widths = (embedding_width(build_model(a, data.input_shape, data.num_classes, seed=0)) for a in set(spec.students))
-    return getattr(strategy, "requested_dim", 0) or max(widths)
+    return strategy.prototype_width(spec.students, data) if kind == MSG_PROTO else 0
 
 
 def check_load(w: WorldSpec) -> None:

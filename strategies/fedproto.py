@@ -10,6 +10,7 @@ Students of different widths meet in one space of ``proto_dim`` (``peerkd.studen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from peerkd.round.contract import ServerContext
 from peerkd.student.models import build_model
 from peerkd.student.prototypes import embedding_width, weighted_prototypes
 from peerkd.wire.protocol import CFG_PROTO_DIM, MSG_PROTO
+from peerkd.world.data import Dataset
 from strategies.fd import FederatedDistillation
 from strategies.robust import Aggregator
 
@@ -41,14 +43,15 @@ class FedProto(FederatedDistillation):
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         out = super().setup(ctx)
-        self.dim = self.prototype_width(ctx)
+        self.dim = self.prototype_width(ctx.students, ctx.world.data)
         return {**out, "proto_dim": self.dim}
 
-    def prototype_width(self, ctx: ServerContext) -> int:
-        """``proto_dim``, or for 0 the widest student's embedding width."""
-        data = ctx.world.data
-        widths = [embedding_width(build_model(s, data.input_shape, data.num_classes, 0)) for s in set(ctx.students)]
-        return self.requested_dim or max(widths)
+    def prototype_width(self, students: Sequence[str], data: Dataset) -> int:
+        """``proto_dim``, or for 0 the widest embedding of ``students`` on ``data`` (the width of every
+        table the clients send; preflight's memory estimate asks too)."""
+        if self.requested_dim:
+            return self.requested_dim
+        return max(embedding_width(build_model(s, data.input_shape, data.num_classes, 0)) for s in set(students))
 
     def round_config(self) -> dict[str, Any]:
         return {**super().round_config(), CFG_PROTO_DIM: self.dim}

@@ -78,7 +78,7 @@ class FedTGP(FedProto):
     def resume(self, ctx: ServerContext) -> None:
         """The generator module built again (its weights come from the checkpoint)."""
         super().resume(ctx)
-        self.generator = self._generator(ctx, self.prototype_width(ctx))
+        self.generator = self._generator(ctx, self.prototype_width(ctx.students, ctx.world.data))
 
     @staticmethod
     def _generator(ctx: ServerContext, dim: int) -> PrototypeGenerator:

@@ -76,16 +76,17 @@ class PeerSumLearning(LogitDistillation):
         return sum_logits(mats) if mats else None
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
-        # Only this round's senders count: a node that dropped out stops teaching.
-        self.total = self.sum_logits(replies)
-        self.senders = {m.metadata.src_node_id for m in replies}
-        return {"peers": float(len(self.senders))}
+        return self._keep(self.sum_logits(replies), {m.metadata.src_node_id for m in replies})
 
     def aggregate_stacked(self, server_round: int, replies: StackedReplies) -> dict[str, float]:
         logits = replies.logits
-        self.total = sum_logits(list(logits)) if logits is not None and len(logits) else None  # rows: viewed
-        self.senders = set(replies.nodes.tolist())
-        return {"peers": float(len(self.senders))}
+        total = sum_logits(list(logits)) if logits is not None and len(logits) else None  # rows: viewed
+        return self._keep(total, set(replies.nodes.tolist()))
+
+    def _keep(self, total: np.ndarray | None, senders: set[int]) -> dict[str, float]:
+        """This round's sum and senders (both paths): only they count, a node that dropped out stops teaching."""
+        self.total, self.senders = total, senders
+        return {"peers": float(len(senders))}
 
     def stacked_targets(self, node_ids: list[int]) -> tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None]:
         """The sum every node is sent, as the fp32 codec delivers it, viewed once per node, and each

@@ -143,23 +143,30 @@ def _digest(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dic
 
 def _class_distill(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
     """``train.fd``: CE + α·KD toward per-class targets; reply with class means and counts."""
-    t0 = time.perf_counter()
-    w, losses = c.train(w, classes=[r.inputs for r in reqs])
-    secs = time.perf_counter() - t0
-    tables, counts = c.class_means(w)
-    extra = [{P.KEY_LOGITS: class_means_record(t, k, c.params)} for t, k in zip(tables, counts)]
-    return w, _finish(c, w, losses, secs, extra)
+    return _class_records(c, w, reqs, proto=False)
 
 
 def _proto(c: Cohort, w: Params, reqs: list[Request]) -> tuple[Params, list[dict]]:
     """``train.proto``: CE + α·distance to class prototypes; reply with class-mean embeddings and counts."""
-    t0 = time.perf_counter()
-    proj = projection(embedding_width(c.base), c.params.proto_dim)
-    w, losses = c.train(w, classes=[r.inputs for r in reqs], proj=proj)
-    secs = time.perf_counter() - t0
-    tables, counts = c.class_means(w, proj)
+    return _class_records(c, w, reqs, proto=True)
+
+
+def _class_records(c: Cohort, w: Params, reqs: list[Request], proto: bool) -> tuple[Params, list[dict]]:
+    """``_class_distill`` or ``_proto``: ``_train_classes``, each student's table as its reply record."""
+    w, losses, secs, tables, counts = _train_classes(c, w, [r.inputs for r in reqs], proto)
     extra = [{P.KEY_LOGITS: class_means_record(t, k, c.params)} for t, k in zip(tables, counts)]
     return w, _finish(c, w, losses, secs, extra)
+
+
+def _train_classes(c: Cohort, w: Params, classes: list, proto: bool):
+    """Training toward each student's class targets (with ``proto``, the prototype rules' projected
+    embeddings), timed, then each student's per-class table and label counts: ``(weights, losses,
+    seconds, (S, C, W) tables, (S, C) counts)``, for the Message and the stacked rounds alike."""
+    t0 = time.perf_counter()
+    proj = projection(embedding_width(c.base), c.params.proto_dim) if proto else None
+    w, losses = c.train(w, classes=classes, proj=proj)
+    secs = time.perf_counter() - t0
+    return w, losses, secs, *c.class_means(w, proj)
 
 
 def _query(c: Cohort, w: Params, reqs: list[Request]) -> tuple[None, list[dict]]:
@@ -196,13 +203,8 @@ def answer_classes(c: Cohort, w: Params, classes: list | None, proto: bool):
     toward each student's ``(table, valid)`` class targets (None: none), and each student's
     per-class table and label counts as stacked arrays, not records. Returns the weights and (the
     metric columns, ``{"logits": (S, C, W) tables, "counts": (S, C)}``)."""
-    t0 = time.perf_counter()
-    proj = projection(embedding_width(c.base), c.params.proto_dim) if proto else None
-    w, losses = c.train(w, classes=classes or [None] * len(c.clients), proj=proj)
-    secs = time.perf_counter() - t0
-    tables, counts = c.class_means(w, proj)
-    scores = c.evaluate(w)
-    return w, (_columns(c, scores, losses, secs), {"logits": tables, "counts": counts})
+    w, losses, secs, tables, counts = _train_classes(c, w, classes or [None] * len(c.clients), proto)
+    return w, (_columns(c, c.evaluate(w), losses, secs), {"logits": tables, "counts": counts})
 
 
 def _columns(c: Cohort, scores: list[tuple[float, float]], losses: list[float], secs: float) -> dict[str, list]:
