@@ -21,12 +21,13 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from peerkd.batched.mlp import (
-    cross_entropy_grad,
-    kd_grad,
+    buffer,
     mlp_backward,
     mlp_forward,
     mlp_linears,
+    one_hot,
     pack,
+    train_grad,
     unpack,
     wide,
     with_ones,
@@ -210,19 +211,20 @@ class Cohort:
                 batch["buffer"][:, x.shape[1] :] = xt
             return batch["buffer"]
 
+        def onehot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+            if batch.get("labels") is not labels:  # the same labels every step when the shards are whole
+                batch["labels"], batch["onehot"] = labels, one_hot(labels, classes)
+            return batch["onehot"]
+
         @torch.no_grad()
         def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
             x, labels, weight = private(k)
-            if transfer is None:
-                z, acts = mlp_forward(live, names, inputs(x, None), space=space)
-                loss, dz = cross_entropy_grad(z, labels, weight)
-                return loss, mlp_backward(live, names, acts, dz, space)
-            xt, target = transfer(k)
-            z, acts = mlp_forward(live, names, inputs(x, xt), space=space)
-            dz, n = batch.setdefault("dz", torch.empty_like(z)), x.shape[1]  # both halves' gradients, no cat
-            ce, _ = cross_entropy_grad(z[:, :n], labels, weight, out=dz[:, :n])
-            kd, _ = kd_grad(z[:, n:], target, temperature, alpha, out=dz[:, n:])
-            return ce + kd, mlp_backward(live, names, acts, dz, space)
+            xt, target = transfer(k) if transfer is not None else (None, None)
+            z, acts = mlp_forward(live, names, inputs(x, xt), space=space, class_major=True)
+            soft = None if target is None else class_major(target)
+            dz = buffer(space, "dz", tuple(z.shape), z)
+            loss, dz = train_grad(z, onehot(labels, z.shape[1]), weight, soft, temperature, alpha, out=dz)
+            return loss, mlp_backward(live, names, acts, dz.transpose(1, 2), space)
 
         return grads_at
 
@@ -291,12 +293,11 @@ class Cohort:
         batch (the plan shares its order; expand it, never copy it per student) else ``(S, B, ...)``,
         and every student's soft targets on them (as rows); the inputs are rows of ``x`` (default
         the transfer set; the packed MLP's ``with_ones`` of it)."""
-        soft = SoftTargets.of(self._targets(targets), self.params.temperature)
-        x = self.data.transfer if x is None else x
-        if batches.dim() == 2:  # (K, B): one batch for all; targets kept input-major, so a step's are one block
-            by_input = soft.swapped(copy=True)
+        x, stack, temperature = self.data.transfer if x is None else x, self._targets(targets), self.params.temperature
+        if batches.dim() == 2:  # (K, B): one batch for all; targets softened input-major, so a step's are one block
+            by_input = SoftTargets.of(stack.transpose(0, 1), temperature)
             return lambda k: (x[batches[k]], by_input[batches[k]].swapped().rows())
-        rows = self._rows
+        soft, rows = SoftTargets.of(stack, temperature), self._rows
         return lambda k: (x[batches[k]], soft[rows, batches[k]].rows())
 
     def _global_index(self, batches: torch.Tensor) -> torch.Tensor:
@@ -325,7 +326,7 @@ class Cohort:
         seed = torch.tensor([self.transfer_seed], device=self.device)
         order = plan_cohort(one, 0, p.batch_size, p.digest_epochs, seed, self.transfer_seed).private[:, 0]  # (K, B)
         n_steps = torch.tensor([len(order) if d else 0 for d in on], device=self.device)
-        by_input = SoftTargets.of(self._targets(targets), p.temperature).swapped(copy=True)
+        by_input = SoftTargets.of(self._targets(targets).transpose(0, 1), p.temperature)  # input-major
         if self.linears is not None:
             ones, x_t = torch.ones(len(self.clients), device=self.device), with_ones(self.data.transfer, 1)
             space: dict[str, torch.Tensor] = {}
@@ -333,9 +334,12 @@ class Cohort:
             @torch.no_grad()
             def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
                 bj = order[k]
-                z, acts = mlp_forward(live, self.linears, x_t[bj].expand(len(self.clients), -1, -1), space=space)
-                loss, dz = kd_grad(z, by_input[bj].swapped().rows(), p.temperature, ones)
-                return loss, mlp_backward(live, self.linears, acts, dz, space)
+                x = x_t[bj].expand(len(self.clients), -1, -1)
+                z, acts = mlp_forward(live, self.linears, x, space=space, class_major=True)
+                soft = class_major(by_input[bj].swapped().rows())
+                dz = buffer(space, "dz", tuple(z.shape), z)
+                loss, dz = train_grad(z, None, None, soft, p.temperature, ones, out=dz)
+                return loss, mlp_backward(live, self.linears, acts, dz.transpose(1, 2), space)
 
             return unpack(fit(pack(w, self.linears), None, n_steps, p.lr, grads_at)[0], self.linears, list(w))
 
@@ -493,6 +497,11 @@ class Cohort:
         sums.scatter_add_(1, labels[..., None].expand(-1, -1, z.shape[-1]), z.double() * real[..., None])
         means = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], 0.0)
         return means.float().cpu().numpy(), counts.float().cpu().numpy()
+
+
+def class_major(soft: SoftTargets) -> SoftTargets:
+    """Soft targets ``(S, R, C)`` as ``train_grad`` reads them: probabilities ``(S, C, R)``, a view."""
+    return SoftTargets(soft.probs.transpose(1, 2), soft.neg_entropy)
 
 
 def stacked(arrays: list[np.ndarray | None], missing: np.ndarray) -> torch.Tensor:

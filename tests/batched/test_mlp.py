@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from peerkd.batched.cohort import Cohort, DeviceData
+from peerkd.batched.cohort import Cohort, DeviceData, class_major
 from peerkd.batched.mlp import (
-    cross_entropy_grad,
-    kd_grad,
     mlp_backward,
     mlp_forward,
     mlp_linears,
+    one_hot,
     pack,
     relu_backward_,
+    train_grad,
     unpack,
     wide,
     with_ones,
@@ -46,13 +46,25 @@ def autograd_of(loss_fn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loss.detach(), torch.autograd.grad(loss.sum(), live)[0]
 
 
+def ce_grad(z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None):
+    """``train_grad``'s cross-entropy alone on ``(S, R, C)`` logits: the loss, and the gradient as ``z``."""
+    loss, grad = train_grad(z.transpose(1, 2).clone(), one_hot(labels, z.shape[-1]), weight, None, 1.0, None)
+    return loss, grad.transpose(1, 2)
+
+
+def kd_grad(z: torch.Tensor, soft: SoftTargets, t: float, alpha: torch.Tensor):
+    """``train_grad``'s KD alone on ``(S, R, C)`` logits: the loss, and the gradient as ``z``."""
+    loss, grad = train_grad(z.transpose(1, 2).clone(), None, None, class_major(soft), t, alpha)
+    return loss, grad.transpose(1, 2)
+
+
 def test_cross_entropy_and_its_gradient_by_hand():
     # Prepare: one student, two rows of two classes; logits (0, ln 3): softmax (1/4, 3/4).
     z = torch.tensor([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])
     labels = torch.tensor([[0, 1]])
     # Execute: a mean, and weights (1/4, 3/4) as a step's counts over a shard give them.
-    loss, grad = cross_entropy_grad(z, labels)
-    wloss, wgrad = cross_entropy_grad(z, labels, torch.tensor([[0.25, 0.75]]))
+    loss, grad = ce_grad(z, labels)
+    wloss, wgrad = ce_grad(z, labels, torch.tensor([[0.25, 0.75]]))
     # Assert: -ln p of the label per row; w·(softmax - onehot).
     close(loss, torch.tensor([(math.log(4.0) + math.log(4.0 / 3.0)) / 2]))
     close(grad, torch.tensor([[[(0.25 - 1) / 2, 0.75 / 2], [0.25 / 2, (0.75 - 1) / 2]]]))
@@ -88,12 +100,23 @@ def test_soft_targets_by_hand_and_as_torchs_softmax():
     close(soft.neg_entropy, (ref * torch.log_softmax(r / 3.0, dim=-1)).sum(dim=-1))
 
 
+def test_soft_targets_of_a_view_are_laid_out_in_its_axis_order():
+    # Prepare: 3 students' targets on 5 inputs, viewed input-major (no copy).
+    t = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(6)) * 3
+    # Execute
+    by_input, by_student = SoftTargets.of(t.transpose(0, 1), 4.0), SoftTargets.of(t, 4.0)
+    # Assert: contiguous input by input, the same numbers as softening student by student.
+    assert by_input.probs.is_contiguous() and by_input.neg_entropy.is_contiguous()
+    assert torch.equal(by_input.probs, by_student.probs.transpose(0, 1))
+    assert torch.equal(by_input.neg_entropy, by_student.neg_entropy.transpose(0, 1))
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cross_entropy_gradient_is_autograds(weighted):
     g = torch.Generator().manual_seed(0)
     z, labels = torch.randn(4, 9, 10, generator=g) * 3, torch.randint(0, 10, (4, 9), generator=g)
     weight = torch.rand(4, 9, generator=g) / 9 if weighted else None
-    loss, grad = cross_entropy_grad(z.clone(), labels, weight)
+    loss, grad = ce_grad(z, labels, weight)
     ref_loss, ref_grad = autograd_of(lambda live: cross_entropy(live, labels, weight), z)
     close(loss, ref_loss)
     close(grad, ref_grad)
@@ -107,10 +130,35 @@ def test_kd_gradient_is_autograds():
         torch.rand(4, generator=g),
     )
     soft = SoftTargets.of(target, 4.0)
-    loss, grad = kd_grad(z.clone(), soft, 4.0, alpha)
+    loss, grad = kd_grad(z, soft, 4.0, alpha)
     ref_loss, ref_grad = autograd_of(lambda live: alpha * kd_divergence(live, soft, 4.0), z)
     close(loss, ref_loss)
     close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("temperature", [4.0, 3.0])
+def test_one_softmax_for_both_terms_is_autograds(temperature):
+    # Prepare: 4 students, 6 private rows (weighted as a step's counts) then 5 transfer rows, class-major logits.
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(4, 11, 10, generator=g) * 3
+    labels, weight = torch.randint(0, 10, (4, 6), generator=g), torch.rand(4, 6, generator=g) / 6
+    soft, alpha = SoftTargets.of(torch.randn(4, 5, 10, generator=g), temperature), torch.rand(4, generator=g)
+    zc = z.transpose(1, 2).contiguous()
+    # Execute: the targets a transposed view, the gradient written into a given array.
+    out = torch.empty_like(zc)
+    loss, grad = train_grad(zc, one_hot(labels, 10), weight, class_major(soft), temperature, alpha, out=out)
+    ref_loss, ref_grad = autograd_of(
+        lambda live: cross_entropy(live[:, :6], labels, weight) + alpha * kd_divergence(live[:, 6:], soft, temperature),
+        z,
+    )
+    # Assert
+    assert grad.data_ptr() == out.data_ptr()
+    close(loss, ref_loss)
+    close(grad.transpose(1, 2), ref_grad)
+
+
+def test_one_hot_is_class_major():
+    assert one_hot(torch.tensor([[2, 0]]), 3).tolist() == [[[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]]
 
 
 def test_relu_backward_zeroes_where_the_output_was_not_positive():
@@ -152,16 +200,43 @@ def test_forward_and_backward_are_vmap_and_autograds(name, shared):
     rows = with_ones(x[0], 1).expand(3, -1, -1) if shared else with_ones(x)
     # Execute: packed weights; and predicting from the unpacked ones side by side (wide).
     z, acts = mlp_forward(packed, names, rows)
-    packed_grads = mlp_backward(packed, names, acts, cross_entropy_grad(z, labels)[1])
+    packed_grads = mlp_backward(packed, names, acts, ce_grad(z, labels)[1])
     grads = unpack(packed_grads, names, list(params))
+    zc, acts_c = mlp_forward(packed, names, rows, class_major=True)
+    dz = train_grad(zc.clone(), one_hot(labels, 10), None, None, 1.0, None)[1]
+    grads_c = unpack(mlp_backward(packed, names, acts_c, dz.transpose(1, 2)), names, list(params))
     z_wide = mlp_forward(params, names, with_ones(x[0], 1), shared=wide(params, names))[0] if shared else z
     # Assert: the logits, and every gradient, packed as its parameter is, and back in the parameter's own layout.
     close(z, ref_z)
     close(z_wide, ref_z)
+    close(zc.transpose(1, 2), ref_z)
+    for ref, got in zip(ref_grads, grads_c.values()):
+        close(got, ref, rtol=1e-5, atol=1e-7)
     assert list(grads) == list(params)
     assert all(packed_grads[k].shape == packed[k].shape and packed_grads[k].is_contiguous() for k in packed)
     for (k, ref), got in zip(zip(live, ref_grads), grads.values()):
         assert got.shape == params[k].shape, k
+        close(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_a_single_layer_gives_class_major_logits_and_autograds_gradients():
+    # Prepare: 2 students of one linear layer (no hidden layer), 3 rows of 4 features, 5 classes.
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(4, 5)) for _ in range(2)]
+    base, params = stack_students(models)
+    g = torch.Generator().manual_seed(5)
+    x, labels = torch.randn(2, 3, 4, generator=g), torch.randint(0, 5, (2, 3), generator=g)
+    live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    ref_z = stacked_forward(base)(live, x)
+    ref_grads = torch.autograd.grad(cross_entropy(ref_z, labels).sum(), list(live.values()))
+    names, packed = mlp_linears(base), pack(params, mlp_linears(base))
+    # Execute
+    z, acts = mlp_forward(packed, names, with_ones(x), class_major=True)
+    dz = train_grad(z.clone(), one_hot(labels, 5), None, None, 1.0, None)[1]
+    grads = unpack(mlp_backward(packed, names, acts, dz.transpose(1, 2)), names, list(params))
+    # Assert
+    assert z.shape == (2, 5, 3)
+    close(z.transpose(1, 2), ref_z)
+    for ref, got in zip(ref_grads, grads.values()):
         close(got, ref, rtol=1e-5, atol=1e-7)
 
 
@@ -179,7 +254,7 @@ def test_passes_written_into_buffers_give_the_same_numbers_and_reuse_the_memory(
         if shared:
             return mlp_forward(params, names, wide_x, shared=first, space=space)[0].clone(), {}
         z, acts = mlp_forward(packed, names, x, space=space)
-        grads = mlp_backward(packed, names, acts, cross_entropy_grad(z, labels)[1], space)
+        grads = mlp_backward(packed, names, acts, ce_grad(z, labels)[1], space)
         return z.clone(), {k: v.clone() for k, v in grads.items()}
 
     # Execute: without buffers, then twice with the same ones.
