@@ -235,7 +235,7 @@ class LogitDistillation(DistillationStrategy):
         """``targets_for``'s targets as float32 rows, as the fp32 codec delivers them: a rule's
         stacked result stays one array (no copy), one target for every node is viewed n times.
         The bytes are ``encode_target``'s record's (``array_bytes``), as a Message would carry it."""
-        by_node = self.targets_for(node_ids)
+        by_node = self.stacked_targets_for(node_ids)
         targets = [by_node[n] for n in node_ids]
         has = np.array([t is not None for t in targets], dtype=bool)
         if not has.any():
@@ -246,6 +246,11 @@ class LogitDistillation(DistillationStrategy):
             return np.broadcast_to(given[0], (len(given), *given[0].shape)), has, size
         zero, each = np.zeros_like(given[0]), iter(given)
         return stack_rows([next(each) if h else zero for h in has]), has, size
+
+    def stacked_targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
+        """``targets_for`` in a stacked round, whose targets are read while it runs and kept by nothing
+        after it (a rule may write them into arrays it reuses)."""
+        return self.targets_for(node_ids)
 
     def check_reply(self, content: RecordDict) -> None:
         if self.wants_logits or KEY_LOGITS in content:

@@ -29,19 +29,33 @@ class PeerMutualLearning(RobustLogitDistillation):
     stacks = True
     reads_votes = True  # the mean of the others' votes is a (scaled) vote histogram
     min_clients = 2
+    not_saved = RobustLogitDistillation.not_saved | {"means"}
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}
         self.distance: dict[int, float] = {}  # reputation: each node's remembered distance ratio
+        self.means: np.ndarray | None = None  # a stacked round's leave-one-out means, written again each round
         return super().setup(ctx)
 
-    def targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
+    def targets_for(self, node_ids: list[int], out: np.ndarray | None = None) -> dict[int, np.ndarray | None]:
         trust = None
         if self.aggregator.method == "reputation" and self.logits:
             senders = sorted(self.logits)
             weights = closeness_weights(np.array([self.distance.get(n, 1.0) for n in senders]))
             trust = dict(zip(senders, weights))
-        return peer_targets(self.logits, node_ids, self.aggregator, trust)
+        return peer_targets(self.logits, node_ids, self.aggregator, trust, out)
+
+    def stacked_targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
+        """``targets_for``'s, the leave-one-out means written into last round's array (``means``): a
+        stacked round reads its targets while it runs and keeps none. Fresh memory costs a CPU more
+        than the means' arithmetic: 400 MB at 10,000 clients, faulted in and zeroed page by page. (A
+        Message keeps its target's values until it is serialised, so Messages get new arrays.)"""
+        if len(self.logits) < 2 or not self.aggregator.plain:
+            return self.targets_for(node_ids)
+        shape = (len(self.logits), *np.shape(next(iter(self.logits.values()))))
+        if self.means is None or self.means.shape != shape:
+            self.means = np.empty(shape, np.float32)
+        return self.targets_for(node_ids, self.means)
 
     def aggregate_round(self, server_round: int, replies: list[Message]) -> dict[str, float]:
         senders = [m.metadata.src_node_id for m in replies]

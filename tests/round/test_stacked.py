@@ -277,6 +277,27 @@ def test_peer_targets_stay_one_array_and_equal_the_per_node_targets(flower_ident
     assert size == 128 + 4 * targets[0].size  # the .npy header and the float32 values
 
 
+def test_peer_writes_each_stacked_round_s_means_into_last_round_s_array(flower_identity):
+    # Prepare: two rounds of four senders' logits.
+    world, rule = set_up("peer")
+    rng = np.random.default_rng(1)
+    shape = (4, len(world.transfer_x), world.num_classes)
+    first, second = (rng.normal(size=shape).astype(np.float32) for _ in range(2))
+    # Execute: the targets of the round after each.
+    rule.aggregate_stacked(1, sent_by([11, 12, 13, 14], first))
+    t1 = rule.stacked_targets([11, 12, 13, 14])[0].copy()
+    held = rule.means
+    rule.aggregate_stacked(2, sent_by([11, 12, 13, 14], second))
+    t2 = rule.stacked_targets([11, 12, 13, 14])[0]
+    # Assert: the same array both times, each time that round's leave-one-out means; the Message path's
+    # targets are arrays of their own; the array is no state a checkpoint keeps.
+    assert rule.means is held and np.shares_memory(t2, held)
+    np.testing.assert_allclose(t1[0], first[1:].mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t2[0], second[1:].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.shares_memory(rule.targets_for([11])[11], held)
+    assert "means" not in rule.state_dict()
+
+
 def test_a_newcomer_gets_everyone_s_mean_and_round_one_sends_nothing(flower_identity):
     world, rule = set_up("peer")
     assert rule.stacked_targets([11, 12]) == (None, pytest.approx(np.array([False, False])), 0)

@@ -23,6 +23,15 @@ def test_leave_one_out_mean_keeps_logit_matrix_shape():
     np.testing.assert_array_equal(loo[1], stack[0])
 
 
+def test_leave_one_out_mean_writes_into_a_given_array_of_its_shape():
+    out = np.full((3, 2), np.nan, dtype=np.float32)
+    loo = leave_one_out_mean([[1, 3], [3, 1], [2, 2]], out=out)
+    assert loo is out or np.shares_memory(loo, out)
+    np.testing.assert_allclose(out, [[2.5, 1.5], [1.5, 2.5], [2.0, 2.0]])
+    with pytest.raises(ValueError, match=r"out: a C-contiguous float32 array of shape \(3, 2\), got \(2, 3\)"):
+        leave_one_out_mean([[1, 3], [3, 1], [2, 2]], out=np.zeros((2, 3), np.float32))
+
+
 def test_leave_one_out_mean_needs_two_peers():
     with pytest.raises(ValueError, match="at least 2"):
         leave_one_out_mean([[1.0, 2.0]])
