@@ -36,7 +36,7 @@ from peerkd.batched.handlers import (
     decode_request,
     settings_of,
 )
-from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes, keep_freed_memory
+from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
@@ -97,7 +97,6 @@ class BatchedGrid(Grid):
                 "engine.chunk", f"{chunk} students per call", "an integer >= 0 (0: sized from free memory)"
             )
         self.device = pick_device(check_choice("engine.device", device, DEVICES))
-        keep_freed_memory()  # host memory: the engine's arrays come and go by the thousand a round
         self.chunk, self.stacked = chunk, stacked
         self._store_on = check_choice("engine.store", store, STORES)
         self.store_place = "host" if store == "host" else "device"  # where weights stay (summary field ``store``)

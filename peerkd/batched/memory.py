@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import resource
@@ -16,28 +15,6 @@ from peerkd.errors import ConfigError
 from peerkd.student.models import num_parameters
 
 MEMORY_SHARE = 0.5  # of the free memory a chunk may plan to use: estimates are rough, allocators fragment
-HEAP_BLOCK_MAX = 32 * 2**20  # glibc's largest mmap threshold on 64 bits: larger blocks are always fresh mappings
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's ``malloc`` keep the host memory it frees for the next allocation instead of handing
-    it back to the kernel: blocks up to ``HEAP_BLOCK_MAX`` come from the heap, never from a fresh
-    mapping; the heap's top is not trimmed; every thread shares one arena. Returns whether it took
-    (Linux with glibc); elsewhere nothing changes.
-
-    Left to itself, glibc maps blocks of a few MB afresh and unmaps them when freed, and each fresh
-    page is then faulted in and zeroed by the kernel when first written. A batched round makes and
-    drops such arrays by the thousand (a chunk's batch plans, softened targets, step buffers): at
-    10,000 students that was ~400,000 page faults a round. Peak host memory grows by what the heap
-    keeps (about 0.1 GB at 10,000 students)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((_M_MMAP_THRESHOLD, HEAP_BLOCK_MAX), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
-    return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def student_bytes(model: nn.Module, input_shape: tuple[int, ...], train_rows: int, eval_rows: int) -> int:

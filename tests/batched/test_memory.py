@@ -1,8 +1,5 @@
 """The memory estimate's helpers: numbers worked out by hand, and one line naming the largest part."""
 
-import subprocess
-import sys
-
 import pytest
 
 from peerkd.batched.memory import MemoryPart, available_ram, check_fits, fleet_bytes, human_bytes, plan_bytes
@@ -49,29 +46,3 @@ def test_check_fits_says_how_to_shrink_a_part_that_grows_the_other_way():
 
 def test_available_ram_is_this_machines():
     assert 0 < available_ram() < 2**50
-
-
-FAULTS = """
-import resource, sys, torch
-from peerkd.batched.memory import keep_freed_memory
-took = keep_freed_memory() if sys.argv[1] == "keep" else None
-torch.empty(2_000_000).fill_(1.0)  # 8 MB, freed at once
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.empty(2_000_000).fill_(2.0)  # the same size again
-print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
-def test_freed_memory_is_written_again_without_page_faults():
-    # Execute: in fresh processes, an 8 MB array made and freed, then another of that size, with and without.
-    def run(mode: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
-        took, faults = out.stdout.split()
-        return took, int(faults)
-
-    kept, plain = run("keep"), run("plain")
-    # Assert: glibc took the settings; the second array reused the first's pages (an 8 MB array is
-    # 2,048 pages: by default glibc maps it afresh, every page faulted in again).
-    assert kept[0] == "True" and kept[1] < 100
-    assert plain[1] > 1000
