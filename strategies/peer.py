@@ -30,11 +30,11 @@ class PeerMutualLearning(RobustLogitDistillation):
     reads_votes = True  # the mean of the others' votes is a (scaled) vote histogram
     min_clients = 2
     not_saved = RobustLogitDistillation.not_saved | {"means"}
+    means: np.ndarray | None = None  # a stacked round's leave-one-out means, written again each round
 
     def setup(self, ctx: ServerContext) -> dict[str, float]:
         self.logits: dict[int, np.ndarray] = {}
         self.distance: dict[int, float] = {}  # reputation: each node's remembered distance ratio
-        self.means: np.ndarray | None = None  # a stacked round's leave-one-out means, written again each round
         return super().setup(ctx)
 
     def targets_for(self, node_ids: list[int], out: np.ndarray | None = None) -> dict[int, np.ndarray | None]:
