@@ -37,13 +37,13 @@ class PeerMutualLearning(RobustLogitDistillation):
         self.distance: dict[int, float] = {}  # reputation: each node's remembered distance ratio
         return super().setup(ctx)
 
-    def targets_for(self, node_ids: list[int], out: np.ndarray | None = None) -> dict[int, np.ndarray | None]:
+    def targets_for(self, node_ids: list[int], means: np.ndarray | None = None) -> dict[int, np.ndarray | None]:
         trust = None
         if self.aggregator.method == "reputation" and self.logits:
             senders = sorted(self.logits)
             weights = closeness_weights(np.array([self.distance.get(n, 1.0) for n in senders]))
             trust = dict(zip(senders, weights))
-        return peer_targets(self.logits, node_ids, self.aggregator, trust, out)
+        return peer_targets(self.logits, node_ids, self.aggregator, trust, means)
 
     def stacked_targets_for(self, node_ids: list[int]) -> dict[int, np.ndarray | None]:
         """``targets_for``'s, the leave-one-out means written into last round's array (``means``): a

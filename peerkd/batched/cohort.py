@@ -20,18 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from peerkd.batched.mlp import (
-    buffer,
-    mlp_backward,
-    mlp_forward,
-    mlp_linears,
-    one_hot,
-    pack,
-    train_grad,
-    unpack,
-    wide,
-    with_ones,
-)
+from peerkd.batched.mlp import mlp_forward, mlp_linears, mlp_step, one_hot, pack, unpack, wide, with_ones
 from peerkd.batched.stacked import (
     Params,
     SoftTargets,
@@ -211,20 +200,17 @@ class Cohort:
                 batch["buffer"][:, x.shape[1] :] = xt
             return batch["buffer"]
 
-        def onehot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+        def onehot(labels: torch.Tensor) -> torch.Tensor:
             if batch.get("labels") is not labels:  # the same labels every step when the shards are whole
-                batch["labels"], batch["onehot"] = labels, one_hot(labels, classes)
+                batch["labels"], batch["onehot"] = labels, one_hot(labels, self.world.num_classes)
             return batch["onehot"]
 
         @torch.no_grad()
         def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
             x, labels, weight = private(k)
             xt, target = transfer(k) if transfer is not None else (None, None)
-            z, acts = mlp_forward(live, names, inputs(x, xt), space=space, class_major=True)
             soft = None if target is None else class_major(target)
-            dz = buffer(space, "dz", tuple(z.shape), z)
-            loss, dz = train_grad(z, onehot(labels, z.shape[1]), weight, soft, temperature, alpha, out=dz)
-            return loss, mlp_backward(live, names, acts, dz.transpose(1, 2), space)
+            return mlp_step(live, names, inputs(x, xt), onehot(labels), weight, soft, temperature, alpha, space)
 
         return grads_at
 
@@ -334,12 +320,8 @@ class Cohort:
             @torch.no_grad()
             def grads_at(live: Params, k: int) -> tuple[torch.Tensor, Params]:
                 bj = order[k]
-                x = x_t[bj].expand(len(self.clients), -1, -1)
-                z, acts = mlp_forward(live, self.linears, x, space=space, class_major=True)
-                soft = class_major(by_input[bj].swapped().rows())
-                dz = buffer(space, "dz", tuple(z.shape), z)
-                loss, dz = train_grad(z, None, None, soft, p.temperature, ones, out=dz)
-                return loss, mlp_backward(live, self.linears, acts, dz.transpose(1, 2), space)
+                x, soft = x_t[bj].expand(len(self.clients), -1, -1), class_major(by_input[bj].swapped().rows())
+                return mlp_step(live, self.linears, x, None, None, soft, p.temperature, ones, space)
 
             return unpack(fit(pack(w, self.linears), None, n_steps, p.lr, grads_at)[0], self.linears, list(w))
 

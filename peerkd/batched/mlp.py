@@ -157,6 +157,27 @@ def mlp_backward(
     return {n: grads[n] for n in params}
 
 
+def mlp_step(
+    params: Params,
+    names: list[str],
+    x: torch.Tensor,
+    onehot: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    soft: SoftTargets | None,
+    temperature: float,
+    alpha: torch.Tensor | None,
+    space: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, Params]:
+    """One written-out training step on the rows ``x`` (``mlp_forward``'s): the loss ``(S,)`` of
+    ``train_grad`` (its ``onehot``, ``weight``, ``soft``, ``temperature``, ``alpha``) and every packed
+    parameter's gradient, by class-major logits; the products and the logits' gradient are written
+    into ``space``'s buffers (``buffer``), which hold them until the next call."""
+    z, acts = mlp_forward(params, names, x, space=space, class_major=True)
+    dz = buffer(space, "dz", tuple(z.shape), z)
+    loss, dz = train_grad(z, onehot, weight, soft, temperature, alpha, out=dz)
+    return loss, mlp_backward(params, names, acts, dz.transpose(1, 2), space)
+
+
 def relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """ReLU's backward in place: ``grad`` zeroed where the ReLU's output ``out`` is not positive (autograd's
     own kernel, ``threshold_backward``, written into ``grad``: a third of the out-of-place call's time)."""
