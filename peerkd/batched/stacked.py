@@ -70,14 +70,27 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
     return nll.mean(dim=-1) if weight is None else (nll * weight).sum(dim=-1)
 
 
-def hits_and_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's hit (``argmax == label``: ``max``'s index is argmax's, the first maximum) and its
-    cross-entropy ``logsumexp − z[label]``: ``(..., B, C)``, ``(..., B)`` -> two ``(..., B)``. One
-    maximum serves both (at 10 classes a reduction along the class axis costs as much as a
-    product; ``argmax`` and ``log_softmax`` took one each, and a pass over the logits more)."""
-    top, at = logits.max(dim=-1, keepdim=True)
-    lse = (logits - top).exp().sum(dim=-1).log() + top.squeeze(-1)
-    return at.squeeze(-1) == labels, lse - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+def hits_and_nll(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's hit (``argmax == label``, ties to the first maximum as ``argmax``) and its
+    cross-entropy ``logsumexp − z[label]``: logits ``(..., B, C)`` (or class-major ``(S, C, B)``
+    with ``dim=1``) and labels ``(..., B)`` -> two ``(..., B)``. ``logits`` are overwritten.
+
+    ``max`` with its index costs 0.84–0.94 ms on 640 students × 102 rows × 10 classes (2 cores),
+    ``amax`` 0.05 class-major: a label hits when its logit, less the maximum, is 0 and every other
+    class's is below 0 (the best of the others: ``amax`` with the label's entry set to −inf for the
+    while, in place; a fresh array of the logits' size, such as their signs, cost as much as ``max``
+    in a long run, its pages faulted in). Only a block with a label tied for the maximum (or NaN
+    logits) takes ``argmax``. 1.5 ms in all before, 0.4 now."""
+    index = labels.unsqueeze(dim)
+    shifted = logits.sub_(logits.amax(dim=dim, keepdim=True))
+    picked = shifted.gather(dim, index)  # z[label] − max: 0 at a maximum
+    others = shifted.scatter_(dim, index, float("-inf")).amax(dim=dim)
+    shifted.scatter_(dim, index, picked)
+    picked = picked.squeeze(dim)
+    hits = (picked == 0) & (others < 0)
+    if bool((~(picked < 0) & ~(others < 0)).any()):  # a tie for the label, or NaN: argmax decides
+        hits = shifted.argmax(dim=dim) == labels  # the shift keeps the order (inf − inf: NaN, argmax's maximum)
+    return hits, shifted.exp_().sum(dim=dim).log_().sub_(picked)
 
 
 @dataclass(frozen=True)

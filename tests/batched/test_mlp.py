@@ -289,12 +289,39 @@ def test_hits_and_nll_by_hand_ties_go_to_the_first_maximum():
     z = torch.tensor([[[1.0, 3.0, 3.0], [1.0, 3.0, 3.0]]])
     labels = torch.tensor([[1, 2]])
     # Execute
-    hits, nll = hits_and_nll(z, labels)
+    hits, nll = hits_and_nll(z.clone(), labels)  # the logits are overwritten
     # Assert: argmax is the first maximum (index 1); -log softmax at the label is log(e + 2e³) - 3 for both.
     assert hits.tolist() == [[True, False]]
     assert torch.equal(hits, z.argmax(dim=-1) == labels)
     close(nll, torch.full((1, 2), math.log(math.e + 2 * math.e**3) - 3.0))
     close(nll.mean(dim=-1), cross_entropy(z, labels))
+
+
+def test_hits_and_nll_class_major_and_nan_rows_match_argmax_and_cross_entropy():
+    # Prepare: 3 students × 40 rows × 5 classes of random logits, with rows that tie for the maximum
+    # (at, and not at, the label), a row of NaN and a row with +inf; labels random.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 40, 5, generator=g)
+    labels = torch.randint(0, 5, (3, 40), generator=g)
+    z[0, 0] = torch.tensor([2.0, 2.0, 0.0, 1.0, 2.0])  # a tie at the maximum: argmax is class 0
+    labels[0, :2] = torch.tensor([4, 0])
+    z[0, 1] = z[0, 0]
+    z[1, 0] = float("nan")
+    z[2, 0, 3] = float("inf")
+    labels[2, 0] = 3
+    want_hits = z.argmax(dim=-1) == labels
+    want_nll = -torch.log_softmax(z, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    # Execute: row-major, and class-major (dim=1) on the transposed logits
+    rm = hits_and_nll(z.clone(), labels)
+    cm = hits_and_nll(z.transpose(1, 2).contiguous(), labels, dim=1)
+    # Assert: hits are argmax's (the tie to the first maximum, NaN and inf as argmax takes them); the
+    # finite rows' losses are -log softmax at the label, the NaN row's NaN.
+    for hits, nll in (rm, cm):
+        assert torch.equal(hits, want_hits)
+        assert hits[0, :2].tolist() == [False, True] and hits[2, 0]
+        finite = want_nll.isfinite()
+        close(nll[finite], want_nll[finite])
+        assert nll[1, 0].isnan()
 
 
 @pytest.mark.parametrize("samples", [5, 64])  # whole shards with counts, gathered batches
