@@ -210,17 +210,23 @@ def train_grad(
     if n < z.shape[2] and temperature != 1:
         z[:, :, n:].mul_(1.0 / temperature)
     z.sub_(z.amax(dim=1, keepdim=True))
-    grad = torch.exp(z, out=out)
+    grad = torch.empty_like(z) if out is None else out
+    if n:  # each row's Σ target·shifted logit, the products written where the gradient goes next
+        torch.mul(onehot, z[:, :, :n], out=grad[:, :, :n])
+    if soft is not None:
+        torch.mul(soft.probs, z[:, :, n:], out=grad[:, :, n:])
+    dots = grad.sum(dim=1)
+    grad = torch.exp(z, out=grad)
     total = grad.sum(dim=1, keepdim=True)
     log_total = total.log().squeeze(1)
     grad.div_(total)
     loss = z.new_zeros(len(z))
     if n:
         w = torch.full_like(log_total[:, :n], 1.0 / n) if weight is None else weight
-        loss = ((log_total[:, :n] - (onehot * z[:, :, :n]).sum(dim=1)) * w).sum(dim=-1)
+        loss = ((log_total[:, :n] - dots[:, :n]) * w).sum(dim=-1)
         grad[:, :, :n].sub_(onehot).mul_(w.unsqueeze(1))
     if soft is not None:
-        kl = soft.neg_entropy - ((soft.probs * z[:, :, n:]).sum(dim=1) - log_total[:, n:])
+        kl = soft.neg_entropy - (dots[:, n:] - log_total[:, n:])
         loss = loss + alpha * (kl.mean(dim=-1) * temperature**2)
         grad[:, :, n:].sub_(soft.probs).mul_((alpha * (temperature / kl.shape[-1])).reshape(-1, 1, 1))
     return loss, grad
