@@ -36,7 +36,7 @@ from peerkd.batched.handlers import (
     decode_request,
     settings_of,
 )
-from peerkd.batched.memory import MEMORY_SHARE, auto_chunk, fleet_bytes, free_bytes
+from peerkd.batched.memory import MEMORY_SHARE, ArrayPool, auto_chunk, fleet_bytes, free_bytes
 from peerkd.batched.store import StudentStore
 from peerkd.clock import section
 from peerkd.errors import ConfigError, check_choice
@@ -104,6 +104,7 @@ class BatchedGrid(Grid):
         self._nodes = {NODE_ID_BASE + i: i for i in range(num_nodes)}
         self._replies: dict[str, Message] = {}
         self._data: dict[WorldSpec, DeviceData] = {}
+        self._logit_rows = ArrayPool()  # each round's transfer-set logits, in memory written before
         self.set_run(Run.create_empty(run_id))
 
     def set_run(self, run: Run) -> None:
@@ -165,7 +166,7 @@ class BatchedGrid(Grid):
         for reqs in groups.values():
             first = reqs[0]
             size = self._chunk_size(first.spec, first.arch, first.params, len(reqs))
-            out = _transfer_out(reqs)
+            out = self._transfer_out(reqs)
             for start in range(0, len(reqs), size):
                 rows = None if out is None else out[start : start + size]
                 replies += self._answer_chunk(reqs[start : start + size], rows)
@@ -237,7 +238,7 @@ class BatchedGrid(Grid):
         done: list[tuple] = []  # (positions, arch, (columns, arrays), logits rows) of each answered chunk
         out, answered = None, True
         for arch, positions in groups.items():
-            out = np.empty((len(positions), *shape), np.float32) if want else None
+            out = self._logit_rows.empty((len(positions), *shape)) if want else None
             size = self._chunk_size(spec, arch, params, len(positions))
             for start in range(0, len(positions), size):
                 part = positions[start : start + size]
@@ -307,6 +308,19 @@ class BatchedGrid(Grid):
             log.info("batched: %d students' weights kept in host memory, streamed by chunk", len(self._nodes))
             self.store.home, self.store_place = torch.device("cpu"), "host"
 
+    def _transfer_out(self, reqs: list[Request]) -> np.ndarray | None:
+        """One array for the transfer-set logits of a group's students, if they reply with them:
+        each chunk writes its rows, so a round's replies hold rows of one array, which the rules
+        stack without a copy (``peerkd.wire.rows.stack_rows``). Never one that something still
+        holds (``ArrayPool``): a rule may keep what it received, and a received array never changes."""
+        first, kind = reqs[0], reqs[0].msg.metadata.message_type
+        if kind == P.MSG_EVALUATE or not (first.params.reply_logits or kind == P.MSG_QUERY_LOGITS):
+            return None
+        world = build_world(first.spec)
+        if world.transfer_rows == 0:
+            return None
+        return self._logit_rows.empty((len(reqs), world.transfer_rows, world.num_classes))
+
     def _chunk_size(self, spec: WorldSpec, arch: str, params: P.RoundParams, n: int) -> int:
         if self.chunk:
             return self.chunk
@@ -319,20 +333,6 @@ class BatchedGrid(Grid):
         if world.spec not in self._data:
             self._data[world.spec] = DeviceData.of(world, self.device)
         return self._data[world.spec]
-
-
-def _transfer_out(reqs: list[Request]) -> np.ndarray | None:
-    """One new array for the transfer-set logits of a group's students, if they reply with them:
-    each chunk writes its rows, so a round's replies hold rows of one array, which the rules
-    stack without a copy (``peerkd.wire.rows.stack_rows``). New each round: a rule may keep what it
-    received, and a received array never changes."""
-    first, kind = reqs[0], reqs[0].msg.metadata.message_type
-    if kind == P.MSG_EVALUATE or not (first.params.reply_logits or kind == P.MSG_QUERY_LOGITS):
-        return None
-    world = build_world(first.spec)
-    if world.transfer_rows == 0:
-        return None
-    return np.empty((len(reqs), world.transfer_rows, world.num_classes), dtype=np.float32)
 
 
 def _answer_with(message_type: str):

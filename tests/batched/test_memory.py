@@ -1,8 +1,10 @@
 """The memory estimate's helpers: numbers worked out by hand, and one line naming the largest part."""
 
+import numpy as np
 import pytest
+import torch
 
-from peerkd.batched.memory import MemoryPart, available_ram, check_fits, fleet_bytes, human_bytes, plan_bytes
+from peerkd.batched.memory import ArrayPool, MemoryPart, available_ram, check_fits, fleet_bytes, human_bytes, plan_bytes
 from peerkd.errors import ConfigError
 
 
@@ -46,3 +48,27 @@ def test_check_fits_says_how_to_shrink_a_part_that_grows_the_other_way():
 
 def test_available_ram_is_this_machines():
     assert 0 < available_ram() < 2**50
+
+
+def test_array_pool_reuses_an_array_only_once_nothing_else_holds_it():
+    # Prepare: a pool keeping two arrays; the first one handed out is held only through a view of it.
+    pool = ArrayPool(keep=2)
+    a = pool.empty((3, 4))
+    held = a[1:]
+    del a
+    # Execute / Assert: the view keeps it out of reuse; a second array, once dropped, comes back.
+    b = pool.empty((3, 4))
+    assert b is not held.base and b.shape == (3, 4) and b.dtype == np.float32
+    b_id = id(b)
+    del b
+    assert id(pool.empty((3, 4))) == b_id
+    # Assert: a tensor over the first array holds it as the view did; with every holder gone it comes back.
+    tensor = torch.from_numpy(held.base)
+    a_id = id(held.base)
+    del held
+    assert id(pool.empty((3, 4))) == b_id
+    del tensor
+    assert id(pool.empty((3, 4))) in (a_id, b_id)
+    # Assert: another shape or dtype gets its own array, and the pool keeps at most ``keep``.
+    assert pool.empty((3, 5)).shape == (3, 5) and pool.empty((3, 4), np.float64).dtype == np.float64
+    assert len(pool._arrays) == 2
