@@ -165,6 +165,8 @@ class Checkpoint:
         self._writer: threading.Thread | None = None
         self._failed: BaseException | None = None
         self._buffers: dict[str, np.ndarray] = {}  # the stacks' arrays, reused round after round (``materialize``)
+        self._live: Path | None = None  # the tensor file server.json names, written by this process
+        self._spare: Path | None = None  # the one it named before: written over next (``atomic_file``'s reuse)
 
     @property
     def client_dir(self) -> str | None:
@@ -240,14 +242,18 @@ class Checkpoint:
             clock.record(BACKGROUND_CPU, time.thread_time() - cpu)
 
     def _write(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """The tensor file (hashed as it is written), then ``server.json``; older files removed."""
+        """The tensor file (hashed as it is written), then ``server.json``; older files removed, but
+        for the one named before, written over next time (in memory written before: ``atomic_file``)."""
         name = f"server-r{doc['round']}.pt"
         digest = hashlib.sha256()
-        _write_atomic(self.dir / name, lambda f: _save_unchecked(tensors, _Hashing(f, digest)))
+        reuse, self._spare = self._spare, None
+        _write_atomic(self.dir / name, lambda f: _save_unchecked(tensors, _Hashing(f, digest)), reuse)
         doc["tensors"] = {"file": name, "sha256": digest.hexdigest()}
         _write_atomic(self.dir / SERVER_FILE, lambda f: f.write(json.dumps(doc).encode()))
+        self._spare, self._live = self._live, self.dir / name
+        keep = {name, self._spare.name if self._spare else None}
         for old in os.listdir(self.dir):
-            if (_TENSOR_FILE.fullmatch(old) and old != name) or old == _LEGACY_FILE:
+            if (_TENSOR_FILE.fullmatch(old) and old not in keep) or old == _LEGACY_FILE:
                 (self.dir / old).unlink(missing_ok=True)
         if self.client_dir:
             prune_client_files(self.client_dir, doc["round"])
@@ -525,11 +531,12 @@ def _save_unchecked(tensors: dict[str, torch.Tensor], f: Any) -> None:
         torch.save(tensors, f)
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """``write`` ``path``'s content through ``atomic_file``; a linked directory on the way is refused."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], Any], reuse: Path | None = None) -> None:
+    """``write`` ``path``'s content through ``atomic_file`` (over ``reuse``'s pages when given); a
+    linked directory on the way is refused."""
     if path.parent.is_symlink():
         raise ConfigError("out", f"{path.parent} is a symbolic link: a run writes only files of its own", "a directory")
-    with atomic_file(path) as f:
+    with atomic_file(path, reuse) as f:
         try:
             write(f)
         except RuntimeError as exc:  # torch.save's zip writer hides a failed write (a full disk) or a Ctrl-C

@@ -348,10 +348,10 @@ def test_a_failed_background_write_is_raised_by_the_next_save_and_only_logged_by
     # Prepare: round 2's and round 4's tensor files meet a full disk
     rule, ck, write = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched"), checkpoint._write_atomic
 
-    def full_disk(path, what):
+    def full_disk(path, what, reuse=None):
         if path.name in ("server-r2.pt", "server-r4.pt"):
             raise OSError(28, "No space left on device")
-        write(path, what)
+        write(path, what, reuse)
 
     monkeypatch.setattr(checkpoint, "_write_atomic", full_disk)
     ck.save(_state(rule), background=True)
@@ -366,3 +366,21 @@ def test_a_failed_background_write_is_raised_by_the_next_save_and_only_logged_by
     ck.save(_state(rule, 4), background=True)
     ck.close()
     assert "were not written" in caplog.text and ck.read().state.round == 3
+
+
+def test_a_tensor_file_is_written_over_the_one_named_before_last(tmp_path):
+    # Prepare: a rule whose arrays change every round
+    rule, ck = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched")
+    inodes = {}
+    # Execute: five rounds saved in the background, each read back
+    for rnd in range(1, 6):
+        rule.logits[1000] += 1.0
+        ck.save(_state(rule, rnd), background=True)
+        saved = ck.read()
+        files = sorted(p.name for p in ck.dir.glob("server-r*.pt"))
+        inodes[rnd] = (ck.dir / f"server-r{rnd}.pt").stat().st_ino
+        # Assert: the round's values, verified; on disk this round's file and at most the one before
+        assert saved.state.round == rnd and saved.rule_state["logits"][1000].tolist() == [[rnd] * 2] * 3
+        assert files == [f"server-r{r}.pt" for r in range(max(1, rnd - 1), rnd + 1)]
+    # Assert: from round 3 on, each round's file is round (r - 2)'s, written over
+    assert inodes[3] == inodes[1] and inodes[4] == inodes[2] and inodes[5] == inodes[3] != inodes[4]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peerkd.errors import ConfigError
-from peerkd.round.results import RunWriter, accuracy_stats, hold_run_dir, read_jsonl, write_error
+from peerkd.round.results import RunWriter, accuracy_stats, atomic_file, hold_run_dir, read_jsonl, write_error
 from simulations.report import compare_table, markdown_table
 
 
@@ -161,3 +161,28 @@ def test_a_link_planted_as_the_lock_is_refused(tmp_path):
         with hold_run_dir(tmp_path / "run"):
             pass
     assert _contents(targets) == targets
+
+
+def test_atomic_file_writes_over_an_older_file_of_its_own_and_never_through_a_link(tmp_path):
+    # Prepare: an older file to reuse; a link to an outside file; a file with a second (hard) name
+    old, outside, twin = tmp_path / "old.pt", tmp_path / "outside.txt", tmp_path / "twin.pt"
+    old.write_bytes(b"x" * 100)
+    outside.write_text("keep")
+    (tmp_path / "link.pt").symlink_to(outside)
+    twin.write_text("keep too")
+    os.link(twin, tmp_path / "twin-name.pt")
+    inode = old.stat().st_ino
+    # Execute: shorter content over the older file; the link and the twin offered for reuse
+    with atomic_file(tmp_path / "new.pt", reuse=old) as f:
+        f.write(b"short")
+    with atomic_file(tmp_path / "via-link.pt", reuse=tmp_path / "link.pt") as f:
+        f.write(b"linked")
+    with atomic_file(tmp_path / "via-twin.pt", reuse=twin) as f:
+        f.write(b"twinned")
+    # Assert: the older file's inode holds exactly the new content under the new name; the link's
+    # target and the twin's other name are untouched, their content written to new files instead
+    assert (tmp_path / "new.pt").read_bytes() == b"short" and (tmp_path / "new.pt").stat().st_ino == inode
+    assert not old.exists() and outside.read_text() == "keep" and (tmp_path / "twin-name.pt").read_text() == "keep too"
+    assert (tmp_path / "via-link.pt").read_bytes() == b"linked" and not (tmp_path / "via-link.pt").is_symlink()
+    assert (tmp_path / "via-twin.pt").read_bytes() == b"twinned"
+    assert not list(tmp_path.glob(".*.tmp"))
