@@ -49,7 +49,7 @@ class BatchedEngine:
 
     def checkpoint(self, out_dir: Path, grid: BatchedGrid) -> Checkpoint:
         """The rule's state and every student (``StudentStore.snapshot``), saved after every round."""
-        return Checkpoint(out_dir, "batched", grid.store.snapshot, grid.store.restore)
+        return Checkpoint(out_dir, "batched", lambda: grid.store.snapshot(copy=False), grid.store.restore)
 
     def hooks(self, grid: BatchedGrid) -> list[RoundHook]:
         """The summary's engine fields: engine, device, chunk, where weights stay between calls

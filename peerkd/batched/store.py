@@ -78,16 +78,23 @@ class StudentStore:
             rows[c] = start + i  # a client that comes back to an architecture starts afresh
             self._arch[c] = arch
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, copy: bool = True) -> dict[str, Any]:
         """Every student and the logits each sent last, on CPU, stacked (tensors, lists and dicts
         only: a checkpoint's data): ``{"archs": {arch: {"clients": [c, ...], "weights": {name:
-        (S, ...)}}}, "sent": {"clients": [c, ...], "logits": (S, P, C) or None}}``."""
+        (S, ...)}}}, "sent": {"clients": [c, ...], "logits": (S, P, C) or None}}``. Without ``copy``,
+        weights kept in host memory in clients' order are views of the live stacks (for a caller that
+        copies them before the students train again, as a checkpoint does: no fresh 130 MB a round
+        at 10,000 students)."""
         archs = {}
         for arch, rows in self._rows.items():
             clients = sorted(c for c in rows if self._arch.get(c) == arch)  # a client gone to another arch: not here
             if clients:
-                idx = torch.as_tensor([rows[c] for c in clients], device=self.home)
-                weights = {k: v.index_select(0, idx).cpu() for k, v in self._weights[arch].items()}
+                at = [rows[c] for c in clients]
+                if not copy and self.home.type == "cpu" and at == list(range(len(at))):
+                    weights = {k: v[: len(at)] for k, v in self._weights[arch].items()}
+                else:
+                    idx = torch.as_tensor(at, device=self.home)
+                    weights = {k: v.index_select(0, idx).cpu() for k, v in self._weights[arch].items()}
                 archs[arch] = {"clients": clients, "weights": weights}
         sent = sorted(self.sent)
         logits = torch.from_numpy(np.stack([self.sent[c] for c in sent])) if sent else None

@@ -85,6 +85,21 @@ def test_a_stack_is_made_in_last_rounds_array_when_it_fits():
     assert made[1][2] is made[0][2] and made[2][2] is not made[0][2] and made[2][1] == (4, 5, 2)
 
 
+def test_a_tensor_is_copied_into_last_rounds_copy_when_it_fits():
+    # Prepare: a module's weight saved two rounds running, changed in place between, then another shape
+    weight, buffers, made = torch.zeros(3, 2), {}, []
+    # Execute
+    for value in (weight, weight, torch.ones(4)):
+        tensors = {}
+        encode(value, "rule.w", tensors)
+        copied = materialize(tensors, buffers)["rule.w"]
+        value.add_(1.0)  # training on: what was copied stays
+        made.append((copied.sum().item(), copied))
+    # Assert: each round's values as they were; round 2 in round 1's tensor, the new shape anew
+    assert [m[0] for m in made] == [0.0, 6.0, 4.0]
+    assert made[1][1] is made[0][1] and made[2][1] is not made[0][1] and made[0][1] is not weight
+
+
 def test_a_stack_with_keys_of_another_number_is_damaged():
     tensors = {"s": torch.zeros(2, 3)}
     with pytest.raises(ValueError, match="2 stacked arrays"):
@@ -243,6 +258,10 @@ def test_student_store_snapshot_restores_every_student(tmp_path):
         a, b = store.load(arch, world, clients), fresh.load(arch, world, clients)
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert list(fresh.sent) == [2] and fresh.sent[2].tolist() == [[0.5] * 3] * 2
+    # Assert: without copying, host weights in clients' order are views of the live stacks
+    views = store.snapshot(copy=False)["archs"]
+    assert torch.equal(views["mlp32"]["weights"][first], snap["archs"]["mlp32"]["weights"][first])
+    assert views["mlp32"]["weights"][first].untyped_storage().data_ptr() == store._weights["mlp32"][first].data_ptr()
 
 
 def test_participation_names_who_took_part():
