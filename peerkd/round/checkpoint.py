@@ -247,7 +247,7 @@ class Checkpoint:
         name = f"server-r{doc['round']}.pt"
         digest = hashlib.sha256()
         reuse, self._spare = self._spare, None
-        _write_atomic(self.dir / name, lambda f: _save_unchecked(tensors, _Hashing(f, digest)), reuse)
+        _write_atomic(self.dir / name, lambda f: _save_unchecked(tensors, _Hashing(f, digest)), reuse, direct=True)
         doc["tensors"] = {"file": name, "sha256": digest.hexdigest()}
         _write_atomic(self.dir / SERVER_FILE, lambda f: f.write(json.dumps(doc).encode()))
         self._spare, self._live = self._live, self.dir / name
@@ -544,12 +544,14 @@ def _save_unchecked(tensors: dict[str, torch.Tensor], f: Any) -> None:
         torch.save(tensors, f)
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], Any], reuse: Path | None = None) -> None:
-    """``write`` ``path``'s content through ``atomic_file`` (over ``reuse``'s pages when given); a
-    linked directory on the way is refused."""
+def _write_atomic(
+    path: Path, write: Callable[[BinaryIO], Any], reuse: Path | None = None, direct: bool = False
+) -> None:
+    """``write`` ``path``'s content through ``atomic_file`` (over ``reuse``'s pages when given; past
+    the page cache with ``direct``); a linked directory on the way is refused."""
     if path.parent.is_symlink():
         raise ConfigError("out", f"{path.parent} is a symbolic link: a run writes only files of its own", "a directory")
-    with atomic_file(path, reuse) as f:
+    with atomic_file(path, reuse, direct) as f:
         try:
             write(f)
         except RuntimeError as exc:  # torch.save's zip writer hides a failed write (a full disk) or a Ctrl-C

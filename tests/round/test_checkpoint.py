@@ -367,10 +367,10 @@ def test_a_failed_background_write_is_raised_by_the_next_save_and_only_logged_by
     # Prepare: round 2's and round 4's tensor files meet a full disk
     rule, ck, write = _SavedRule(), checkpoint.Checkpoint(tmp_path, "batched"), checkpoint._write_atomic
 
-    def full_disk(path, what, reuse=None):
+    def full_disk(path, what, reuse=None, direct=False):
         if path.name in ("server-r2.pt", "server-r4.pt"):
             raise OSError(28, "No space left on device")
-        write(path, what, reuse)
+        write(path, what, reuse, direct)
 
     monkeypatch.setattr(checkpoint, "_write_atomic", full_disk)
     ck.save(_state(rule), background=True)

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from peerkd.errors import ConfigError
-from peerkd.round.results import RunWriter, accuracy_stats, atomic_file, hold_run_dir, read_jsonl, write_error
+from peerkd.round import results
+from peerkd.round.results import (
+    DirectFile,
+    RunWriter,
+    accuracy_stats,
+    atomic_file,
+    hold_run_dir,
+    read_jsonl,
+    write_error,
+)
 from simulations.report import compare_table, markdown_table
 
 
@@ -186,3 +195,32 @@ def test_atomic_file_writes_over_an_older_file_of_its_own_and_never_through_a_li
     assert (tmp_path / "via-link.pt").read_bytes() == b"linked" and not (tmp_path / "via-link.pt").is_symlink()
     assert (tmp_path / "via-twin.pt").read_bytes() == b"twinned"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("on_disk", [True, False])  # O_DIRECT where the filesystem takes it; else the page cache
+def test_a_direct_atomic_file_holds_exactly_what_was_written(tmp_path, monkeypatch, on_disk):
+    # Prepare: content in pieces of odd sizes, past one staging block, ending off any alignment;
+    # an older, longer file to write over
+    if not on_disk:
+        monkeypatch.setattr(results, "_set_direct", lambda fd: False)
+    pieces = [bytes([i % 251]) * n for i, n in enumerate((1, 4095, DirectFile.BLOCK + 7, 3, 10_000))]
+    old = tmp_path / "old.pt"
+    old.write_bytes(b"x" * (DirectFile.BLOCK * 2))
+    # Execute
+    with atomic_file(tmp_path / "new.pt", reuse=old, direct=True) as f:
+        for piece in pieces:
+            assert f.write(memoryview(piece)) == len(piece)
+        f.flush()
+    # Assert: byte for byte, no padding or old tail left, no temporary file
+    assert (tmp_path / "new.pt").read_bytes() == b"".join(pieces)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_direct_write_leaves_no_file(tmp_path):
+    # Execute: the writer raises midway
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_file(tmp_path / "new.pt", direct=True) as f:
+            f.write(b"a" * 5000)
+            raise RuntimeError("midway")
+    # Assert: neither the file nor its temporary
+    assert list(tmp_path.iterdir()) == []
