@@ -242,8 +242,9 @@ class Checkpoint:
             clock.record(BACKGROUND_CPU, time.thread_time() - cpu)
 
     def _write(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """The tensor file (hashed as it is written), then ``server.json``; older files removed, but
-        for the one named before, written over next time (in memory written before: ``atomic_file``)."""
+        """The tensor file (hashed as it is written, past the page cache where the filesystem allows),
+        then ``server.json``; older files removed, but for the one named before, which the next save
+        writes over (``atomic_file``'s ``reuse``, ``direct``)."""
         name = f"server-r{doc['round']}.pt"
         digest = hashlib.sha256()
         reuse, self._spare = self._spare, None

@@ -191,12 +191,11 @@ def atomic_file(path: Path, reuse: Path | None = None, direct: bool = False) -> 
         fd = _moved_here(reuse, tmp) if reuse is not None else None
         fd = os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE, 0o666) if fd is None else fd
         if direct and _set_direct(fd):
-            direct_file = DirectFile(fd)
             try:
-                yield direct_file
-                direct_file.finish()
+                with contextlib.closing(DirectFile(fd)) as direct_file:
+                    yield direct_file
+                    direct_file.finish()
             finally:
-                direct_file.close()
                 os.close(fd)
         else:
             with open(fd, "wb") as f:
@@ -239,7 +238,7 @@ class DirectFile:
             self.buf[self.used : self.used + take] = view[done : done + take]
             self.used, done = self.used + take, done + take
             if self.used == self.BLOCK:
-                os.write(self.fd, self.buf)
+                self._put(self.BLOCK)
                 self.used = 0
         self.size += len(view)
         return len(view)
@@ -251,14 +250,26 @@ class DirectFile:
         if self.used:
             end = self.used + (-self.used % self.ALIGN)
             self.buf[self.used : end] = bytes(end - self.used)
-            with memoryview(self.buf) as whole:
-                os.write(self.fd, whole[:end])
+            self._put(end)
             self.used = 0
         os.ftruncate(self.fd, self.size)
         os.fsync(self.fd)
 
     def close(self) -> None:
         self.buf.close()
+
+    def _put(self, size: int) -> None:
+        """The buffer's first ``size`` bytes (a multiple of ``ALIGN``) written, a short write (a disk
+        filling up) continued from where it stopped, so that a full disk raises ENOSPC. The views
+        are released even when a write raises: the buffer can then be closed."""
+        done = 0
+        with memoryview(self.buf) as whole:
+            while done < size:
+                with whole[done:size] as part:
+                    written = os.write(self.fd, part)
+                if written <= 0:
+                    raise OSError(errno.EIO, f"a write made no progress at byte {done} of {size}")
+                done += written
 
 
 def _moved_here(old: Path, tmp: Path) -> int | None:
