@@ -208,11 +208,12 @@ def atomic_file(path: Path, reuse: Path | None = None, direct: bool = False) -> 
         tmp.unlink(missing_ok=True)
 
 
-def _set_direct(fd: int) -> bool:
-    """Switch ``fd`` to O_DIRECT; False (``fd`` as it was) where the filesystem or OS has none."""
+def _set_direct(fd: int, on: bool = True) -> bool:
+    """Switch ``fd`` to O_DIRECT (or back); False (``fd`` as it was) where the filesystem or OS has none."""
     flag = getattr(os, "O_DIRECT", 0)
     try:
-        return bool(flag) and fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | flag) == 0
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        return bool(flag) and fcntl.fcntl(fd, fcntl.F_SETFL, flags | flag if on else flags & ~flag) == 0
     except OSError:
         return False
 
@@ -221,14 +222,15 @@ class DirectFile:
     """A write-only file over an O_DIRECT ``fd`` at offset 0: bytes gathered in one page-aligned
     buffer and written in whole blocks; ``finish`` pads the tail to ``ALIGN``, writes it, cuts the
     file back to what was written and fsyncs it; ``close`` frees the buffer (``fd`` stays open). A
-    write the filesystem refuses mid-way (EINVAL: an alignment it wants larger) raises as any
-    failed write does."""
+    filesystem that took O_DIRECT but refuses these writes (EINVAL: an alignment it wants larger)
+    gets them, and the rest, through the page cache."""
 
     BLOCK = 4 << 20  # bytes per write
     ALIGN = 4096  # offsets and sizes of every write: a multiple of any disk's logical block
 
     def __init__(self, fd: int):
         self.fd, self.buf, self.used, self.size = fd, mmap.mmap(-1, self.BLOCK), 0, 0
+        self.buffered = False  # O_DIRECT dropped after the filesystem refused a write
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -244,7 +246,7 @@ class DirectFile:
         return len(view)
 
     def flush(self) -> None:
-        """Nothing to do: whole blocks are written as they fill; the tail waits for ``close``."""
+        """Nothing to do: whole blocks are written as they fill; the tail waits for ``finish``."""
 
     def finish(self) -> None:
         if self.used:
@@ -266,7 +268,13 @@ class DirectFile:
         with memoryview(self.buf) as whole:
             while done < size:
                 with whole[done:size] as part:
-                    written = os.write(self.fd, part)
+                    try:
+                        written = os.write(self.fd, part)
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL or self.buffered or not _set_direct(self.fd, on=False):
+                            raise
+                        self.buffered = True
+                        continue
                 if written <= 0:
                     raise OSError(errno.EIO, f"a write made no progress at byte {done} of {size}")
                 done += written

@@ -224,3 +224,22 @@ def test_a_failed_direct_write_leaves_no_file(tmp_path):
             raise RuntimeError("midway")
     # Assert: neither the file nor its temporary
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_direct_file_whose_writes_the_filesystem_refuses_goes_through_the_page_cache(tmp_path, monkeypatch):
+    # Prepare: a filesystem that takes O_DIRECT but refuses every write made with it (EINVAL)
+    write = os.write
+
+    def picky(fd, data):
+        if results.fcntl.fcntl(fd, results.fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return write(fd, data)
+
+    monkeypatch.setattr(results.os, "write", picky)
+    content = bytes(range(256)) * 40_000  # past one staging block, ending off any alignment
+    # Execute
+    with atomic_file(tmp_path / "new.pt", direct=True) as f:
+        f.write(content)
+    # Assert: the whole content, written without O_DIRECT
+    assert isinstance(f, DirectFile) and f.buffered
+    assert (tmp_path / "new.pt").read_bytes() == content
