@@ -143,7 +143,7 @@ class Cohort:
         class_kd = self._class_kd(classes) if with_classes and proj is None else None
         protos = self._proto_term(classes, proj) if with_classes and proj is not None else None
         if self.linears is not None and class_kd is None and protos is None:
-            grads_at = self._mlp_grads(private, transfer, alpha)
+            grads_at = self._mlp_grads(private, transfer, alpha, first_read(plan))
             packed, hist, _ = fit(pack(w, self.linears), None, plan.steps, p.lr, grads_at)
             return unpack(packed, self.linears, list(w)), last_epoch_means(plan, hist)
         loss_at = self._loss_at(private, transfer, plan.shared, alpha, class_kd, protos)
@@ -179,8 +179,9 @@ class Cohort:
         """The linear layers of a zoo MLP (``mlp_linears``), trained by written-out gradients; else None."""
         return mlp_linears(self.base)
 
-    def _mlp_grads(self, private, transfer, alpha: torch.Tensor):
-        """``g(live, k)``: ``train``'s loss at step k and its gradient, written out for a zoo MLP
+    def _mlp_grads(self, private, transfer, alpha: torch.Tensor, from_step: int = 0):
+        """``g(live, k)``: ``train``'s loss at step k (zeros before ``from_step``: steps whose loss
+        nobody reads, ``first_read``) and its gradient, written out for a zoo MLP
         (``peerkd.batched.mlp``: the same maths as autograd on ``loss_at``, in fewer passes over the
         activations), on packed weights (``pack``). A step's rows are written into one batch with a
         column of ones (``with_ones``), the private rows first, then the transfer rows; when the
@@ -210,7 +211,8 @@ class Cohort:
             x, labels, weight = private(k)
             xt, target = transfer(k) if transfer is not None else (None, None)
             soft = None if target is None else class_major(target)
-            return mlp_step(live, names, inputs(x, xt), onehot(labels), weight, soft, temperature, alpha, space)
+            loss = k >= from_step
+            return mlp_step(live, names, inputs(x, xt), onehot(labels), weight, soft, temperature, alpha, space, loss)
 
         return grads_at
 
@@ -496,6 +498,11 @@ def stacked(arrays: list[np.ndarray | None], missing: np.ndarray) -> torch.Tenso
     received rows of one array (a rule's stacked targets, in the cohort's order) are viewed, not
     copied (``peerkd.wire.rows.stack_rows``)."""
     return read_tensor(stack_rows([missing if a is None else a for a in arrays]))
+
+
+def first_read(plan: CohortPlan) -> int:
+    """The first step whose loss ``last_epoch_means`` reads: the earliest start of a student's last epoch."""
+    return int((plan.steps - plan.steps_per_epoch).min()) if len(plan.steps) else 0
 
 
 def last_epoch_means(plan: CohortPlan, hist: torch.Tensor) -> list[float]:

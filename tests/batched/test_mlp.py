@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from peerkd.batched.cohort import Cohort, DeviceData, class_major
+from peerkd.batched.cohort import Cohort, DeviceData, class_major, first_read
 from peerkd.batched.mlp import (
     mlp_backward,
     mlp_forward,
@@ -28,6 +28,7 @@ from peerkd.batched.stacked import (
     stack_students,
     stacked_forward,
 )
+from peerkd.student.batches import CohortPlan
 from peerkd.student.models import CNN_SIZES, MLP_WIDTHS, build_model, stacked_mlp
 from peerkd.wire.protocol import RoundParams
 from peerkd.world.build import WorldSpec, build_world
@@ -155,6 +156,26 @@ def test_one_softmax_for_both_terms_is_autograds(temperature):
     assert grad.data_ptr() == out.data_ptr()
     close(loss, ref_loss)
     close(grad.transpose(1, 2), ref_grad)
+
+
+def test_a_step_without_its_loss_has_the_same_gradient_and_a_zero_loss():
+    # Prepare: 3 students, 4 weighted private rows then 5 transfer rows, class-major logits.
+    g = torch.Generator().manual_seed(5)
+    zc = torch.randn(3, 10, 9, generator=g) * 3
+    labels, weight = torch.randint(0, 10, (3, 4), generator=g), torch.rand(3, 4, generator=g) / 4
+    soft, alpha = class_major(SoftTargets.of(torch.randn(3, 5, 10, generator=g), 4.0)), torch.rand(3, generator=g)
+    # Execute
+    loss, grad = train_grad(zc.clone(), one_hot(labels, 10), weight, soft, 4.0, alpha)
+    none, same = train_grad(zc.clone(), one_hot(labels, 10), weight, soft, 4.0, alpha, with_loss=False)
+    # Assert: bit for bit the same gradient; the loss left at zero.
+    assert torch.equal(same, grad)
+    assert none.tolist() == [0.0, 0.0, 0.0] and bool((loss > 0).all())
+
+
+def test_first_read_is_the_earliest_start_of_a_last_epoch():
+    # 3 students of 2 epochs: 4, 2 and 3 steps an epoch -> last epochs start at steps 4, 2 and 3.
+    plan = CohortPlan(torch.zeros((8, 3, 1), dtype=torch.int64), None, torch.tensor([8, 4, 6]), torch.tensor([4, 2, 3]))
+    assert first_read(plan) == 2
 
 
 def test_one_hot_is_class_major():
