@@ -20,7 +20,20 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from peerkd.batched.mlp import mlp_forward, mlp_linears, mlp_step, one_hot, pack, unpack, wide, with_ones
+from peerkd.batched.mlp import (
+    feature_major,
+    mlp_forward,
+    mlp_linears,
+    mlp_step,
+    one_hot,
+    ones_below,
+    pack,
+    shared_forward,
+    tall,
+    unpack,
+    wide,
+    with_ones,
+)
 from peerkd.batched.stacked import (
     Params,
     SoftTargets,
@@ -42,6 +55,7 @@ from peerkd.world.build import World
 
 EVAL_ROWS = 2048  # inputs per forward when predicting (predict_logits' batch size)
 EVAL_CELLS = 65536  # students × inputs per forward when predicting on a CPU: activations that stay in cache
+EVAL_CELLS_TALL = 2 * EVAL_CELLS  # the same for feature-major zoo MLPs (``mlp.feature_major``): measured best
 SHARD_ROWS = 1.5  # run whole shards (no per-step gather) up to this many batches' rows
 
 
@@ -405,27 +419,40 @@ class Cohort:
         """``logits`` on the transfer set, into ``transfer_out`` when the grid gave one."""
         return self.logits(w, self.data.transfer, self.transfer_out)
 
+    @cached_property
+    def _tall(self) -> bool:
+        """Whether predictions go feature-major (``mlp.feature_major``): a zoo MLP with a narrow first layer."""
+        if self.linears is None:
+            return False
+        return feature_major(self.base, self.linears)
+
     @property
     def _eval_step(self) -> int:
-        """Inputs per forward when predicting: on a CPU ``EVAL_CELLS`` students × inputs (cache-sized),
-        at most ``EVAL_ROWS``; on a GPU ``EVAL_ROWS``, which the chunk's size was planned for
-        (``memory.auto_chunk``): a CPU's cell count would cut 10,000 students' 2,100 test inputs
-        into 350 forwards of 6 inputs, each a vmapped call of a few tiny kernels."""
+        """Inputs per forward when predicting: on a CPU ``EVAL_CELLS`` students × inputs (cache-sized;
+        ``EVAL_CELLS_TALL`` feature-major), at most ``EVAL_ROWS``; on a GPU ``EVAL_ROWS``, which the chunk's
+        size was planned for (``memory.auto_chunk``): a CPU's cell count would cut 10,000 students' 2,100
+        test inputs into 350 forwards of 6 inputs, each a vmapped call of a few tiny kernels."""
         if self.device.type != "cpu":
             return EVAL_ROWS
-        return max(1, min(EVAL_ROWS, EVAL_CELLS // max(len(self.clients), 1)))
+        cells = EVAL_CELLS_TALL if self._tall else EVAL_CELLS
+        return max(1, min(EVAL_ROWS, cells // max(len(self.clients), 1)))
 
     def _on_shared(self, w: Params, class_major: bool = False):
         """``f(x)``: every student's logits on the inputs ``x`` seen by all (``(S, B, C)``; a zoo MLP's
-        ``(S, C, B)`` with ``class_major``, ``mlp_forward``'s): a zoo MLP's
-        by ``mlp_forward`` (the first layer one product of ``x`` with every student's weights side by
-        side, ``wide``, laid out once per call; ReLU in place: 0.10 against vmap's 0.17 s for 640
-        students' 3,100 test and transfer inputs at 40 features on 2 cores), any other by vmap. A zoo
-        MLP's logits are written into the same buffers every call (``mlp.buffer``): read them before
-        the next."""
+        ``(S, C, B)`` with ``class_major``). A zoo MLP's by ``mlp_forward`` (the first layer one product
+        of ``x`` with every student's weights side by side, ``wide``, laid out once per call; ReLU in
+        place: 0.10 against vmap's 0.17 s for 640 students' 3,100 test and transfer inputs at 40 features
+        on 2 cores), or feature-major by ``shared_forward`` when its first layer is narrow (``_tall``);
+        any other model's by vmap. A zoo MLP's logits are written into the same buffers every call
+        (``mlp.buffer``): read them before the next."""
         if self.linears is None:
             return lambda x: self._shared(w, x)
-        first, space = wide(w, self.linears), {}
+        space: dict[str, torch.Tensor] = {}
+        if self._tall:
+            first = tall(w, self.linears)
+            on = lambda x: shared_forward(w, self.linears, ones_below(x), first, space)  # noqa: E731
+            return on if class_major else lambda x: on(x).transpose(1, 2)
+        first = wide(w, self.linears)
         return lambda x: mlp_forward(w, self.linears, with_ones(x, 1), first, space, class_major)[0]
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from peerkd import clock
 from peerkd.batched import BatchedGrid, run_batched
-from peerkd.batched.cohort import EVAL_CELLS, EVAL_ROWS, Cohort, DeviceData
+from peerkd.batched.cohort import EVAL_CELLS, EVAL_CELLS_TALL, EVAL_ROWS, Cohort, DeviceData
 from peerkd.batched.stacked import (
     adam_init,
     adam_step,
@@ -223,9 +223,11 @@ def test_cohort_trains_as_train_model_and_distill_only(arch, any_world, train_al
 
 
 @pytest.mark.parametrize("cells", [3 * 7, 1 << 16])  # blocks of 7 test inputs (the last one short), or one block
-@pytest.mark.parametrize("arch", ["mlp64", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp64", "mlp64-wide", "cnn"])  # feature-major (64 features), side by side, vmap
 def test_cohort_evaluates_block_by_block_as_evaluate(arch, cells, world, monkeypatch):
+    arch = layout(arch, monkeypatch)
     monkeypatch.setattr("peerkd.batched.cohort.EVAL_CELLS", cells)
+    monkeypatch.setattr("peerkd.batched.cohort.EVAL_CELLS_TALL", cells)
     models, c = students(world, arch), cohort(world, arch)
     test_x, test_y = world.split("test")
     scores = c.evaluate(stack_students(models)[1])
@@ -236,11 +238,13 @@ def test_cohort_evaluates_block_by_block_as_evaluate(arch, cells, world, monkeyp
 
 
 @pytest.mark.parametrize("into", [False, True])
-@pytest.mark.parametrize("arch", ["mlp64", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp64", "mlp64-wide", "cnn"])
 def test_cohort_predicts_block_by_block_as_each_student_does(arch, into, world, monkeypatch):
     # Prepare: blocks of 7 transfer inputs (96 = 13 blocks and a short one), each written into the
     # same buffers (a zoo MLP's): a block must be read before the next overwrites it.
+    arch = layout(arch, monkeypatch)
     monkeypatch.setattr("peerkd.batched.cohort.EVAL_CELLS", 3 * 7)
+    monkeypatch.setattr("peerkd.batched.cohort.EVAL_CELLS_TALL", 3 * 7)
     models, c = students(world, arch), cohort(world, arch)
     x = world.transfer_x
     out = np.full((3, len(x), world.num_classes), np.nan, dtype=np.float32) if into else None
@@ -252,9 +256,19 @@ def test_cohort_predicts_block_by_block_as_each_student_does(arch, into, world, 
         np.testing.assert_allclose(got[i], predict_logits(m, x), rtol=1e-5, atol=1e-5, err_msg=f"student {i}")
 
 
-def test_predictions_are_cache_sized_on_a_cpu_and_whole_on_a_gpu(world):
+def layout(arch: str, monkeypatch) -> str:
+    """``arch`` without its ``-wide`` suffix, which turns off feature-major predictions (``mlp.feature_major``)."""
+    if arch.endswith("-wide"):
+        monkeypatch.setattr("peerkd.batched.cohort.feature_major", lambda base, names: False)
+    return arch.removesuffix("-wide")
+
+
+def test_predictions_are_cache_sized_on_a_cpu_and_whole_on_a_gpu(world, monkeypatch):
     c = cohort(world, "mlp64")
-    assert c._eval_step == min(EVAL_ROWS, EVAL_CELLS // 3)
+    assert c._tall and c._eval_step == min(EVAL_ROWS, EVAL_CELLS_TALL // 3)  # 64 features, hidden 64: feature-major
+    assert cohort(world, "cnn")._eval_step == min(EVAL_ROWS, EVAL_CELLS // 3)
+    monkeypatch.setattr("peerkd.batched.cohort.feature_major", lambda base, names: False)
+    assert cohort(world, "mlp64")._eval_step == min(EVAL_ROWS, EVAL_CELLS // 3)
     on_gpu = dataclasses.replace(c, data=DeviceData(*(t.to("meta") for t in dataclasses.astuple(c.data))))
     assert on_gpu.device.type == "meta" and on_gpu._eval_step == EVAL_ROWS  # planned for by auto_chunk
 

@@ -13,8 +13,11 @@ from peerkd.batched.mlp import (
     mlp_forward,
     mlp_linears,
     one_hot,
+    ones_below,
     pack,
     relu_backward_,
+    shared_forward,
+    tall,
     train_grad,
     unpack,
     wide,
@@ -227,9 +230,11 @@ def test_forward_and_backward_are_vmap_and_autograds(name, shared):
     dz = train_grad(zc.clone(), one_hot(labels, 10), None, None, 1.0, None)[1]
     grads_c = unpack(mlp_backward(packed, names, acts_c, dz.transpose(1, 2)), names, list(params))
     z_wide = mlp_forward(params, names, with_ones(x[0], 1), shared=wide(params, names))[0] if shared else z
+    z_tall = shared_forward(params, names, ones_below(x[0]), tall(params, names), {}) if shared else zc
     # Assert: the logits, and every gradient, packed as its parameter is, and back in the parameter's own layout.
     close(z, ref_z)
     close(z_wide, ref_z)
+    close(z_tall.transpose(1, 2), ref_z)
     close(zc.transpose(1, 2), ref_z)
     for ref, got in zip(ref_grads, grads_c.values()):
         close(got, ref, rtol=1e-5, atol=1e-7)
