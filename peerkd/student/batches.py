@@ -93,6 +93,8 @@ def cycled_orders(sizes: torch.Tensor, lengths: torch.Tensor, epochs: int, seeds
     perm = _dense_passes if dense <= 2 * flat + 1024 else _flat_passes
     p = torch.arange(width, device=device)[None, None, :]
     out = perm(n, reps, epochs, seeds, stream, p)  # (S, epochs, width): item at position p
+    if bool((lengths == width).all()) and bool((sizes > 0).all()):  # every position used: nothing to mask
+        return out
     keep = (p < lengths[:, None, None]) & (sizes[:, None, None] > 0)
     return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=device))
 
@@ -110,9 +112,9 @@ def _dense_passes(n, reps, epochs, seeds, stream, p):
     keys = torch.where(items < n[:, None, None, None], keys, torch.iinfo(torch.int32).max)
     order = keys.argsort(dim=-1, stable=True)  # (S, E, R, n_max)
     nn = n[:, None, None]
-    rows = torch.arange(len(n), device=device)[:, None, None]
-    e = torch.arange(epochs, device=device)[None, :, None]
-    return order[rows, e, (p // nn).clamp(max=order.shape[2] - 1), p % nn]
+    at = (p // nn).clamp(max=order.shape[2] - 1) * order.shape[3] + p % nn  # (S, 1, width): pass, then item
+    flat = order.reshape(len(n), epochs, -1)
+    return flat.gather(2, at.expand(-1, epochs, -1))
 
 
 def _flat_passes(n, reps, epochs, seeds, stream, p):
@@ -210,7 +212,10 @@ def plan_cohort(
 
 def _by_step(batches: torch.Tensor, spe: torch.Tensor, k_max: int) -> torch.Tensor:
     """``(S, E, W, B)`` batches per (epoch, batch) as ``(K, S, B)`` in each student's step order
-    (step k is epoch ``k // spe[s]``, batch ``k % spe[s]``); 0 past a student's last step."""
+    (step k is epoch ``k // spe[s]``, batch ``k % spe[s]``); 0 past a student's last step. When every
+    student takes all W batches an epoch, that order is the batches' own: a view, no copy."""
+    if k_max == batches.shape[1] * batches.shape[2] and bool((spe == batches.shape[2]).all()):
+        return batches.reshape(batches.shape[0], k_max, batches.shape[3]).transpose(0, 1)
     k = torch.arange(k_max, device=spe.device)[:, None]  # (K, 1)
     per = spe.clamp(min=1)[None, :]
     e, j = (k // per).clamp(max=batches.shape[1] - 1), k % per

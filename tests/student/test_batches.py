@@ -9,6 +9,7 @@ import torch
 
 from peerkd.student.batches import (
     PRIVATE,
+    _by_step,
     _dense_passes,
     _flat_passes,
     as_int32,
@@ -129,3 +130,18 @@ def test_students_with_equal_steps_share_one_transfer_order():
 def test_plan_batches_keeps_empty_private_sets_empty():
     plan = plan_batches(0, 20, 8, 1, seed=3)
     assert plan.private.shape == (3, 0) and plan.transfer.shape == (3, 8) and plan.steps_per_epoch == 3
+
+
+@pytest.mark.parametrize("spe", [[3, 3], [3, 2]])  # every student all W batches (a view), or not (gathered)
+def test_by_step_puts_epoch_e_batch_j_at_step_e_times_spe_plus_j(spe):
+    # Prepare: 2 students, 2 epochs of at most 3 batches of 2 indices, each index distinct.
+    batches = torch.arange(2 * 2 * 3 * 2).reshape(2, 2, 3, 2)
+    spe = torch.tensor(spe)
+    # Execute
+    out = _by_step(batches, spe, 6)
+    # Assert: student s's step k is epoch k // spe[s], batch k % spe[s]; zeros past its 2·spe[s] steps.
+    for s in range(2):
+        for k in range(6):
+            e, j = divmod(k, int(spe[s]))
+            want = batches[s, e, j].tolist() if k < 2 * spe[s] else [0, 0]
+            assert out[k, s].tolist() == want, (s, k)
