@@ -263,7 +263,7 @@ def train_grad(
     grad = torch.exp(z, out=grad)
     total = grad.sum(dim=1, keepdim=True)
     grad.div_(total)
-    w = None if not n else torch.full_like(total[:, 0, :n], 1.0 / n) if weight is None else weight
+    w = (torch.full_like(total[:, 0, :n], 1.0 / n) if weight is None else weight) if n else None
     loss = z.new_zeros(len(z))
     if dots is not None:
         loss = _step_loss(dots, total.log().squeeze(1), w, soft, temperature, alpha)
