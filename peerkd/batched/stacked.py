@@ -13,6 +13,7 @@ finished students' rows are simply left out of the update.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ Params = dict[str, torch.Tensor]  # name -> (S, *shape): one row per student
 
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 EPS = 1e-8
+SOFT_BLOCK = 1 << 18  # numbers per block when softening targets on a CPU (1 MB of float32: cache-sized)
 
 
 def stack_students(models: list[nn.Module]) -> tuple[nn.Module, Params]:
@@ -93,6 +95,19 @@ def hits_and_nll(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> t
     return hits, shifted.exp_().sum(dim=dim).log_().sub_(picked)
 
 
+def _soften(
+    t: torch.Tensor, temperature: float, probs: torch.Tensor, neg_entropy: torch.Tensor, scratch: torch.Tensor
+) -> None:
+    """``SoftTargets.of`` for one block: ``softmax(t/T)`` into ``probs``, ``Σ p·log p`` into ``neg_entropy``;
+    the shifted rows in ``scratch`` (``t``'s shape), written over: memory the block before has written, in
+    cache (a fresh 1 MB block a time took longer than the whole arrays at once, its pages faulted in)."""
+    shifted = torch.sub(t, t.amax(dim=-1, keepdim=True), out=scratch).div_(temperature)
+    torch.exp(shifted, out=probs)
+    total = probs.sum(dim=-1, keepdim=True)
+    probs.div_(total)
+    torch.sub(shifted.mul_(probs).sum(dim=-1), total.log().squeeze(-1), out=neg_entropy)  # Σ p·log p, Σ p = 1
+
+
 @dataclass(frozen=True)
 class SoftTargets:
     """Targets at a temperature, as KD uses them: probabilities ``softmax(t/T)`` and each row's
@@ -103,21 +118,25 @@ class SoftTargets:
 
     @classmethod
     def of(cls, target: torch.Tensor, temperature: float) -> SoftTargets:
-        """``target``'s rows softened at ``temperature``. Two arrays of the targets' size are made, not
-        four: ``(t − max t)/T`` (the shift before the division; the same as shifting ``t/T`` up to
-        rounding, equal for a power-of-two T) and the probabilities, ``Σ p·log p`` taken in place
-        in the first. At 640 students × 1,000 inputs (25 MB arrays) that was 21 against 43–49 ms:
-        on a CPU every fresh array's pages are faulted in by the pass that first writes them.
+        """``target``'s rows softened at ``temperature``: ``(t − max t)/T`` (the shift before the
+        division; the same as shifting ``t/T`` up to rounding, equal for a power-of-two T), its
+        exponentials normalised, and ``Σ p·log p`` from the shifted rows. On a CPU the work goes block
+        by block of the first axis (``SOFT_BLOCK`` numbers, cache-sized): only the probabilities are a
+        fresh array of the targets' size, and every pass reads what the one before wrote from cache.
+        At 640 students × 1,000 inputs (25 MB arrays, 2 cores) that was 19–20 against 26–36 ms for whole
+        arrays (and 43–49 ms for four of them: a fresh array's pages are faulted in by its first pass).
 
         The arrays are contiguous in ``target``'s axis order even when it is a view: the softened
         targets of ``targets.transpose(0, 1)`` are laid out input by input with no copy after."""
         t = target.detach()
-        laid = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-        shifted = torch.sub(t, t.amax(dim=-1, keepdim=True), out=laid).div_(temperature)
-        probs = shifted.exp()
-        total = probs.sum(dim=-1, keepdim=True)
-        probs.div_(total)
-        return cls(probs, shifted.mul_(probs).sum(dim=-1) - total.log().squeeze(-1))  # Σ p·log p, Σ p = 1
+        probs = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        neg_entropy = torch.empty(t.shape[:-1], dtype=t.dtype, device=t.device)
+        rows = max(1, SOFT_BLOCK // max(math.prod(t.shape[1:]), 1))
+        whole = t.dim() < 2 or t.device.type != "cpu" or len(t) <= rows
+        scratch = torch.empty((len(t) if whole else rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        for b in [slice(None)] if whole else [slice(i, i + rows) for i in range(0, len(t), rows)]:
+            _soften(t[b], temperature, probs[b], neg_entropy[b], scratch[: len(probs[b])])
+        return cls(probs, neg_entropy)
 
     def __getitem__(self, index) -> SoftTargets:
         return SoftTargets(self.probs[index], self.neg_entropy[index])

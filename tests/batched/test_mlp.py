@@ -115,6 +115,19 @@ def test_soft_targets_of_a_view_are_laid_out_in_its_axis_order():
     assert torch.equal(by_input.neg_entropy, by_student.neg_entropy.transpose(0, 1))
 
 
+@pytest.mark.parametrize("block", [12, 40, 1 << 18])  # 1 row a block, 3 rows (the last block short), all at once
+def test_soft_targets_block_by_block_are_the_whole_arrays_numbers(block, monkeypatch):
+    # Prepare: 7 inputs × 3 students × 4 classes, viewed input-major; the whole computation as reference.
+    t = (torch.randn(3, 7, 4, generator=torch.Generator().manual_seed(7)) * 3).transpose(0, 1)
+    whole = SoftTargets.of(t, 4.0)
+    # Execute: blocks of `block` numbers along the first axis.
+    monkeypatch.setattr("peerkd.batched.stacked.SOFT_BLOCK", block)
+    soft = SoftTargets.of(t, 4.0)
+    # Assert: bit for bit the same, laid out in the view's axis order.
+    assert torch.equal(soft.probs, whole.probs) and torch.equal(soft.neg_entropy, whole.neg_entropy)
+    assert soft.probs.is_contiguous() and soft.probs.shape == (7, 3, 4)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cross_entropy_gradient_is_autograds(weighted):
     g = torch.Generator().manual_seed(0)
