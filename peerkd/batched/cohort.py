@@ -26,7 +26,6 @@ from peerkd.batched.mlp import (
     mlp_linears,
     mlp_step,
     one_hot,
-    ones_below,
     pack,
     shared_forward,
     tall,
@@ -225,8 +224,10 @@ class Cohort:
             x, labels, weight = private(k)
             xt, target = transfer(k) if transfer is not None else (None, None)
             soft = None if target is None else class_major(target)
-            loss = k >= from_step
-            return mlp_step(live, names, inputs(x, xt), onehot(labels), weight, soft, temperature, alpha, space, loss)
+            with_loss = k >= from_step
+            return mlp_step(
+                live, names, inputs(x, xt), onehot(labels), weight, soft, temperature, alpha, space, with_loss
+            )
 
         return grads_at
 
@@ -450,7 +451,7 @@ class Cohort:
         space: dict[str, torch.Tensor] = {}
         if self._tall:
             first = tall(w, self.linears)
-            on = lambda x: shared_forward(w, self.linears, ones_below(x), first, space)  # noqa: E731
+            on = lambda x: shared_forward(w, self.linears, with_ones(x, 1).t(), first, space)  # noqa: E731
             return on if class_major else lambda x: on(x).transpose(1, 2)
         first = wide(w, self.linears)
         return lambda x: mlp_forward(w, self.linears, with_ones(x, 1), first, space, class_major)[0]

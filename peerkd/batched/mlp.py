@@ -77,16 +77,10 @@ def wide(params: Params, names: list[str]) -> torch.Tensor:
 def tall(params: Params, names: list[str]) -> torch.Tensor:
     """Every student's first layer stacked, ``(S·H, F + 1)``, bias last, from unpacked ``params`` (a free
     view of the weight's own layout, with the bias as one more column): one product with a batch of
-    inputs seen by all, transposed, ``(F + 1, R)`` (``ones_below``), gives every student's hidden layer
+    inputs seen by all, transposed, ``(F + 1, R)`` (``with_ones(x, 1).t()``), gives every student's hidden layer
     feature-major, ``(S, H, R)`` (``shared_forward``)."""
     w, b = params[f"{names[0]}.weight"], params[f"{names[0]}.bias"]
     return torch.cat([w, b.unsqueeze(2)], dim=2).reshape(-1, w.shape[2] + 1)
-
-
-def ones_below(x: torch.Tensor) -> torch.Tensor:
-    """``(R, ...)`` inputs flattened and transposed, ``(F + 1, R)``, with a row of ones last (``tall``'s bias)."""
-    flat = x.flatten(1).t()
-    return torch.cat([flat, flat.new_ones((1, flat.shape[1]))])
 
 
 def feature_major(base: nn.Module, names: list[str]) -> bool:
@@ -106,9 +100,9 @@ def shared_forward(
     params: Params, names: list[str], x_t: torch.Tensor, first: torch.Tensor, space: dict[str, torch.Tensor] | None
 ) -> torch.Tensor:
     """Every student's class-major logits ``(S, C, R)`` on ``R`` inputs seen by all, ``x_t`` ``(F + 1, R)``
-    (``ones_below``), from unpacked ``params`` and their first layer ``tall``: activations feature-major,
-    ``(S, width, R)``, each layer ``W @ h + b`` with the weight as stored. With ``space`` (``buffer``)
-    every result is written into its buffers: they hold it until the next call."""
+    (``with_ones(x, 1).t()``, a view will do), from unpacked ``params`` and their first layer ``tall``:
+    activations feature-major, ``(S, width, R)``, each layer ``W @ h + b`` with the weight as stored.
+    With ``space`` (``buffer``) every result is written into its buffers: they hold it until the next call."""
     students, rows = len(params[f"{names[0]}.weight"]), x_t.shape[1]
     h = torch.mm(first, x_t, out=buffer(space, "t0", (len(first), rows), x_t)).view(students, -1, rows)
     for name in names[1:]:

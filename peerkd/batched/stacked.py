@@ -131,11 +131,12 @@ class SoftTargets:
         t = target.detach()
         probs = torch.empty(t.shape, dtype=t.dtype, device=t.device)
         neg_entropy = torch.empty(t.shape[:-1], dtype=t.dtype, device=t.device)
-        rows = max(1, SOFT_BLOCK // max(math.prod(t.shape[1:]), 1))
-        whole = t.dim() < 2 or t.device.type != "cpu" or len(t) <= rows
-        scratch = torch.empty((len(t) if whole else rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        for b in [slice(None)] if whole else [slice(i, i + rows) for i in range(0, len(t), rows)]:
-            _soften(t[b], temperature, probs[b], neg_entropy[b], scratch[: len(probs[b])])
+        whole = t.dim() < 2 or t.device.type != "cpu"  # one row of classes, or a GPU: one pass
+        rows = max(1, len(t) if whole else SOFT_BLOCK // max(math.prod(t.shape[1:]), 1))
+        scratch = torch.empty((min(rows, len(t)), *t.shape[1:]), dtype=t.dtype, device=t.device)
+        for i in range(0, len(t), rows):
+            b = slice(i, i + rows)
+            _soften(t[b], temperature, probs[b], neg_entropy[b], scratch[: len(t) - i])
         return cls(probs, neg_entropy)
 
     def __getitem__(self, index) -> SoftTargets:

@@ -13,7 +13,6 @@ from peerkd.batched.mlp import (
     mlp_forward,
     mlp_linears,
     one_hot,
-    ones_below,
     pack,
     relu_backward_,
     shared_forward,
@@ -243,7 +242,7 @@ def test_forward_and_backward_are_vmap_and_autograds(name, shared):
     dz = train_grad(zc.clone(), one_hot(labels, 10), None, None, 1.0, None)[1]
     grads_c = unpack(mlp_backward(packed, names, acts_c, dz.transpose(1, 2)), names, list(params))
     z_wide = mlp_forward(params, names, with_ones(x[0], 1), shared=wide(params, names))[0] if shared else z
-    z_tall = shared_forward(params, names, ones_below(x[0]), tall(params, names), {}) if shared else zc
+    z_tall = shared_forward(params, names, with_ones(x[0], 1).t(), tall(params, names), {}) if shared else zc
     # Assert: the logits, and every gradient, packed as its parameter is, and back in the parameter's own layout.
     close(z, ref_z)
     close(z_wide, ref_z)
